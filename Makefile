@@ -1,0 +1,64 @@
+# The only commands anyone needs: make up, make test, make lint, make bench.
+# Every target installs what is missing first (Debian packages when root, then .venv),
+# idempotently: a second run does nothing it does not need to.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_STAMP := .apt.installed
+APT_PACKAGES := iproute2 nftables wireguard-go wireguard-tools podman runc \
+	bind9-dnsutils dnsperf dnsmasq-base iperf3 wrk busybox-static procps
+PYTEST_WORKERS ?= 2
+
+.PHONY: up test lint bench deps apt venv clean help
+
+help:
+	@echo "make up     install what is missing, start Kled on this machine"
+	@echo "make test   install what is missing, run lint and the whole test suite"
+	@echo "make lint   ruff, mypy --strict and the import layering contract"
+	@echo "make bench  run the benchmarks in bench/ (JSON on stdout)"
+
+deps: apt venv
+
+# Debian packages: only when root and only those not yet installed.
+apt: $(APT_STAMP)
+$(APT_STAMP): Makefile
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian packages:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+		else \
+			echo "warning: not root, cannot install:$$missing (tests that need them will skip)"; exit 0; \
+		fi; \
+	fi; touch $@
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	@$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: deps lint
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
+
+up: deps
+	$(BIN)/kled up
+
+bench: deps
+	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(APT_STAMP) .mypy_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""The ASGI application: routes, error handling, body limits, metrics, GraphQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import kled
+from kled.admission.request import UserInfo
+from kled.api import observability, rest
+from kled.api.errors import kled_error_handler, status_body, validation_error_handler
+from kled.api.rest import User, _body, _outcome, service
+from kled.api.service import Service
+from kled.errors import KledError
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+extra = APIRouter(prefix="/api/v1")
+
+
+@extra.get("/whoami")
+async def whoami(user: UserInfo = User) -> Response:
+    return JSONResponse(
+        {
+            "username": user.username,
+            "team": user.team,
+            "role": user.role,
+            "serverAdmin": user.server_admin,
+        }
+    )
+
+
+@extra.post("/apply")
+async def apply(request: Request, user: UserInfo = User, dryRun: bool = False) -> Response:
+    doc = await _body(request)
+    outcome = await service(request).apply(user, doc, dry_run=dryRun)
+    return _outcome(outcome, 201 if outcome.result == "created" else 200)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = JSONResponse(
+            status_body(413, "RequestEntityTooLarge", f"the body is over {self.limit} bytes"),
+            status_code=413,
+        )
+        await body({"type": "http"}, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(svc: Service, *, max_body: int = DEFAULT_MAX_BODY, extra_routers: Any = ()) -> Any:
+    app = FastAPI(
+        title="Kled API",
+        version=kled.__version__,
+        description="The control plane of Kled: resources of teams, environments and apps.",
+    )
+    app.state.service = svc
+    app.add_exception_handler(KledError, kled_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.middleware("http")(observability.measure)
+    app.include_router(observability.router)
+    app.include_router(extra)
+    for router in extra_routers:
+        app.include_router(router)
+    from kled.api.graphql import graphql_router
+
+    app.include_router(graphql_router(), prefix="/graphql")
+    app.include_router(rest.router)
+    return BodyLimit(app, max_body)

@@ -1,0 +1,119 @@
+"""The control plane process: open the store, bootstrap, serve TCP and a Unix socket.
+
+``ControlPlane`` wires the parts together and owns their lifetimes; ``kled server`` and
+``kled up`` (and the integration tests) start it. The API is served by one uvicorn server
+on two sockets — TCP for everyone, the Unix socket for local CLIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from kled.admission.chain import AdmissionChain
+from kled.api.app import create_app
+from kled.api.service import Service
+from kled.resources.kinds import validate
+from kled.settings import ServerSettings
+from kled.store.cipher import SecretCipher
+from kled.store.credentials import ADMIN_USER, Credentials
+from kled.store.database import Database
+from kled.store.objects import Store
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.db: Database | None = None
+        self.service: Service | None = None
+        self.admin_token: str | None = None  # set only on the first start
+        self.server: uvicorn.Server | None = None
+        self._sockets: list[socket.socket] = []
+
+    async def open(self) -> Service:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(s.data_dir, 0o700)
+        self.db = await Database.open(s.database_url())
+        cipher = SecretCipher.from_data_dir(s.data_dir, s.secret_key)
+        store = Store(self.db, cipher)
+        credentials = Credentials(self.db)
+        chain = AdmissionChain(validate)
+        self.service = Service(store, credentials, chain)
+        await self._bootstrap(credentials)
+        return self.service
+
+    async def _bootstrap(self, credentials: Credentials) -> None:
+        """On the first start, issue the administrator's token and write it for scripts."""
+        if await credentials.exists("api", ""):
+            return
+        token = await credentials.issue(
+            purpose="api", team="", name="bootstrap", username=ADMIN_USER
+        )
+        path = self.settings.data_dir / "admin.token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        self.admin_token = token
+
+    def bind(self) -> list[socket.socket]:
+        host, port = self.settings.listen_address()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((host, port))
+        path = self.settings.socket_path()
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(path.stat().st_mode):
+                path.unlink()
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.bind(str(path))
+        os.chmod(path, 0o600)
+        self._sockets = [tcp, unix]
+        return self._sockets
+
+    @property
+    def port(self) -> int:
+        return int(self._sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host, _ = self.settings.listen_address()
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{shown}:{self.port}"
+
+    async def serve(self, on_ready: Callable[[], Any] | None = None) -> None:
+        assert self.service is not None
+        app = create_app(self.service, max_body=self.settings.max_body_bytes)
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
+        )
+        self.server = uvicorn.Server(config)
+        sockets = self._sockets or self.bind()
+        task = asyncio.create_task(self.server.serve(sockets=sockets))
+        while not self.server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if on_ready is not None and self.server.started:
+            on_ready()
+        await task
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+
+    async def close(self) -> None:
+        if self.db is not None:
+            await self.db.close()
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.settings.socket_path()).unlink()

@@ -1,0 +1,480 @@
+"""The service layer: every read and write of resources, shared by REST and GraphQL.
+
+One place decides, for each request: who is asking (``UserInfo``), whether they may
+(``authz``), whether the object is acceptable (the admission chain), and what the store
+does. REST routes and GraphQL resolvers are thin translations onto these methods, so the
+two APIs cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kled.admission.chain import AdmissionChain
+from kled.admission.request import AdmissionRequest, Operation, UserInfo
+from kled.api import authz
+from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
+from kled.resources.registry import KindInfo, Scope, kind_info
+from kled.store.cipher import redact
+from kled.store.credentials import ADMIN_USER, Credentials
+from kled.store.objects import Event, Key, Page, Store, Written
+
+log = logging.getLogger(__name__)
+
+LabelMatcher = Callable[[dict[str, str]], bool]
+#: kinds copied by ``clone_environment``
+CLONED_KINDS = ("App", "Config", "Secret", "ManagedService")
+WATCH_POLL_SECONDS = 1.0
+
+
+@dataclass
+class Outcome:
+    """A write's result as the API reports it."""
+
+    object: dict[str, Any]
+    result: str  # created | configured | unchanged | deleted | deleting
+    warnings: list[str] = field(default_factory=list)
+    token: str | None = None  # a new Token's secret, shown once
+
+
+class Service:
+    def __init__(self, store: Store, credentials: Credentials, chain: AdmissionChain) -> None:
+        self.store = store
+        self.credentials = credentials
+        self.chain = chain
+
+    # ---- identity --------------------------------------------------------------------
+
+    async def authenticate(self, secret: str | None) -> UserInfo | None:
+        """The user a bearer token speaks for, or None for an unknown/expired/revoked one."""
+        if not secret:
+            return None
+        cred = await self.credentials.lookup(secret)
+        if cred is None or cred.purpose != "api" or not cred.usable():
+            return None
+        if not cred.team:
+            return UserInfo(username=cred.username, server_admin=True)
+        user = await self.store.find(Key("User", cred.team, "", cred.username))
+        if user is None:
+            return None
+        role = (user.get("spec") or {}).get("role", "viewer")
+        return UserInfo(username=cred.username, team=cred.team, role=role)
+
+    # ---- reading ---------------------------------------------------------------------
+
+    async def get(self, user: UserInfo, key: Key, *, reveal: bool = False) -> dict[str, Any]:
+        info = kind_info(key.kind)
+        authz.authorize(user, "get", info, key.team, str(key))
+        if reveal:
+            authz.authorize(user, "reveal", info, key.team, str(key))
+        doc = await self.store.get(key)
+        self._check_visible(user, info, doc, str(key))
+        return doc if reveal else self.present(doc)
+
+    async def list(
+        self,
+        user: UserInfo,
+        info: KindInfo,
+        team: str | None,
+        environment: str | None,
+        *,
+        matches: LabelMatcher | None = None,
+        limit: int = 0,
+        continue_token: str | None = None,
+    ) -> Page:
+        scope_team = team or ""
+        what = f"{info.plural} in team {team}" if team else info.plural
+        authz.authorize(user, "list", info, scope_team, what)
+        if team and environment and info.scope is Scope.ENVIRONMENT:
+            await self._require(Key("Environment", team, "", environment), user)
+        store_team = None if info.scope is Scope.SERVER else team
+        page = await self.store.list(
+            info.kind,
+            store_team,
+            environment if info.scope is Scope.ENVIRONMENT else None,
+            matches=matches,
+            limit=limit,
+            continue_token=continue_token,
+        )
+        page.items = [self.present(d) for d in page.items if self._visible(user, info, d)]
+        return page
+
+    async def watch(
+        self,
+        user: UserInfo,
+        info: KindInfo,
+        team: str | None,
+        environment: str | None,
+        *,
+        since: int | None,
+        matches: LabelMatcher | None = None,
+    ) -> AsyncIterator[Event]:
+        """Every change after ``since`` (or a snapshot of ADDED then changes), in order.
+
+        Authorisation happens here, before the first event, so a refusal is an ordinary
+        error response rather than a broken stream.
+        """
+        page = await self.list(user, info, team, environment, matches=matches)
+        return self._follow(user, info, team, environment, since, matches, page)
+
+    async def _follow(
+        self,
+        user: UserInfo,
+        info: KindInfo,
+        team: str | None,
+        environment: str | None,
+        since: int | None,
+        matches: LabelMatcher | None,
+        page: Page,
+    ) -> AsyncIterator[Event]:
+        last = since
+        if last is None:
+            last = page.revision
+            for doc in page.items:
+                meta = doc["metadata"]
+                yield Event(
+                    int(meta["resourceVersion"]),
+                    "ADDED",
+                    info.kind,
+                    meta.get("team") or "",
+                    meta.get("environment") or "",
+                    meta["name"],
+                    doc,
+                )
+        while True:
+            batch = await self.store.events_after(last)
+            for event in batch:
+                last = event.seq
+                if self._event_matches(user, event, info, team, environment, matches):
+                    yield event
+            if len(batch) < 500:
+                await self.store.wait_for_change(WATCH_POLL_SECONDS)
+
+    def _event_matches(
+        self,
+        user: UserInfo,
+        event: Event,
+        info: KindInfo,
+        team: str | None,
+        environment: str | None,
+        matches: LabelMatcher | None,
+    ) -> bool:
+        if event.kind != info.kind:
+            return False
+        if info.scope is not Scope.SERVER and team is not None and event.team != team:
+            return False
+        if environment is not None and info.scope is Scope.ENVIRONMENT:
+            if event.environment != environment:
+                return False
+        if matches is not None and not matches(event.object["metadata"].get("labels") or {}):
+            return False
+        return self._visible(user, info, event.object)
+
+    # ---- writing ---------------------------------------------------------------------
+
+    async def create(
+        self, user: UserInfo, doc: dict[str, Any], *, dry_run: bool = False
+    ) -> Outcome:
+        doc = self._prepare(doc)
+        key = Key.of(doc)
+        info = kind_info(key.kind)
+        authz.authorize(user, "create", info, key.team, str(key))
+        await self._check_parents(user, key)
+        admitted = await self.chain.admit(
+            self._request(Operation.CREATE, key, doc, None, user, dry_run)
+        )
+        obj = admitted.object or doc
+        obj, token_secret = await self._before_create(user, key, obj, dry_run)
+        created = await self.store.create(obj, dry_run=dry_run)
+        if token_secret is not None:
+            created = copy.deepcopy(created)
+        return Outcome(self.present(created), "created", admitted.warnings, token_secret)
+
+    async def update(
+        self,
+        user: UserInfo,
+        doc: dict[str, Any],
+        *,
+        dry_run: bool = False,
+        expected_version: str | None = None,
+    ) -> Outcome:
+        doc = self._prepare(doc)
+        key = Key.of(doc)
+        info = kind_info(key.kind)
+        authz.authorize(user, "update", info, key.team, str(key))
+        current = await self.store.find(key)
+        if current is None:
+            raise NotFound(f"{key} not found")
+        self._check_visible(user, info, current, str(key), write=True)
+        version = expected_version or (doc.get("metadata") or {}).get("resourceVersion")
+        admitted = await self.chain.admit(
+            self._request(Operation.UPDATE, key, doc, current, user, dry_run)
+        )
+        obj = admitted.object or doc
+        await self._before_update(user, key, current, obj)
+        written = await self.store.update(obj, expected_version=version, dry_run=dry_run)
+        await self._after_update(key, current, written, dry_run)
+        return Outcome(self.present(written.object), written.result, admitted.warnings)
+
+    async def apply(self, user: UserInfo, doc: dict[str, Any], *, dry_run: bool = False) -> Outcome:
+        """Create, or update what exists (without a resourceVersion check unless given)."""
+        prepared = self._prepare(doc)
+        key = Key.of(prepared)
+        info = kind_info(key.kind)
+        authz.authorize(user, "get", info, key.team, str(key))
+        if await self.store.find(key) is None:
+            try:
+                return await self.create(user, prepared, dry_run=dry_run)
+            except Conflict:
+                pass  # created meanwhile by someone else: update it instead
+        return await self.update(user, prepared, dry_run=dry_run)
+
+    async def update_status(
+        self, user: UserInfo, key: Key, status: dict[str, Any], expected_version: str | None
+    ) -> dict[str, Any]:
+        info = kind_info(key.kind)
+        authz.authorize(user, "update", info, key.team, str(key))
+        return self.present(
+            await self.store.update_status(key, status, expected_version=expected_version)
+        )
+
+    async def delete(
+        self,
+        user: UserInfo,
+        key: Key,
+        *,
+        dry_run: bool = False,
+        expected_version: str | None = None,
+    ) -> Outcome:
+        info = kind_info(key.kind)
+        authz.authorize(user, "delete", info, key.team, str(key))
+        current = await self.store.get(key)
+        self._check_visible(user, info, current, str(key), write=True)
+        admitted = await self.chain.admit(
+            self._request(Operation.DELETE, key, None, current, user, dry_run)
+        )
+        if not dry_run:
+            await self._before_delete(user, key)
+        written: Written = await self.store.delete(
+            key, expected_version=expected_version, dry_run=dry_run
+        )
+        if not dry_run and key.kind == "Token":
+            await self._revoke_quietly(key.team, key.name)
+        return Outcome(self.present(written.object), written.result, admitted.warnings)
+
+    async def clone_environment(
+        self, user: UserInfo, team: str, source: str, target: str
+    ) -> Outcome:
+        """A new environment with copies of the source's apps, configs and secrets."""
+        src = await self.get(user, Key("Environment", team, "", source))
+        env = {
+            "apiVersion": src["apiVersion"],
+            "kind": "Environment",
+            "metadata": {
+                "name": target,
+                "team": team,
+                "labels": copy.deepcopy(src["metadata"].get("labels") or {}),
+            },
+            "spec": {**copy.deepcopy(src.get("spec") or {}), "clonedFrom": source},
+        }
+        outcome = await self.create(user, env)
+        for kind in CLONED_KINDS:
+            page = await self.store.list(kind, team, source)
+            for doc in page.items:
+                copy_doc = {k: copy.deepcopy(v) for k, v in doc.items() if k != "status"}
+                meta = doc["metadata"]
+                copy_doc["metadata"] = {
+                    "name": meta["name"],
+                    "team": team,
+                    "environment": target,
+                    "labels": copy.deepcopy(meta.get("labels") or {}),
+                    "annotations": copy.deepcopy(meta.get("annotations") or {}),
+                }
+                result = await self.create(user, copy_doc)
+                outcome.warnings.extend(result.warnings)
+        return outcome
+
+    # ---- presentation ----------------------------------------------------------------
+
+    @staticmethod
+    def present(doc: dict[str, Any]) -> dict[str, Any]:
+        """What the API shows of a stored document: secrets without their values."""
+        return redact(doc) if doc.get("kind") == "Secret" else doc
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _prepare(self, doc: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(doc, dict):
+            raise InvalidInput("a resource must be a JSON object")
+        if "kind" not in doc:
+            raise InvalidInput("kind is required", field="kind")
+        kind_info(str(doc["kind"]))
+        return copy.deepcopy(doc)
+
+    def _request(
+        self,
+        op: Operation,
+        key: Key,
+        obj: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+        user: UserInfo,
+        dry_run: bool,
+    ) -> AdmissionRequest:
+        return AdmissionRequest(
+            operation=op,
+            kind=key.kind,
+            name=key.name,
+            team=key.team or None,
+            environment=key.environment or None,
+            object=obj,
+            old_object=old,
+            user=user,
+            dry_run=dry_run,
+        )
+
+    async def _require(self, key: Key, user: UserInfo) -> None:
+        if await self.store.find(key) is None:
+            if key.kind == "Team":
+                raise NotFound(f"team {key.name} not found")
+            raise NotFound(f"environment {key.name} not found in team {key.team}")
+
+    async def _check_parents(self, user: UserInfo, key: Key) -> None:
+        if key.team:
+            await self._require(Key("Team", "", "", key.team), user)
+        if key.environment:
+            await self._require(Key("Environment", key.team, "", key.environment), user)
+
+    def _visible(self, user: UserInfo, info: KindInfo, doc: dict[str, Any]) -> bool:
+        if user.server_admin:
+            return True
+        if info.kind == "Team":
+            return bool(doc["metadata"]["name"] == user.team)
+        if info.kind == "Token" and authz.rank(user.role) < authz.rank("admin"):
+            return bool((doc.get("spec") or {}).get("user") == user.username)
+        return True
+
+    def _check_visible(
+        self, user: UserInfo, info: KindInfo, doc: dict[str, Any], what: str, write: bool = False
+    ) -> None:
+        if not self._visible(user, info, doc):
+            raise NotFound(f"{what} not found")
+        if write and info.kind == "Team" and not user.server_admin:
+            raise Forbidden("only the server administrator may change teams")
+
+    async def _before_create(
+        self, user: UserInfo, key: Key, obj: dict[str, Any], dry_run: bool
+    ) -> tuple[dict[str, Any], str | None]:
+        if key.kind == "User" and (obj.get("spec") or {}).get("role") == "owner":
+            if not user.server_admin and user.role != "owner":
+                raise Forbidden("only an owner may make another owner")
+        if key.kind != "Token":
+            return obj, None
+        spec = obj.setdefault("spec", {})
+        target = spec.get("user") or user.username
+        spec["user"] = target
+        if target != user.username and authz.rank(user.role) < authz.rank("admin"):
+            if not user.server_admin:
+                raise Forbidden("only an admin may create tokens for other users")
+        if await self.store.find(Key("User", key.team, "", target)) is None:
+            raise InvalidInput(f"user {target!r} not found in team {key.team}", field="spec.user")
+        expires = _expiry(spec)
+        if expires is not None:
+            spec["expiresAt"] = expires.isoformat().replace("+00:00", "Z")
+        spec.pop("ttl", None)
+        if dry_run:
+            return obj, None
+        secret = await self.credentials.issue(
+            purpose="api", team=key.team, name=key.name, username=target, expires_at=expires
+        )
+        return obj, secret
+
+    async def _before_update(
+        self, user: UserInfo, key: Key, current: dict[str, Any], obj: dict[str, Any]
+    ) -> None:
+        if key.kind == "User":
+            old_role = (current.get("spec") or {}).get("role")
+            new_role = (obj.get("spec") or {}).get("role")
+            if "owner" in (old_role, new_role) and old_role != new_role:
+                if not user.server_admin and user.role != "owner":
+                    raise Forbidden("only an owner may grant or take away the owner role")
+
+    async def _after_update(
+        self, key: Key, current: dict[str, Any], written: Written, dry_run: bool
+    ) -> None:
+        if dry_run or key.kind != "Token":
+            return
+        if (written.object.get("spec") or {}).get("revoked"):
+            await self._revoke_quietly(key.team, key.name)
+
+    async def _before_delete(self, user: UserInfo, key: Key) -> None:
+        """Deleting a container deletes what it holds, as a namespace does in Kubernetes."""
+        if key.kind == "Environment":
+            for kind in ("Intercept", "App", "ManagedService", "Config", "Secret"):
+                for doc in (await self.store.list(kind, key.team, key.name)).items:
+                    await self.store.delete(Key.of(doc))
+        elif key.kind == "Team":
+            await self.credentials.revoke_team(key.name)
+            for info_kind in (
+                "Intercept",
+                "App",
+                "ManagedService",
+                "Config",
+                "Secret",
+                "Workspace",
+                "Device",
+                "Policy",
+                "Cluster",
+                "Environment",
+                "Token",
+                "User",
+            ):
+                for doc in (await self.store.list(info_kind, key.name)).items:
+                    await self.store.delete(Key.of(doc))
+        elif key.kind == "User":
+            await self.credentials.revoke_user(key.team, key.name)
+
+    async def _revoke_quietly(self, team: str, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.credentials.revoke("api", team, name)
+
+
+def _expiry(spec: dict[str, Any]) -> datetime | None:
+    if spec.get("expiresAt"):
+        value = spec["expiresAt"]
+        ts = (
+            value
+            if isinstance(value, datetime)
+            else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        )
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    ttl = spec.get("ttl")
+    if not ttl:
+        return None
+    return datetime.now(UTC) + parse_duration(str(ttl), "spec.ttl")
+
+
+def parse_duration(text: str, field_name: str) -> timedelta:
+    """``90s``, ``5m``, ``24h``, ``7d`` (and combinations like ``1h30m``)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    total = 0
+    number = ""
+    for ch in text.strip():
+        if ch.isdigit():
+            number += ch
+        elif ch in units and number:
+            total += int(number) * units[ch]
+            number = ""
+        else:
+            raise InvalidInput(f"{text!r} is not a duration like 30m, 24h or 7d", field=field_name)
+    if number or total <= 0:
+        raise InvalidInput(f"{text!r} is not a duration like 30m, 24h or 7d", field=field_name)
+    return timedelta(seconds=total)
+
+
+ADMIN = UserInfo(username=ADMIN_USER, server_admin=True)

@@ -1,0 +1,136 @@
+"""The database seam: one async engine for SQLite (WAL) or PostgreSQL, and migrations.
+
+``--database`` takes an ordinary URL (``sqlite:///path/kled.db``,
+``postgresql://user@host/db``); this module picks the async driver, turns on WAL and a busy
+timeout for SQLite, runs Alembic migrations at start, and translates driver errors into
+``kled.errors``. Every write goes through ``Database.write()``: one transaction that first
+takes the next revision from the ``revision`` row — which also serialises writers, so
+the event log's sequence is gap-free and becomes visible in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event, select, text, update
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from kled.errors import Unavailable
+from kled.store.schema import revision
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def async_url(url: str) -> str:
+    """The SQLAlchemy async URL for an ordinary database URL."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return str(parsed.set(drivername="sqlite+aiosqlite"))
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    raise Unavailable(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+class Database:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer at a time; queueing writers here avoids busy retries.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    @classmethod
+    async def open(cls, url: str) -> Database:
+        kwargs: dict[str, Any] = {}
+        if make_url(url).get_backend_name() == "sqlite":
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=20, max_overflow=10, pool_pre_ping=True)
+        engine = create_async_engine(async_url(url), **kwargs)
+        if engine.dialect.name == "sqlite":
+            _tune_sqlite(engine)
+        db = cls(engine)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_migrate)
+        except (OperationalError, DBAPIError, OSError) as e:
+            await engine.dispose()
+            raise Unavailable(f"cannot open database {make_url(url)!r}: {e}") from e
+        return db
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, DBAPIError) as e:
+            raise Unavailable(f"database: {e.orig or e}") from e
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[tuple[AsyncConnection, int]]:
+        """A transaction and the revision it owns; everything commits or nothing does."""
+        if self._write_lock is not None:
+            async with self._write_lock, self._transaction() as tx:
+                yield tx
+        else:
+            async with self._transaction() as tx:
+                yield tx
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[tuple[AsyncConnection, int]]:
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    update(revision)
+                    .where(revision.c.id == 1)
+                    .values(value=revision.c.value + 1)
+                    .returning(revision.c.value)
+                )
+                yield conn, int(result.scalar_one())
+        except OperationalError as e:
+            raise Unavailable(f"database: {e.orig or e}") from e
+
+    async def current_revision(self) -> int:
+        async with self.read() as conn:
+            value = (await conn.execute(select(revision.c.value))).scalar_one()
+            return int(value)
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, say when a transaction begins (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Every write transaction starts by writing the revision row, so a deferred BEGIN
+        # never upgrades a read lock (the case where SQLite gives up without waiting).
+        conn.exec_driver_sql("BEGIN")
+
+
+def _migrate(conn: Connection) -> None:
+    cfg = AlembicConfig(str(MIGRATIONS / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    if conn.dialect.name == "postgresql":
+        # Two replicas starting at once on one database must not migrate twice.
+        conn.execute(text("SELECT pg_advisory_xact_lock(7080)"))
+    command.upgrade(cfg, "head")

@@ -1,0 +1,487 @@
+"""The resource store: create, read, list, update, delete — each one transaction with its event.
+
+Resources are dicts in their API form (``kled.resources``); the store owns the system part
+of ``metadata`` (uid, resourceVersion, generation, timestamps) and enforces optimistic
+concurrency: an update that names a ``resourceVersion`` other than the stored one is a
+``Conflict``. ``resourceVersion`` is the revision of the transaction that last wrote the
+resource, the same number as that change's event sequence. Deletion is graceful: while
+``metadata.finalizers`` is not empty a delete only sets ``deletionTimestamp``; removing the
+last finalizer then deletes the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from kled.errors import Conflict, InvalidInput, NotFound
+from kled.resources.registry import API_VERSION, Scope, kind_info
+from kled.store.cipher import SecretCipher, redact
+from kled.store.database import Database
+from kled.store.schema import events, resources, revision
+
+LabelMatcher = Callable[[dict[str, str]], bool]
+SYSTEM_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp")
+
+
+@dataclass(frozen=True)
+class Key:
+    """Where a resource lives: kind, team ("" if server-wide), environment ("" if none)."""
+
+    kind: str
+    team: str
+    environment: str
+    name: str
+
+    def __str__(self) -> str:
+        parts = [self.kind.lower(), self.team, self.environment, self.name]
+        return "/".join(p for p in parts if p)
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> Key:
+        meta = doc.get("metadata") or {}
+        info = kind_info(str(doc.get("kind")))
+        team = meta.get("team") or ""
+        env = meta.get("environment") or ""
+        if info.scope is Scope.SERVER:
+            team, env = "", ""
+        elif not team:
+            raise InvalidInput(f"a {info.kind} needs a team", field="metadata.team")
+        if info.scope is Scope.TEAM:
+            env = ""
+        elif info.scope is Scope.ENVIRONMENT and not env:
+            raise InvalidInput(f"a {info.kind} needs an environment", field="metadata.environment")
+        name = meta.get("name")
+        if not name:
+            raise InvalidInput("a name is required", field="metadata.name")
+        return cls(info.kind, team, env, str(name))
+
+
+@dataclass
+class Event:
+    seq: int
+    type: str  # ADDED | MODIFIED | DELETED
+    kind: str
+    team: str
+    environment: str
+    name: str
+    object: dict[str, Any]
+
+
+@dataclass
+class Page:
+    items: Docs
+    continue_token: str | None
+    revision: int
+
+
+@dataclass
+class Written:
+    object: dict[str, Any]
+    result: str  # created | configured | unchanged | deleted | deleting
+
+
+@dataclass
+class _Changes:
+    waiters: set[asyncio.Event] = field(default_factory=set)
+
+
+Docs = list[dict[str, Any]]
+Events = list["Event"]
+
+
+def desired_part(doc: dict[str, Any]) -> dict[str, Any]:
+    """Everything the user owns except metadata: spec, or data for Config and Secret."""
+    return {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class Store:
+    def __init__(self, db: Database, cipher: SecretCipher) -> None:
+        self.db = db
+        self._cipher = cipher
+        self._changes = _Changes()
+
+    # ---- reading -------------------------------------------------------------------
+
+    async def find(self, key: Key) -> dict[str, Any] | None:
+        async with self.db.read() as conn:
+            row = await self._row(conn, key)
+        return None if row is None else self._load(row.doc)
+
+    async def get(self, key: Key) -> dict[str, Any]:
+        doc = await self.find(key)
+        if doc is None:
+            raise NotFound(f"{key} not found")
+        return doc
+
+    async def list(
+        self,
+        kind: str,
+        team: str | None = None,
+        environment: str | None = None,
+        *,
+        matches: LabelMatcher | None = None,
+        limit: int = 0,
+        continue_token: str | None = None,
+    ) -> Page:
+        """Resources of a kind, ordered by (team, environment, name), a page at a time."""
+        after = _decode_continue(continue_token) if continue_token else None
+        items: Docs = []
+        batch = max(limit, 200) if limit else 1000
+        async with self.db.read() as conn:
+            revision = await self._revision(conn)
+            while True:
+                query = select(
+                    resources.c.team,
+                    resources.c.environment,
+                    resources.c.name,
+                    resources.c.labels,
+                    resources.c.doc,
+                ).where(resources.c.kind == kind)
+                if team is not None:
+                    query = query.where(resources.c.team == team)
+                if environment is not None:
+                    query = query.where(resources.c.environment == environment)
+                if after is not None:
+                    t, e, n = after
+                    query = query.where(
+                        (resources.c.team > t)
+                        | and_(resources.c.team == t, resources.c.environment > e)
+                        | and_(
+                            resources.c.team == t,
+                            resources.c.environment == e,
+                            resources.c.name > n,
+                        )
+                    )
+                query = query.order_by(
+                    resources.c.team, resources.c.environment, resources.c.name
+                ).limit(batch)
+                rows = (await conn.execute(query)).all()
+                for row in rows:
+                    after = (row.team, row.environment, row.name)
+                    if matches is None or matches(row.labels or {}):
+                        items.append(self._load(row.doc))
+                        if limit and len(items) >= limit:
+                            more = await self._has_more(conn, kind, team, environment, after)
+                            token = _encode_continue(after) if more else None
+                            return Page(items, token, revision)
+                if len(rows) < batch:
+                    return Page(items, None, revision)
+
+    async def _has_more(
+        self,
+        conn: AsyncConnection,
+        kind: str,
+        team: str | None,
+        environment: str | None,
+        after: tuple[str, str, str],
+    ) -> bool:
+        t, e, n = after
+        query = select(resources.c.id).where(resources.c.kind == kind)
+        if team is not None:
+            query = query.where(resources.c.team == team)
+        if environment is not None:
+            query = query.where(resources.c.environment == environment)
+        query = query.where(
+            (resources.c.team > t)
+            | and_(resources.c.team == t, resources.c.environment > e)
+            | and_(resources.c.team == t, resources.c.environment == e, resources.c.name > n)
+        ).limit(1)
+        return (await conn.execute(query)).first() is not None
+
+    # ---- writing -------------------------------------------------------------------
+
+    async def create(self, doc: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        key = Key.of(doc)
+        if dry_run:
+            if await self.find(key) is not None:
+                raise Conflict(f"{key} already exists")
+            return self._stamp_new(doc, uuid.uuid4().hex, 0, _now())
+        async with self.db.write() as (conn, rev):
+            if await self._row(conn, key) is not None:
+                raise Conflict(f"{key} already exists")
+            new = self._stamp_new(doc, str(uuid.uuid4()), rev, _now())
+            try:
+                await conn.execute(insert(resources).values(**self._columns(key, new)))
+            except IntegrityError as e:
+                raise Conflict(f"{key} already exists") from e
+            await self._event(conn, rev, "ADDED", key, new)
+        self._notify()
+        return new
+
+    async def update(
+        self,
+        doc: dict[str, Any],
+        *,
+        expected_version: str | None = None,
+        dry_run: bool = False,
+    ) -> Written:
+        """Replace the desired part, labels, annotations and finalizers; keep status."""
+        key = Key.of(doc)
+        if dry_run:
+            current = await self.get(key)
+            self._check_version(key, current, expected_version)
+            merged, changed = _merge_desired(
+                current, doc, int(current["metadata"]["resourceVersion"])
+            )
+            return Written(merged, "configured" if changed else "unchanged")
+        try:
+            async with self.db.write() as (conn, rev):
+                row = await self._row(conn, key)
+                if row is None:
+                    raise NotFound(f"{key} not found")
+                current = self._load(row.doc)
+                self._check_version(key, current, expected_version)
+                merged, changed = _merge_desired(current, doc, rev)
+                if not changed:
+                    raise _Unchanged(current)
+                written = await self._store_change(conn, rev, key, merged)
+        except _Unchanged as same:
+            return Written(same.current, "unchanged")
+        self._notify()
+        return Written(written, "configured")
+
+    async def update_status(
+        self, key: Key, status: dict[str, Any], *, expected_version: str | None = None
+    ) -> dict[str, Any]:
+        try:
+            async with self.db.write() as (conn, rev):
+                row = await self._row(conn, key)
+                if row is None:
+                    raise NotFound(f"{key} not found")
+                current = self._load(row.doc)
+                self._check_version(key, current, expected_version)
+                if current.get("status") == status:
+                    raise _Unchanged(current)
+                new = copy.deepcopy(current)
+                new["status"] = status
+                new["metadata"]["resourceVersion"] = str(rev)
+                written = await self._store_change(conn, rev, key, new)
+        except _Unchanged as same:
+            return same.current
+        self._notify()
+        return written
+
+    async def delete(
+        self, key: Key, *, expected_version: str | None = None, dry_run: bool = False
+    ) -> Written:
+        """Delete now, or mark for deletion while finalizers remain."""
+        if dry_run:
+            current = await self.get(key)
+            self._check_version(key, current, expected_version)
+            return Written(current, "deleted")
+        try:
+            async with self.db.write() as (conn, rev):
+                row = await self._row(conn, key)
+                if row is None:
+                    raise NotFound(f"{key} not found")
+                current = self._load(row.doc)
+                self._check_version(key, current, expected_version)
+                new = copy.deepcopy(current)
+                new["metadata"]["resourceVersion"] = str(rev)
+                if current["metadata"].get("finalizers"):
+                    if current["metadata"].get("deletionTimestamp"):
+                        raise _Unchanged(current)
+                    new["metadata"]["deletionTimestamp"] = _iso(_now())
+                    result = "deleting"
+                else:
+                    new["metadata"]["deletionTimestamp"] = _iso(_now())
+                    result = "deleted"
+                written = await self._store_change(conn, rev, key, new)
+        except _Unchanged as same:
+            return Written(same.current, "deleting")
+        self._notify()
+        return Written(written, result)
+
+    # ---- the event log -------------------------------------------------------------
+
+    async def events_after(self, seq: int, limit: int = 500) -> Events:
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(events).where(events.c.seq > seq).order_by(events.c.seq).limit(limit)
+                )
+            ).all()
+        return [Event(r.seq, r.type, r.kind, r.team, r.environment, r.name, r.object) for r in rows]
+
+    async def revision(self) -> int:
+        async with self.db.read() as conn:
+            return await self._revision(conn)
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return when this process writes, or after ``timeout`` (other replicas' writes)."""
+        waiter = asyncio.Event()
+        self._changes.waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._changes.waiters.discard(waiter)
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _notify(self) -> None:
+        for waiter in self._changes.waiters:
+            waiter.set()
+
+    async def _store_change(
+        self, conn: AsyncConnection, rev: int, key: Key, new: dict[str, Any]
+    ) -> dict[str, Any]:
+        meta = new["metadata"]
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            await conn.execute(delete(resources).where(_key_clause(key)))
+            await self._event(conn, rev, "DELETED", key, new)
+        else:
+            values = self._columns(key, new)
+            values.pop("uid")
+            values.pop("created_at")
+            await conn.execute(update(resources).where(_key_clause(key)).values(**values))
+            await self._event(conn, rev, "MODIFIED", key, new)
+        return new
+
+    async def _event(
+        self, conn: AsyncConnection, rev: int, kind: str, key: Key, doc: dict[str, Any]
+    ) -> None:
+        obj = redact(doc) if key.kind == "Secret" else doc
+        await conn.execute(
+            insert(events).values(
+                seq=rev,
+                type=kind,
+                kind=key.kind,
+                team=key.team,
+                environment=key.environment,
+                name=key.name,
+                object=obj,
+                created_at=_now(),
+            )
+        )
+
+    async def _row(self, conn: AsyncConnection, key: Key) -> Any:
+        return (await conn.execute(select(resources).where(_key_clause(key)))).first()
+
+    async def _revision(self, conn: AsyncConnection) -> int:
+        return int((await conn.execute(select(revision.c.value))).scalar_one())
+
+    def _columns(self, key: Key, doc: dict[str, Any]) -> dict[str, Any]:
+        meta = doc["metadata"]
+        stored = self._cipher.seal(doc) if key.kind == "Secret" else doc
+        deleted = meta.get("deletionTimestamp")
+        return {
+            "uid": meta["uid"],
+            "kind": key.kind,
+            "team": key.team,
+            "environment": key.environment,
+            "name": key.name,
+            "resource_version": int(meta["resourceVersion"]),
+            "generation": int(meta["generation"]),
+            "created_at": datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
+            "deleted_at": datetime.fromisoformat(deleted.replace("Z", "+00:00"))
+            if deleted
+            else None,
+            "labels": meta.get("labels") or {},
+            "doc": stored,
+        }
+
+    def _load(self, stored: dict[str, Any]) -> dict[str, Any]:
+        return self._cipher.open(stored) if stored.get("kind") == "Secret" else stored
+
+    @staticmethod
+    def _stamp_new(doc: dict[str, Any], uid: str, rev: int, now: datetime) -> dict[str, Any]:
+        new = copy.deepcopy(doc)
+        new.setdefault("apiVersion", API_VERSION)
+        meta = new.setdefault("metadata", {})
+        meta["uid"] = uid
+        meta["resourceVersion"] = str(rev)
+        meta["generation"] = 1
+        meta["creationTimestamp"] = _iso(now)
+        meta.pop("deletionTimestamp", None)
+        meta.setdefault("labels", {})
+        new.setdefault("status", {})
+        return new
+
+    @staticmethod
+    def _check_version(key: Key, current: dict[str, Any], expected: str | None) -> None:
+        if expected in (None, ""):
+            return
+        now = current["metadata"]["resourceVersion"]
+        if str(expected) != str(now):
+            raise Conflict(
+                f"{key} was changed by someone else: resourceVersion {expected} is stale "
+                f"(now {now}); get it again and retry"
+            )
+
+
+class _Unchanged(Exception):
+    def __init__(self, current: dict[str, Any]) -> None:
+        self.current = current
+
+
+def _merge_desired(
+    current: dict[str, Any], doc: dict[str, Any], rev: int
+) -> tuple[dict[str, Any], bool]:
+    new = copy.deepcopy(current)
+    for k in list(desired_part(new)):
+        del new[k]
+    new.update(copy.deepcopy(desired_part(doc)))
+    meta_in = doc.get("metadata") or {}
+    meta = new["metadata"]
+    for field_name in ("labels", "annotations", "finalizers"):
+        if field_name in meta_in:
+            value = meta_in[field_name]
+            if value in (None, {}, []):
+                meta.pop(field_name, None)
+            else:
+                meta[field_name] = copy.deepcopy(value)
+    meta.setdefault("labels", {})
+    spec_changed = desired_part(new) != desired_part(current)
+    changed = spec_changed or meta != current["metadata"]
+    if changed:
+        meta["resourceVersion"] = str(rev)
+        if spec_changed:
+            meta["generation"] = int(meta.get("generation", 1)) + 1
+    return new, changed
+
+
+def _key_clause(key: Key) -> Any:
+    return and_(
+        resources.c.kind == key.kind,
+        resources.c.team == key.team,
+        resources.c.environment == key.environment,
+        resources.c.name == key.name,
+    )
+
+
+def _encode_continue(after: tuple[str, str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(after)).encode()).decode()
+
+
+def _decode_continue(token: str) -> tuple[str, str, str]:
+    try:
+        t, e, n = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(t), str(e), str(n)
+    except (ValueError, TypeError) as e:
+        raise InvalidInput("not a continue token from this server", field="continue") from e
