@@ -49,8 +49,11 @@ class RunningServer:
 
     def __init__(self, data_dir: Path, database: str | None, **settings: Any) -> None:
         self.settings = ServerSettings(
-            data_dir=data_dir, listen="127.0.0.1:0", database=database,
-            socket=data_dir / "kled.sock", **settings,
+            data_dir=data_dir,
+            listen="127.0.0.1:0",
+            database=database,
+            socket=data_dir / "kled.sock",
+            **settings,
         )
         self.plane = ControlPlane(self.settings)
         self._ready = threading.Event()

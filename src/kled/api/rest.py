@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from kled.admission.request import UserInfo
+from kled.api.authz import check_team
 from kled.api.service import Outcome, Service
 from kled.errors import InvalidInput, Unauthorized
 from kled.resources.registry import API_VERSION, KindInfo, Scope, resolve_kind
@@ -43,6 +44,12 @@ async def current_user(
             "pass Authorization: Bearer TOKEN (kled login)"
         )
     request.state.user = user
+    # Another team's paths do not exist for this user: answer 404 before anything else,
+    # so that neither validation nor authorisation tells them what is there.
+    params = request.path_params
+    team = params.get("team") or (params.get("name") if params.get("plural") == "teams" else None)
+    if team:
+        check_team(user, str(team), f"team {team}")
     return user
 
 
@@ -260,8 +267,6 @@ async def list_env(
 
 
 async def _require_team(request: Request, user: UserInfo, team: str) -> None:
-    from kled.api.authz import check_team
-
     check_team(user, team, f"team {team}")
     if await service(request).store.find(Key("Team", "", "", team)) is None:
         from kled.errors import NotFound
