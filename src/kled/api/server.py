@@ -70,7 +70,9 @@ class ControlPlane:
     def bind(self) -> list[socket.socket]:
         host, port = self.settings.listen_address()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        tcp = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio turns on TCP_NODELAY only for sockets that say
+        # so, and without it every response waits ~40 ms for a delayed ACK.
+        tcp = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         tcp.bind((host, port))
         path = self.settings.socket_path()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,8 @@ LabelMatcher = Callable[[dict[str, str]], bool]
 #: kinds copied by ``clone_environment``
 CLONED_KINDS = ("App", "Config", "Secret", "ManagedService")
 WATCH_POLL_SECONDS = 1.0
+AUTH_CACHE_SECONDS = 2.0
+AUTH_CACHE_SIZE = 10_000
 
 
 @dataclass
@@ -48,13 +51,32 @@ class Service:
         self.store = store
         self.credentials = credentials
         self.chain = chain
+        self._auth_cache: dict[str, tuple[float, UserInfo | None]] = {}
 
     # ---- identity --------------------------------------------------------------------
 
     async def authenticate(self, secret: str | None) -> UserInfo | None:
-        """The user a bearer token speaks for, or None for an unknown/expired/revoked one."""
+        """The user a bearer token speaks for, or None for an unknown/expired/revoked one.
+
+        Answers are remembered for ``AUTH_CACHE_SECONDS``: a token revoked through this
+        process stops at once (the cache is cleared), through another replica within that time.
+        """
         if not secret:
             return None
+        now = time.monotonic()
+        cached = self._auth_cache.get(secret)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        user = await self._authenticate(secret)
+        if len(self._auth_cache) > AUTH_CACHE_SIZE:
+            self._auth_cache.clear()
+        self._auth_cache[secret] = (now + AUTH_CACHE_SECONDS, user)
+        return user
+
+    def forget_credentials(self) -> None:
+        self._auth_cache.clear()
+
+    async def _authenticate(self, secret: str) -> UserInfo | None:
         cred = await self.credentials.lookup(secret)
         if cred is None or cred.purpose != "api" or not cred.usable():
             return None
@@ -407,8 +429,9 @@ class Service:
     async def _after_update(
         self, key: Key, current: dict[str, Any], written: Written, dry_run: bool
     ) -> None:
-        if dry_run or key.kind != "Token":
+        if dry_run or key.kind not in ("Token", "User"):
             return
+        self.forget_credentials()  # a role or a token changed: ask the database again
         if (written.object.get("spec") or {}).get("revoked"):
             await self._revoke_quietly(key.team, key.name)
 
@@ -438,8 +461,10 @@ class Service:
                     await self.store.delete(Key.of(doc))
         elif key.kind == "User":
             await self.credentials.revoke_user(key.team, key.name)
+        self.forget_credentials()
 
     async def _revoke_quietly(self, team: str, name: str) -> None:
+        self.forget_credentials()
         with contextlib.suppress(NotFound):
             await self.credentials.revoke("api", team, name)
 
