@@ -1,0 +1,399 @@
+"""The ``spec`` of every kind: the desired state a user writes.
+
+One model per kind, with the parts only one kind uses (ports, taints, sources). Each model
+says what is accepted, what is filled in by default, and which combinations make no
+sense; checks that span fields name the field at fault through ``problem(at=...)``.
+Behaviour (scheduling, IPAM, reconciling) lives elsewhere and reads these models.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, Strict, field_validator, model_validator
+
+from kled.errors import InvalidInput
+from kled.resources.fields import (
+    Address,
+    Cpu,
+    Duration,
+    Endpoint,
+    LabelSelector,
+    Memory,
+    PublicKey,
+    UtcDatetime,
+)
+from kled.resources.meta import (
+    Bool,
+    DnsLabel,
+    DnsName,
+    EnvVars,
+    Int,
+    KledModel,
+    Labels,
+    NonEmptyStr,
+    Port,
+    VersionText,
+    in_range,
+    is_dns_label,
+    label_key_problem,
+    problem,
+    range_schema,
+)
+from kled.resources.registry import resolve_kind
+
+TEAM_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class Resources(KledModel):
+    """CPU and memory an App asks for (``500m``, ``256Mi``)."""
+
+    cpu: Cpu | None = None
+    memory: Memory | None = None
+
+
+# --- Team, User, Token -------------------------------------------------------------------
+
+
+class TeamSpec(KledModel):
+    display_name: str | None = None
+    block: str | None = None
+    """The team's addresses, a CIDR inside 100.64.0.0/10 (default: a /16 chosen by IPAM)."""
+    zone: DnsName = "kled.internal"
+    """The DNS zone of the team's names: ``<app>.<env>.<team>.<zone>``."""
+
+    @field_validator("block")
+    @classmethod
+    def _check_block(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            network = ipaddress.IPv4Network(value, strict=True)
+        except ValueError as exc:
+            raise problem(f"must be a CIDR like 100.64.0.0/16 ({exc})") from exc
+        # Inside the /10 the prefix is at least /10; /24 leaves room for the mesh split.
+        if not network.subnet_of(TEAM_SPACE) or network.prefixlen > 24:
+            raise problem("must be a CIDR inside 100.64.0.0/10 with a prefix from /10 to /24")
+        return str(network)
+
+
+class UserSpec(KledModel):
+    role: Literal["owner", "admin", "member", "viewer"] = "member"
+    email: str | None = None
+    display_name: str | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _check_email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise problem("must be an e-mail address like ada@example.com")
+        return value
+
+
+class TokenSpec(KledModel):
+    user: DnsLabel
+    """The user the token acts as."""
+    expires_at: UtcDatetime | None = None
+    ttl: Duration | None = None
+    """Lifetime from creation (``24h``, ``30m``, ``7d``); the server turns it into expiresAt."""
+    description: str | None = None
+    revoked: Bool = False
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> TokenSpec:
+        if self.expires_at is not None and self.ttl is not None:
+            raise problem("set expiresAt or ttl, not both", at=("ttl",))
+        return self
+
+
+# --- Node, Device --------------------------------------------------------------------------
+
+
+class Taint(KledModel):
+    key: NonEmptyStr
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        error = label_key_problem(value)
+        if error:
+            raise problem(error)
+        return value
+
+
+class Capacity(KledModel):
+    cpu: Cpu | None = None
+    memory: Memory | None = None
+
+
+class NodeSpec(KledModel):
+    unschedulable: Bool = False
+    taints: list[Taint] = []
+    capacity: Capacity | None = None
+    address: Address | None = None
+    """Where the node is reached from other nodes (underlay IP or host name)."""
+
+
+class DeviceSpec(KledModel):
+    owner: DnsLabel
+    """The user the device belongs to."""
+    public_key: PublicKey | None = None
+    kind: Literal["laptop", "phone", "workspace", "server"] = "laptop"
+    endpoint: Endpoint | None = None
+    """A reachable ``host:port`` for WireGuard, when the device has one."""
+
+
+# --- Environment, App, ManagedService --------------------------------------------------------
+
+
+class EnvironmentSpec(KledModel):
+    display_name: str | None = None
+    cloned_from: DnsLabel | None = None
+    """The environment this one was cloned from."""
+    variables: EnvVars = {}
+    """Variables every app of the environment gets."""
+
+
+class EnvFromSource(KledModel):
+    """All entries of one Config or one Secret as variables."""
+
+    config: DnsLabel | None = None
+    secret: DnsLabel | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvFromSource:
+        if (self.config is None) == (self.secret is None):
+            raise problem("must name exactly one of config or secret")
+        return self
+
+
+class ServicePort(KledModel):
+    name: DnsLabel | None = None
+    port: Port
+    target_port: Port | None = None
+    """The port the process listens on (default: ``port``)."""
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+    @model_validator(mode="after")
+    def _default_target(self) -> ServicePort:
+        if self.target_port is None:
+            self.target_port = self.port
+        return self
+
+
+class AppSpec(KledModel):
+    runtime: Literal["process", "container", "kubernetes"] = "process"
+    command: list[str] = []
+    args: list[str] = []
+    working_dir: str | None = None
+    image: str | None = None
+    """Required for the container and kubernetes runtimes."""
+    replicas: Annotated[int, Strict(), in_range(0, 1000), range_schema(0, 1000)] = 1
+    env: EnvVars = {}
+    env_from: list[EnvFromSource] = []
+    ports: list[ServicePort] = []
+    resources: Resources = Field(default_factory=Resources)
+    node_selector: Labels = {}
+    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+
+    @model_validator(mode="after")
+    def _check(self) -> AppSpec:
+        if self.runtime == "process" and not self.command:
+            raise problem("required for the process runtime", at=("command",))
+        if self.runtime != "process" and not self.image:
+            raise problem(f"required for the {self.runtime} runtime", at=("image",))
+        names: set[str] = set()
+        bindings: set[tuple[int, str]] = set()
+        for index, port in enumerate(self.ports):
+            if port.name is not None:
+                if port.name in names:
+                    raise problem(f"duplicate port name {port.name!r}", at=("ports", index, "name"))
+                names.add(port.name)
+            binding = (port.port, port.protocol)
+            if binding in bindings:
+                raise problem(
+                    f"duplicate port {port.port}/{port.protocol}", at=("ports", index, "port")
+                )
+            bindings.add(binding)
+        return self
+
+
+class ManagedServiceSpec(KledModel):
+    template: DnsLabel
+    """A template name: postgres, redis, mysql, mongodb, nats, or one an admin added."""
+    version: VersionText | None = None
+    parameters: dict[str, Any] = {}
+    secret_name: DnsLabel | None = None
+    """The Secret that receives the credentials (default: the service's name)."""
+
+
+# --- Workspace, Intercept ------------------------------------------------------------------
+
+
+class WorkspaceSource(KledModel):
+    """Where the workspace's files come from: a git repository or a folder."""
+
+    git: NonEmptyStr | None = None
+    ref: NonEmptyStr | None = None
+    path: NonEmptyStr | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WorkspaceSource:
+        if (self.git is None) == (self.path is None):
+            raise problem("must name exactly one of git or path")
+        if self.ref is not None and self.git is None:
+            raise problem("only applies to a git source", at=("ref",))
+        if self.git is not None and any(c.isspace() for c in self.git):
+            raise problem("must be a git URL without spaces", at=("git",))
+        return self
+
+
+class WorkspaceSpec(KledModel):
+    source: WorkspaceSource | None = None
+    provider: Literal["local", "container", "ssh", "kubernetes"] = "local"
+    image: str | None = None
+    devcontainer: NonEmptyStr = ".devcontainer/devcontainer.json"
+    environment: DnsLabel | None = None
+    """The environment the workspace joins (its apps are reached by short names)."""
+    forward_ports: list[Port] = []
+    env: EnvVars = {}
+    owner: DnsLabel | None = None
+
+
+class InterceptPort(KledModel):
+    port: Port
+    """The app's service port."""
+    local_port: Port | None = None
+    """The port on the device (default: ``port``)."""
+
+    @model_validator(mode="after")
+    def _default_local(self) -> InterceptPort:
+        if self.local_port is None:
+            self.local_port = self.port
+        return self
+
+
+class HeaderMatch(KledModel):
+    """Only requests carrying this HTTP header go to the device (a personal intercept)."""
+
+    name: NonEmptyStr
+    value: str
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _HEADER_NAME.match(value):
+            raise problem("must be an HTTP header name")
+        return value
+
+
+class InterceptSpec(KledModel):
+    app: DnsLabel
+    device: DnsLabel
+    ports: list[InterceptPort] = []
+    """The ports to intercept; empty means every port of the app."""
+    header: HeaderMatch | None = None
+    on_device_offline: Literal["fallback", "keep"] = "fallback"
+
+    @model_validator(mode="after")
+    def _unique_ports(self) -> InterceptSpec:
+        seen: set[int] = set()
+        for index, item in enumerate(self.ports):
+            if item.port in seen:
+                raise problem(f"duplicate port {item.port}", at=("ports", index, "port"))
+            seen.add(item.port)
+        return self
+
+
+# --- Policy, Cluster -----------------------------------------------------------------------
+
+Operation = Literal["CREATE", "UPDATE", "DELETE"]
+
+
+def _all_operations() -> list[Operation]:
+    return ["CREATE", "UPDATE", "DELETE"]
+
+
+class PolicySpec(KledModel):
+    """A kPolicy, in the shape of jsPolicy's JsPolicy spec."""
+
+    type: Literal["Validating", "Mutating", "Controller"] = "Validating"
+    operations: list[Operation] = Field(default_factory=_all_operations)
+    resources: list[NonEmptyStr] = Field(default_factory=lambda: ["*"])
+    """Kinds or plurals the policy applies to; ``*`` for all."""
+    environments: list[str] = []
+    """Environments the policy applies to; empty for all."""
+    object_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    """Selects environments by their labels."""
+    javascript: NonEmptyStr
+    timeout_seconds: Annotated[int, Strict(), in_range(1, 30), range_schema(1, 30)] = 10
+    failure_policy: Literal["Fail", "Ignore"] = "Fail"
+    violation_policy: Literal["Deny", "Warn", "Dry"] = "Deny"
+    audit_policy: Literal["Log", "Skip"] = "Log"
+    priority: Int | None = None
+
+    @field_validator("operations")
+    @classmethod
+    def _operations(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise problem("must name at least one of CREATE, UPDATE, DELETE")
+        return _unique(value)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise problem('must name at least one kind, or "*"')
+        for index, word in enumerate(value):
+            if word != "*":
+                try:
+                    resolve_kind(word)
+                except InvalidInput as exc:
+                    raise problem(exc.message, at=(index,)) from exc
+        return _unique(value)
+
+    @field_validator("environments")
+    @classmethod
+    def _environments(cls, value: list[str]) -> list[str]:
+        for index, name in enumerate(value):
+            if name != "*" and not is_dns_label(name):
+                raise problem("must be an environment name (a DNS label) or '*'", at=(index,))
+        return _unique(value)
+
+    @field_validator("javascript")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise problem("must not be empty")
+        return value
+
+
+def _unique(value: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for index, item in enumerate(value):
+        if item in seen:
+            raise problem(f"duplicate entry {item!r}", at=(index,))
+        seen.add(item)
+    return value
+
+
+class Quotas(KledModel):
+    cpu: Cpu | None = None
+    memory: Memory | None = None
+    apps: Annotated[int, Strict(), Field(ge=0)] | None = None
+    workspaces: Annotated[int, Strict(), Field(ge=0)] | None = None
+
+
+class ClusterSpec(KledModel):
+    """A Kled Cluster: a tenant space with its own nodes (by selector) or quotas."""
+
+    node_selector: Labels = {}
+    quotas: Quotas | None = None
+    description: str | None = None
