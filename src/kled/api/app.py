@@ -88,13 +88,21 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def create_app(svc: Service, *, max_body: int = DEFAULT_MAX_BODY, extra_routers: Any = ()) -> Any:
+def create_app(
+    svc: Service,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    extra_routers: Any = (),
+    state: dict[str, Any] | None = None,
+) -> Any:
     app = FastAPI(
         title="Kled API",
         version=kled.__version__,
         description="The control plane of Kled: resources of teams, environments and apps.",
     )
     app.state.service = svc
+    for name, value in (state or {}).items():
+        setattr(app.state, name, value)
     app.add_exception_handler(KledError, kled_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.middleware("http")(observability.measure)

@@ -20,7 +20,10 @@ from typing import Any
 import uvicorn
 
 from kled.admission.chain import AdmissionChain
+from kled.admission.policy import PolicyEngine, compile_check
+from kled.api import policies
 from kled.api.app import create_app
+from kled.api.policies import DatabaseViolationSink, PolicyFeed, StorePolicySource, StoreReader
 from kled.api.service import Service
 from kled.resources.kinds import validate
 from kled.settings import ServerSettings
@@ -28,8 +31,17 @@ from kled.store.cipher import SecretCipher
 from kled.store.credentials import ADMIN_USER, Credentials
 from kled.store.database import Database
 from kled.store.objects import Store
+from kled.store.violations import ViolationLog
 
 log = logging.getLogger(__name__)
+
+
+def validate_resource(doc: dict[str, Any]) -> dict[str, Any]:
+    """Schema validation, and for a Policy, that its script parses (line and column)."""
+    valid = validate(doc)
+    if valid.get("kind") == "Policy":
+        compile_check(str((valid.get("spec") or {}).get("javascript") or ""))
+    return valid
 
 
 class ControlPlane:
@@ -40,6 +52,9 @@ class ControlPlane:
         self.admin_token: str | None = None  # set only on the first start
         self.server: uvicorn.Server | None = None
         self._sockets: list[socket.socket] = []
+        self.policy_engine: PolicyEngine | None = None
+        self.policy_feed: PolicyFeed | None = None
+        self.violations: DatabaseViolationSink | None = None
 
     async def open(self) -> Service:
         s = self.settings
@@ -49,10 +64,21 @@ class ControlPlane:
         cipher = SecretCipher.from_data_dir(s.data_dir, s.secret_key)
         store = Store(self.db, cipher)
         credentials = Credentials(self.db)
-        chain = AdmissionChain(validate)
+        chain = AdmissionChain(validate_resource)
         self.service = Service(store, credentials, chain)
+        await self._start_policies(store, chain)
         await self._bootstrap(credentials)
         return self.service
+
+    async def _start_policies(self, store: Store, chain: AdmissionChain) -> None:
+        source = StorePolicySource(store)
+        self.violations = DatabaseViolationSink(ViolationLog(store.db))
+        self.policy_engine = PolicyEngine(source, StoreReader(store), self.violations)
+        await self.policy_engine.start()
+        chain.add_mutating(self.policy_engine.mutating_hook)
+        chain.add_validating(self.policy_engine.validating_hook)
+        self.policy_feed = PolicyFeed(store, self.policy_engine, source)
+        await self.policy_feed.start()
 
     async def _bootstrap(self, credentials: Credentials) -> None:
         """On the first start, issue the administrator's token and write it for scripts."""
@@ -97,7 +123,12 @@ class ControlPlane:
 
     async def serve(self, on_ready: Callable[[], Any] | None = None) -> None:
         assert self.service is not None
-        app = create_app(self.service, max_body=self.settings.max_body_bytes)
+        app = create_app(
+            self.service,
+            max_body=self.settings.max_body_bytes,
+            extra_routers=[policies.router],
+            state={"violations": self.violations},
+        )
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
         )
@@ -115,6 +146,10 @@ class ControlPlane:
             self.server.should_exit = True
 
     async def close(self) -> None:
+        if self.policy_feed is not None:
+            await self.policy_feed.stop()
+        if self.policy_engine is not None:
+            await self.policy_engine.close()
         if self.db is not None:
             await self.db.close()
         with contextlib.suppress(FileNotFoundError):

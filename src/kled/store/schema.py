@@ -95,6 +95,7 @@ violations = Table(
     Column("environment", String(63), nullable=False),
     Column("operation", String(10), nullable=False),
     Column("username", String(63), nullable=False),
+    Column("request_uid", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_violations_policy", violations.c.team, violations.c.policy, violations.c.id)

@@ -1,0 +1,173 @@
+"""kPolicy wired to the store: where the engine reads policies and resources, and keeps
+violations; the task that feeds resource and policy changes to Controller policies; and the
+report routes (``kled policy report``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from kled.admission.policy import PolicyEngine, Violation
+from kled.admission.request import UserInfo
+from kled.api import authz
+from kled.api.rest import User, service
+from kled.api.service import Service
+from kled.errors import InvalidInput
+from kled.resources.registry import kind_info, resolve_kind
+from kled.resources.selectors import parse_selector
+from kled.store.objects import Key, Store
+from kled.store.violations import ViolationLog
+
+log = logging.getLogger(__name__)
+REPORT_LIMIT = 100
+
+
+class StorePolicySource:
+    """A team's Policy documents, cached until the event log says one changed."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[str, list[dict[str, Any]]] = {}
+
+    async def policies(self, team: str) -> list[dict[str, Any]]:
+        cached = self._cache.get(team)
+        if cached is None:
+            cached = (await self.store.list("Policy", team)).items
+            self._cache[team] = cached
+        return cached
+
+    def forget(self, team: str | None = None) -> None:
+        if team is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(team, None)
+
+
+class StoreReader:
+    """Read-only access for the scripts' ``get`` and ``list``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def get(
+        self, kind: str, team: str, environment: str | None, name: str
+    ) -> dict[str, Any] | None:
+        info = resolve_kind(kind)
+        meta = {"name": name, "team": team, "environment": environment}
+        try:
+            key = Key.of({"kind": info.kind, "metadata": meta})
+        except InvalidInput:
+            return None  # e.g. an App asked for without an environment: nothing to find
+        doc = await self.store.find(key)
+        return None if doc is None else Service.present(doc)
+
+    async def list(
+        self, kind: str, team: str, environment: str | None, label_selector: str | None
+    ) -> list[dict[str, Any]]:
+        info = resolve_kind(kind)
+        matches = parse_selector(label_selector).matches if label_selector else None
+        page = await self.store.list(info.kind, team, environment, matches=matches)
+        return [Service.present(d) for d in page.items]
+
+
+class DatabaseViolationSink:
+    def __init__(self, log_: ViolationLog) -> None:
+        self.log = log_
+
+    async def record(self, v: Violation) -> None:
+        await self.log.record(v.as_dict())
+
+    async def list(self, team: str, policy: str | None, limit: int) -> list[Violation]:
+        fields = {f.name for f in dataclasses.fields(Violation)}
+        return [
+            Violation(**{k: v for k, v in row.items() if k in fields})
+            for row in await self.log.list(team, policy, limit)
+        ]
+
+
+class PolicyFeed:
+    """Follows the event log: refreshes cached policies, re-checks Controller policies."""
+
+    def __init__(self, store: Store, engine: PolicyEngine, source: StorePolicySource) -> None:
+        self.store = store
+        self.engine = engine
+        self.source = source
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        after = await self.store.revision()
+        self._task = asyncio.create_task(self._run(after), name="policy-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self, after: int) -> None:
+        while True:
+            try:
+                batch = await self.store.events_after(after)
+            except Exception:
+                log.exception("policy feed: reading the event log failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            for event in batch:
+                after = event.seq
+                if event.kind == "Policy":
+                    self.source.forget(event.team)
+                if event.team:
+                    try:
+                        await self.engine.on_change(event.type, event.object)
+                    except Exception:
+                        log.exception(
+                            "policy feed: re-checking %s/%s/%s failed",
+                            event.kind.lower(),
+                            event.team,
+                            event.name,
+                        )
+            if len(batch) < 500:
+                await self.store.wait_for_change(1.0)
+
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _engine_sink(request: Request) -> DatabaseViolationSink:
+    sink: DatabaseViolationSink = request.app.state.violations
+    return sink
+
+
+def _authorize_read(user: UserInfo, team: str, what: str) -> None:
+    authz.authorize(user, "get", kind_info("Policy"), team, what)
+
+
+@router.get("/teams/{team}/violations")
+async def team_report(
+    request: Request,
+    team: str,
+    user: UserInfo = User,
+    policy: str | None = None,
+    limit: int = REPORT_LIMIT,
+) -> Response:
+    _authorize_read(user, team, f"violations of team {team}")
+    rows = await _engine_sink(request).log.list(team, policy, limit)
+    return JSONResponse({"apiVersion": "kled.io/v1", "kind": "ViolationList", "items": rows})
+
+
+@router.get("/teams/{team}/policies/{name}/report")
+async def policy_report(
+    request: Request, team: str, name: str, user: UserInfo = User, limit: int = REPORT_LIMIT
+) -> Response:
+    policy = await service(request).get(user, Key("Policy", team, "", name))
+    rows = await _engine_sink(request).log.list(team, name, limit)
+    return JSONResponse(
+        {"apiVersion": "kled.io/v1", "kind": "PolicyReport", "policy": policy, "items": rows}
+    )
