@@ -1,0 +1,143 @@
+"""What ``kled device join`` and ``kled device config`` do on the device's own machine.
+
+A device (a laptop, a workspace) is a WireGuard peer of its team's nodes. Its private key is
+generated here, on the device, and never leaves it: only the public key is registered with
+the control plane. ``bring_up`` starts the interface with ``wireguard-go`` (and a route for
+the whole team block), ``render_wg_quick`` writes the same thing as a standard ``wg-quick``
+file for any ordinary WireGuard client, and ``configure_resolver`` points the machine's
+resolver for the team zone at Kled's DNS — through systemd-resolved when it runs, otherwise
+by returning instructions for the user.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kled.agent.net import links, wireguard
+from kled.agent.net.command import run
+from kled.errors import InvalidInput
+from kled.resources.netstate import Peer
+
+log = logging.getLogger(__name__)
+
+RESOLVED_RUN_DIR = "/run/systemd/resolve"
+
+
+@dataclass(frozen=True)
+class DeviceNetwork:
+    """A device's side of the team mesh."""
+
+    team: str
+    name: str
+    #: the device's mesh address (a /32)
+    address: str
+    #: the team block, routed through the interface
+    block: str
+    peers: tuple[Peer, ...]
+    private_key_file: str
+    listen_port: int | None = None
+    #: the team's DNS server, "ip" or "ip:port"
+    dns: str | None = None
+    search_domains: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.IPv4Address(self.address.split("/")[0])
+            ipaddress.IPv4Network(self.block)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="address") from exc
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+
+async def generate_keypair(private_key_file: str | Path) -> str:
+    """Create the device's private key (mode 0600) unless present; return its public key."""
+    return await wireguard.ensure_private_key(private_key_file)
+
+
+def device_ifname(team: str, name: str, scope: str = "") -> str:
+    """``kd-<hash8>``: unique per machine for (scope, team, device)."""
+    return wireguard.interface_name(scope, team, name, prefix="kd-")
+
+
+async def bring_up(dev: DeviceNetwork, *, ifname: str, netns: str | None = None) -> None:
+    """Start (or repair) the device's interface: keys, peers, address, route to the block."""
+    if not (wireguard.is_alive(ifname) and await links.exists(netns, ifname)):
+        await links.delete(netns, ifname)
+        await wireguard.start(ifname, netns)
+    await wireguard.configure(
+        ifname,
+        private_key_file=dev.private_key_file,
+        listen_port=dev.listen_port,
+        peers=dev.peers,
+    )
+    await links.set_addresses(netns, ifname, [f"{dev.ip}/32"])
+    await links.set_up(netns, ifname)
+    await links.replace_route(netns, dev.block, dev=ifname, src=dev.ip)
+    log.info("device/%s/%s up on %s", dev.team, dev.name, ifname)
+
+
+async def bring_down(ifname: str, *, netns: str | None = None) -> None:
+    """Remove the interface; wireguard-go exits with it."""
+    await links.delete(netns, ifname)
+    await wireguard.wait_gone(ifname)
+
+
+def render_wg_quick(dev: DeviceNetwork, private_key: str) -> str:
+    """The device as a standard ``wg-quick`` file (``kled device config``)."""
+    lines = ["[Interface]", f"PrivateKey = {private_key}", f"Address = {dev.ip}/32"]
+    if dev.listen_port:
+        lines.append(f"ListenPort = {dev.listen_port}")
+    if dev.dns:
+        # wg-quick takes plain addresses and search domains here; a port cannot be given.
+        lines.append("DNS = " + ", ".join([dev.dns.rsplit(":", 1)[0], *dev.search_domains]))
+    for peer in dev.peers:
+        lines += ["", "[Peer]", f"PublicKey = {peer.public_key}"]
+        if peer.endpoint:
+            lines.append(f"Endpoint = {peer.endpoint}")
+        lines.append(f"AllowedIPs = {', '.join(peer.allowed_ips)}")
+        if peer.persistent_keepalive:
+            lines.append(f"PersistentKeepalive = {peer.persistent_keepalive}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class ResolverSetup:
+    """The outcome of ``configure_resolver``: applied, or what the user should do."""
+
+    applied: bool
+    message: str
+
+
+def _resolved_running() -> bool:
+    return shutil.which("resolvectl") is not None and os.path.isdir(RESOLVED_RUN_DIR)
+
+
+async def configure_resolver(
+    ifname: str, dns: str, zones: Sequence[str], *, netns: str | None = None
+) -> ResolverSetup:
+    """Send queries for the team's zones to Kled's DNS, for this interface only."""
+    if not zones:
+        raise InvalidInput("at least one zone is needed", field="zones")
+    if _resolved_running() and netns is None:
+        await run(["resolvectl", "dns", ifname, dns])
+        await run(["resolvectl", "domain", ifname, *[f"~{z}" for z in zones]])
+        return ResolverSetup(True, f"systemd-resolved sends {', '.join(zones)} to {dns}")
+    host, _, port = dns.rpartition(":") if dns.count(":") == 1 else (dns, "", "")
+    server = host or dns
+    lines = [
+        "systemd-resolved is not running here; point your resolver at Kled's DNS by hand:",
+        f"  dnsmasq:  server=/{zones[0]}/{server}" + (f"#{port}" if port else ""),
+        f"  or add to /etc/resolv.conf:  nameserver {server}  and  search {' '.join(zones)}",
+    ]
+    if port and port != "53":
+        lines.append(f"  (the server listens on port {port}; /etc/resolv.conf needs port 53)")
+    return ResolverSetup(False, "\n".join(lines))
