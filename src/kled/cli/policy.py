@@ -1,0 +1,203 @@
+"""``kled policy``: try policies on resources locally, with no server (for CI pipelines).
+
+``kled policy test POLICY.yaml --resource R.yaml`` runs the policies of a file (Kled
+``Policy`` or jsPolicy ``JsPolicy`` manifests) on a resource through the same engine the
+server uses: mutating policies first, then validating ones. It prints ``ALLOWED`` or
+``DENIED: <message> (policy <name>)``, warnings on stderr and what mutating policies
+changed, and exits 0 when the resource is allowed, 1 when it is denied, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kled.admission.policy import (
+    EngineSettings,
+    InMemoryViolationSink,
+    PolicyEngine,
+    compile_check,
+)
+from kled.admission.policy.local import MemoryResources, StaticPolicySource
+from kled.admission.policy.patching import json_patch
+from kled.admission.policy.pool import WorkerPool
+from kled.admission.request import AdmissionRequest, Operation, UserInfo
+from kled.errors import InvalidInput, KledError
+from kled.resources.loading import load_path
+from kled.resources.registry import Scope, kind_info
+
+app = typer.Typer(help="Write and check kPolicy policies.", no_args_is_help=True)
+
+_OPERATIONS = ("CREATE", "UPDATE", "DELETE")
+
+
+@app.callback()
+def _group() -> None:
+    """Write and check kPolicy policies."""
+
+
+def _load(path: Path, what: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise InvalidInput(f"{what} file {str(path)!r} does not exist", field=what)
+    return load_path(path)
+
+
+def _one_resource(path: Path, what: str) -> dict[str, Any]:
+    docs = _load(path, what)
+    if len(docs) != 1:
+        raise InvalidInput(f"{path}: expected one resource, found {len(docs)}", field=what)
+    return docs[0]
+
+
+def _with_identity(doc: dict[str, Any], team: str, index: int) -> dict[str, Any]:
+    meta = dict(doc.get("metadata") or {})
+    meta["team"] = team
+    meta.setdefault("uid", f"local-{index}-{meta.get('name')}")
+    meta.setdefault("resourceVersion", "1")
+    return {**doc, "metadata": meta}
+
+
+async def evaluate(
+    policies: list[dict[str, Any]],
+    resource: dict[str, Any],
+    *,
+    old: dict[str, Any] | None = None,
+    operation: str = "CREATE",
+    user: str = "kled-policy-test",
+    team: str = "default",
+    existing: list[dict[str, Any]] | None = None,
+    pool: WorkerPool | None = None,
+) -> dict[str, Any]:
+    """Run ``policies`` on ``resource`` as admission would; the verdict as a dict.
+
+    ``pool`` lets many evaluations share worker processes (a test suite); by default one
+    worker is started for this evaluation and stopped after it.
+    """
+    policy_docs = [_with_identity(p, team, i) for i, p in enumerate(policies)]
+    resources = MemoryResources(_with_identity(d, team, i) for i, d in enumerate(existing or []))
+    sink = InMemoryViolationSink()
+    engine = PolicyEngine(
+        StaticPolicySource(policy_docs),
+        resources,
+        sink,
+        settings=EngineSettings(workers=1),
+        pool=pool,
+    )
+    meta = resource.get("metadata") or {}
+    kind = str(resource.get("kind"))
+    environment = meta.get("environment")
+    if kind_info(kind).scope is Scope.ENVIRONMENT:
+        environment = environment or "default"
+    target = {**resource, "metadata": {**meta, "team": team}}
+    if environment and kind_info(kind).scope is Scope.ENVIRONMENT:
+        target["metadata"]["environment"] = environment
+    before = json.loads(json.dumps(target))
+    req = AdmissionRequest(
+        operation=Operation(operation),
+        kind=kind,
+        name=str(meta.get("name") or ""),
+        team=team,
+        environment=environment,
+        object=None if operation == "DELETE" else target,
+        old_object=target if operation == "DELETE" else old,
+        user=UserInfo(username=user, team=team, role="member"),
+    )
+    try:
+        mutated = await engine.mutating_hook(req)
+        warnings = list(mutated.warnings)
+        result = mutated
+        if mutated.allowed:
+            result = await engine.validating_hook(req)
+            warnings.extend(result.warnings)
+        violations = await sink.list(team, None, 100)
+    finally:
+        await engine.close()
+    final = req.object
+    return {
+        "allowed": result.allowed,
+        "message": result.message,
+        "reason": result.reason,
+        "code": result.code,
+        "policy": result.policy,
+        "warnings": warnings,
+        "patch": json_patch(before, final) if final is not None and result.allowed else [],
+        "object": final if result.allowed else None,
+        "violations": [v.as_dict() for v in violations],
+    }
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    raise typer.Exit(code)
+
+
+@app.command("test")
+def test(
+    policy_file: Annotated[Path, typer.Argument(metavar="POLICY.yaml", help="Policies to run.")],
+    resource: Annotated[Path, typer.Option("--resource", "-r", help="The resource to check.")],
+    old: Annotated[
+        Path | None, typer.Option("--old", help="The resource before (makes it an UPDATE).")
+    ] = None,
+    operation: Annotated[
+        str | None, typer.Option("--operation", help="CREATE, UPDATE or DELETE.")
+    ] = None,
+    user: Annotated[str, typer.Option("--user", help="Who asks.")] = "kled-policy-test",
+    team: Annotated[str, typer.Option("--team", "-t", help="The team of it all.")] = "default",
+    existing: Annotated[
+        list[Path] | None,
+        typer.Option("--existing", help="Resources get()/list() can see (repeatable)."),
+    ] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
+) -> None:
+    """Run the policies of POLICY.yaml on a resource, locally: exit 0 allowed, 1 denied."""
+    try:
+        if output not in ("text", "json"):
+            raise InvalidInput(f"unknown output {output!r} (use text or json)", field="--output")
+        op = (operation or ("UPDATE" if old else "CREATE")).upper()
+        if op not in _OPERATIONS:
+            raise InvalidInput(f"unknown operation {op!r} (use CREATE, UPDATE or DELETE)")
+        policies = _load(policy_file, "POLICY.yaml")
+        if not policies or any(p.get("kind") != "Policy" for p in policies):
+            raise InvalidInput(f"{policy_file}: expected Policy documents only")
+        for doc in policies:
+            try:
+                compile_check(str((doc.get("spec") or {}).get("javascript") or ""))
+            except InvalidInput as exc:
+                name = (doc.get("metadata") or {}).get("name")
+                raise InvalidInput(f"{policy_file}: policy {name}: {exc}") from None
+        target = _one_resource(resource, "--resource")
+        previous = _one_resource(old, "--old") if old else None
+        seen = [d for path in existing or [] for d in _load(path, "--existing")]
+        verdict = asyncio.run(
+            evaluate(
+                policies, target, old=previous, operation=op, user=user, team=team, existing=seen
+            )
+        )
+    except InvalidInput as exc:
+        _fail(str(exc), 2)
+        return
+    except KledError as exc:
+        _fail(str(exc), 1)
+        return
+    if output == "json":
+        sys.stdout.write(json.dumps(verdict, indent=2) + "\n")
+    else:
+        for warning in verdict["warnings"]:
+            sys.stderr.write(f"Warning: {warning}\n")
+        if verdict["allowed"]:
+            sys.stdout.write("ALLOWED\n")
+            for change in verdict["patch"]:
+                value = "" if change["op"] == "remove" else f" {json.dumps(change['value'])}"
+                sys.stdout.write(f"  {change['op']} {change['path']}{value}\n")
+        else:
+            sys.stdout.write(f"DENIED: {verdict['message']} (policy {verdict['policy']})\n")
+    raise typer.Exit(0 if verdict["allowed"] else 1)
+
+
+if __name__ == "__main__":
+    app()
