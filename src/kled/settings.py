@@ -30,6 +30,25 @@ class ServerSettings(BaseSettings):
     secret_key: str | None = Field(None, description="Fernet key for secrets at rest")
     max_body_bytes: int = Field(1024 * 1024, description="largest request body accepted")
     log_json: bool = Field(False, description="log as JSON lines")
+    # -- the Message Office (NATS JetStream) --
+    embedded_nats: bool = Field(False, description="run a nats-server with JetStream in data-dir")
+    nats_url: str | None = Field(None, description="an existing NATS cluster, nats://host:4222")
+    nats_port: int = Field(0, description="port of the embedded nats-server (0: a free one)")
+    nats_user: str | None = Field(None, description="user for --nats")
+    nats_password: str | None = Field(None, description="password for --nats")
+    nats_creds: str | None = Field(None, description="credentials file for --nats")
+    nats_tls_ca: str | None = Field(None, description="CA bundle to verify NATS")
+    nats_tls_cert: str | None = Field(None, description="client certificate for NATS")
+    nats_tls_key: str | None = Field(None, description="client key for NATS")
+    nats_advertise: str | None = Field(
+        None, description="NATS URL told to agents (default: the host agents reached the API at)"
+    )
+    # -- the mesh --
+    dns_listen: str = Field("127.0.0.1:0", description="DNS server address, host:port")
+    dns_upstreams: list[str] = Field(
+        default_factory=list, description="resolvers for other names (default: /etc/resolv.conf)"
+    )
+    zone: str = Field("kled.internal", description="DNS zone of the team meshes")
 
     def database_url(self) -> str:
         return self.database or f"sqlite:///{self.data_dir / 'kled.db'}"

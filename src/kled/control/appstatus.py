@@ -1,0 +1,252 @@
+"""``App.status`` from placements and agents' reports, as pure functions.
+
+Two sources meet in an app's status: the scheduler (where each replica is, or why it is
+Pending) and the agents (what each replica is doing: state, restarts, last exit code).
+:func:`fold` combines them with the previous status into the next one, keeping what other
+controllers wrote there (``ip``, ``dns``). Everything here is idempotent: folding the same
+report or event twice gives the same status, so a redelivered message changes nothing.
+
+The phase, from the replicas:
+
+- ``Stopped``: zero replicas wanted;
+- ``Failed``: the app cannot be sent to nodes (a bad ``envFrom`` reference, say), or no
+  replica runs and at least one has failed;
+- ``Running``: every wanted replica is Running;
+- ``Degraded``: some replicas run, not all; or a replica's node stopped reporting
+  (its state is ``Unknown`` until the node comes back or the replica moves);
+- ``Pending``: nothing runs yet and nothing has failed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kled.control.desired import BadReference
+from kled.control.scheduling import Placement
+from kled.resources.hoststate import ReplicaState, ReplicaStatus
+from kled.resources.meta import iso_timestamp
+
+MAX_EVENTS = 20
+
+#: the state shown for a replica whose node stopped reporting (it may still run)
+UNKNOWN = "Unknown"
+
+#: reasons this module sets (not an agent), cleared once their cause is gone
+_OURS = frozenset(
+    {"NodeNotReady", "ConfigNotFound", "SecretNotFound", "InvalidSecret", "UnsupportedRuntime",
+     "InvalidSpec"}
+)  # fmt: skip
+
+#: the fields of one replica entry that come from its agent
+_OBSERVED = ("state", "restarts", "lastExitCode", "reason", "message", "startedAt", "generation")
+
+
+@dataclass(frozen=True)
+class Report:
+    """One replica's status as reported by the agent of ``node``."""
+
+    node: str
+    status: ReplicaStatus
+
+
+def event(
+    time: datetime | str,
+    reason: str,
+    message: str,
+    *,
+    type: str = "Normal",
+    replica: int | None = None,
+) -> dict[str, Any]:
+    """An entry of ``status.events``."""
+    when = time if isinstance(time, str) else iso_timestamp(time)
+    return {"time": when, "type": type, "reason": reason, "message": message, "replica": replica}
+
+
+def add_events(
+    events: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """``events`` with ``new`` added once each, oldest first, the newest MAX_EVENTS kept."""
+    out = [dict(e) for e in events]
+    for item in new:
+        if dict(item) not in out:
+            out.append(dict(item))
+    out.sort(key=lambda e: str(e.get("time") or ""))
+    return out[-MAX_EVENTS:]
+
+
+def _entry(index: int, node: str | None) -> dict[str, Any]:
+    return {
+        "index": index,
+        "node": node,
+        "state": ReplicaState.PENDING.value,
+        "restarts": 0,
+        "lastExitCode": None,
+        "reason": None,
+        "message": None,
+        "startedAt": None,
+    }
+
+
+def _observe(entry: dict[str, Any], status: ReplicaStatus) -> None:
+    entry.update(
+        state=status.state.value,
+        restarts=status.restarts,
+        lastExitCode=status.last_exit_code,
+        reason=status.reason,
+        message=status.message,
+        startedAt=iso_timestamp(status.started_at) if status.started_at else None,
+        generation=status.generation,
+    )
+
+
+def is_stale(previous: Mapping[str, Any] | None, status: ReplicaStatus) -> bool:
+    """A report about an older restart generation than the one already shown."""
+    if previous is None:
+        return False
+    return status.generation < int(previous.get("generation") or 0)
+
+
+def replica_entries(
+    previous: Sequence[Mapping[str, Any]],
+    placements: Sequence[Placement],
+    *,
+    reports: Mapping[int, Report] | None = None,
+    node_ready: Mapping[str, bool] | None = None,
+    bad: BadReference | None = None,
+) -> list[dict[str, Any]]:
+    """One entry per wanted replica, by index."""
+    before = {int(e["index"]): e for e in previous if isinstance(e, Mapping) and "index" in e}
+    out: list[dict[str, Any]] = []
+    for placement in sorted(placements, key=lambda p: p.index):
+        entry = _entry(placement.index, placement.node)
+        old = before.get(placement.index)
+        if old is not None and old.get("node") == placement.node and placement.node:
+            # Same replica on the same node: what its agent said last still holds.
+            for name in _OBSERVED:
+                if name in old:
+                    entry[name] = copy.deepcopy(old[name])
+        report = (reports or {}).get(placement.index)
+        if (
+            report is not None
+            and report.node == placement.node
+            and not is_stale(entry, report.status)
+        ):
+            _observe(entry, report.status)
+        if placement.node is None:
+            entry.update(
+                state=ReplicaState.PENDING.value,
+                reason=placement.reason,
+                message=placement.message,
+            )
+        elif bad is not None:
+            entry.update(state=ReplicaState.FAILED.value, reason=bad.reason, message=bad.message)
+        elif node_ready is not None and not node_ready.get(placement.node, False):
+            if entry["state"] != ReplicaState.PENDING.value or entry.get("generation") is not None:
+                entry.update(
+                    state=UNKNOWN,
+                    reason="NodeNotReady",
+                    message=f"node {placement.node} stopped reporting; the replica moves "
+                    "to another node if it does not come back",
+                )
+            else:
+                entry.update(reason="NodeNotReady", message=f"node {placement.node} is NotReady")
+        elif entry.get("reason") in _OURS or entry["state"] == UNKNOWN:
+            # The cause went away; until the agent says more, the replica is starting.
+            entry.update(state=ReplicaState.PENDING.value, reason=None, message=None)
+        if entry["state"] == ReplicaState.PENDING.value and placement.node and not entry["reason"]:
+            entry.update(
+                reason="Scheduled", message=f"waiting for node {placement.node} to start it"
+            )
+        out.append(entry)
+    return out
+
+
+def phase(wanted: int, entries: Sequence[Mapping[str, Any]], bad: BadReference | None) -> str:
+    if wanted == 0:
+        return "Stopped"
+    if bad is not None:
+        return "Failed"
+    running = sum(1 for e in entries if e.get("state") == ReplicaState.RUNNING.value)
+    failed = sum(1 for e in entries if e.get("state") == ReplicaState.FAILED.value)
+    if running >= wanted:
+        return "Running"
+    if running == 0 and failed:
+        return "Failed"
+    unknown = sum(1 for e in entries if e.get("state") == UNKNOWN)
+    if running == 0 and not unknown:
+        return "Pending"
+    return "Degraded"
+
+
+def fold(
+    app: Mapping[str, Any],
+    placements: Sequence[Placement],
+    *,
+    reports: Mapping[int, Report] | None = None,
+    node_ready: Mapping[str, bool] | None = None,
+    bad: BadReference | None = None,
+    events: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The next ``status`` of ``app``: its current status with the replica part redone."""
+    status = copy.deepcopy(dict(app.get("status") or {}))
+    spec = app.get("spec") or {}
+    wanted = int(spec.get("replicas", 1))
+    entries = replica_entries(
+        status.get("replicas") or [],
+        placements,
+        reports=reports,
+        node_ready=node_ready,
+        bad=bad,
+    )
+    status["replicas"] = entries
+    status["readyReplicas"] = sum(
+        1 for e in entries if e.get("state") == ReplicaState.RUNNING.value
+    )
+    status["phase"] = phase(wanted, entries, bad)
+    status["observedGeneration"] = int((app.get("metadata") or {}).get("generation") or 0)
+    if bad is not None:
+        status["reason"], status["message"] = bad.reason, bad.message
+    else:
+        status.pop("reason", None)
+        status.pop("message", None)
+    if events or "events" in status:
+        status["events"] = add_events(status.get("events") or [], events)
+    return status
+
+
+def placement_events(
+    before: Sequence[Placement], after: Sequence[Placement], now: datetime
+) -> list[dict[str, Any]]:
+    """Events telling what the scheduler changed: placed, moved, Pending."""
+    old = {p.index: p for p in before}
+    out: list[dict[str, Any]] = []
+    for p in after:
+        prev = old.get(p.index)
+        if prev == p:
+            continue
+        if p.node is None:
+            if prev is None or prev.node is not None or prev.message != p.message:
+                out.append(
+                    event(now, "FailedScheduling", p.message or "", type="Warning", replica=p.index)
+                )
+        elif prev is None or prev.node is None:
+            out.append(
+                event(
+                    now, "Scheduled", f"replica {p.index} placed on node {p.node}", replica=p.index
+                )
+            )
+        else:
+            out.append(
+                event(
+                    now,
+                    "Rescheduled",
+                    f"replica {p.index} moved from node {prev.node} to node {p.node}",
+                    type="Warning",
+                    replica=p.index,
+                )
+            )
+    return out

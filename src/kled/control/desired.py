@@ -1,0 +1,222 @@
+"""What each node should run: apps and placements turned into ``HostDesiredState`` values.
+
+A pure function of the App documents, the placement the scheduler chose, and the
+environment's Configs, Secrets and Environment variables. It resolves everything an agent
+must not have to look up: ``envFrom`` is expanded here, quantities become numbers, and a
+restart request becomes a new ``ReplicaSpec.generation``.
+
+Environment variables of a replica, lowest precedence first: the Environment's
+``spec.variables``, then each ``envFrom`` source in order (a Config's ``data`` as is, a
+Secret's ``data`` base64-decoded), then the app's own ``spec.env`` — explicit env wins.
+
+A replica whose app names a Config or Secret that does not exist is not sent to its node:
+it comes back as a :class:`BadReference` that the caller shows as Failed
+(``ConfigNotFound`` / ``SecretNotFound``) until the reference resolves.
+
+The output is sorted (replicas by id, env by name), so an unchanged input gives an equal
+value and the caller can skip rewriting a node's key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kled.control.scheduling import Placement
+from kled.errors import InvalidInput
+from kled.resources.hoststate import (
+    HostDesiredState,
+    PortSpec,
+    ReplicaSpec,
+    ResourceLimits,
+    RestartPolicy,
+    RuntimeKind,
+)
+from kled.resources.quantities import parse_cpu, parse_memory
+
+#: set by ``kled app restart``: an ISO timestamp (or a whole number); a new value restarts
+RESTARTED_AT = "kled.io/restartedAt"
+
+#: (team, environment, name) of a Config, Secret or App; (team, environment, "") of an env
+Ref = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class BadReference:
+    """Why an app's replicas cannot be sent to a node: shown as Failed in ``App.status``."""
+
+    reason: str  # ConfigNotFound | SecretNotFound | UnsupportedRuntime | InvalidSpec
+    message: str
+
+
+@dataclass
+class DesiredStates:
+    """The result: one state per node given, and the apps that could not be resolved."""
+
+    nodes: dict[str, HostDesiredState] = field(default_factory=dict)
+    bad: dict[Ref, BadReference] = field(default_factory=dict)
+
+
+def app_ref(app: Mapping[str, Any]) -> Ref:
+    meta = app["metadata"]
+    return (str(meta["team"]), str(meta.get("environment") or ""), str(meta["name"]))
+
+
+def restart_generation(app: Mapping[str, Any]) -> int:
+    """The restart nonce of ``app``: the ``kled.io/restartedAt`` annotation as a number.
+
+    An ISO timestamp becomes its epoch milliseconds, so each later restart gives a larger
+    number; a whole number is taken as is; absent or unreadable means 0.
+    """
+    annotations = (app.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(RESTARTED_AT)
+    if value in (None, ""):
+        return 0
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return 0
+    return int(moment.timestamp() * 1000)
+
+
+def resolve_env(
+    app: Mapping[str, Any],
+    configs: Mapping[Ref, Mapping[str, Any]],
+    secrets: Mapping[Ref, Mapping[str, Any]],
+    variables: Mapping[str, str] | None = None,
+) -> dict[str, str] | BadReference:
+    """The replica's environment, or the first reference that does not resolve."""
+    team, env, name = app_ref(app)
+    spec = app.get("spec") or {}
+    merged: dict[str, str] = dict(variables or {})
+    for position, source in enumerate(spec.get("envFrom") or []):
+        if source.get("config"):
+            wanted = str(source["config"])
+            config = configs.get((team, env, wanted))
+            if config is None:
+                return BadReference(
+                    "ConfigNotFound",
+                    f"app {name}: config {wanted!r} (envFrom[{position}]) does not exist "
+                    f"in environment {env}; create it or remove the reference",
+                )
+            merged.update({str(k): str(v) for k, v in (config.get("data") or {}).items()})
+        elif source.get("secret"):
+            wanted = str(source["secret"])
+            secret = secrets.get((team, env, wanted))
+            if secret is None:
+                return BadReference(
+                    "SecretNotFound",
+                    f"app {name}: secret {wanted!r} (envFrom[{position}]) does not exist "
+                    f"in environment {env}; create it or remove the reference",
+                )
+            for key, encoded in (secret.get("data") or {}).items():
+                try:
+                    raw = base64.b64decode(str(encoded), validate=True)
+                except (binascii.Error, ValueError):
+                    return BadReference(
+                        "InvalidSecret",
+                        f"app {name}: secret {wanted!r} key {key!r} is not base64",
+                    )
+                merged[str(key)] = raw.decode("utf-8", errors="replace")
+    merged.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    return dict(sorted(merged.items()))
+
+
+def replica_spec(app: Mapping[str, Any], index: int, env: Mapping[str, str]) -> ReplicaSpec:
+    """The ``ReplicaSpec`` of replica ``index`` of ``app``; raises InvalidInput if it cannot be."""
+    team, environment, name = app_ref(app)
+    spec = app.get("spec") or {}
+    runtime = str(spec.get("runtime") or "process")
+    if runtime not in {k.value for k in RuntimeKind}:
+        raise InvalidInput(
+            f"the {runtime} runtime is not run by Kled agents yet; use process or container",
+            field="spec.runtime",
+        )
+    wanted = spec.get("resources") or {}
+    try:
+        limits = ResourceLimits(
+            cpu_millicores=parse_cpu(wanted["cpu"]) if wanted.get("cpu") else None,
+            memory_bytes=parse_memory(wanted["memory"]) if wanted.get("memory") else None,
+        )
+        return ReplicaSpec(
+            team=team,
+            environment=environment,
+            app=name,
+            app_uid=str(app["metadata"].get("uid") or ""),
+            index=index,
+            runtime=RuntimeKind(runtime),
+            command=[str(c) for c in spec.get("command") or []],
+            args=[str(a) for a in spec.get("args") or []],
+            working_dir=spec.get("workingDir"),
+            env=dict(env),
+            image=spec.get("image"),
+            ports=[
+                PortSpec(
+                    name=p.get("name"),
+                    port=int(p["port"]),
+                    target_port=p.get("targetPort"),
+                    protocol=p.get("protocol") or "TCP",
+                )
+                for p in spec.get("ports") or []
+            ],
+            resources=limits,
+            restart_policy=RestartPolicy(spec.get("restartPolicy") or "Always"),
+            generation=restart_generation(app),
+        )
+    except (ValidationError, ValueError, KeyError, TypeError) as e:
+        raise InvalidInput(f"app {name} cannot be run: {e}", field="spec") from e
+
+
+def compute(
+    nodes: Iterable[str],
+    apps: Iterable[Mapping[str, Any]],
+    placements: Mapping[Ref, Sequence[Placement]],
+    *,
+    configs: Mapping[Ref, Mapping[str, Any]],
+    secrets: Mapping[Ref, Mapping[str, Any]],
+    environments: Mapping[Ref, Mapping[str, Any]] | None = None,
+) -> DesiredStates:
+    """Every given node's desired state (empty when it runs nothing), and the bad apps.
+
+    ``environments`` maps (team, environment, "") to the Environment document.
+    """
+    out = DesiredStates()
+    per_node: dict[str, list[ReplicaSpec]] = {n: [] for n in nodes}
+    for app in apps:
+        ref = app_ref(app)
+        placed = [p for p in placements.get(ref, ()) if p.node is not None]
+        if not placed:
+            continue
+        env_doc = (environments or {}).get((ref[0], ref[1], "")) or {}
+        variables = (env_doc.get("spec") or {}).get("variables") or {}
+        env = resolve_env(app, configs, secrets, variables)
+        if isinstance(env, BadReference):
+            out.bad[ref] = env
+            continue
+        try:
+            specs = [(p.node, replica_spec(app, p.index, env)) for p in placed]
+        except InvalidInput as e:
+            reason = "UnsupportedRuntime" if e.field == "spec.runtime" else "InvalidSpec"
+            out.bad[ref] = BadReference(reason, e.message)
+            continue
+        for node, replica in specs:
+            if node is not None:
+                per_node.setdefault(node, []).append(replica)
+    for node in sorted(per_node):
+        replicas = sorted(per_node[node], key=lambda r: r.id)
+        out.nodes[node] = HostDesiredState(node=node, replicas=replicas)
+    return out
+
+
+def same_replicas(a: HostDesiredState | None, b: HostDesiredState) -> bool:
+    """Whether two states ask for the same thing (ignoring the counters around them)."""
+    return a is not None and a.node == b.node and a.replicas == b.replicas

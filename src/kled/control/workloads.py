@@ -1,0 +1,494 @@
+"""The workloads controller: apps become replicas on nodes, and agents' reports become status.
+
+It follows the store's event log (a full resync at start, then ``events_after`` from the
+revision it started at, woken by ``wait_for_change``) for Apps, Nodes, Configs, Secrets
+and Environments. After each batch it re-runs the scheduler (``scheduling``), computes
+every node's desired state (``desired``) and hands a node's state to the
+:class:`DesiredStateSink` only when that node's replicas actually changed. Placements and
+replica states are written to ``App.status`` (``appstatus``), merged with what other
+controllers put there.
+
+The other direction comes from whoever consumes the Message Office's streams:
+:meth:`WorkloadController.on_heartbeat`, :meth:`~WorkloadController.on_replica_status` and
+:meth:`~WorkloadController.on_event` update ``Node.status`` and ``App.status``
+idempotently — the same message applied twice changes nothing. A periodic tick turns
+silent nodes NotReady and, after the grace period, moves their replicas (``nodes``).
+
+Placements live in ``App.status.replicas[].node``: a restarted controller reads them back
+and keeps every replica where it was. It then sends every node its state once, because it
+cannot know what its predecessor sent; agents treat an equal state as a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kled.control.appstatus import Report, add_events, event, fold, placement_events
+from kled.control.desired import BadReference, Ref, compute, same_replicas
+from kled.control.nodes import (
+    NOT_READY,
+    READY,
+    NodeTracker,
+    add_node_event,
+    apply_heartbeat,
+    deleting,
+    is_newer,
+    mark_not_ready,
+    node_info,
+)
+from kled.control.scheduling import NodeInfo, Placement, app_request, schedule
+from kled.errors import Conflict, KledError, NotFound, Unavailable
+from kled.resources.hoststate import (
+    AgentEvent,
+    HostDesiredState,
+    NodeHeartbeat,
+    ReplicaStatus,
+    ReplicaStatusReport,
+)
+from kled.store.objects import Event, Key, Store
+
+log = logging.getLogger(__name__)
+
+_KINDS = ("App", "Node", "Config", "Secret", "Environment")
+_STATUS_TRIES = 8
+
+
+class DesiredStateSink(Protocol):
+    """Where a node's desired state goes (the Message Office's KV bucket, in production)."""
+
+    def put(self, node: str, state: HostDesiredState) -> Awaitable[None] | None: ...
+
+
+def parse_replica_id(replica_id: str) -> tuple[Ref, int] | None:
+    """``team.env.app.index`` → ((team, env, app), index); None if it is not one."""
+    parts = replica_id.split(".")
+    if len(parts) != 4 or not parts[3].isdigit():
+        return None
+    return (parts[0], parts[1], parts[2]), int(parts[3])
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _app_inputs(doc: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What, when it changes, means an app must be scheduled and resolved again."""
+    meta = doc.get("metadata") or {}
+    return (doc.get("spec"), meta.get("annotations"), meta.get("generation"), meta.get("uid"))
+
+
+def _name(ref: Ref) -> str:
+    return f"app/{ref[0]}/{ref[1]}.{ref[2]}"
+
+
+class WorkloadController:
+    def __init__(
+        self,
+        store: Store,
+        sink: DesiredStateSink,
+        *,
+        not_ready_after: float = 10.0,
+        reschedule_after: float = 30.0,
+        tick: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.seq = 0
+        self.tracker = NodeTracker(not_ready_after, reschedule_after)
+        self._tick = tick
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._apps: dict[Ref, dict[str, Any]] = {}
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self._configs: dict[Ref, dict[str, Any]] = {}
+        self._secrets: dict[Ref, dict[str, Any]] = {}
+        self._envs: dict[Ref, dict[str, Any]] = {}
+        self._placements: dict[Ref, list[Placement]] = {}
+        self._bad: dict[Ref, BadReference] = {}
+        self._sent: dict[str, HostDesiredState] = {}
+        self._ready: dict[str, bool] = {}
+        self._lost: set[str] = set()
+        self._dirty_apps: set[Ref] = set()
+        self._dirty = False
+        self._generation = 0
+
+    # ---- lifetime ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.resync()
+        self._task = asyncio.create_task(self._run(), name="workloads")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            handled = 0
+            try:
+                handled = await self.step()
+                await self.tick()
+            except Unavailable as e:
+                log.warning("workloads: store unavailable (%s); retrying", e)
+            except Exception:  # one bad round must not end scheduling for everyone
+                log.exception("workloads: reconcile failed; retrying")
+            if not handled:
+                await self.store.wait_for_change(self._tick)
+
+    async def resync(self) -> None:
+        """Read everything from the store and reconcile, as after a restart."""
+        async with self._lock:
+            self.seq = await self.store.revision()
+            self._apps.clear()
+            self._nodes.clear()
+            self._configs.clear()
+            self._secrets.clear()
+            self._envs.clear()
+            self._placements.clear()
+            self._sent.clear()
+            for kind in _KINDS:
+                for doc in (await self.store.list(kind)).items:
+                    self._remember(kind, doc)
+            for ref, app in self._apps.items():
+                self._placements[ref] = [
+                    Placement(int(e["index"]), str(e["node"]))
+                    for e in (app.get("status") or {}).get("replicas") or []
+                    if isinstance(e, dict) and e.get("node") and "index" in e
+                ]
+            self.tracker.start(
+                (
+                    (n, (d.get("status") or {}).get("phase") == READY)
+                    for n, d in self._nodes.items()
+                ),
+                self._clock(),
+            )
+            self._dirty_apps = set(self._apps)
+            self._dirty = True
+            await self._reconcile()
+        log.info(
+            "workloads: resynced %d apps on %d nodes at revision %d",
+            len(self._apps),
+            len(self._nodes),
+            self.seq,
+        )
+
+    # ---- following the store ---------------------------------------------------------
+
+    async def step(self, limit: int = 500) -> int:
+        """Handle the events after ``seq`` and reconcile if needed; returns how many."""
+        async with self._lock:
+            batch = await self.store.events_after(self.seq, limit)
+            for ev in batch:
+                if ev.kind in _KINDS:
+                    try:
+                        await self._handle(ev)
+                    except Unavailable:
+                        raise  # retried from this event on
+                    except KledError as e:
+                        log.warning("%s/%s/%s: %s", ev.kind.lower(), ev.team, ev.name, e)
+                self.seq = ev.seq
+            if self._dirty:
+                await self._reconcile()
+        return len(batch)
+
+    async def _handle(self, ev: Event) -> None:
+        doc = ev.object
+        if ev.type == "DELETED" or deleting(doc):
+            self._forget(ev.kind, (ev.team, ev.environment, ev.name))
+            return
+        if ev.kind == "Secret":
+            # The event log carries Secrets redacted: read the real values.
+            found = await self.store.find(Key("Secret", ev.team, ev.environment, ev.name))
+            if found is None:
+                self._forget(ev.kind, (ev.team, ev.environment, ev.name))
+                return
+            doc = found
+        self._remember(ev.kind, doc)
+
+    def _remember(self, kind: str, doc: dict[str, Any]) -> None:
+        if deleting(doc):
+            return
+        meta = doc["metadata"]
+        if kind == "Node":
+            name = str(meta["name"])
+            old = self._nodes.get(name)
+            self._nodes[name] = doc
+            phase = (doc.get("status") or {}).get("phase")
+            if phase == READY and name not in self.tracker.heard:
+                self.tracker.heartbeat(name, self._clock())  # Ready by another writer
+            if old is None or node_info(old) != node_info(doc):
+                self._dirty = True
+            return
+        ref = (str(meta.get("team") or ""), str(meta.get("environment") or ""), str(meta["name"]))
+        if kind == "App":
+            old = self._apps.get(ref)
+            self._apps[ref] = doc
+            if old is None or _app_inputs(old) != _app_inputs(doc):
+                self._dirty_apps.add(ref)
+                self._dirty = True
+            return
+        table = {"Config": self._configs, "Secret": self._secrets}.get(kind)
+        if kind == "Environment":
+            table, ref = self._envs, (ref[0], ref[2], "")
+        if table is None:
+            return
+        before = table.get(ref)
+        table[ref] = doc
+        if before is None or _data(before) != _data(doc):
+            self._touch_environment(ref[0], ref[1])
+
+    def _forget(self, kind: str, ref: Ref) -> None:
+        if kind == "Node":
+            if self._nodes.pop(ref[2], None) is not None:
+                self.tracker.forget(ref[2])
+                self._dirty = True
+        elif kind == "App":
+            self._apps.pop(ref, None)
+            self._placements.pop(ref, None)
+            self._bad.pop(ref, None)
+            self._dirty = True
+        elif kind == "Environment":
+            if self._envs.pop((ref[0], ref[2], ""), None) is not None:
+                self._touch_environment(ref[0], ref[2])
+        else:
+            table = self._configs if kind == "Config" else self._secrets
+            if table.pop(ref, None) is not None:
+                self._touch_environment(ref[0], ref[1])
+
+    def _touch_environment(self, team: str, env: str) -> None:
+        for ref in self._apps:
+            if ref[0] == team and ref[1] == env:
+                self._dirty_apps.add(ref)
+                self._dirty = True
+
+    # ---- placing and sending ------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Turn silent nodes NotReady; after the grace period, move their replicas."""
+        async with self._lock:
+            now = self._clock()
+            for name, silent in self.tracker.silent(now).items():
+                doc = self._nodes.get(name)
+                if doc is None:
+                    self.tracker.forget(name)
+                    continue
+                self.tracker.went_not_ready(name, now)
+                if (doc.get("status") or {}).get("phase") != NOT_READY:
+                    log.warning("node//%s: no heartbeat for %.0fs: NotReady", name, silent)
+                    written = await self._set_status(Key("Node", "", "", name), _not_ready(silent))
+                    if written is not None:
+                        self._remember("Node", written)
+            if self.tracker.lost(now) != self._lost:
+                self._dirty = True
+            if self._dirty:
+                await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        """Schedule every app, write changed statuses, send changed node states."""
+        self._dirty = False
+        now = self._clock()
+        lost = self.tracker.lost(now)
+        infos: dict[str, NodeInfo] = {
+            name: node_info(doc, lost=name in lost) for name, doc in self._nodes.items()
+        }
+        if lost - self._lost:
+            log.warning(
+                "workloads: nodes lost, moving their replicas: %s", sorted(lost - self._lost)
+            )
+        self._lost = lost
+        requests = {
+            ref: app_request(app, self._placements.get(ref, [])) for ref, app in self._apps.items()
+        }
+        plan = schedule(infos.values(), requests.values())
+        placements = {ref: plan[req.key] for ref, req in requests.items()}
+        states = compute(
+            sorted(set(self._nodes) | set(self._sent)),
+            self._apps.values(),
+            placements,
+            configs=self._configs,
+            secrets=self._secrets,
+            environments=self._envs,
+        )
+        ready = {name: info.ready for name, info in infos.items()}
+        flipped = {n for n in set(ready) | set(self._ready) if ready.get(n) != self._ready.get(n)}
+        wall = _now()
+        writes: list[tuple[Ref, list[dict[str, Any]]]] = []
+        for ref in sorted(self._apps):
+            before, after = self._placements.get(ref, []), placements[ref]
+            moved = before != after
+            if (
+                moved
+                or ref in self._dirty_apps
+                or self._bad.get(ref) != states.bad.get(ref)
+                or any(p.node in flipped for p in after)
+            ):
+                writes.append((ref, placement_events(before, after, wall) if moved else []))
+        self._placements = placements
+        self._bad = states.bad
+        self._ready = ready
+        self._dirty_apps.clear()
+        await self._send(states.nodes)
+        for ref, events in writes:
+            try:
+                await self._write_app(ref, events=events)
+            except KledError as e:
+                log.warning("%s: status not written (%s); retrying", _name(ref), e)
+                self._dirty_apps.add(ref)
+                self._dirty = True
+
+    async def _send(self, states: dict[str, HostDesiredState]) -> None:
+        for node, state in states.items():
+            if same_replicas(self._sent.get(node), state):
+                continue
+            self._generation = max(self.seq, self._generation + 1)
+            state = state.model_copy(update={"generation": self._generation})
+            try:
+                result = self.sink.put(node, state)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as e:  # whatever the sink's failure, retry on the next tick
+                log.warning("node//%s: desired state not sent (%s); retrying", node, e)
+                self._dirty = True
+                continue
+            log.info(
+                "node//%s: desired state %d: %d replicas",
+                node,
+                state.generation,
+                len(state.replicas),
+            )
+            if node in self._nodes:
+                self._sent[node] = state
+            else:
+                self._sent.pop(node, None)  # told a deleted node to stop: nothing more to say
+
+    async def _write_app(
+        self,
+        ref: Ref,
+        *,
+        reports: Mapping[int, Report] | None = None,
+        events: list[dict[str, Any]] | None = None,
+    ) -> None:
+        placements = self._placements.get(ref)
+        if placements is None:
+            return
+
+        def change(doc: dict[str, Any]) -> dict[str, Any]:
+            return fold(
+                doc,
+                placements,
+                reports=reports,
+                node_ready=self._ready,
+                bad=self._bad.get(ref),
+                events=events or [],
+            )
+
+        await self._set_status(Key("App", *ref), change)
+
+    async def _set_status(
+        self, key: Key, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """Write a new status computed from the current document; retry on a race."""
+        for _ in range(_STATUS_TRIES):
+            doc = await self.store.find(key)
+            if doc is None or deleting(doc):
+                return doc
+            status = change(doc)
+            if status == (doc.get("status") or {}):
+                return doc
+            try:
+                return await self.store.update_status(
+                    key, status, expected_version=doc["metadata"]["resourceVersion"]
+                )
+            except NotFound:
+                return None
+            except Conflict:
+                continue  # someone else wrote status meanwhile: compute again
+        log.warning("workloads: %s: status kept changing, gave up this round", key)
+        return None
+
+    # ---- what agents report -------------------------------------------------------------
+
+    async def on_heartbeat(self, hb: NodeHeartbeat) -> None:
+        """A node is alive: refresh ``Node.status``, and the replicas it lists."""
+        async with self._lock:
+            key = Key("Node", "", "", hb.node)
+            doc = await self.store.find(key)
+            if doc is None or deleting(doc):
+                log.warning("node//%s: heartbeat from a node that is not registered", hb.node)
+                return
+            if not is_newer(doc.get("status") or {}, hb):
+                return  # a late or redelivered heartbeat says nothing new
+            self.tracker.heartbeat(hb.node, self._clock())
+            written = await self._set_status(
+                key, lambda d: apply_heartbeat(d.get("status") or {}, hb)
+            )
+            if written is not None:
+                self._remember("Node", written)
+            if self._dirty:
+                # First the node's readiness, so the replicas it lists are read as fresh news.
+                await self._reconcile()
+            for replica in hb.replicas:
+                await self._replica(hb.node, replica)
+
+    async def on_replica_status(self, report: ReplicaStatusReport) -> None:
+        """One replica changed on a node: fold it into its app's status."""
+        async with self._lock:
+            await self._replica(report.node, report.replica)
+
+    async def _replica(self, node: str, status: ReplicaStatus) -> None:
+        parsed = parse_replica_id(status.id)
+        if parsed is None:
+            log.warning("node//%s: report about %r, which is not a replica id", node, status.id)
+            return
+        ref, index = parsed
+        here = next((p for p in self._placements.get(ref, []) if p.index == index), None)
+        if here is None or here.node != node:
+            # An old home of a moved replica, or a replica scaled away: not the truth now.
+            log.debug("%s: ignoring report of replica %d from node %s", _name(ref), index, node)
+            return
+        await self._write_app(ref, reports={index: Report(node, status)})
+
+    async def on_event(self, ev: AgentEvent) -> None:
+        """An agent's event: into the app's ``status.events``, or the node's."""
+        async with self._lock:
+            if ev.replica_id:
+                parsed = parse_replica_id(ev.replica_id)
+                if parsed is None or parsed[0] not in self._apps:
+                    return
+                ref, index = parsed
+                entry = event(ev.time, ev.reason, ev.message, type=ev.type.value, replica=index)
+
+                def add(doc: dict[str, Any]) -> dict[str, Any]:
+                    status = copy.deepcopy(doc.get("status") or {})
+                    status["events"] = add_events(status.get("events") or [], [entry])
+                    return status
+
+                await self._set_status(Key("App", *ref), add)
+                return
+            await self._set_status(
+                Key("Node", "", "", ev.node), lambda d: add_node_event(d.get("status") or {}, ev)
+            )
+
+
+def _not_ready(silent: float) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def change(doc: dict[str, Any]) -> dict[str, Any]:
+        return mark_not_ready(doc.get("status") or {}, silent, _now())
+
+    return change
+
+
+def _data(doc: Mapping[str, Any]) -> Any:
+    return (doc.get("data"), doc.get("spec"))
