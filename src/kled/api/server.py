@@ -21,8 +21,9 @@ import uvicorn
 
 from kled.admission.chain import AdmissionChain
 from kled.admission.policy import PolicyEngine, compile_check
-from kled.api import policies
+from kled.api import hosts, policies
 from kled.api.app import create_app
+from kled.api.hosts import HostServices
 from kled.api.policies import DatabaseViolationSink, PolicyFeed, StorePolicySource, StoreReader
 from kled.api.service import Service
 from kled.resources.kinds import validate
@@ -55,6 +56,7 @@ class ControlPlane:
         self.policy_engine: PolicyEngine | None = None
         self.policy_feed: PolicyFeed | None = None
         self.violations: DatabaseViolationSink | None = None
+        self.hosts: HostServices | None = None
 
     async def open(self) -> Service:
         s = self.settings
@@ -68,6 +70,8 @@ class ControlPlane:
         self.service = Service(store, credentials, chain)
         await self._start_policies(store, chain)
         await self._bootstrap(credentials)
+        self.hosts = HostServices(s, self.service)
+        await self.hosts.start()
         return self.service
 
     async def _start_policies(self, store: Store, chain: AdmissionChain) -> None:
@@ -126,8 +130,8 @@ class ControlPlane:
         app = create_app(
             self.service,
             max_body=self.settings.max_body_bytes,
-            extra_routers=[policies.router],
-            state={"violations": self.violations},
+            extra_routers=[policies.router, hosts.router],
+            state={"violations": self.violations, "hosts": self.hosts},
         )
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
@@ -146,6 +150,8 @@ class ControlPlane:
             self.server.should_exit = True
 
     async def close(self) -> None:
+        if self.hosts is not None:
+            await self.hosts.stop()
         if self.policy_feed is not None:
             await self.policy_feed.stop()
         if self.policy_engine is not None:

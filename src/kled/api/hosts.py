@@ -1,0 +1,269 @@
+"""The control plane's side of the hosts: the Message Office, node joins, logs.
+
+``HostServices`` owns what connects the control plane to its agents: the embedded
+``nats-server`` (or a connection to an existing NATS cluster), the workload controller
+that writes each node's desired state to the KV bucket, and the durable consumer that
+feeds status, heartbeats and events back to it. Its routes let an agent join with a node
+token and let ``kled logs`` read an app's log lines from the Message Office.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from kled.admission.request import UserInfo
+from kled.api import authz
+from kled.api.rest import User, _body, service
+from kled.api.service import ADMIN, Service, parse_duration
+from kled.bus.embedded import EmbeddedNats
+from kled.bus.office import ConnectOptions, MessageOffice, StatusMessage
+from kled.control.workloads import WorkloadController
+from kled.errors import Forbidden, InvalidInput, Unauthorized, Unavailable
+from kled.resources.hoststate import AgentEvent, HostDesiredState, NodeHeartbeat
+from kled.resources.meta import is_dns_label
+from kled.resources.registry import kind_info
+from kled.settings import ServerSettings
+from kled.store.credentials import Credentials
+from kled.store.objects import Key, Store
+
+log = logging.getLogger(__name__)
+CONSUMER = "kled-control-plane"
+
+
+class _OfficeSink:
+    def __init__(self, office: MessageOffice) -> None:
+        self.office = office
+
+    async def put(self, node: str, state: HostDesiredState) -> None:
+        await self.office.put_desired(node, state)
+
+
+class HostServices:
+    def __init__(self, settings: ServerSettings, svc: Service) -> None:
+        self.settings = settings
+        self.service = svc
+        self.store: Store = svc.store
+        self.credentials: Credentials = svc.credentials
+        self.embedded: EmbeddedNats | None = None
+        self.office: MessageOffice | None = None
+        self.workloads: WorkloadController | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.embedded_nats or bool(self.settings.nats_url)
+
+    async def start(self) -> None:
+        s = self.settings
+        if not self.enabled:
+            return
+        if s.embedded_nats:
+            host, _ = s.listen_address()
+            self.embedded = EmbeddedNats(s.data_dir / "nats", host=host, port=s.nats_port or None)
+            await self.embedded.start()
+            options = ConnectOptions(
+                url=self.embedded.url.replace("0.0.0.0", "127.0.0.1"),
+                user=self.embedded.control_user,
+                password=self.embedded.control_password,
+                name="kled-control-plane",
+            )
+        else:
+            options = ConnectOptions(
+                url=str(s.nats_url),
+                user=s.nats_user,
+                password=s.nats_password,
+                creds_file=s.nats_creds,
+                tls_ca=s.nats_tls_ca,
+                tls_cert=s.nats_tls_cert,
+                tls_key=s.nats_tls_key,
+                name="kled-control-plane",
+            )
+        self.office = MessageOffice(options)
+        await self.office.connect()
+        await self.office.ensure_streams()
+        self.workloads = WorkloadController(self.store, _OfficeSink(self.office))
+        await self.workloads.start()
+        self._tasks.append(asyncio.create_task(self._consume(), name="status-consumer"))
+        self._tasks.append(asyncio.create_task(self._follow_nodes(), name="node-feed"))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.workloads is not None:
+            await self.workloads.stop()
+        if self.office is not None:
+            await self.office.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+    async def _consume(self) -> None:
+        assert self.office is not None and self.workloads is not None
+        workloads = self.workloads
+
+        async def handle(message: StatusMessage) -> None:
+            if isinstance(message, NodeHeartbeat):
+                await workloads.on_heartbeat(message)
+            elif isinstance(message, AgentEvent):
+                await workloads.on_event(message)
+            else:
+                await workloads.on_replica_status(message)
+
+        while not self._stop.is_set():
+            try:
+                await self.office.consume_status(CONSUMER, handle, stop=self._stop)
+            except Unavailable as e:
+                log.warning("status consumer: %s; retrying", e)
+                await asyncio.sleep(1)
+
+    async def _follow_nodes(self) -> None:
+        """A deleted node loses its NATS credentials and its desired state."""
+        after = await self.store.revision()
+        while not self._stop.is_set():
+            batch = await self.store.events_after(after)
+            for event in batch:
+                after = event.seq
+                if event.kind == "Node" and event.type == "DELETED":
+                    await self._forget_node(event.name)
+            if len(batch) < 500:
+                await self.store.wait_for_change(1.0)
+
+    async def _forget_node(self, node: str) -> None:
+        if self.embedded is not None:
+            await self.embedded.remove_node(node)
+        if self.office is not None:
+            with contextlib.suppress(Exception):
+                await self.office.delete_desired(node)
+
+    # ---- joining ---------------------------------------------------------------------
+
+    async def register(self, body: dict[str, Any], client_host: str | None, via_host: str) -> Any:
+        secret = body.get("token")
+        if not isinstance(secret, str) or not secret:
+            raise InvalidInput("a node token is required", field="token")
+        cred = await self.credentials.lookup(secret)
+        if cred is None or cred.purpose != "join" or not cred.usable():
+            raise Unauthorized("unknown, expired or revoked node token")
+        if self.office is None:
+            raise Unavailable(
+                "this server has no Message Office: start it with --embedded-nats or --nats URL"
+            )
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise InvalidInput("a node name is required", field="name")
+        if not is_dns_label(name):
+            raise InvalidInput(
+                f"{name!r} must be a DNS label (lowercase letters, digits and '-')", field="name"
+            )
+        labels = body.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise InvalidInput("must be an object of strings", field="labels")
+        spec: dict[str, Any] = {}
+        existing = await self.store.find(Key("Node", "", "", name))
+        if existing is not None:
+            spec.update(existing.get("spec") or {})
+        spec["address"] = body.get("address") or client_host or "127.0.0.1"
+        node = {
+            "apiVersion": "kled.io/v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {str(k): str(v) for k, v in labels.items()}},
+            "spec": spec,
+        }
+        await self.service.apply(ADMIN, node)
+        if self.embedded is not None:
+            creds = await self.embedded.add_node(name)
+            url = self.settings.nats_advertise or f"nats://{via_host}:{self.embedded.port}"
+            user, password = creds.user, creds.password
+        else:
+            url = self.settings.nats_advertise or str(self.settings.nats_url)
+            user, password = self.settings.nats_user or "", self.settings.nats_password or ""
+        log.info("node/%s joined from %s", name, client_host or "-")
+        return {"node": name, "nats_url": url, "nats_user": user, "nats_password": password}
+
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _hosts(request: Request) -> HostServices:
+    hosts: HostServices = request.app.state.hosts
+    return hosts
+
+
+@router.post("/nodes/register")
+async def register_node(request: Request) -> Response:
+    body = await _body(request)
+    client = request.client.host if request.client else None
+    via = request.url.hostname or "127.0.0.1"
+    if via in ("localhost", "kled"):  # the Unix socket's placeholder host
+        via = "127.0.0.1"
+    return JSONResponse(await _hosts(request).register(body, client, via))
+
+
+@router.post("/node-tokens", status_code=201)
+async def create_node_token(request: Request, user: UserInfo = User) -> Response:
+    if not user.server_admin:
+        raise Forbidden("only the server administrator may create node tokens")
+    body = await _body(request)
+    ttl = body.get("ttl") or "1h"
+    expires = datetime.now(UTC) + parse_duration(str(ttl), "ttl")
+    name = f"join-{int(datetime.now(UTC).timestamp() * 1000)}"
+    secret = await _hosts(request).credentials.issue(
+        purpose="join", team="", name=name, username="node", expires_at=expires, prefix="kledjoin"
+    )
+    return JSONResponse(
+        {"token": secret, "expiresAt": expires.isoformat().replace("+00:00", "Z")},
+        status_code=201,
+    )
+
+
+@router.get("/teams/{team}/environments/{env}/apps/{name}/logs")
+async def app_logs(
+    request: Request,
+    team: str,
+    env: str,
+    name: str,
+    user: UserInfo = User,
+    follow: bool = False,
+    since: str | None = None,
+    replica: int | None = None,
+) -> Response:
+    """An app's log lines as JSON lines: {"replica", "stream", "line", "time"}."""
+    svc = service(request)
+    authz.authorize(user, "get", kind_info("App"), team, f"app/{team}/{env}/{name}")
+    await svc.get(user, Key("App", team, env, name))
+    office = _hosts(request).office
+    if office is None:
+        raise Unavailable("this server has no Message Office: no logs to read")
+    start = None
+    if since:
+        start = datetime.now(UTC) - parse_duration(since, "since")
+    prefix = f"{team}.{env}.{name}" + (f".{replica}" if replica is not None else "")
+
+    async def lines() -> AsyncIterator[bytes]:
+        async for line in office.read_logs(prefix, since=start, follow=follow):
+            index = line.replica_id.rsplit(".", 1)[-1]
+            yield (
+                json.dumps(
+                    {
+                        "replica": int(index) if index.isdigit() else index,
+                        "stream": line.stream,
+                        "line": line.line,
+                        "time": line.time.isoformat().replace("+00:00", "Z"),
+                    }
+                )
+                + "\n"
+            ).encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
