@@ -5,6 +5,11 @@
 server uses: mutating policies first, then validating ones. It prints ``ALLOWED`` or
 ``DENIED: <message> (policy <name>)``, warnings on stderr and what mutating policies
 changed, and exits 0 when the resource is allowed, 1 when it is denied, 2 on bad input.
+
+``kled policy report [POLICY]`` shows what a team's policies refused, warned about or
+recorded, as the server keeps it; ``violations_section`` is the same list for
+``kled describe policy NAME``. The engine and the resource schemas take about two seconds
+to import, so they are imported only by ``kled policy test``: reports stay quick.
 """
 
 from __future__ import annotations
@@ -13,23 +18,18 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kled.admission.policy import (
-    EngineSettings,
-    InMemoryViolationSink,
-    PolicyEngine,
-    compile_check,
-)
-from kled.admission.policy.local import MemoryResources, StaticPolicySource
-from kled.admission.policy.patching import json_patch
-from kled.admission.policy.pool import WorkerPool
-from kled.admission.request import AdmissionRequest, Operation, UserInfo
+from kled.cli.client import Client
+from kled.cli.output import align, note, out, to_json, to_yaml
+from kled.cli.state import STATE, TeamOption
 from kled.errors import InvalidInput, KledError
-from kled.resources.loading import load_path
 from kled.resources.registry import Scope, kind_info
+
+if TYPE_CHECKING:
+    from kled.admission.policy.pool import WorkerPool
 
 app = typer.Typer(help="Write and check kPolicy policies.", no_args_is_help=True)
 
@@ -42,6 +42,8 @@ def _group() -> None:
 
 
 def _load(path: Path, what: str) -> list[dict[str, Any]]:
+    from kled.resources.loading import load_path
+
     if not path.exists():
         raise InvalidInput(f"{what} file {str(path)!r} does not exist", field=what)
     return load_path(path)
@@ -78,6 +80,11 @@ async def evaluate(
     ``pool`` lets many evaluations share worker processes (a test suite); by default one
     worker is started for this evaluation and stopped after it.
     """
+    from kled.admission.policy import EngineSettings, InMemoryViolationSink, PolicyEngine
+    from kled.admission.policy.local import MemoryResources, StaticPolicySource
+    from kled.admission.policy.patching import json_patch
+    from kled.admission.request import AdmissionRequest, Operation, UserInfo
+
     policy_docs = [_with_identity(p, team, i) for i, p in enumerate(policies)]
     resources = MemoryResources(_with_identity(d, team, i) for i, d in enumerate(existing or []))
     sink = InMemoryViolationSink()
@@ -155,6 +162,8 @@ def test(
     output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
 ) -> None:
     """Run the policies of POLICY.yaml on a resource, locally: exit 0 allowed, 1 denied."""
+    from kled.admission.policy import compile_check
+
     try:
         if output not in ("text", "json"):
             raise InvalidInput(f"unknown output {output!r} (use text or json)", field="--output")
@@ -197,6 +206,96 @@ def test(
         else:
             sys.stdout.write(f"DENIED: {verdict['message']} (policy {verdict['policy']})\n")
     raise typer.Exit(0 if verdict["allowed"] else 1)
+
+
+# ---- reports from the server -----------------------------------------------------------
+
+REPORT_FORMATS = ("table", "json", "yaml")
+REPORT_COLUMNS = ("TIME", "POLICY", "ACTION", "KIND/NAME", "ENV", "USER", "MESSAGE")
+
+
+def fetch_violations(
+    client: Client, team: str, policy: str | None = None, limit: int = 100
+) -> dict[str, Any]:
+    """The server's report: a ``PolicyReport`` of one policy (404 if there is no such
+    policy), or the team's ``ViolationList``; newest first."""
+    if policy:
+        path = f"/api/v1/teams/{team}/policies/{policy}/report"
+    else:
+        path = f"/api/v1/teams/{team}/violations"
+    answer: dict[str, Any] = client.get(path, limit=limit)
+    return answer
+
+
+def _when(timestamp: Any) -> str:
+    """``2026-11-23 01:32:05``: to the second, in UTC as stored; a table has no room for ms."""
+    text = str(timestamp or "-")
+    return text.replace("T", " ").split(".")[0].removesuffix("Z")
+
+
+def violation_rows(items: list[dict[str, Any]]) -> list[list[str]]:
+    """One table row per violation, under ``REPORT_COLUMNS``."""
+    rows = [list(REPORT_COLUMNS)]
+    for v in items:
+        what = f"{str(v.get('kind') or '').lower()}/{v.get('name') or ''}"
+        message = " ".join(str(v.get("message") or "").split())  # one line per violation
+        rows.append(
+            [
+                _when(v.get("time")),
+                str(v.get("policy") or "-"),
+                str(v.get("action") or "-"),
+                what,
+                str(v.get("environment") or "-"),
+                str(v.get("user") or "-"),
+                message or "-",
+            ]
+        )
+    return rows
+
+
+def violations_section(client: Client, team: str, name: str, limit: int = 10) -> str:
+    """The ``Violations:`` part of ``kled describe policy NAME``: its newest ``limit``."""
+    items = fetch_violations(client, team, name, limit).get("items") or []
+    if not items:
+        return "Violations:  <none>"
+    table = align(violation_rows(items))
+    return "\n".join(["Violations:", *("  " + line for line in table.splitlines())])
+
+
+@app.command("report")
+def report(
+    policy: Annotated[
+        str | None,
+        typer.Argument(metavar="[POLICY]", help="One policy (default: all of the team's)."),
+    ] = None,
+    team: TeamOption = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, json or yaml.")] = "table",
+    limit: Annotated[
+        int,
+        typer.Option("--limit", help="Newest N violations (at most 1000).", min=1, max=1000),
+    ] = 100,
+) -> None:
+    """Show what the team's policies denied, warned about or recorded, newest first."""
+    if output not in REPORT_FORMATS:
+        raise InvalidInput(
+            f"unknown output format {output!r} (use {', '.join(REPORT_FORMATS)})",
+            field="--output",
+        )
+    chosen = STATE.team_for(team)
+    with STATE.client() as client:
+        answer = fetch_violations(client, chosen, policy, limit)
+    if output == "json":
+        out(to_json(answer))
+        return
+    if output == "yaml":
+        out(to_yaml(answer))
+        return
+    items = answer.get("items") or []
+    if not items:
+        which = f"policy {policy}" if policy else "the policies"
+        note(f"no violations of {which} in team {chosen}")
+        return
+    out(align(violation_rows(items)))
 
 
 if __name__ == "__main__":

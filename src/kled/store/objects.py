@@ -32,6 +32,11 @@ from kled.store.database import Database
 from kled.store.schema import events, resources, revision
 
 LabelMatcher = Callable[[dict[str, str]], bool]
+METADATA_DEFAULTS: tuple[tuple[str, Any], ...] = (
+    ("labels", {}),
+    ("annotations", {}),
+    ("finalizers", []),
+)
 SYSTEM_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp")
 
 
@@ -419,7 +424,8 @@ class Store:
         meta["generation"] = 1
         meta["creationTimestamp"] = _iso(now)
         meta.pop("deletionTimestamp", None)
-        meta.setdefault("labels", {})
+        for field_name, empty in METADATA_DEFAULTS:
+            meta[field_name] = meta.get(field_name) or copy.deepcopy(empty)
         new.setdefault("status", {})
         return new
 
@@ -449,21 +455,24 @@ def _merge_desired(
     new.update(copy.deepcopy(desired_part(doc)))
     meta_in = doc.get("metadata") or {}
     meta = new["metadata"]
-    for field_name in ("labels", "annotations", "finalizers"):
+    for field_name, empty in METADATA_DEFAULTS:
         if field_name in meta_in:
-            value = meta_in[field_name]
-            if value in (None, {}, []):
-                meta.pop(field_name, None)
-            else:
-                meta[field_name] = copy.deepcopy(value)
-    meta.setdefault("labels", {})
+            meta[field_name] = copy.deepcopy(meta_in[field_name]) or copy.deepcopy(empty)
     spec_changed = desired_part(new) != desired_part(current)
-    changed = spec_changed or meta != current["metadata"]
+    changed = spec_changed or _normal(meta) != _normal(current["metadata"])
     if changed:
         meta["resourceVersion"] = str(rev)
         if spec_changed:
             meta["generation"] = int(meta.get("generation", 1)) + 1
     return new, changed
+
+
+def _normal(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata with absent and empty labels, annotations and finalizers made the same."""
+    out = dict(meta)
+    for field_name, empty in METADATA_DEFAULTS:
+        out[field_name] = out.get(field_name) or empty
+    return out
 
 
 def _key_clause(key: Key) -> Any:

@@ -1,0 +1,162 @@
+"""The ``kled`` command: global options, the command groups, and how errors end a run.
+
+Every failure ends the same way, so that scripts can rely on it: one line on stderr,
+``error: …``, and the exit code ``2`` for bad input (a bad flag, a document that does not
+validate, a 4xx ``Invalid`` answer) or ``1`` for anything else (the server unreachable, a
+refused token, a conflict). ``--debug`` adds the traceback and debug logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+import kled
+from kled.cli import contexts, envs, resources, secrets, server, teams, tokens, users
+from kled.cli.output import err_console, out
+from kled.cli.state import STATE
+from kled.errors import InvalidInput, KledError
+
+app = typer.Typer(
+    name="kled",
+    help="Kled: develop, run and debug your team's services.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    team: Annotated[
+        str | None, typer.Option("--team", "-t", envvar="KLED_TEAM", help="Default team.")
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", help="Use this context rather than the current.")
+    ] = None,
+    server_url: Annotated[
+        str | None,
+        typer.Option("--server", envvar="KLED_SERVER", help="Server URL (overrides the context)."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="KLED_TOKEN", help="Bearer token (overrides the context)."),
+    ] = None,
+) -> None:
+    STATE.debug = STATE.debug or debug
+    STATE.team = team or None
+    STATE.context = context or None
+    STATE.server = server_url or None
+    STATE.token = token or None
+    if STATE.debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def version() -> None:
+    """Print the version of this kled."""
+    out(f"kled {kled.__version__}")
+
+
+def _mount() -> None:
+    for module in (server, contexts, resources):
+        module.register(app)
+    app.add_typer(teams.app, name="team", help="Create, list and delete teams.")
+    app.add_typer(users.app, name="user", help="Create and list the users of a team.")
+    app.add_typer(tokens.app, name="token", help="Create, list and revoke API tokens.")
+    app.add_typer(envs.app, name="env", help="Create, list, clone and delete environments.")
+    app.add_typer(secrets.app, name="secret", help="Set and read the keys of a secret.")
+
+
+def _mount_policy(args: list[str]) -> None:
+    """Mount ``kled policy`` when this run may need it.
+
+    The policy engine takes longer to import than the rest of the CLI together, so the
+    group is loaded only for ``kled policy …``, for help without a command, and for shell
+    completion — every other command starts twice as fast without it.
+    """
+    if not _may_need_policy(args) or any(g.name == "policy" for g in app.registered_groups):
+        return
+    try:
+        from kled.cli import policy  # a colleague's group, mounted when it imports
+    except ImportError:
+        return
+    app.add_typer(policy.app, name="policy", help="Test and report kPolicy policies.")
+
+
+_VALUED_GLOBALS = frozenset({"--team", "-t", "--context", "--server", "--token"})
+
+
+def _may_need_policy(args: list[str]) -> bool:
+    if "_KLED_COMPLETE" in os.environ:  # shell completion asks about every group
+        return True
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in _VALUED_GLOBALS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg == "policy"
+    return True
+
+
+_mount()
+
+
+def fail(message: str, code: int) -> int:
+    err_console.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``kled`` with ``argv``; return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    STATE.debug = "--debug" in args
+    _mount_policy(args)
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="kled", standalone_mode=False)
+    except typer.TyperException as e:
+        # Typer carries its own copy of click: its usage errors are known by shape.
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            out(ctx.get_help())
+            return 0
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        return fail(_escape(e.format_message()) + hint, e.exit_code)
+    except typer.Abort:
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    except KledError as e:
+        if STATE.debug:
+            traceback.print_exc()
+        return fail(_escape(str(e)), 2 if isinstance(e, InvalidInput) else 1)
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug: still one line, unless asked for more
+        if STATE.debug:
+            traceback.print_exc()
+            return fail(_escape(f"{e.__class__.__name__}: {e}"), 1)
+        return fail(
+            _escape(f"{e.__class__.__name__}: {e}") + " (run with --debug for the traceback)", 1
+        )
+    return result if isinstance(result, int) else 0
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text.replace("\n", " ").strip())
+
+
+def run() -> None:
+    """The console entry point (``kled``)."""
+    sys.exit(main())
