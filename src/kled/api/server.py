@@ -21,9 +21,10 @@ import uvicorn
 
 from kled.admission.chain import AdmissionChain
 from kled.admission.policy import PolicyEngine, compile_check
-from kled.api import hosts, policies
+from kled.api import hosts, mesh, policies
 from kled.api.app import create_app
 from kled.api.hosts import HostServices
+from kled.api.mesh import MeshServices
 from kled.api.policies import DatabaseViolationSink, PolicyFeed, StorePolicySource, StoreReader
 from kled.api.service import Service
 from kled.resources.kinds import validate
@@ -57,6 +58,7 @@ class ControlPlane:
         self.policy_feed: PolicyFeed | None = None
         self.violations: DatabaseViolationSink | None = None
         self.hosts: HostServices | None = None
+        self.mesh: MeshServices | None = None
 
     async def open(self) -> Service:
         s = self.settings
@@ -70,6 +72,8 @@ class ControlPlane:
         self.service = Service(store, credentials, chain)
         await self._start_policies(store, chain)
         await self._bootstrap(credentials)
+        self.mesh = MeshServices(s, self.service)
+        await self.mesh.start()
         self.hosts = HostServices(s, self.service)
         await self.hosts.start()
         return self.service
@@ -116,6 +120,11 @@ class ControlPlane:
         return self._sockets
 
     @property
+    def bound(self) -> bool:
+        """Whether ``bind()`` succeeded: this process serves the TCP port and the socket."""
+        return len(self._sockets) == 2
+
+    @property
     def port(self) -> int:
         return int(self._sockets[0].getsockname()[1])
 
@@ -130,8 +139,8 @@ class ControlPlane:
         app = create_app(
             self.service,
             max_body=self.settings.max_body_bytes,
-            extra_routers=[policies.router, hosts.router],
-            state={"violations": self.violations, "hosts": self.hosts},
+            extra_routers=[policies.router, hosts.router, mesh.router],
+            state={"violations": self.violations, "hosts": self.hosts, "mesh": self.mesh},
         )
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
@@ -152,11 +161,15 @@ class ControlPlane:
     async def close(self) -> None:
         if self.hosts is not None:
             await self.hosts.stop()
+        if self.mesh is not None:
+            await self.mesh.stop()
         if self.policy_feed is not None:
             await self.policy_feed.stop()
         if self.policy_engine is not None:
             await self.policy_engine.close()
         if self.db is not None:
             await self.db.close()
-        with contextlib.suppress(FileNotFoundError):
-            Path(self.settings.socket_path()).unlink()
+        if self.bound:
+            # Only the socket this process bound: another server may own a stale path.
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.settings.socket_path()).unlink()

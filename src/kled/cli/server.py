@@ -127,11 +127,7 @@ async def _serve(
                 await running.enter_async_context(part(plane))
             await _listen_and_serve(plane, settings, loop, announce)
     finally:
-        if getattr(plane, "_sockets", None):
-            await plane.close()
-        elif plane.db is not None:
-            # Never bound: the socket file, if any, belongs to another server; keep it.
-            await plane.db.close()
+        await plane.close()  # removes the socket only if this process bound it
         log.info("control plane stopped")
 
 
