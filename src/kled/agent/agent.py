@@ -1,0 +1,342 @@
+"""The host agent: makes this host run what the control plane wants, and says how it went.
+
+It watches the node's desired-state key on the Message Office, asks the runtimes what
+they run, plans the difference (``kled.agent.reconcile.plan``) and carries it out through
+the ``Reconciler``. Everything it observes goes back over the Message Office: a replica's
+status when it changes, a heartbeat every few seconds (capacity, labels, capabilities and
+every replica's status), events a user would want in ``kled describe``, and log lines.
+Outgoing messages wait in a queue while NATS is away and are sent with a message id
+fixed at enqueue time, so a retried publish is stored once.
+
+The agent never stops replicas when it exits; a restarted agent adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from kled.agent.reconcile import Action, ActionKind, Observed, Reconciler, plan
+from kled.agent.runtime.base import Runtime
+from kled.agent.runtime.container import ContainerRuntime, container_engine
+from kled.agent.runtime.process import ProcessRuntime
+from kled.bus.office import MessageOffice
+from kled.errors import Forbidden, KledError, PermanentError, Unavailable
+from kled.resources.hoststate import (
+    AgentEvent,
+    Capacity,
+    EventType,
+    HostDesiredState,
+    LogLine,
+    NodeHeartbeat,
+    ReplicaState,
+    ReplicaStatus,
+    ReplicaStatusReport,
+    RuntimeKind,
+)
+
+log = logging.getLogger(__name__)
+
+_LOG_BACKLOG = 20_000
+
+
+def agent_version() -> str:
+    try:
+        return importlib.metadata.version("kled")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def host_capacity() -> Capacity:
+    return Capacity(
+        cpu_millicores=(psutil.cpu_count() or 1) * 1000,
+        memory_bytes=psutil.virtual_memory().total,
+    )
+
+
+def detect_capabilities() -> list[str]:
+    """What this host can offer: netns, wireguard, podman, docker."""
+    caps: list[str] = []
+    if os.geteuid() == 0 and os.path.exists("/proc/self/ns/net"):
+        caps.append("netns")
+    if os.path.isdir("/sys/module/wireguard") or shutil.which("wireguard-go"):
+        caps.append("wireguard")
+    for engine in ("podman", "docker"):
+        if shutil.which(engine):
+            caps.append(engine)
+    return caps
+
+
+def default_runtimes(data_dir: Path) -> list[Runtime]:
+    """The process runtime, and the container runtime where podman or docker is installed."""
+    runtimes: list[Runtime] = [ProcessRuntime(data_dir / "replicas")]
+    if container_engine() is not None:
+        runtimes.append(ContainerRuntime(data_dir / "containers"))
+    return runtimes
+
+
+@dataclass(frozen=True)
+class _Out:
+    kind: str  # status | event
+    payload: ReplicaStatusReport | AgentEvent
+    msg_id: str
+
+
+class Agent:
+    """One host's agent; ``run`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        office: MessageOffice,
+        node_name: str,
+        runtimes: Sequence[Runtime] | None = None,
+        *,
+        labels: dict[str, str] | None = None,
+        heartbeat_interval: float = 2.0,
+        workers: int = 8,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.office = office
+        self.node = node_name
+        self.labels = dict(labels or {})
+        self.heartbeat_interval = heartbeat_interval
+        if runtimes is None:
+            runtimes = default_runtimes(self.data_dir)
+        self.runtimes: dict[RuntimeKind, Runtime] = {rt.kind: rt for rt in runtimes}
+        for rt in self.runtimes.values():
+            rt.on_status = self._status_changed
+            rt.on_log = self._log_line
+        self.capabilities = detect_capabilities()
+        self.capacity = host_capacity()
+        self.reconciler = Reconciler(self._execute, workers=workers, on_permanent=self._refused)
+        self._desired: HostDesiredState | None = None
+        #: replicas no runtime could take (e.g. its runtime is missing here), shown as Failed
+        self._refused_replicas: dict[str, Observed] = {}
+        self._out: asyncio.Queue[_Out] = asyncio.Queue()
+        self._logs: collections.deque[LogLine] = collections.deque(maxlen=_LOG_BACKLOG)
+        self._logs_ready = asyncio.Event()
+        self._dropped_logs = 0
+        self._reconcile_lock = asyncio.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        for rt in self.runtimes.values():
+            adopted = await rt.adopt()
+            if adopted:
+                log.info("node/%s adopted %d %s replicas", self.node, len(adopted), rt.kind)
+        tasks = [
+            asyncio.create_task(self._watch(), name="watch"),
+            asyncio.create_task(self._heartbeats(), name="heartbeats"),
+            asyncio.create_task(self._publish_loop(), name="publish"),
+            asyncio.create_task(self._log_loop(), name="logs"),
+        ]
+        log.info("node/%s agent running capabilities=%s", self.node, self.capabilities)
+        try:
+            await stop.wait()
+        finally:
+            await self.reconciler.close()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for rt in self.runtimes.values():
+                await rt.detach()
+            log.info("node/%s agent stopped; replicas left running", self.node)
+
+    # -- desired state -----------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async for state in self.office.watch_desired(
+                    self.node, heartbeat=self.heartbeat_interval
+                ):
+                    log.info(
+                        "node/%s desired revision=%s replicas=%d",
+                        self.node,
+                        state.revision,
+                        len(state.replicas),
+                    )
+                    self._desired = state
+                    await self.reconcile()
+            except Forbidden as err:
+                log.error("node/%s cannot read its desired state: %s", self.node, err)
+                await asyncio.sleep(10)
+
+    async def reconcile(self) -> None:
+        """Plan against what the runtimes report now, and queue the actions."""
+        if self._desired is None:
+            return  # never act on "nothing desired" before the first value is known
+        async with self._reconcile_lock:
+            observed = await self.observe()
+            actions = [
+                a for a in plan(self._desired, observed) if not self.reconciler.busy(a.replica_id)
+            ]
+            self.reconciler.submit(actions)
+
+    async def observe(self) -> dict[str, Observed]:
+        observed: dict[str, Observed] = dict(self._refused_replicas)
+        for rt in self.runtimes.values():
+            for rid in await rt.list():
+                spec = await rt.spec_of(rid)
+                if spec is None:
+                    continue
+                with contextlib.suppress(KledError):
+                    observed[rid] = Observed(spec=spec, status=await rt.inspect(rid))
+        return observed
+
+    async def _execute(self, action: Action) -> None:
+        if action.current is not None:
+            if self._refused_replicas.pop(action.replica_id, None) is None:
+                old = self.runtimes.get(action.current.runtime)
+                if old is not None:
+                    await old.stop(action.replica_id)
+        if action.kind == ActionKind.STOP or action.spec is None:
+            return
+        spec = action.spec
+        rt = self.runtimes.get(spec.runtime)
+        if rt is None:
+            raise PermanentError(f"runtime {spec.runtime.value!r} is not available on this node")
+        log.info("%s %s: %s", spec.resource_name, action.kind.value, action.reason)
+        await rt.start(spec)
+
+    def _refused(self, action: Action, err: KledError) -> None:
+        if action.spec is None:
+            log.error("replica/%s %s failed: %s", action.replica_id, action.kind, err)
+            return
+        reason = "RuntimeUnavailable" if "runtime" in str(err) else "StartError"
+        status = ReplicaStatus(
+            id=action.replica_id,
+            state=ReplicaState.FAILED,
+            reason=reason,
+            message=str(err),
+            generation=action.spec.generation,
+        )
+        self._refused_replicas[action.replica_id] = Observed(spec=action.spec, status=status)
+        self._status_changed(status)
+
+    # -- what the agent observes ----------------------------------------
+    def _status_changed(self, status: ReplicaStatus) -> None:
+        report = ReplicaStatusReport(node=self.node, replica=status)
+        self._out.put_nowait(_Out("status", report, f"{self.node}.st.{uuid.uuid4().hex}"))
+        event = _event_for(self.node, status)
+        if event is not None:
+            self._out.put_nowait(_Out("event", event, f"{self.node}.ev.{uuid.uuid4().hex}"))
+
+    def _log_line(self, line: LogLine) -> None:
+        if len(self._logs) == self._logs.maxlen:
+            self._dropped_logs += 1
+        self._logs.append(line)
+        self._logs_ready.set()
+
+    async def statuses(self) -> list[ReplicaStatus]:
+        return sorted((o.status for o in (await self.observe()).values()), key=lambda s: s.id)
+
+    async def heartbeat(self) -> NodeHeartbeat:
+        return NodeHeartbeat(
+            node=self.node,
+            capacity=self.capacity,
+            labels=self.labels,
+            capabilities=self.capabilities,
+            replicas=await self.statuses(),
+            agent_version=agent_version(),
+        )
+
+    # -- sending ----------------------------------------
+    async def _heartbeats(self) -> None:
+        while True:
+            try:
+                hb = await self.heartbeat()
+                await asyncio.wait_for(
+                    self.office.publish_heartbeat(hb), timeout=self.heartbeat_interval * 2
+                )
+            except (KledError, TimeoutError) as err:
+                log.debug("node/%s heartbeat not sent: %s", self.node, err)
+            try:
+                await self.reconcile()  # also catches drift nobody reported
+            except KledError as err:
+                log.warning("node/%s reconcile failed: %s", self.node, err)
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            item = await self._out.get()
+            await self._send(item)
+
+    async def _send(self, item: _Out) -> None:
+        delay = 0.5
+        while True:
+            try:
+                if isinstance(item.payload, ReplicaStatusReport):
+                    await self.office.publish_status(item.payload, msg_id=item.msg_id)
+                else:
+                    await self.office.publish_event(item.payload, msg_id=item.msg_id)
+                return
+            except Forbidden as err:
+                log.error("node/%s may not publish %s: %s", self.node, item.kind, err)
+                return
+            except Unavailable as err:
+                log.info("node/%s %s waits for NATS: %s", self.node, item.kind, err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _log_loop(self) -> None:
+        while True:
+            await self._logs_ready.wait()
+            self._logs_ready.clear()
+            if self._dropped_logs:
+                log.warning("node/%s dropped %d log lines", self.node, self._dropped_logs)
+                self._dropped_logs = 0
+            while self._logs:
+                line = self._logs[0]
+                try:
+                    await self.office.publish_log(self.node, line)
+                except Forbidden as err:
+                    log.error("node/%s may not publish logs: %s", self.node, err)
+                except Unavailable:
+                    await asyncio.sleep(1.0)
+                    continue
+                self._logs.popleft()
+
+
+def _event_for(node: str, status: ReplicaStatus) -> AgentEvent | None:
+    rid = status.id
+    match status.state:
+        case ReplicaState.RUNNING:
+            return AgentEvent(
+                node=node, replica_id=rid, reason="Started", message=f"started pid {status.pid}"
+            )
+        case ReplicaState.FAILED:
+            return AgentEvent(
+                node=node,
+                replica_id=rid,
+                type=EventType.WARNING,
+                reason=status.reason or "Failed",
+                message=status.message or "failed",
+            )
+        case ReplicaState.STARTING if status.reason == "BackOff":
+            return AgentEvent(
+                node=node,
+                replica_id=rid,
+                type=EventType.WARNING,
+                reason="BackOff",
+                message=status.message or "restarting",
+            )
+        case ReplicaState.SUCCEEDED:
+            return AgentEvent(node=node, replica_id=rid, reason="Completed", message="completed")
+        case ReplicaState.STOPPED:
+            return AgentEvent(node=node, replica_id=rid, reason="Stopped", message="stopped")
+    return None

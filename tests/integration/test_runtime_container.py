@@ -1,0 +1,192 @@
+"""The container runtime with podman and a tiny image built here from busybox."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import tarfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kled.agent.runtime.container import ContainerRuntime, engine_flags
+from kled.resources.hoststate import (
+    LogLine,
+    ReplicaSpec,
+    ReplicaState,
+    ReplicaStatus,
+    RestartPolicy,
+    RuntimeKind,
+)
+
+BUSYBOX = shutil.which("busybox")
+PODMAN = shutil.which("podman")
+
+pytestmark = [
+    pytest.mark.skipif(PODMAN is None, reason="podman is not installed"),
+    pytest.mark.skipif(BUSYBOX is None, reason="busybox (static) is not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="rootful podman needs root"),
+]
+
+
+def podman(*args: str) -> subprocess.CompletedProcess[str]:
+    assert PODMAN is not None
+    flags, _ = engine_flags(PODMAN)
+    return subprocess.run([PODMAN, *flags, *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """localhost/kled-test-busybox:<random>, imported from a busybox rootfs tarball."""
+    assert BUSYBOX is not None
+    root = tmp_path_factory.mktemp("rootfs")
+    (root / "bin").mkdir()
+    shutil.copy(BUSYBOX, root / "bin" / "busybox")
+    for applet in ("sh", "sleep", "echo", "cat", "env", "true"):
+        (root / "bin" / applet).symlink_to("busybox")
+    tarball = root.parent / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(root, arcname=".")
+    tag = f"localhost/kled-test-busybox:{random.randint(10**6, 10**7)}"
+    done = podman("import", str(tarball), tag)
+    if done.returncode != 0:
+        pytest.skip(f"podman import failed here: {done.stderr.strip()}")
+    try:
+        yield tag
+    finally:
+        podman("rmi", "-f", tag)
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    for _ in range(int(timeout / 0.1)):
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never happened: {what}")
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.statuses: list[ReplicaStatus] = []
+        self.lines: list[LogLine] = []
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[tuple[ContainerRuntime, Seen]]:
+    seen = Seen()
+    rt = ContainerRuntime(
+        tmp_path / "containers",
+        on_status=seen.statuses.append,
+        on_log=seen.lines.append,
+        backoff_base=0.1,
+        backoff_cap=0.4,
+        stop_grace=1,
+        pull=False,
+        log_poll=0.1,
+    )
+    try:
+        yield rt, seen
+    finally:
+        for rid in await rt.list():
+            await rt.stop(rid)
+
+
+def cspec(image: str, app: str, command: list[str], **kw: object) -> ReplicaSpec:
+    return ReplicaSpec(
+        team="acme",
+        environment=f"t{random.randint(10**5, 10**6)}",
+        app=app,
+        index=0,
+        runtime=RuntimeKind.CONTAINER,
+        image=image,
+        command=command,
+        **kw,
+    )
+
+
+def container_exists(rt: ContainerRuntime, rid: str) -> bool:
+    return podman("container", "exists", rt.container_name(rid)).returncode == 0
+
+
+async def test_a_container_runs_logs_and_stops(
+    image: str, runtime: tuple[ContainerRuntime, Seen]
+) -> None:
+    rt, seen = runtime
+    spec = cspec(
+        image,
+        "web",
+        ["/bin/sh", "-c", 'echo "hello $WHO"; echo oops >&2; exec sleep 300'],
+        env={"WHO": "kled"},
+        resources={"memory_bytes": 64 * 1024 * 1024, "cpu_millicores": 500},
+    )
+    status = await rt.start(spec)
+    assert status.state == ReplicaState.RUNNING and status.pid
+    assert await rt.start(spec) == status  # idempotent
+    await eventually(lambda: len(seen.lines) >= 2, "two log lines")
+    assert {(x.stream, x.line) for x in seen.lines} == {
+        ("stdout", "hello kled"),
+        ("stderr", "oops"),
+    }
+    limits = podman(
+        "inspect", "--format", "{{.HostConfig.Memory}}", rt.container_name(spec.id)
+    ).stdout.strip()
+    assert limits == str(64 * 1024 * 1024)
+
+    await rt.stop(spec.id)
+    assert not container_exists(rt, spec.id)
+    assert seen.statuses[-1].state == ReplicaState.STOPPED
+
+
+async def test_a_crashing_container_is_restarted(
+    image: str, runtime: tuple[ContainerRuntime, Seen]
+) -> None:
+    rt, seen = runtime
+    spec = cspec(image, "crash", ["/bin/sh", "-c", "exit 3"])
+    await rt.start(spec)
+    await eventually(lambda: any(s.restarts >= 2 for s in seen.statuses), "two restarts")
+    status = await rt.inspect(spec.id)
+    assert status.last_exit_code == 3
+
+    never = cspec(image, "once", ["/bin/sh", "-c", "exit 4"], restart_policy=RestartPolicy.NEVER)
+    await rt.start(never)
+    await eventually(
+        lambda: any(s.id == never.id and s.state == ReplicaState.FAILED for s in seen.statuses),
+        "failed for good",
+    )
+    assert (await rt.inspect(never.id)).last_exit_code == 4
+
+
+async def test_missing_image_and_missing_command_fail_with_reasons(
+    image: str, runtime: tuple[ContainerRuntime, Seen]
+) -> None:
+    rt, _ = runtime
+    status = await rt.start(cspec("localhost/kled-no-such-image:1", "noimg", ["/bin/sh"]))
+    assert (status.state, status.reason) == (ReplicaState.FAILED, "ImageNotFound")
+    assert "kled-no-such-image" in (status.message or "")
+
+    status = await rt.start(cspec(image, "nocmd", ["/bin/kled-nope"]))
+    assert (status.state, status.reason) == (ReplicaState.FAILED, "CommandNotFound")
+
+
+async def test_a_new_runtime_adopts_running_containers(image: str, tmp_path: Path) -> None:
+    state = tmp_path / "containers"
+    old = ContainerRuntime(state, pull=False, stop_grace=1)
+    spec = cspec(image, "adopt", ["/bin/sleep", "300"])
+    first = await old.start(spec)
+    await old.detach()
+    assert container_exists(old, spec.id)
+
+    new = ContainerRuntime(state, pull=False, stop_grace=1)
+    try:
+        assert await new.adopt() == [spec.id]
+        again = await new.start(spec)
+        assert again.pid == first.pid
+        count = podman("ps", "-q", "--filter", f"name={new.container_name(spec.id)}").stdout
+        assert len(count.split()) == 1
+    finally:
+        await new.stop(spec.id)
+    assert not container_exists(new, spec.id)
