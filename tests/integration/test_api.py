@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -47,6 +48,21 @@ def app_doc(name: str = "api", replicas: int = 1) -> dict[str, Any]:
 APPS = "/api/v1/teams/acme/environments/dev/apps"
 
 
+def settled_version(c: httpx.Client, path: str) -> str:
+    """The resourceVersion once the control plane has given the app its service IP.
+
+    The mesh controller writes status.ip right after a create, which (as in Kubernetes)
+    moves resourceVersion; a race test must start after that write.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        doc = c.get(path).json()
+        if doc.get("status", {}).get("ip") or time.monotonic() > deadline:
+            version: str = doc["metadata"]["resourceVersion"]
+            return version
+        time.sleep(0.05)
+
+
 def test_requests_without_a_valid_token_are_refused(server: RunningServer) -> None:
     r = httpx.get(server.url + "/api/v1/teams")
     assert r.status_code == 401
@@ -58,8 +74,8 @@ def test_requests_without_a_valid_token_are_refused(server: RunningServer) -> No
 def test_crud_and_a_stale_put_gets_409(server: RunningServer) -> None:
     make_team(server, "acme")
     with server.client() as c:
-        created = c.post(APPS, json=app_doc()).json()["object"]
-        version = created["metadata"]["resourceVersion"]
+        c.post(APPS, json=app_doc())
+        version = settled_version(c, f"{APPS}/api")
         body = app_doc(replicas=2)
         body["metadata"]["resourceVersion"] = version
         assert c.put(f"{APPS}/api", json=body).json()["result"] == "configured"
@@ -74,7 +90,8 @@ def test_crud_and_a_stale_put_gets_409(server: RunningServer) -> None:
 def test_fifty_concurrent_puts_with_one_version_exactly_one_wins(server: RunningServer) -> None:
     make_team(server, "acme")
     with server.client() as c:
-        version = c.post(APPS, json=app_doc()).json()["object"]["metadata"]["resourceVersion"]
+        c.post(APPS, json=app_doc())
+        version = settled_version(c, f"{APPS}/api")
     barrier = threading.Barrier(50)
 
     def put(n: int) -> int:
@@ -86,7 +103,7 @@ def test_fifty_concurrent_puts_with_one_version_exactly_one_wins(server: Running
 
     with ThreadPoolExecutor(50) as pool:
         codes = list(pool.map(put, range(50)))
-    assert codes.count(200) == 1
+    assert codes.count(200) == 1, codes
     assert codes.count(409) == 49
 
 
@@ -223,7 +240,10 @@ def test_graphql_hides_other_teams_as_not_found(server: RunningServer) -> None:
         assert r["data"]["resource"]["metadata"]["name"] == "api"
 
 
-def read_events(server: RunningServer, path: str, count: int) -> list[dict[str, Any]]:
+def read_events(
+    server: RunningServer, path: str, until: Any, limit: int = 200
+) -> list[dict[str, Any]]:
+    """Events of a watch, up to and including the first for which ``until(event)`` holds."""
     events: list[dict[str, Any]] = []
     with server.client() as c, c.stream("GET", path, timeout=30) as r:
         assert r.status_code == 200
@@ -235,29 +255,35 @@ def read_events(server: RunningServer, path: str, count: int) -> list[dict[str, 
                 event.update(json.loads(line[6:]))
             elif line == "" and "id" in event:
                 events.append(event)
-                event = {}
-                if len(events) == count:
+                if until(event) or len(events) >= limit:
                     break
+                event = {}
     return events
+
+
+def named(name: str, kind: str = "ADDED") -> Any:
+    return lambda e: e["type"] == kind and e["object"]["metadata"]["name"] == name
 
 
 def test_a_resumed_watch_misses_and_repeats_nothing(server: RunningServer) -> None:
     make_team(server, "acme")
     with server.client() as c:
+        start = int(c.get(APPS).json()["metadata"]["resourceVersion"])
         for n in range(6):
             c.post(APPS, json=app_doc(f"app-{n}"))
-        start = int(c.get(APPS).json()["metadata"]["resourceVersion"]) - 6
-    first = read_events(server, f"{APPS}?watch=true&resourceVersion={start}", 3)
+    watch = f"{APPS}?watch=true&resourceVersion="
+    first = read_events(server, f"{watch}{start}", named("app-2"))
     with server.client() as c:
         for n in range(6, 9):
             c.post(APPS, json=app_doc(f"app-{n}"))
         c.delete(f"{APPS}/app-0")
-    rest = read_events(server, f"{APPS}?watch=true&resourceVersion={first[-1]['id']}", 7)
-    names = [e["object"]["metadata"]["name"] for e in first + rest]
-    assert names == [f"app-{n}" for n in range(9)] + ["app-0"]
-    ids = [e["id"] for e in first + rest]
+    rest = read_events(server, f"{watch}{first[-1]['id']}", named("app-0", "DELETED"))
+    whole = read_events(server, f"{watch}{start}", named("app-0", "DELETED"))
+    assert [e["id"] for e in first + rest] == [e["id"] for e in whole]
+    added = [e["object"]["metadata"]["name"] for e in whole if e["type"] == "ADDED"]
+    assert added == [f"app-{n}" for n in range(9)]
+    ids = [e["id"] for e in whole]
     assert ids == sorted(set(ids))
-    assert [e["type"] for e in rest][-1] == "DELETED"
 
 
 def test_list_with_selector_and_pagination(server: RunningServer) -> None:

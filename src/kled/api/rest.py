@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from kled.admission.request import UserInfo
 from kled.api.authz import check_team
 from kled.api.service import Outcome, Service
-from kled.errors import InvalidInput, Unauthorized
+from kled.errors import InvalidInput, NotFound, Unauthorized
 from kled.resources.registry import API_VERSION, KindInfo, Scope, resolve_kind
 from kled.store.objects import Key
 
@@ -175,127 +176,10 @@ async def _sse(stream: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         yield f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
 
 
-@router.get("/{plural}")
-async def list_server(
-    request: Request,
-    plural: str,
-    user: UserInfo = User,
-    labelSelector: str | None = None,
-    limit: int = 0,
-    continue_: str | None = Query(default=None, alias="continue"),
-    watch: bool = False,
-    resourceVersion: str | None = None,
-    last_event_id: str | None = Header(default=None),
-) -> Response:
-    info = _info(plural, Scope.SERVER)
-    return await _collection(
-        request,
-        user,
-        info,
-        None,
-        None,
-        labelSelector,
-        limit,
-        continue_,
-        watch,
-        resourceVersion,
-        last_event_id,
-    )
-
-
-@router.get("/teams/{team}/{plural}")
-async def list_team(
-    request: Request,
-    team: str,
-    plural: str,
-    user: UserInfo = User,
-    labelSelector: str | None = None,
-    limit: int = 0,
-    continue_: str | None = Query(default=None, alias="continue"),
-    watch: bool = False,
-    resourceVersion: str | None = None,
-    last_event_id: str | None = Header(default=None),
-) -> Response:
-    info = _info(plural)
-    if info.scope is Scope.SERVER:
-        raise InvalidInput(f"{info.plural} live at /api/v1/{info.plural}", field="path")
-    await _require_team(request, user, team)
-    return await _collection(
-        request,
-        user,
-        info,
-        team,
-        None,
-        labelSelector,
-        limit,
-        continue_,
-        watch,
-        resourceVersion,
-        last_event_id,
-    )
-
-
-@router.get("/teams/{team}/environments/{env}/{plural}")
-async def list_env(
-    request: Request,
-    team: str,
-    env: str,
-    plural: str,
-    user: UserInfo = User,
-    labelSelector: str | None = None,
-    limit: int = 0,
-    continue_: str | None = Query(default=None, alias="continue"),
-    watch: bool = False,
-    resourceVersion: str | None = None,
-    last_event_id: str | None = Header(default=None),
-) -> Response:
-    info = _info(plural, Scope.ENVIRONMENT)
-    await _require_team(request, user, team)
-    return await _collection(
-        request,
-        user,
-        info,
-        team,
-        env,
-        labelSelector,
-        limit,
-        continue_,
-        watch,
-        resourceVersion,
-        last_event_id,
-    )
-
-
 async def _require_team(request: Request, user: UserInfo, team: str) -> None:
     check_team(user, team, f"team {team}")
     if await service(request).store.find(Key("Team", "", "", team)) is None:
-        from kled.errors import NotFound
-
         raise NotFound(f"team {team} not found")
-
-
-@router.post("/{plural}", status_code=201)
-async def create_server(
-    request: Request, plural: str, user: UserInfo = User, dryRun: bool = False
-) -> Response:
-    info = _info(plural, Scope.SERVER)
-    doc = await _body(request)
-    _place(doc, info, "", "")
-    return _outcome(await service(request).create(user, doc, dry_run=dryRun), 201)
-
-
-@router.post("/teams/{team}/{plural}", status_code=201)
-async def create_team(
-    request: Request,
-    team: str,
-    plural: str,
-    user: UserInfo = User,
-    dryRun: bool = False,
-) -> Response:
-    info = _info(plural, Scope.TEAM)
-    doc = await _body(request)
-    _place(doc, info, team, "")
-    return _outcome(await service(request).create(user, doc, dry_run=dryRun), 201)
 
 
 @router.post("/teams/{team}/environments/{env}/clone", status_code=201)
@@ -307,204 +191,146 @@ async def clone_env(request: Request, team: str, env: str, user: UserInfo = User
     return _outcome(await service(request).clone_environment(user, team, env, target), 201)
 
 
-@router.post("/teams/{team}/environments/{env}/{plural}", status_code=201)
-async def create_env(
-    request: Request,
-    team: str,
-    env: str,
-    plural: str,
-    user: UserInfo = User,
-    dryRun: bool = False,
-) -> Response:
-    info = _info(plural, Scope.ENVIRONMENT)
-    doc = await _body(request)
-    _place(doc, info, team, env)
-    return _outcome(await service(request).create(user, doc, dry_run=dryRun), 201)
+# ---- the routes of every kind, per scope -------------------------------------------------
 
 
-# ---- items -----------------------------------------------------------------------------
+@dataclass
+class ListQuery:
+    """Query parameters of a collection ``GET`` (the API's own camelCase spelling)."""
+
+    labelSelector: str | None = None
+    limit: int = 0
+    continue_: str | None = Query(default=None, alias="continue")
+    watch: bool = False
+    resourceVersion: str | None = None
 
 
-def _key(info: KindInfo, team: str, env: str, name: str) -> Key:
-    return Key(info.kind, team, env, name)
+@dataclass
+class WriteQuery:
+    dryRun: bool = False
+    resourceVersion: str | None = None
 
 
-async def _item(
-    request: Request,
-    user: UserInfo,
-    info: KindInfo,
-    team: str,
-    env: str,
-    name: str,
-    reveal: bool,
-) -> Response:
-    doc = await service(request).get(user, _key(info, team, env, name), reveal=reveal)
-    return JSONResponse(doc)
+def _where(request: Request) -> tuple[str, str]:
+    params = request.path_params
+    return str(params.get("team", "")), str(params.get("env", ""))
 
 
-@router.get("/{plural}/{name}")
-async def get_server(request: Request, plural: str, name: str, user: UserInfo = User) -> Response:
-    return await _item(request, user, _info(plural, Scope.SERVER), "", "", name, False)
+PREFIXES = {
+    Scope.SERVER: "",
+    Scope.TEAM: "/teams/{team}",
+    Scope.ENVIRONMENT: "/teams/{team}/environments/{env}",
+}
 
 
-@router.get("/teams/{team}/{plural}/{name}")
-async def get_team(
-    request: Request, team: str, plural: str, name: str, user: UserInfo = User
-) -> Response:
-    return await _item(request, user, _info(plural, Scope.TEAM), team, "", name, False)
+def _routes(scope: Scope) -> None:
+    """Register list, create, get, replace, status and delete for kinds under ``scope``'s path.
+
+    The team path also lists environment kinds across the team's environments.
+    """
+    prefix = PREFIXES[scope]
+    listable = (scope, Scope.ENVIRONMENT) if scope is Scope.TEAM else (scope,)
+
+    async def list_kind(
+        request: Request,
+        plural: str,
+        user: UserInfo = User,
+        q: ListQuery = Depends(),
+        last_event_id: str | None = Header(default=None),
+    ) -> Response:
+        info = _info(plural)
+        if info.scope not in listable:
+            _info(plural, scope)  # raises, naming where the kind lives
+        team, env = _where(request)
+        if team:
+            await _require_team(request, user, team)
+        return await _collection(
+            request,
+            user,
+            info,
+            team or None,
+            env or None,
+            q.labelSelector,
+            q.limit,
+            q.continue_,
+            q.watch,
+            q.resourceVersion,
+            last_event_id,
+        )
+
+    async def create(
+        request: Request, plural: str, user: UserInfo = User, q: WriteQuery = Depends()
+    ) -> Response:
+        info = _info(plural, scope)
+        team, env = _where(request)
+        doc = await _body(request)
+        _place(doc, info, team, env)
+        return _outcome(await service(request).create(user, doc, dry_run=q.dryRun), 201)
+
+    async def get(
+        request: Request, plural: str, name: str, user: UserInfo = User, reveal: bool = False
+    ) -> Response:
+        team, env = _where(request)
+        key = Key(_info(plural, scope).kind, team, env, name)
+        return JSONResponse(await service(request).get(user, key, reveal=reveal))
+
+    async def replace(
+        request: Request,
+        plural: str,
+        name: str,
+        user: UserInfo = User,
+        q: WriteQuery = Depends(),
+    ) -> Response:
+        info = _info(plural, scope)
+        team, env = _where(request)
+        doc = await _body(request)
+        _place(doc, info, team, env, name)
+        return _outcome(await service(request).update(user, doc, dry_run=q.dryRun))
+
+    async def replace_status(
+        request: Request, plural: str, name: str, user: UserInfo = User
+    ) -> Response:
+        team, env = _where(request)
+        key = Key(_info(plural, scope).kind, team, env, name)
+        body = await _body(request)
+        status = body.get("status", body)
+        if not isinstance(status, dict):
+            raise InvalidInput("must be an object", field="status")
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        return JSONResponse(await service(request).update_status(user, key, status, version))
+
+    async def remove(
+        request: Request,
+        plural: str,
+        name: str,
+        user: UserInfo = User,
+        q: WriteQuery = Depends(),
+    ) -> Response:
+        team, env = _where(request)
+        key = Key(_info(plural, scope).kind, team, env, name)
+        outcome = await service(request).delete(
+            user, key, dry_run=q.dryRun, expected_version=q.resourceVersion
+        )
+        return _outcome(outcome)
+
+    collection = f"{prefix}/{{plural}}"
+    item = f"{collection}/{{name}}"
+    for path, handler, method, status in (
+        (collection, list_kind, "GET", 200),
+        (collection, create, "POST", 201),
+        (item, get, "GET", 200),
+        (item, replace, "PUT", 200),
+        (f"{item}/status", replace_status, "PUT", 200),
+        (item, remove, "DELETE", 200),
+    ):
+        router.add_api_route(
+            path,
+            handler,
+            methods=[method],
+            status_code=status,
+            name=f"{handler.__name__}_{scope.value}",
+        )
 
 
-@router.get("/teams/{team}/environments/{env}/{plural}/{name}")
-async def get_env(
-    request: Request,
-    team: str,
-    env: str,
-    plural: str,
-    name: str,
-    user: UserInfo = User,
-    reveal: bool = False,
-) -> Response:
-    return await _item(request, user, _info(plural, Scope.ENVIRONMENT), team, env, name, reveal)
-
-
-async def _replace(
-    request: Request,
-    user: UserInfo,
-    info: KindInfo,
-    team: str,
-    env: str,
-    name: str,
-    dry_run: bool,
-) -> Response:
-    doc = await _body(request)
-    _place(doc, info, team, env, name)
-    return _outcome(await service(request).update(user, doc, dry_run=dry_run))
-
-
-@router.put("/{plural}/{name}")
-async def put_server(
-    request: Request,
-    plural: str,
-    name: str,
-    user: UserInfo = User,
-    dryRun: bool = False,
-) -> Response:
-    return await _replace(request, user, _info(plural, Scope.SERVER), "", "", name, dryRun)
-
-
-@router.put("/teams/{team}/{plural}/{name}")
-async def put_team(
-    request: Request,
-    team: str,
-    plural: str,
-    name: str,
-    user: UserInfo = User,
-    dryRun: bool = False,
-) -> Response:
-    return await _replace(request, user, _info(plural, Scope.TEAM), team, "", name, dryRun)
-
-
-@router.put("/teams/{team}/environments/{env}/{plural}/{name}")
-async def put_env(
-    request: Request,
-    team: str,
-    env: str,
-    plural: str,
-    name: str,
-    user: UserInfo = User,
-    dryRun: bool = False,
-) -> Response:
-    info = _info(plural, Scope.ENVIRONMENT)
-    return await _replace(request, user, info, team, env, name, dryRun)
-
-
-async def _put_status(
-    request: Request, user: UserInfo, info: KindInfo, team: str, env: str, name: str
-) -> Response:
-    body = await _body(request)
-    status = body.get("status", body)
-    if not isinstance(status, dict):
-        raise InvalidInput("must be an object", field="status")
-    version = (body.get("metadata") or {}).get("resourceVersion")
-    doc = await service(request).update_status(user, _key(info, team, env, name), status, version)
-    return JSONResponse(doc)
-
-
-@router.put("/{plural}/{name}/status")
-async def status_server(
-    request: Request, plural: str, name: str, user: UserInfo = User
-) -> Response:
-    return await _put_status(request, user, _info(plural, Scope.SERVER), "", "", name)
-
-
-@router.put("/teams/{team}/{plural}/{name}/status")
-async def status_team(
-    request: Request, team: str, plural: str, name: str, user: UserInfo = User
-) -> Response:
-    return await _put_status(request, user, _info(plural, Scope.TEAM), team, "", name)
-
-
-@router.put("/teams/{team}/environments/{env}/{plural}/{name}/status")
-async def status_env(
-    request: Request, team: str, env: str, plural: str, name: str, user: UserInfo = User
-) -> Response:
-    info = _info(plural, Scope.ENVIRONMENT)
-    return await _put_status(request, user, info, team, env, name)
-
-
-async def _remove(
-    request: Request,
-    user: UserInfo,
-    info: KindInfo,
-    team: str,
-    env: str,
-    name: str,
-    dry_run: bool,
-    version: str | None,
-) -> Response:
-    outcome = await service(request).delete(
-        user, _key(info, team, env, name), dry_run=dry_run, expected_version=version
-    )
-    return _outcome(outcome)
-
-
-@router.delete("/{plural}/{name}")
-async def delete_server(
-    request: Request,
-    plural: str,
-    name: str,
-    user: UserInfo = User,
-    dryRun: bool = False,
-    resourceVersion: str | None = None,
-) -> Response:
-    info = _info(plural, Scope.SERVER)
-    return await _remove(request, user, info, "", "", name, dryRun, resourceVersion)
-
-
-@router.delete("/teams/{team}/{plural}/{name}")
-async def delete_team(
-    request: Request,
-    team: str,
-    plural: str,
-    name: str,
-    user: UserInfo = User,
-    dryRun: bool = False,
-    resourceVersion: str | None = None,
-) -> Response:
-    info = _info(plural, Scope.TEAM)
-    return await _remove(request, user, info, team, "", name, dryRun, resourceVersion)
-
-
-@router.delete("/teams/{team}/environments/{env}/{plural}/{name}")
-async def delete_env(
-    request: Request,
-    team: str,
-    env: str,
-    plural: str,
-    name: str,
-    user: UserInfo = User,
-    dryRun: bool = False,
-    resourceVersion: str | None = None,
-) -> Response:
-    info = _info(plural, Scope.ENVIRONMENT)
-    return await _remove(request, user, info, team, env, name, dryRun, resourceVersion)
+for _scope in Scope:
+    _routes(_scope)

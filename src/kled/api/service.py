@@ -225,12 +225,14 @@ class Service:
         *,
         dry_run: bool = False,
         expected_version: str | None = None,
+        current: dict[str, Any] | None = None,
     ) -> Outcome:
         doc = self._prepare(doc)
         key = Key.of(doc)
         info = kind_info(key.kind)
         authz.authorize(user, "update", info, key.team, str(key))
-        current = await self.store.find(key)
+        if current is None:
+            current = await self.store.find(key)
         if current is None:
             raise NotFound(f"{key} not found")
         self._check_visible(user, info, current, str(key), write=True)
@@ -250,12 +252,13 @@ class Service:
         key = Key.of(prepared)
         info = kind_info(key.kind)
         authz.authorize(user, "get", info, key.team, str(key))
-        if await self.store.find(key) is None:
+        current = await self.store.find(key)
+        if current is None:
             try:
                 return await self.create(user, prepared, dry_run=dry_run)
             except Conflict:
                 pass  # created meanwhile by someone else: update it instead
-        return await self.update(user, prepared, dry_run=dry_run)
+        return await self.update(user, prepared, dry_run=dry_run, current=current)
 
     async def update_status(
         self, user: UserInfo, key: Key, status: dict[str, Any], expected_version: str | None
