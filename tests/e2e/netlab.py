@@ -2,10 +2,10 @@
 
 ``make_lab(n)`` builds ``n`` hosts ``kx-<run>-h1 … hN``, each with ``eth0`` at
 ``198.18.0.<i>/24`` on a bridge in ``kx-<run>-ul``, and tears everything down on exit even
-when the test failed: processes the lab started, every wireguard-go running in one of its
-namespaces (found by namespace inode, so nothing else on the machine is touched), the
-namespaces of the hosts and of the team gateways and pods named after them, and stale
-WireGuard control sockets.
+when the test failed: processes the lab started, every wireguard-go and header router
+running in one of its namespaces (found by namespace inode, so nothing else on the machine
+is touched), the namespaces of the hosts and of the team gateways and pods named after
+them, and stale WireGuard control sockets.
 """
 
 from __future__ import annotations
@@ -147,9 +147,12 @@ def _ns_inode(ns: str) -> int | None:
 
 
 def _wireguard_in(inodes: set[int]) -> list[psutil.Process]:
+    """wireguard-go and header routers (which the gateway layer starts, not the lab)."""
     found = []
-    for proc in psutil.process_iter(["name"]):
-        if proc.info.get("name") != "wireguard-go":
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        router = "kled.agent.net.header_router" in cmdline
+        if proc.info.get("name") != "wireguard-go" and not router:
             continue
         try:
             link = os.readlink(f"/proc/{proc.pid}/ns/net")

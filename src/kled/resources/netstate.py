@@ -13,6 +13,7 @@ reconciler touches only what moved; it is a pure function, tested without a host
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -75,6 +76,68 @@ class Intercept(_Model):
         return hash((self.target_ip, tuple(sorted(self.port_map.items())), self.protocols))
 
 
+#: an HTTP field name (RFC 9110 token), compared case-insensitively, so kept lower-case
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+#: request headers that route HTTP itself; matching on them would misroute ordinary traffic
+_RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"}
+)
+
+
+class PersonalIntercept(_Model):
+    """Points only the HTTP requests that carry ``header: value`` at a device.
+
+    The gateway's header router reads the first request of each TCP connection (HTTP/1.1 or
+    HTTP/2 cleartext) to a listed service port and sends the connection to ``target_ip`` when
+    the header matches, else to a replica. A global ``Service.intercept`` of the same port
+    wins over every personal one (docs/intercept.md).
+    """
+
+    #: header name, case-insensitive (stored lower-case), e.g. ``x-kled-dev``
+    header: str = Field(min_length=1, max_length=100)
+    #: the exact field value (surrounding spaces ignored), e.g. ``alice``
+    value: str = Field(min_length=1, max_length=200)
+    target_ip: str
+    #: service port → port on the device; only TCP ports can be routed by header
+    port_map: dict[int, int]
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        name = value.strip().lower()
+        if not _HEADER_NAME.match(name) or name.startswith(":"):
+            raise ValueError(f"{value!r} is not an HTTP header name")
+        if name in _RESERVED_HEADERS:
+            raise ValueError(f"{name!r} routes HTTP itself and cannot select an intercept")
+        return name
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str) -> str:
+        stripped = value.strip()
+        if not stripped or any(ord(c) < 0x20 or ord(c) == 0x7F for c in stripped):
+            raise ValueError("the header value must be printable and not blank")
+        return stripped
+
+    @field_validator("target_ip")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        return str(ipaddress.IPv4Address(value))
+
+    @field_validator("port_map")
+    @classmethod
+    def _ports(cls, value: dict[int, int]) -> dict[int, int]:
+        if not value:
+            raise ValueError("a personal intercept needs at least one port")
+        for src, dst in value.items():
+            if not (0 < src < 65536 and 0 < dst < 65536):
+                raise ValueError(f"port mapping {src}:{dst} is out of range")
+        return value
+
+    def __hash__(self) -> int:
+        return hash((self.header, self.value, self.target_ip, tuple(sorted(self.port_map.items()))))
+
+
 class Service(_Model):
     """An app's (or managed service's) service IP, load-balanced over its pod IPs."""
 
@@ -85,6 +148,8 @@ class Service(_Model):
     #: pod IPs of the running replicas, on any node of the team
     backends: tuple[str, ...] = ()
     intercept: Intercept | None = None
+    #: header-selected intercepts, one per developer; first match (in this order) wins
+    personal: tuple[PersonalIntercept, ...] = ()
 
     @field_validator("ip")
     @classmethod
@@ -96,6 +161,30 @@ class Service(_Model):
     def _backends(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         # Sorted so that the same set of replicas always renders the same rules.
         return tuple(sorted({str(ipaddress.IPv4Address(v)) for v in value}, key=_ip_key))
+
+    @model_validator(mode="after")
+    def _one_device_per_header(self) -> Service:
+        seen = [(p.header, p.value) for p in self.personal]
+        if len(seen) != len(set(seen)):
+            raise ValueError("two personal intercepts select the same header and value")
+        return self
+
+    def personal_ports(self) -> tuple[ServicePort, ...]:
+        """The TCP ports whose connections the header router decides: listed by a personal
+        intercept and not taken whole by the global intercept (which wins)."""
+        wanted = {port for p in self.personal for port in p.port_map}
+        global_icpt = self.intercept
+        return tuple(
+            sp
+            for sp in self.ports
+            if sp.protocol == "TCP"
+            and sp.port in wanted
+            and not (
+                global_icpt is not None
+                and "TCP" in global_icpt.protocols
+                and sp.port in global_icpt.port_map
+            )
+        )
 
 
 def _ip_key(value: str) -> int:

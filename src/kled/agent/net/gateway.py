@@ -25,7 +25,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from kled.agent.net import conntrack, links, netns, nftables, wireguard
+from kled.agent.net import conntrack, links, netns, nftables, router_process, wireguard
+from kled.agent.net.header_router import render_config
 from kled.errors import InvalidInput
 from kled.resources.netstate import TeamNetwork
 
@@ -187,14 +188,21 @@ async def _apply_rules(ns: str, team: TeamNetwork, wg_ifname: str, folder: Path)
     """Replace the team's table, then unpin the UDP flows of services whose targets moved.
 
     What was applied last is kept beside the key, so that only changed services lose their
-    UDP conntrack entries (see ``conntrack``), also across agent restarts.
+    UDP conntrack entries (see ``conntrack``), also across agent restarts. The header router
+    (personal intercepts) is made ready before rules redirect to it, and stopped only after
+    rules stopped redirecting to it.
     """
+    wants_router = render_config(team) is not None
+    if wants_router:
+        await router_process.ensure_router(ns, team, folder)
     record = folder / f"{team.team}.services.json"
     try:
         before: dict[str, str] = json.loads(record.read_text())
     except (OSError, ValueError):
         before = {}
     await nftables.apply(ns, nftables.render_ruleset(team, wg_ifname=wg_ifname, bridge=BRIDGE))
+    if not wants_router:
+        router_process.stop_router(folder, team.team)
     after = _service_digest(team)
     changed = {ip for ip in before if before[ip] != after.get(ip)}
     if changed:
@@ -228,6 +236,8 @@ async def teardown_team_gateway(
     ifname = wireguard.interface_name(host_id, team)
     for pod_ns in await netns.names(pod_netns_prefix(host_id, team)):
         await netns.delete(pod_ns)
+    # The router would otherwise keep the deleted namespace alive.
+    router_process.stop_router(Path(state_dir) / host_id, team, drain=False)
     await netns.delete(ns)
     # The TUN device died with the namespace; wireguard-go exits on its own, or is stopped.
     await links.delete(host_ns, ifname)

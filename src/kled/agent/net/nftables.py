@@ -11,6 +11,10 @@ Rules, like kube-proxy's:
 - ``services`` (jumped to from prerouting and output): ``ip daddr SVC proto dport P`` →
   DNAT to one replica pod IP chosen by ``numgen random mod N``, on ``target_port``; or, for
   an intercepted port, DNAT to the device's mesh IP and local port.
+- personal intercepts: a TCP service port that some developer intercepts by HTTP header is
+  redirected to the gateway's header router (``header_router``, on ``ROUTER_PORT`` of the
+  gateway's own address), which picks device or replica per connection; the ``input`` chain
+  drops connections to that port that were not redirected, so nobody reaches it directly.
 - DNS: queries to the bridge gateway IP on port 53 → DNAT to the team's DNS server.
 - postrouting: masquerade DNAT'ed flows that leave through WireGuard (so replies return
   through this gateway whatever the peer's routes) and hairpin flows on the bridge (a pod
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 
 TABLE = "kled"
 FAMILY = "ip"
+#: where the team gateway's header router listens (in the gateway namespace only)
+ROUTER_PORT = 15080
 
 Json = dict[str, Any]
 
@@ -89,15 +95,21 @@ def _intercepted(service: Service, port: ServicePort) -> int | None:
     return icpt.port_map.get(port.port)
 
 
-def _service_rules(service: Service) -> tuple[list[Json], list[Json]]:
+def _service_rules(service: Service, router_port: int) -> tuple[list[Json], list[Json]]:
     """DNAT rules for the ``services`` chain and refusals for the ``forward`` chain."""
     dnat, refuse = [], []
     who = f"app/{service.env}/{service.name}"
+    by_header = {p.port for p in service.personal_ports()}
     for port in service.ports:
         proto = port.protocol.lower()
         match = [_daddr(service.ip), _l4(proto), _dport(proto, port.port)]
         local = _intercepted(service, port)
-        if local is not None and service.intercept is not None:
+        if port.port in by_header and proto == "tcp":
+            # The router answers on the address the packet came in on (mesh or bridge IP)
+            # and learns the service IP:port back from conntrack (SO_ORIGINAL_DST).
+            target: Json = {"redirect": {"port": router_port}}
+            dnat.append(_rule("services", [*match, target], f"{who} personal intercepts"))
+        elif local is not None and service.intercept is not None:
             target = {"dnat": {"addr": service.intercept.target_ip, "port": local}}
             dnat.append(_rule("services", [*match, target], f"{who} intercepted"))
         elif service.backends:
@@ -111,7 +123,9 @@ def _service_rules(service: Service) -> tuple[list[Json], list[Json]]:
     return dnat, refuse
 
 
-def render_ruleset(team: TeamNetwork, *, wg_ifname: str, bridge: str) -> list[Json]:
+def render_ruleset(
+    team: TeamNetwork, *, wg_ifname: str, bridge: str, router_port: int = ROUTER_PORT
+) -> list[Json]:
     """The whole ``nft -j`` batch that replaces the team's table. Pure."""
     table = {"table": {"family": FAMILY, "name": TABLE}}
     cmds: list[Json] = [{"add": table}, {"delete": table}, {"add": table}]
@@ -121,6 +135,7 @@ def render_ruleset(team: TeamNetwork, *, wg_ifname: str, bridge: str) -> list[Js
         _chain("output", "output", prio=-100),
         _chain("postrouting", "postrouting", prio=100),
         _chain("forward", "forward", kind="filter", prio=0),
+        _chain("input", "input", kind="filter", prio=0),
     ]
     cmds.append(_rule("prerouting", [{"jump": {"target": "services"}}]))
     cmds.append(_rule("output", [{"jump": {"target": "services"}}]))
@@ -132,10 +147,13 @@ def render_ruleset(team: TeamNetwork, *, wg_ifname: str, bridge: str) -> list[Js
             cmds.append(_rule("prerouting", [*match, target], "dns forwarder"))
     refusals: list[Json] = []
     for service in sorted(team.services, key=lambda s: (s.env, s.name)):
-        dnat, refuse = _service_rules(service)
+        dnat, refuse = _service_rules(service, router_port)
         cmds += dnat
         refusals += refuse
     cmds += refusals
+    not_redirected = _match({"&": [{"ct": {"key": "status"}}, "dnat"]}, 0)
+    router = [_l4("tcp"), _dport("tcp", router_port), not_redirected, {"drop": None}]
+    cmds.append(_rule("input", router, "header router: redirected flows only"))
     dnatted = _match({"ct": {"key": "status"}}, "dnat", op="in")
     cmds.append(_rule("postrouting", [_oif(wg_ifname), dnatted, {"masquerade": None}], "via mesh"))
     cmds.append(
