@@ -65,6 +65,24 @@ async def test_requested_block_is_honoured_and_checked(ipam: Ipam) -> None:
     assert [a for a in await ipam.list("clash")] == []
 
 
+async def test_checking_a_block_allocates_nothing(ipam: Ipam) -> None:
+    await ipam.ensure_team_block("acme", "100.70.0.0/16")
+    await ipam.check_team_block("beta", "100.71.0.0/16")
+    await ipam.check_team_block("beta", None)
+    await ipam.check_team_block("acme", "100.70.0.0/16")  # its own block, restated
+    with pytest.raises(
+        InvalidInput, match=re.escape("overlaps 100.70.0.0/16 of team acme")
+    ) as clash:
+        await ipam.check_team_block("beta", "100.70.64.0/18")
+    assert clash.value.field == "spec.block"
+    with pytest.raises(InvalidInput, match="cannot change") as moved:
+        await ipam.check_team_block("acme", "100.72.0.0/16")
+    assert moved.value.field == "spec.block"
+    with pytest.raises(InvalidInput, match="not inside"):
+        await ipam.check_team_block("beta", "10.0.0.0/16")
+    assert [(a.team, a.address) for a in await ipam.list()] == [("acme", "100.70.0.0/16")]
+
+
 async def test_allocations_are_stable_distinct_and_reclaimed(ipam: Ipam) -> None:
     await ipam.ensure_team_block("acme")
     n1 = await ipam.allocate("acme", "mesh", "Node", "n1")

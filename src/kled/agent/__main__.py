@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import signal
 import socket
+from pathlib import Path
 
 from kled.agent.agent import Agent, detect_capabilities, host_capacity
+from kled.agent.net import gateway
+from kled.agent.net.host import HostNetworkLayer, LinuxHostNetwork
 from kled.agent.registration import Registration, load_registration, register
 from kled.bus.office import ConnectOptions, MessageOffice
 from kled.bus.subjects import Subjects, check_node_name
@@ -43,6 +47,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nats-password")
     p.add_argument("--subjects-prefix", default="", help="for test installations")
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats")
+    p.add_argument(
+        "--network",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="build the team meshes on this host (auto: when it can, as root with WireGuard)",
+    )
+    p.add_argument(
+        "--host-id",
+        default=None,
+        help="prefix of this host's namespaces and interfaces (default: from the node name)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -71,6 +86,20 @@ async def _credentials(args: argparse.Namespace, name: str, labels: dict[str, st
     return saved
 
 
+def _network(args: argparse.Namespace, node: str) -> HostNetworkLayer | None:
+    caps = detect_capabilities()
+    able = "netns" in caps and "wireguard" in caps and shutil.which("nft") is not None
+    if args.network == "off" or (args.network == "auto" and not able):
+        return None
+    if not able:
+        raise InvalidInput(
+            "--network on needs root, wireguard-go (or the kernel module) and nft", field="network"
+        )
+    # The agent runs in the host's own namespace (None), where the underlay is.
+    host_id = gateway.check_host_id(args.host_id) if args.host_id else gateway.default_host_id(node)
+    return LinuxHostNetwork(None, host_id=host_id, state_dir=Path(args.data_dir) / "net")
+
+
 async def main(args: argparse.Namespace) -> None:
     name = check_node_name(args.name or socket.gethostname().split(".")[0].lower())
     labels = _labels(args.labels)
@@ -91,7 +120,14 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(args.data_dir, office, reg.node, labels=labels, heartbeat_interval=args.heartbeat)
+    agent = Agent(
+        args.data_dir,
+        office,
+        reg.node,
+        labels=labels,
+        heartbeat_interval=args.heartbeat,
+        network=_network(args, reg.node),
+    )
     try:
         await agent.run(stop)
     finally:

@@ -27,12 +27,14 @@ from pathlib import Path
 
 import psutil
 
+from kled.agent.mesh import MeshKeeper
+from kled.agent.net.host import HostNetworkLayer
 from kled.agent.reconcile import Action, ActionKind, Observed, Reconciler, plan
 from kled.agent.runtime.base import Runtime
 from kled.agent.runtime.container import ContainerRuntime, container_engine
 from kled.agent.runtime.process import ProcessRuntime
 from kled.bus.office import MessageOffice
-from kled.errors import Forbidden, KledError, PermanentError, Unavailable
+from kled.errors import Forbidden, KledError, PermanentError, TemporaryError, Unavailable
 from kled.resources.hoststate import (
     AgentEvent,
     Capacity,
@@ -106,6 +108,8 @@ class Agent:
         labels: dict[str, str] | None = None,
         heartbeat_interval: float = 2.0,
         workers: int = 8,
+        network: HostNetworkLayer | None = None,
+        network_recheck: float = 5.0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +134,13 @@ class Agent:
         self._logs_ready = asyncio.Event()
         self._dropped_logs = 0
         self._reconcile_lock = asyncio.Lock()
+        #: the host's team gateways and pods; None on a host without the network layer
+        self.mesh: MeshKeeper | None = None
+        if network is not None:
+            self.mesh = MeshKeeper(
+                network, self.data_dir / "wireguard", node=node_name,
+                recheck_interval=network_recheck,
+            )  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -143,6 +154,8 @@ class Agent:
             asyncio.create_task(self._publish_loop(), name="publish"),
             asyncio.create_task(self._log_loop(), name="logs"),
         ]
+        if self.mesh is not None:
+            tasks.append(asyncio.create_task(self.mesh.run(), name="network"))
         log.info("node/%s agent running capabilities=%s", self.node, self.capabilities)
         try:
             await stop.wait()
@@ -171,6 +184,8 @@ class Agent:
                         len(state.replicas),
                     )
                     self._desired = state
+                    if self.mesh is not None:
+                        self.mesh.want(state.network)
                     await self.reconcile()
             except Forbidden as err:
                 log.error("node/%s cannot read its desired state: %s", self.node, err)
@@ -182,10 +197,43 @@ class Agent:
             return  # never act on "nothing desired" before the first value is known
         async with self._reconcile_lock:
             observed = await self.observe()
-            actions = [
-                a for a in plan(self._desired, observed) if not self.reconciler.busy(a.replica_id)
-            ]
+            desired = self._placed(self._desired)
+            planned = plan(desired, observed)
+            planned += self._outside_their_pods(desired, observed, {a.replica_id for a in planned})
+            actions = [a for a in planned if not self.reconciler.busy(a.replica_id)]
             self.reconciler.submit(actions)
+
+    def _placed(self, desired: HostDesiredState) -> HostDesiredState:
+        """The desired replicas with their pod namespaces, as the runtimes must start them."""
+        if self.mesh is None:
+            return desired
+        return desired.model_copy(
+            update={"replicas": [self.mesh.place(r) for r in desired.replicas]}
+        )
+
+    def _outside_their_pods(
+        self, desired: HostDesiredState, observed: dict[str, Observed], planned: set[str]
+    ) -> list[Action]:
+        """Restarts for replicas whose pod namespace was rebuilt under them (a reboot, or
+        namespaces deleted while the agent was away): they still run in the old one, which
+        has lost its link to the team, so only a restart puts them back on the network."""
+        if self.mesh is None:
+            return []
+        out = []
+        for spec in desired.replicas:
+            obs = observed.get(spec.id)
+            if spec.id in planned or obs is None or spec.pod_netns is None:
+                continue
+            pid = obs.status.pid
+            if obs.status.state != ReplicaState.RUNNING or pid is None:
+                continue
+            if not self.mesh.pod_ready(spec):
+                continue  # wait for the namespace before restarting into it
+            if not _in_netns(pid, spec.pod_netns):
+                out.append(
+                    Action(ActionKind.RESTART, spec.id, "pod network was rebuilt", spec, obs.spec)
+                )
+        return out
 
     async def observe(self) -> dict[str, Observed]:
         observed: dict[str, Observed] = dict(self._refused_replicas)
@@ -210,6 +258,9 @@ class Agent:
         rt = self.runtimes.get(spec.runtime)
         if rt is None:
             raise PermanentError(f"runtime {spec.runtime.value!r} is not available on this node")
+        if spec.pod_netns is not None and (self.mesh is None or not self.mesh.pod_ready(spec)):
+            # Started now, it would land outside its pod or fail on a missing namespace.
+            raise TemporaryError(f"pod network of {spec.resource_name} is not ready", delay=1.0)
         log.info("%s %s: %s", spec.resource_name, action.kind.value, action.reason)
         await rt.start(spec)
 
@@ -230,6 +281,7 @@ class Agent:
 
     # -- what the agent observes ----------------------------------------
     def _status_changed(self, status: ReplicaStatus) -> None:
+        status = self._with_pod_ip(status)
         report = ReplicaStatusReport(node=self.node, replica=status)
         self._out.put_nowait(_Out("status", report, f"{self.node}.st.{uuid.uuid4().hex}"))
         event = _event_for(self.node, status)
@@ -242,11 +294,23 @@ class Agent:
         self._logs.append(line)
         self._logs_ready.set()
 
+    def _with_pod_ip(self, status: ReplicaStatus) -> ReplicaStatus:
+        desired = self._desired
+        if self.mesh is None or desired is None or status.pod_ip is not None:
+            return status
+        spec = desired.by_id().get(status.id)
+        if spec is None:
+            return status
+        return status.model_copy(update={"pod_ip": self.mesh.place(spec).pod_ip})
+
     async def statuses(self) -> list[ReplicaStatus]:
-        return sorted((o.status for o in (await self.observe()).values()), key=lambda s: s.id)
+        observed = (await self.observe()).values()
+        with_ip = (o.status.model_copy(update={"pod_ip": o.spec.pod_ip}) for o in observed)
+        return sorted(with_ip, key=lambda s: s.id)
 
     async def heartbeat(self) -> NodeHeartbeat:
         return NodeHeartbeat(
+            mesh=await self.mesh.reports() if self.mesh is not None else {},
             node=self.node,
             capacity=self.capacity,
             labels=self.labels,
@@ -310,6 +374,20 @@ class Agent:
                     await asyncio.sleep(1.0)
                     continue
                 self._logs.popleft()
+
+
+def _in_netns(pid: int, netns_path: str) -> bool:
+    """Whether process ``pid`` runs in the namespace mounted at ``netns_path``; True when
+    it cannot be told (the process is gone or not ours to look at)."""
+    try:
+        theirs = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:
+        return True
+    try:
+        mounted = os.stat(netns_path)
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (mounted.st_dev, mounted.st_ino)
 
 
 def _event_for(node: str, status: ReplicaStatus) -> AgentEvent | None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from kled.admission.policy import PolicyEngine, Violation
@@ -27,6 +30,10 @@ from kled.store.violations import ViolationLog
 
 log = logging.getLogger(__name__)
 REPORT_LIMIT = 100
+#: Each policy keeps at most 100 violations; a team's whole list is capped at this.
+MAX_REPORT_LIMIT = 1000
+#: ``?limit=`` of the report routes: 422 outside 1..1000, rather than a silent empty list.
+Limit = Annotated[int, Query(ge=1, le=MAX_REPORT_LIMIT)]
 
 
 class StorePolicySource:
@@ -92,14 +99,34 @@ class DatabaseViolationSink:
         ]
 
 
+#: What a status write changes besides ``status``: not a change a policy should see again.
+_BOOKKEEPING = frozenset({"resourceVersion", "generation"})
+
+
+def desired_fingerprint(doc: Mapping[str, Any]) -> str:
+    """A digest of what a user wrote of ``doc`` (metadata, spec, data), not its status.
+
+    Controllers write ``status`` all the time (an IP, a replica's phase); re-running
+    Controller policies on each of those writes would add the same violation again and
+    again, so the feed re-checks a resource only when this digest changes.
+    """
+    meta = {k: v for k, v in (doc.get("metadata") or {}).items() if k not in _BOOKKEEPING}
+    body = {k: v for k, v in doc.items() if k not in ("metadata", "status")}
+    text = json.dumps([meta, body], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class PolicyFeed:
-    """Follows the event log: refreshes cached policies, re-checks Controller policies."""
+    """Follows the event log: refreshes cached policies, re-checks Controller policies
+    when a resource's desired state (not just its status) changes."""
 
     def __init__(self, store: Store, engine: PolicyEngine, source: StorePolicySource) -> None:
         self.store = store
         self.engine = engine
         self.source = source
         self._task: asyncio.Task[None] | None = None
+        #: uid → fingerprint of the desired state last handed to the engine
+        self._seen: dict[str, str] = {}
 
     async def start(self) -> None:
         after = await self.store.revision()
@@ -110,6 +137,19 @@ class PolicyFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def changed(self, event_type: str, doc: Mapping[str, Any]) -> bool:
+        """Whether this event changes what the user asked for (always, for a deletion)."""
+        uid = str((doc.get("metadata") or {}).get("uid") or "")
+        if event_type == "DELETED":
+            self._seen.pop(uid, None)
+            return True
+        fingerprint = desired_fingerprint(doc)
+        if uid and self._seen.get(uid) == fingerprint:
+            return False
+        if uid:
+            self._seen[uid] = fingerprint
+        return True
 
     async def _run(self, after: int) -> None:
         while True:
@@ -123,7 +163,7 @@ class PolicyFeed:
                 after = event.seq
                 if event.kind == "Policy":
                     self.source.forget(event.team)
-                if event.team:
+                if event.team and self.changed(event.type, event.object):
                     try:
                         await self.engine.on_change(event.type, event.object)
                     except Exception:
@@ -155,7 +195,7 @@ async def team_report(
     team: str,
     user: UserInfo = User,
     policy: str | None = None,
-    limit: int = REPORT_LIMIT,
+    limit: Limit = REPORT_LIMIT,
 ) -> Response:
     _authorize_read(user, team, f"violations of team {team}")
     rows = await _engine_sink(request).log.list(team, policy, limit)
@@ -164,7 +204,7 @@ async def team_report(
 
 @router.get("/teams/{team}/policies/{name}/report")
 async def policy_report(
-    request: Request, team: str, name: str, user: UserInfo = User, limit: int = REPORT_LIMIT
+    request: Request, team: str, name: str, user: UserInfo = User, limit: Limit = REPORT_LIMIT
 ) -> Response:
     policy = await service(request).get(user, Key("Policy", team, "", name))
     rows = await _engine_sink(request).log.list(team, name, limit)

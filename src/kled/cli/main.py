@@ -17,7 +17,20 @@ from typing import Annotated
 import typer
 
 import kled
-from kled.cli import contexts, envs, resources, secrets, server, teams, tokens, users
+from kled.cli import (
+    agents,
+    apps,
+    contexts,
+    envs,
+    logs,
+    nodes,
+    resources,
+    secrets,
+    server,
+    teams,
+    tokens,
+    users,
+)
 from kled.cli.output import err_console, out
 from kled.cli.state import STATE
 from kled.errors import InvalidInput, KledError
@@ -65,13 +78,15 @@ def version() -> None:
 
 
 def _mount() -> None:
-    for module in (server, contexts, resources):
+    for module in (server, contexts, resources, agents, logs):
         module.register(app)
     app.add_typer(teams.app, name="team", help="Create, list and delete teams.")
     app.add_typer(users.app, name="user", help="Create and list the users of a team.")
     app.add_typer(tokens.app, name="token", help="Create, list and revoke API tokens.")
     app.add_typer(envs.app, name="env", help="Create, list, clone and delete environments.")
     app.add_typer(secrets.app, name="secret", help="Set and read the keys of a secret.")
+    app.add_typer(nodes.app, name="node", help="Join tokens, and the nodes that run apps.")
+    app.add_typer(apps.app, name="app", help="Restart and scale apps.")
 
 
 def _mount_policy(args: list[str]) -> None:

@@ -141,6 +141,45 @@ def _node_status(doc: dict[str, Any]) -> str:
     return str(phase)
 
 
+def _capacity(doc: dict[str, Any]) -> dict[str, Any]:
+    found = _status(doc, "capacity") or _spec(doc, "capacity") or {}
+    return found if isinstance(found, dict) else {}
+
+
+def cpu_text(millicores: Any) -> str:
+    """``4`` cores, or ``500m`` when not whole."""
+    if not isinstance(millicores, int):
+        return "-"
+    return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
+
+
+def memory_text(size: Any) -> str:
+    """Bytes in the largest binary unit that keeps one decimal: ``15.6Gi``."""
+    if not isinstance(size, int):
+        return "-"
+    value = float(size)
+    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
+        if value < 1024 or unit == "Ti":
+            return f"{value:.0f}{unit}" if unit == "" or value >= 100 else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(size)
+
+
+def _node_cpu(doc: dict[str, Any]) -> str:
+    cap = _capacity(doc)
+    return cpu_text(cap.get("cpuMillicores", cap.get("cpu")))
+
+
+def _node_memory(doc: dict[str, Any]) -> str:
+    cap = _capacity(doc)
+    return memory_text(cap.get("memoryBytes", cap.get("memory")))
+
+
+def _node_capabilities(doc: dict[str, Any]) -> str:
+    found = _status(doc, "capabilities") or []
+    return ",".join(str(c) for c in found) or "<none>"
+
+
 def _keys(doc: dict[str, Any]) -> str:
     return str(len(doc.get("data") or {}))
 
@@ -155,8 +194,9 @@ LABELS: Column = ("LABELS", _labels)
 COLUMNS: dict[str, tuple[list[Column], list[Column]]] = {
     "Team": ([NAME], [("ZONE", lambda d: _text(_spec(d, "zone"))),
                       ("BLOCK", lambda d: _text(_spec(d, "block")))]),
-    "Node": ([NAME, ("STATUS", _node_status), ("ROLES", _node_roles)],
-             [("ADDRESS", lambda d: _text(_spec(d, "address"))), LABELS]),
+    "Node": ([NAME, ("STATUS", _node_status), AGE, ("CPU", _node_cpu),
+              ("MEMORY", _node_memory), ("CAPABILITIES", _node_capabilities), LABELS],
+             [("ROLES", _node_roles), ("ADDRESS", lambda d: _text(_spec(d, "address")))]),
     "User": ([NAME, ("ROLE", lambda d: _text(_spec(d, "role")))],
              [("EMAIL", lambda d: _text(_spec(d, "email")))]),
     "Token": ([NAME, ("USER", lambda d: _text(_spec(d, "user"))),
@@ -166,7 +206,7 @@ COLUMNS: dict[str, tuple[list[Column], list[Column]]] = {
     "Environment": ([NAME, STATUS, ("CLONED-FROM", lambda d: _text(_spec(d, "clonedFrom")))],
                     [LABELS]),
     "App": ([NAME, ENV, ("RUNTIME", lambda d: _text(_spec(d, "runtime"))),
-             ("REPLICAS", _replicas), ("PORTS", _ports), STATUS],
+             ("READY", _replicas), ("PHASE", _phase), ("PORTS", _ports)],
             [("IP", lambda d: _text(_status(d, "ip"))),
              ("DNS", lambda d: _text(_status(d, "dns"))), LABELS]),
     "Config": ([NAME, ENV, ("DATA", _keys)], [LABELS]),
@@ -184,7 +224,8 @@ def columns_for(kind: str, wide: bool) -> list[Column]:
         [NAME, ENV, STATUS] if info.scope is Scope.ENVIRONMENT else [NAME, STATUS]
     )
     base, extra = COLUMNS.get(kind, (default, [LABELS]))
-    return [*base, AGE, *(extra if wide else [])]
+    tail = [] if AGE in base else [AGE]
+    return [*base, *tail, *(extra if wide else [])]
 
 
 def align(rows: Sequence[Row]) -> str:
@@ -285,11 +326,37 @@ def describe(doc: dict[str, Any]) -> str:
     lines += _block("Status", status)
     if isinstance(replicas, list) and replicas:
         lines.append("Replicas:")
-        rows: list[Row] = [["NAME", "NODE", "PHASE", "IP", "RESTARTS"]]
-        for r in replicas:
-            if isinstance(r, dict):
-                rows.append([_text(r.get(k)) for k in ("name", "node", "phase", "ip", "restarts")])
-        lines += ["  " + line for line in align(rows).splitlines()]
+        lines += ["  " + line for line in replica_table(doc, replicas).splitlines()]
+    lines += _events(events)
+    return "\n".join(lines)
+
+
+def replica_table(doc: dict[str, Any], replicas: Sequence[Any]) -> str:
+    """An app's replicas: where each runs, its state, restarts, last exit and why."""
+    name = str(_meta(doc, "name"))
+    rows: list[Row] = [["REPLICA", "NODE", "STATE", "RESTARTS", "LAST-EXIT", "STARTED", "REASON"]]
+    for r in replicas:
+        if not isinstance(r, dict):
+            continue
+        reason = r.get("reason") or ""
+        if r.get("message"):
+            reason = f"{reason}: {r['message']}" if reason else str(r["message"])
+        rows.append(
+            [
+                f"{name}-{r.get('index')}",
+                _text(r.get("node")),
+                _text(r.get("state") or r.get("phase")),
+                str(r.get("restarts") or 0),
+                _text(r.get("lastExitCode")),
+                age(r.get("startedAt")) if r.get("startedAt") else "-",
+                reason or "-",
+            ]
+        )
+    return align(rows)
+
+
+def _events(events: Any) -> list[str]:
+    lines: list[str] = []
     if isinstance(events, list) and events:
         lines.append("Events:")
         rows = [["TYPE", "REASON", "AGE", "MESSAGE"]]
@@ -304,4 +371,64 @@ def describe(doc: dict[str, Any]) -> str:
                     ]
                 )
         lines += ["  " + line for line in align(rows).splitlines()]
+    return lines
+
+
+def describe_node(doc: dict[str, Any], placed: Sequence[dict[str, Any]]) -> str:
+    """``kled node describe``: status, capacity, conditions and the replicas placed there."""
+    meta = doc.get("metadata") or {}
+    status = doc.get("status") or {}
+    cap = _capacity(doc)
+    alloc = status.get("allocatable") or {}
+    lines = [
+        f"Name:           {meta.get('name')}",
+        f"Status:         {_node_status(doc)}",
+        f"Labels:         {_labels(doc)}",
+        f"Address:        {_text(_spec(doc, 'address'))}",
+        f"Created:        {meta.get('creationTimestamp', '-')}"
+        f" ({age(meta.get('creationTimestamp'))} ago)",
+        f"Last heartbeat: {_text(status.get('lastHeartbeat'))}"
+        + (f" ({age(status.get('lastHeartbeat'))} ago)" if status.get("lastHeartbeat") else ""),
+        f"Agent version:  {_text(status.get('agentVersion'))}",
+        f"Capacity:       cpu {cpu_text(cap.get('cpuMillicores'))}, "
+        f"memory {memory_text(cap.get('memoryBytes'))}",
+        f"Allocatable:    cpu {cpu_text(alloc.get('cpuMillicores'))}, "
+        f"memory {memory_text(alloc.get('memoryBytes'))}",
+        f"Capabilities:   {_node_capabilities(doc)}",
+    ]
+    conditions = status.get("conditions") or []
+    if conditions:
+        lines.append("Conditions:")
+        rows: list[Row] = [["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"]]
+        for c in conditions:
+            if isinstance(c, dict):
+                rows.append(
+                    [
+                        _text(c.get("type")),
+                        _text(c.get("status")),
+                        _text(c.get("reason")),
+                        _text(c.get("lastTransitionTime")),
+                        _text(c.get("message")),
+                    ]
+                )
+        lines += ["  " + line for line in align(rows).splitlines()]
+    else:
+        lines.append("Conditions:     <none>")
+    if placed:
+        lines.append(f"Replicas ({len(placed)}):")
+        rows = [["APP", "REPLICA", "STATE", "RESTARTS", "LAST-EXIT"]]
+        for r in placed:
+            rows.append(
+                [
+                    str(r.get("app")),
+                    str(r.get("index")),
+                    _text(r.get("state")),
+                    str(r.get("restarts") or 0),
+                    _text(r.get("lastExitCode")),
+                ]
+            )
+        lines += ["  " + line for line in align(rows).splitlines()]
+    else:
+        lines.append("Replicas:       <none>")
+    lines += _events(status.get("events"))
     return "\n".join(lines)

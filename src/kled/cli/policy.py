@@ -1,4 +1,4 @@
-"""``kled policy``: try policies on resources locally, with no server (for CI pipelines).
+"""``kled policy``: try policies locally (for CI pipelines) and read what they refused.
 
 ``kled policy test POLICY.yaml --resource R.yaml`` runs the policies of a file (Kled
 ``Policy`` or jsPolicy ``JsPolicy`` manifests) on a resource through the same engine the
@@ -31,14 +31,14 @@ from kled.resources.registry import Scope, kind_info
 if TYPE_CHECKING:
     from kled.admission.policy.pool import WorkerPool
 
-app = typer.Typer(help="Write and check kPolicy policies.", no_args_is_help=True)
+app = typer.Typer(help="Test policies locally and report their violations.", no_args_is_help=True)
 
 _OPERATIONS = ("CREATE", "UPDATE", "DELETE")
 
 
 @app.callback()
 def _group() -> None:
-    """Write and check kPolicy policies."""
+    """Test policies locally and report their violations."""
 
 
 def _load(path: Path, what: str) -> list[dict[str, Any]]:

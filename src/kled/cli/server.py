@@ -2,21 +2,26 @@
 
 ``kled server`` is the control plane alone, configured by flags (then ``KLED_*``
 variables, then defaults). ``kled up`` is the one-machine default: the same server with its
-data under ``~/.local/share/kled``, plus a ``local`` context in the CLI config so that the
-next command just works. Later parts of Kled (the embedded NATS, a local agent, the mesh)
-join ``kled up`` as parts (``UP_PARTS``) started beside the server.
+data under ``~/.local/share/kled``, the embedded NATS, a local agent joined to it, and a
+``local`` context in the CLI config so that the next command just works. Other parts (the
+mesh) join ``kled up`` as parts (``UP_PARTS``) started beside the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
+import re
 import signal
+import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +49,31 @@ DatabaseUrl = Annotated[
 ]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 LogJson = Annotated[bool, typer.Option("--log-json", help="Log as JSON lines.")]
+EmbeddedNatsOpt = Annotated[
+    bool,
+    typer.Option("--embedded-nats", help="Run a nats-server with JetStream in the data dir."),
+]
+NatsPort = Annotated[
+    int | None, typer.Option("--nats-port", help="Port of the embedded nats-server (0: free).")
+]
+NatsUrl = Annotated[
+    str | None, typer.Option("--nats", help="An existing NATS cluster, nats://host:4222.")
+]
+NatsUser = Annotated[str | None, typer.Option("--nats-user", help="User for --nats.")]
+NatsPassword = Annotated[str | None, typer.Option("--nats-password", help="Password for --nats.")]
+NatsCreds = Annotated[str | None, typer.Option("--nats-creds", help="Credentials file for --nats.")]
+NatsTlsCa = Annotated[str | None, typer.Option("--nats-tls-ca", help="CA bundle to verify NATS.")]
+NatsTlsCert = Annotated[
+    str | None, typer.Option("--nats-tls-cert", help="Client certificate for NATS.")
+]
+NatsTlsKey = Annotated[str | None, typer.Option("--nats-tls-key", help="Client key for NATS.")]
+NatsAdvertise = Annotated[
+    str | None,
+    typer.Option(
+        "--nats-advertise",
+        help="NATS URL told to agents (default: the host they reached the API at).",
+    ),
+]
 
 
 class _JsonFormatter(logging.Formatter):
@@ -84,8 +114,13 @@ def settings_from(
     socket: Path | None,
     database: str | None,
     log_json: bool,
+    nats: dict[str, Any] | None = None,
 ) -> Any:
-    """ServerSettings from the flags given; the rest from ``KLED_*`` or defaults."""
+    """ServerSettings from the flags given; the rest from ``KLED_*`` or defaults.
+
+    ``nats`` holds the Message Office's flags by their settings names (``nats_url``...);
+    a flag left out (None, or False for a switch) leaves the variable or default in force.
+    """
     from pydantic import ValidationError
 
     from kled.settings import ServerSettings
@@ -96,6 +131,7 @@ def settings_from(
         "socket": socket,
         "database": database,
         "log_json": log_json or None,
+        **{k: (v or None) if isinstance(v, bool) else v for k, v in (nats or {}).items()},
     }
     try:
         settings = ServerSettings(**{k: v for k, v in given.items() if v is not None})
@@ -104,7 +140,51 @@ def settings_from(
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInput(f"{first['msg']}", field=where) from None
     settings.listen_address()  # a bad --listen is bad input, before anything starts
+    if settings.nats_url and not settings.nats_url.startswith(
+        ("nats://", "tls://", "ws://", "wss://")
+    ):
+        raise InvalidInput(f"{settings.nats_url!r} is not a nats:// URL", field="--nats")
+    if settings.embedded_nats and settings.nats_url:
+        raise InvalidInput("give either --embedded-nats or --nats URL, not both", field="--nats")
     return settings
+
+
+def nats_flags(
+    embedded: bool = False,
+    port: int | None = None,
+    url: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    creds: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    advertise: str | None = None,
+) -> dict[str, Any]:
+    """The NATS flags of a command under their ServerSettings names."""
+    return {
+        "embedded_nats": embedded,
+        "nats_port": port,
+        "nats_url": url,
+        "nats_user": user,
+        "nats_password": password,
+        "nats_creds": creds,
+        "nats_tls_ca": tls_ca,
+        "nats_tls_cert": tls_cert,
+        "nats_tls_key": tls_key,
+        "nats_advertise": advertise,
+    }
+
+
+def nats_line(plane: Any) -> list[str]:
+    """Where the Message Office is, for the start-up message."""
+    hosts = getattr(plane, "hosts", None)
+    embedded = getattr(hosts, "embedded", None)
+    if embedded is not None:
+        return [f"Message Office (embedded NATS) on {embedded.url}"]
+    if hosts is not None and getattr(hosts, "office", None) is not None:
+        return [f"Message Office on {plane.settings.nats_url}"]
+    return []
 
 
 #: something that runs beside the control plane (the embedded NATS, a local agent): given
@@ -169,15 +249,38 @@ def server(
     database: DatabaseUrl = None,
     log_level: LogLevel = "info",
     log_json: LogJson = False,
+    embedded_nats: EmbeddedNatsOpt = False,
+    nats_port: NatsPort = None,
+    nats: NatsUrl = None,
+    nats_user: NatsUser = None,
+    nats_password: NatsPassword = None,
+    nats_creds: NatsCreds = None,
+    nats_tls_ca: NatsTlsCa = None,
+    nats_tls_cert: NatsTlsCert = None,
+    nats_tls_key: NatsTlsKey = None,
+    nats_advertise: NatsAdvertise = None,
 ) -> None:
     """Run the control plane (API on TCP and a Unix socket) until Ctrl-C."""
     setup_logging(log_level, log_json)
-    settings = settings_from(data_dir, listen, socket, database, log_json)
+    flags = nats_flags(
+        embedded_nats,
+        nats_port,
+        nats,
+        nats_user,
+        nats_password,
+        nats_creds,
+        nats_tls_ca,
+        nats_tls_cert,
+        nats_tls_key,
+        nats_advertise,
+    )
+    settings = settings_from(data_dir, listen, socket, database, log_json, flags)
 
     def announce(plane: Any) -> None:
         lines = [
             *_token_lines(plane),
             f"Kled API on {plane.url} and unix:{settings.socket_path()}",
+            *nats_line(plane),
         ]
         out("\n".join(lines))
 
@@ -213,10 +316,17 @@ def up(
     database: DatabaseUrl = None,
     log_level: LogLevel = "warning",
     log_json: LogJson = False,
+    nats_port: NatsPort = None,
+    agent: Annotated[
+        bool, typer.Option("--agent/--no-agent", help="Run a local agent for this host.")
+    ] = True,
 ) -> None:
-    """Run Kled on this machine: the server, and a `local` context that uses it."""
+    """Run Kled on this machine: the server, NATS, a local agent, and a `local` context."""
     setup_logging(log_level, log_json)
-    settings = settings_from(data_dir, listen, None, database, log_json)
+    settings = settings_from(
+        data_dir, listen, None, database, log_json, nats_flags(embedded=True, port=nats_port)
+    )
+    local = LocalAgent()
 
     def announce(plane: Any) -> None:
         context = write_local_context(plane)
@@ -225,16 +335,104 @@ def up(
         lines += [
             f"Kled is up at {plane.url} (socket {plane.settings.socket_path()})",
             f"Token file: {token_file}",
+            *nats_line(plane),
+        ]
+        if agent:
+            lines.append(f"Local agent: node/{local.name} (log {local.logfile(plane)})")
+        lines += [
             f"Context {context.name!r} is current in {STATE.config().path}",
             "Next: kled team create demo && kled context set --team demo",
-            "      kled env create dev && kled apply -f app.yaml -e dev",
+            "      kled env create dev && kled apply -f app.yaml -e dev && kled get apps -w",
         ]
         out("\n".join(lines))
 
-    asyncio.run(_serve(settings, announce, UP_PARTS))
+    asyncio.run(_serve(settings, announce, [*UP_PARTS, *([local] if agent else [])]))
 
 
-#: what ``kled up`` runs beside the control plane; later issues add NATS and the agent here
+def local_node_name() -> str:
+    """This host's name as a node name: a DNS label."""
+    raw = socket.gethostname().split(".")[0].lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")[:63].strip("-")
+    return name or "local"
+
+
+def _die_with_parent() -> None:
+    # `kled up` killed with -9 must not leave its agent behind (its replicas stay, by design)
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class LocalAgent:
+    """The agent of ``kled up``: ``python -m kled.agent`` as a child process.
+
+    A child process rather than a task, so that the agent can be killed and restarted on its
+    own and its replicas outlive it. It joins with a node token made here, once the API
+    answers; its registration is made afresh at every start, because the embedded NATS may
+    listen on another port than last time.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or local_node_name()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def data_dir(self, plane: Any) -> Path:
+        return Path(plane.settings.data_dir) / "agent"
+
+    def logfile(self, plane: Any) -> Path:
+        return Path(plane.settings.data_dir) / "agent.log"
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, plane: Any) -> AsyncIterator[LocalAgent]:
+        if plane.hosts is None or plane.hosts.office is None:
+            yield self
+            return
+        self._task = asyncio.create_task(self._start(plane), name="local-agent")
+        try:
+            yield self
+        finally:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            await asyncio.to_thread(self.stop)
+
+    async def _start(self, plane: Any) -> None:
+        while not (plane.bound and plane.server is not None and plane.server.started):
+            await asyncio.sleep(0.05)
+        expires = datetime.now(UTC) + timedelta(minutes=10)
+        token = await plane.service.credentials.issue(
+            purpose="join",
+            team="",
+            name=f"join-local-{int(time.time() * 1000)}",
+            username="node",
+            expires_at=expires,
+            prefix="kledjoin",
+        )
+        data_dir = self.data_dir(plane)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir / "registration.json").unlink()
+        args = [sys.executable, "-m", "kled.agent", "--data-dir", str(data_dir)]
+        args += ["--name", self.name, "--server", plane.url, "--token", token]
+        with self.logfile(plane).open("ab") as log_out:
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                args, stdout=log_out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        log.info("node/%s: local agent started pid=%s", self.name, self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+#: what ``kled up`` runs beside the control plane (the local agent is added by ``up``)
 UP_PARTS: list[Part] = []
 
 

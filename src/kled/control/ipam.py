@@ -194,6 +194,34 @@ class Ipam:
 
         return await self._transact(attempt)
 
+    async def check_team_block(self, team: str, requested: str | None) -> None:
+        """Raise ``InvalidInput`` (field ``spec.block``) unless ``ensure_team_block`` would
+        accept ``requested`` for ``team`` now; allocates nothing (the admission check).
+
+        Two teams created at the same instant with overlapping blocks can both pass; the
+        allocation itself stays the arbiter and refuses the second (in its status)."""
+        wanted = parse_block(requested) if requested else None
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(ip_allocations.c.team, ip_allocations.c.address).where(
+                        ip_allocations.c.pool == _BLOCK
+                    )
+                )
+            ).all()
+        taken = {str(r.team): ipaddress.IPv4Network(r.address) for r in rows}
+        if team in taken:
+            self._check_same(team, taken[team], wanted)
+            return
+        if wanted is None:
+            _first_free(taken.values())  # Conflict when the space is exhausted
+            return
+        for other, net in sorted(taken.items()):
+            if net.overlaps(wanted):
+                raise InvalidInput(
+                    f"block {wanted} overlaps {net} of team {other}", field="spec.block"
+                )
+
     async def team_block(self, team: str) -> BlockLayout | None:
         async with self.db.read() as conn:
             address = (

@@ -91,6 +91,7 @@ class MeshController:
         on_records: RecordsCallback | None = None,
         on_netmap: NetmapCallback | None = None,
         poll: float = 1.0,
+        default_zone: str = DEFAULT_ZONE,
     ) -> None:
         self.store = store
         self.ipam = ipam
@@ -99,6 +100,7 @@ class MeshController:
         self._on_records = on_records
         self._on_netmap = on_netmap
         self._poll = poll
+        self.default_zone = default_zone
         self._teams: dict[str, _Team] = {}
         self._nodes: dict[str, dict[str, Any]] = {}  # name → latest Node document
         self._dirty: set[str] = set()
@@ -107,6 +109,12 @@ class MeshController:
         self._rebuilding = False
         # What IPAM gave, so that a resource's every status write costs no query.
         self._given: dict[tuple[str, str, str, str], str] = {}
+
+    def zone_of(self, spec: dict[str, Any]) -> str:
+        """A team's zone: its own, or the server's (``--zone``) where it kept the schema's
+        default, which stands for "the server's zone"."""
+        zone = spec.get("zone")
+        return str(zone) if zone and zone != DEFAULT_ZONE else self.default_zone
 
     # ---- lifetime ------------------------------------------------------------------
 
@@ -223,7 +231,7 @@ class MeshController:
     async def _team_changed(self, doc: dict[str, Any]) -> None:
         name = doc["metadata"]["name"]
         spec = doc.get("spec") or {}
-        zone = str(spec.get("zone") or DEFAULT_ZONE)
+        zone = self.zone_of(spec)
         try:
             layout = await self.ipam.ensure_team_block(name, spec.get("block"))
         except KledError as e:
@@ -399,7 +407,8 @@ class MeshController:
             await self._team_changed(doc)
             return self._teams[team]
         await self.ipam.ensure_team_block(team)
-        state = self._teams[team] = _Team(DEFAULT_ZONE, RecordSet(DEFAULT_ZONE))
+        zone = self.default_zone
+        state = self._teams[team] = _Team(zone, RecordSet(zone))
         for node in list(self._nodes.values()):
             await self._node_in_team(node, team)
         return state

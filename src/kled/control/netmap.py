@@ -225,6 +225,13 @@ class Netmap:
             return self._device_map(peer.team, team)
         return [p for p in (*team.nodes.values(), *team.devices.values()) if p.id != recipient]
 
+    def device_map(self, team: str) -> list[Peer]:
+        """The peers any device of ``team`` must have (its nodes, the gateway node with the
+        service range), whether or not the device has joined yet: what ``kled device join``
+        is told before its key is known to the mesh."""
+        t = self._teams.get(team)
+        return [] if t is None else self._device_map(team, t)
+
     def _device_map(self, team_name: str, team: _Team) -> list[Peer]:
         return [self._device_view(team_name, n) for n in team.nodes.values()]
 

@@ -78,10 +78,31 @@ def apply_heartbeat(status: Mapping[str, Any], hb: NodeHeartbeat) -> dict[str, A
     }
     out["capabilities"] = sorted(set(hb.capabilities))
     out["agentVersion"] = hb.agent_version
+    merge_mesh_reports(out, hb)
     if out.get("phase") != READY:
         out["phase"] = READY
         out["conditions"] = [_condition(True, "AgentReady", "the agent is heartbeating", when)]
     return out
+
+
+def merge_mesh_reports(status: dict[str, Any], hb: NodeHeartbeat) -> None:
+    """Put the node's WireGuard key and port per team into ``status.mesh.<team>``.
+
+    Merged key by key: the mesh controller writes ``ip``, ``podSubnet`` and ``dns`` into the
+    same entries. A team the agent stops reporting keeps its last key (the agent keeps the
+    key file, so the key is still the node's); the mesh controller drops the entry when the
+    node leaves the team. Only entries the mesh controller made are filled: a late heartbeat
+    must not bring back a team the node has just left.
+    """
+    mesh = status.get("mesh") or {}
+    for team, report in sorted(hb.mesh.items()):
+        entry = mesh.get(team)
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("publicKey") != report.public_key:
+            entry["publicKey"] = report.public_key
+        if entry.get("listenPort") != report.listen_port:
+            entry["listenPort"] = report.listen_port
 
 
 def mark_not_ready(status: Mapping[str, Any], silent_for: float, now: datetime) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kled.resources.netstate import HostNetwork
+
 
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock used in these messages."""
@@ -82,6 +84,12 @@ class ReplicaSpec(_Model):
     restart_policy: RestartPolicy = RestartPolicy.ALWAYS
     #: bumped by ``kled app restart`` (a restart nonce): a change restarts the replica
     generation: int = 0
+    #: Filled by the agent, never by the control plane: the network namespace (a path
+    #: under /run/netns) the replica runs in and its pod IP, taken from the desired
+    #: state's ``network.pods``. Keeping them in the spec a runtime records means a replica
+    #: whose pod network changed is restarted into the new one.
+    pod_netns: str | None = None
+    pod_ip: str | None = None
 
     @property
     def id(self) -> str:
@@ -107,6 +115,10 @@ class HostDesiredState(_Model):
     #: the Message Office's revision of the key this value was read from (0 if unknown)
     revision: int = 0
     replicas: list[ReplicaSpec] = Field(default_factory=list)
+    #: the host's team gateways and pod namespaces; None means "leave the network alone"
+    #: (an older control plane, or a node without the mesh), not "tear it down". A replica
+    #: listed in ``network.pods`` runs inside its pod namespace.
+    network: HostNetwork | None = None
 
     def by_id(self) -> dict[str, ReplicaSpec]:
         return {r.id: r for r in self.replicas}
@@ -125,6 +137,8 @@ class ReplicaStatus(_Model):
     started_at: datetime | None = None
     #: the spec generation this status is about, so stale reports can be told apart
     generation: int = 0
+    #: the replica's address in its team's mesh, when it runs in a pod namespace
+    pod_ip: str | None = None
 
     def same_as(self, other: ReplicaStatus | None) -> bool:
         return other is not None and self.model_dump() == other.model_dump()
@@ -143,6 +157,18 @@ class Capacity(_Model):
     memory_bytes: int
 
 
+class TeamMeshReport(_Model):
+    """This node's WireGuard interface in one team, as peers must know it.
+
+    Only the public key leaves the host; the private key stays in the agent's data dir.
+    """
+
+    public_key: str = Field(min_length=44, max_length=44)
+    listen_port: int = Field(ge=1, le=65535)
+    #: peer public key → its latest handshake, for peers that ever completed one
+    handshakes: dict[str, datetime] = Field(default_factory=dict)
+
+
 class NodeHeartbeat(_Model):
     node: str
     time: datetime = Field(default_factory=utcnow)
@@ -152,6 +178,8 @@ class NodeHeartbeat(_Model):
     capabilities: list[str] = Field(default_factory=list)
     replicas: list[ReplicaStatus] = Field(default_factory=list)
     agent_version: str = ""
+    #: team → this node's WireGuard key and port there (teams whose gateway is up)
+    mesh: dict[str, TeamMeshReport] = Field(default_factory=dict)
 
 
 class EventType(StrEnum):

@@ -311,6 +311,13 @@ class ContainerRuntime:
         ]  # fmt: skip
         if os.path.basename(self.engine) == "podman":
             args += ["--log-opt", f"max-size={self.log_max_bytes}"]
+        if spec.pod_netns:
+            # Join the pod namespace the network layer built, and use the resolver that
+            # `ip netns exec` would give a process (the team gateway, with search domains).
+            args += ["--network", f"ns:{spec.pod_netns}"]
+            resolv = Path("/etc/netns", os.path.basename(spec.pod_netns), "resolv.conf")
+            if resolv.exists():
+                args += ["--volume", f"{resolv}:/etc/resolv.conf:ro"]
         for key, value in sorted(spec.env.items()):
             args += ["--env", f"{key}={value}"]
         for port in spec.ports:

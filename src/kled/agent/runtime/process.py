@@ -272,6 +272,11 @@ class ProcessRuntime:
                 f"command {exe!r} was not found on node (PATH={env.get('PATH', os.defpath)}); "
                 "fix spec.command or install it on the node",
             )
+        if spec.pod_netns:
+            # `ip netns exec` enters the pod's namespace, mounts its resolv.conf over
+            # /etc/resolv.conf, then execs the command: the pid stays the replica's.
+            argv = [shutil.which("ip") or "ip", "netns", "exec", os.path.basename(spec.pod_netns),
+                    *argv]  # fmt: skip
         cwd = spec.working_dir or str(rep.directory)
         if not os.path.isdir(cwd):
             raise _StartFailed(
