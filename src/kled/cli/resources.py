@@ -245,7 +245,12 @@ def describe_cmd(
     """Show one resource in detail: metadata, spec, status, replicas and events."""
     info = resolve_kind(kind)
     with STATE.client() as client:
-        out(describe(fetch(client, info, name, team, env)))
+        doc = fetch(client, info, name, team, env)
+        out(describe(doc))
+        if info.kind == "Policy":
+            from kled.cli.policy import violations_section
+
+            out(violations_section(client, doc["metadata"]["team"], name))
 
 
 def delete(
