@@ -24,6 +24,7 @@ from kled.admission.policy import PolicyEngine, compile_check
 from kled.api import hosts, mesh, policies
 from kled.api.app import create_app
 from kled.api.hosts import HostServices
+from kled.api.intercepts import InterceptServices
 from kled.api.mesh import MeshServices
 from kled.api.policies import DatabaseViolationSink, PolicyFeed, StorePolicySource, StoreReader
 from kled.api.service import Service
@@ -76,6 +77,8 @@ class ControlPlane:
         await self.mesh.start()
         self.hosts = HostServices(s, self.service)
         await self.hosts.start()
+        self.intercepts = InterceptServices(self.service)
+        await self.intercepts.start()
         return self.service
 
     async def _start_policies(self, store: Store, chain: AdmissionChain) -> None:
@@ -159,6 +162,8 @@ class ControlPlane:
             self.server.should_exit = True
 
     async def close(self) -> None:
+        if getattr(self, "intercepts", None) is not None:
+            await self.intercepts.stop()
         if self.hosts is not None:
             await self.hosts.stop()
         if self.mesh is not None:

@@ -1,0 +1,296 @@
+"""The control plane's side of the team meshes: addresses, DNS, and what devices need.
+
+``MeshServices`` owns the mesh parts of a running control plane: the DNS server
+(authoritative for the team zones, on ``--dns-listen``), the mesh controller that gives
+out addresses and keeps DNS records and peer sets in step with the resources, and an
+admission check that refuses a Team whose ``spec.block`` cannot be had (422 naming
+``spec.block``, nothing stored). When the host side hands it the workload controller's
+sink (``compose``), it also publishes every host's network through a
+``HostStateComposer``.
+
+Its routes list the address allocations (``kled ip list``) and give a device what it needs
+to join its team's mesh (``kled device join`` / ``kled device config``): its address, the
+team block, the DNS server and the peers. The device's private key never reaches us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from kled.admission.request import AdmissionRequest, HookResult, Operation, UserInfo
+from kled.api import authz
+from kled.api.rest import User, service
+from kled.api.service import Service
+from kled.control.hostnet import (
+    HostStateComposer,
+    StateSink,
+    pod_ips_by_app,
+    snapshot_from_documents,
+    wg_peer,
+)
+from kled.control.ipam import Ipam
+from kled.control.meshctl import MeshController, RecordSet
+from kled.control.netmap import Deltas
+from kled.dns.forward import parse_upstream
+from kled.dns.server import DnsServer
+from kled.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from kled.resources.registry import kind_info
+from kled.settings import ServerSettings
+from kled.store.objects import Key, Store
+
+log = logging.getLogger(__name__)
+
+_NETWORK_KINDS = frozenset({"Team", "Node", "App", "ManagedService", "Device", "Intercept"})
+_STATUS_TRIES = 8
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidInput(f"{value!r} is not host:port", field="--dns-listen")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class MeshServices:
+    def __init__(self, settings: ServerSettings, svc: Service) -> None:
+        self.settings = settings
+        self.service = svc
+        self.store: Store = svc.store
+        self.ipam = Ipam(svc.store.db)
+        self.dns: DnsServer | None = None
+        self.controller: MeshController | None = None
+        self.composer: HostStateComposer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    # ---- lifetime ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self.service.chain.add_validating(self.check_team)
+        upstreams = [parse_upstream(u) for u in s.dns_upstreams] or None
+        self.dns = DnsServer(parse_listen(s.dns_listen), upstreams)
+        await self.dns.start()
+        self.controller = MeshController(
+            self.store,
+            self.ipam,
+            on_records=self._records,
+            on_netmap=self._netmap,
+            default_zone=s.zone,
+        )
+        try:
+            await self.controller.start()
+        except BaseException:
+            await self.dns.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self.controller is not None:
+            await self.controller.stop()
+        if self.dns is not None:
+            await self.dns.stop()
+
+    @property
+    def dns_port(self) -> int:
+        assert self.dns is not None, "MeshServices is not started"
+        return self.dns.port
+
+    def dns_address(self, via_host: str | None = None) -> str:
+        """host:port of the DNS server as a client should be told it."""
+        host = self.dns.listen[0] if self.dns is not None else "127.0.0.1"
+        if host in ("0.0.0.0", "::", ""):
+            host = via_host or "127.0.0.1"
+        return f"[{host}]:{self.dns_port}" if ":" in host else f"{host}:{self.dns_port}"
+
+    def compose(self, inner: StateSink) -> HostStateComposer:
+        """Wrap the workload controller's sink so that each host's state carries its
+        network; from then on, mesh changes are published to the hosts too."""
+        self.composer = HostStateComposer(inner)
+        if self._task is None:
+            self._task = asyncio.create_task(self._publish_networks(), name="hostnet")
+        self._changed.set()
+        return self.composer
+
+    # ---- callbacks from the mesh controller -----------------------------------------
+
+    def _records(self, team: str, records: RecordSet | None) -> None:
+        if self.dns is not None:
+            self.dns.apply(team, records)
+        self._changed.set()
+
+    def _netmap(self, deltas: Deltas) -> None:
+        self._changed.set()
+
+    # ---- admission -----------------------------------------------------------------
+
+    async def check_team(self, request: AdmissionRequest) -> HookResult:
+        """A Team's requested block must be free (or already the team's): checked
+        without allocating, so a refused Team leaves nothing behind."""
+        if request.kind != "Team" or request.object is None:
+            return HookResult()
+        if request.operation == Operation.DELETE:
+            return HookResult()
+        block = (request.object.get("spec") or {}).get("block")
+        await self.ipam.check_team_block(request.name, block)
+        return HookResult()
+
+    # ---- host networks -------------------------------------------------------------
+
+    async def _publish_networks(self) -> None:
+        """Recompute every host's network after mesh changes, at most every 0.2 s."""
+        seen = -1
+        while True:
+            try:
+                revision = await self.store.revision()
+                if revision != seen or self._changed.is_set():
+                    self._changed.clear()
+                    seen = revision
+                    await self.publish_networks()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("hostnet: publishing host networks failed; retrying")
+            await self.store.wait_for_change(1.0)
+            await asyncio.sleep(0.2)
+
+    async def publish_networks(self) -> None:
+        if self.composer is None or self.controller is None:
+            return
+        store = self.store
+        services = [*(await store.list("App")).items, *(await store.list("ManagedService")).items]
+        snapshot = snapshot_from_documents(
+            teams=(await store.list("Team")).items,
+            nodes=(await store.list("Node")).items,
+            services=services,
+            devices=(await store.list("Device")).items,
+            intercepts=(await store.list("Intercept")).items,
+            netmap=self.controller.netmap,
+            dns_server=self.dns_address(),
+        )
+        await self.composer.set_mesh(snapshot)
+        await self._write_pod_ips(services)
+
+    async def _write_pod_ips(self, apps: list[dict[str, Any]]) -> None:
+        """Keep ``App.status.podIPs`` equal to the pod IPs given, for restarts."""
+        assert self.composer is not None
+        given = pod_ips_by_app(self.composer.book)
+        for doc in apps:
+            if doc.get("kind") != "App":
+                continue
+            m = doc["metadata"]
+            ref = (m["team"], m.get("environment") or "", m["name"])
+            wanted = given.get(ref, {})
+            if ((doc.get("status") or {}).get("podIPs") or {}) != wanted:
+                await self._set_pod_ips(Key("App", *ref), wanted)
+
+    async def _set_pod_ips(self, key: Key, ips: dict[str, str]) -> None:
+        for _ in range(_STATUS_TRIES):
+            doc = await self.store.find(key)
+            if doc is None or (doc.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            status = copy.deepcopy(doc.get("status") or {})
+            if ips:
+                status["podIPs"] = ips
+            else:
+                status.pop("podIPs", None)
+            if status == (doc.get("status") or {}):
+                return
+            try:
+                await self.store.update_status(
+                    key, status, expected_version=doc["metadata"]["resourceVersion"]
+                )
+                return
+            except NotFound:
+                return
+            except Conflict:
+                continue
+
+    # ---- what the routes answer ------------------------------------------------------
+
+    async def allocations(self, team: str | None) -> list[dict[str, Any]]:
+        return [a.as_dict() for a in await self.ipam.list(team)]
+
+    async def device_config(
+        self, svc: Service, user: UserInfo, team: str, name: str, via_host: str | None
+    ) -> dict[str, Any]:
+        """What the device needs to join its team's mesh."""
+        device = await svc.get(user, Key("Device", team, "", name))
+        spec, status = device.get("spec") or {}, device.get("status") or {}
+        mine = spec.get("owner") == user.username and user.team == team
+        if not (mine or user.server_admin or authz.rank(user.role) >= authz.rank("admin")):
+            raise Forbidden(
+                f"device/{team}/{name} belongs to {spec.get('owner')}: only its owner or a team"
+                " admin may read its mesh configuration"
+            )
+        ip = status.get("ip")
+        layout = await self.ipam.team_block(team)
+        if not ip or layout is None or self.controller is None:
+            raise Unavailable(f"device/{team}/{name} has no mesh address yet; try again shortly")
+        team_doc = await self.store.find(Key("Team", "", "", team))
+        zone = self.controller.zone_of((team_doc or {}).get("spec") or {})
+        peers = [wg_peer(p) for p in self.controller.netmap.device_map(team)]
+        return {
+            "team": team,
+            "device": name,
+            "publicKey": spec.get("publicKey"),
+            "address": f"{ip}/32",
+            "meshIP": ip,
+            "block": str(layout.block),
+            "dns": self.dns_address(via_host),
+            "zone": f"{team}.{zone}",
+            "searchDomains": [f"{team}.{zone}"],
+            "peers": [
+                {
+                    "publicKey": p.public_key,
+                    "endpoint": p.endpoint,
+                    "allowedIPs": list(p.allowed_ips),
+                    "persistentKeepalive": p.persistent_keepalive,
+                }
+                for p in peers
+                if p is not None
+            ],
+        }
+
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _mesh(request: Request) -> MeshServices:
+    mesh: MeshServices = request.app.state.mesh
+    return mesh
+
+
+@router.get("/ips")
+async def all_ips(request: Request, user: UserInfo = User) -> Response:
+    if not user.server_admin:
+        raise Forbidden("only the server administrator may list every team's addresses")
+    return JSONResponse({"items": await _mesh(request).allocations(None)})
+
+
+@router.get("/teams/{team}/ips")
+async def team_ips(request: Request, team: str, user: UserInfo = User) -> Response:
+    authz.authorize(user, "get", kind_info("Device"), team, f"team/{team}/ips")
+    return JSONResponse({"items": await _mesh(request).allocations(team)})
+
+
+@router.get("/teams/{team}/devices/{name}/wireguard")
+async def device_wireguard(
+    request: Request, team: str, name: str, user: UserInfo = User
+) -> Response:
+    via = request.url.hostname
+    if via in ("localhost", "kled"):  # the Unix socket's placeholder host
+        via = "127.0.0.1"
+    config = await _mesh(request).device_config(service(request), user, team, name, via)
+    return JSONResponse(config)

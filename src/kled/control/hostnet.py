@@ -1,0 +1,478 @@
+"""What each host's network must look like, computed from the mesh's resources.
+
+The mesh controller (``meshctl``) gives every team a block, every node a mesh IP and a pod
+subnet in every team (``Node.status.mesh.<team>``), every app a service IP and every device
+a mesh IP; the netmap knows who peers with whom; the workload controller knows which
+replicas run where. This module joins them into one ``HostNetwork`` per node
+(``kled.resources.netstate``), the network half of the node's desired state:
+
+- one ``TeamNetwork`` per team on **every** node that has its addresses in that team (the
+  same choice as ``meshctl``: every node is in every team's mesh, so service IPs answer on
+  every node and a device can use any node as its gateway);
+- the team's services with, as backends, the pod IPs of the app's replicas on any node, and
+  the intercepts (global, or personal by HTTP header) pointed at the device's mesh IP;
+- one ``PodNetwork`` per replica placed on the node.
+
+Pod IPs are assigned here, by the control plane, so that service backends are known without
+a round trip to the agents: the lowest free address of the node's pod subnet from ``.10``
+on, kept for as long as the replica stays on the node (``PodAddressBook``), and written to
+``App.status.podIPs`` so that a restarted control plane gives each replica the same one.
+
+``HostStateComposer`` sits between the workload controller and the Message Office: it
+remembers each node's replicas, merges the network part and forwards the combined value.
+Everything here but the composer's forwarding is pure and is tested without a host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+import logging
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from kled.control.netmap import Netmap
+from kled.control.netmap import Peer as MeshPeer
+from kled.resources.hoststate import HostDesiredState, ReplicaSpec
+from kled.resources.netstate import (
+    HostNetwork,
+    Intercept,
+    PersonalIntercept,
+    PodNetwork,
+    Service,
+    ServicePort,
+    TeamNetwork,
+)
+from kled.resources.netstate import Peer as WgPeer
+
+log = logging.getLogger(__name__)
+
+TEAM_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
+#: a team's WireGuard port on every host: this plus the block's offset in /24s inside
+#: 100.64.0.0/10. Blocks never overlap, so two teams never share a port on a host, and the
+#: port never changes while the team exists. 16384-32767 stays below Linux's ephemeral range.
+LISTEN_PORT_BASE = 16384
+#: pod IPs start here in the node's pod subnet (.1 is the bridge; the rest kept in reserve)
+FIRST_POD_OFFSET = 10
+#: devices are usually behind NAT: keep their mapping open from the node's side
+DEVICE_KEEPALIVE = 25
+
+
+def listen_port(block: str) -> int:
+    """The team's WireGuard listen port on every host, derived from its block."""
+    net = ipaddress.IPv4Network(block)
+    offset = int(net.network_address) - int(TEAM_SPACE.network_address)
+    return LISTEN_PORT_BASE + (offset >> 8)
+
+
+# ---- the inputs, as plain values --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeamInfo:
+    name: str
+    block: str
+    zone: str = "kled.internal"
+
+
+@dataclass(frozen=True)
+class NodeAddresses:
+    """One node's addresses in one team, as meshctl wrote them to Node.status.mesh."""
+
+    mesh_ip: str
+    pod_subnet: str
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    team: str
+    env: str
+    name: str
+    ip: str
+    ports: tuple[ServicePort, ...]
+
+
+@dataclass(frozen=True)
+class InterceptInfo:
+    """An Intercept resource resolved to the device's mesh IP."""
+
+    team: str
+    env: str
+    name: str
+    app: str
+    device_ip: str
+    #: service port → device port; empty means every port of the app, unchanged
+    port_map: tuple[tuple[int, int], ...] = ()
+    header: tuple[str, str] | None = None
+
+
+@dataclass
+class MeshSnapshot:
+    """Everything the network of every host depends on, apart from the replicas."""
+
+    teams: dict[str, TeamInfo] = field(default_factory=dict)
+    #: (team, node) → the node's addresses in the team
+    nodes: dict[tuple[str, str], NodeAddresses] = field(default_factory=dict)
+    #: (team, node) → the node's WireGuard peers in the team
+    peers: dict[tuple[str, str], tuple[WgPeer, ...]] = field(default_factory=dict)
+    services: list[ServiceInfo] = field(default_factory=list)
+    intercepts: list[InterceptInfo] = field(default_factory=list)
+    #: ip:port the team gateways send their pods' DNS queries to
+    dns_server: str | None = None
+    #: every node that exists (with or without addresses yet)
+    node_names: set[str] = field(default_factory=set)
+    #: replica id → the pod IP it had (App.status.podIPs), to keep it across restarts
+    pod_ip_seeds: dict[str, str] = field(default_factory=dict)
+
+
+def wg_peer(peer: MeshPeer) -> WgPeer | None:
+    """A netmap peer as a WireGuard peer; None (logged) if it cannot be configured."""
+    try:
+        endpoint = peer.endpoint
+        if endpoint is not None:
+            host = endpoint.rpartition(":")[0].strip("[]")
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                endpoint = None  # a host name: WireGuard wants an address; the peer dials us
+        return WgPeer(
+            public_key=peer.public_key,
+            endpoint=endpoint,
+            allowed_ips=peer.allowed_ips,
+            persistent_keepalive=DEVICE_KEEPALIVE if peer.kind == "device" else None,
+        )
+    except (ValidationError, ValueError) as e:
+        log.warning("hostnet: peer %s left out: %s", peer.id, e)
+        return None
+
+
+def snapshot_from_documents(
+    *,
+    teams: Iterable[Mapping[str, Any]],
+    nodes: Iterable[Mapping[str, Any]],
+    services: Iterable[Mapping[str, Any]],
+    devices: Iterable[Mapping[str, Any]],
+    intercepts: Iterable[Mapping[str, Any]],
+    netmap: Netmap,
+    dns_server: str | None,
+) -> MeshSnapshot:
+    """Read the resources (as stored, with the statuses meshctl wrote) into a snapshot."""
+    snap = MeshSnapshot(dns_server=dns_server)
+    for team in teams:
+        meta, status = team.get("metadata") or {}, team.get("status") or {}
+        if meta.get("deletionTimestamp") or not status.get("block"):
+            continue
+        # status.zone is the team's apex as meshctl serves it (the server's --zone applied)
+        name = str(meta["name"])
+        apex = str(status.get("zone") or f"{name}.kled.internal")
+        zone = apex[len(name) + 1 :] if apex.startswith(f"{name}.") else apex
+        snap.teams[name] = TeamInfo(name, str(status["block"]), zone)
+    for node in nodes:
+        meta = node.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        name = meta["name"]
+        snap.node_names.add(name)
+        for team, entry in ((node.get("status") or {}).get("mesh") or {}).items():
+            if team in snap.teams and entry.get("ip") and entry.get("podSubnet"):
+                snap.nodes[(team, name)] = NodeAddresses(str(entry["ip"]), entry["podSubnet"])
+                me = f"{team}/node/{name}"
+                converted = (wg_peer(p) for p in netmap.peers(team) if p.id != me)
+                snap.peers[(team, name)] = tuple(p for p in converted if p is not None)
+    for doc in services:
+        meta, status = doc.get("metadata") or {}, doc.get("status") or {}
+        if meta.get("deletionTimestamp") or not status.get("ip"):
+            continue
+        ports = tuple(
+            ServicePort(
+                port=int(p["port"]),
+                protocol=str(p.get("protocol") or "TCP"),  # type: ignore[arg-type]
+                target_port=int(p.get("targetPort") or p["port"]),
+            )
+            for p in (doc.get("spec") or {}).get("ports") or []
+        )
+        env = str(meta.get("environment") or "")
+        snap.services.append(ServiceInfo(meta["team"], env, meta["name"], status["ip"], ports))
+        for index, ip in (status.get("podIPs") or {}).items():
+            snap.pod_ip_seeds[f"{meta['team']}.{env}.{meta['name']}.{index}"] = str(ip)
+    device_ips = {
+        (d["metadata"]["team"], d["metadata"]["name"]): str((d.get("status") or {})["ip"])
+        for d in devices
+        if (d.get("status") or {}).get("ip") and not d["metadata"].get("deletionTimestamp")
+    }
+    for doc in intercepts:
+        meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
+        device_ip = device_ips.get((meta.get("team"), spec.get("device")))
+        if meta.get("deletionTimestamp") or device_ip is None:
+            continue
+        header = spec.get("header")
+        snap.intercepts.append(
+            InterceptInfo(
+                team=meta["team"],
+                env=str(meta.get("environment") or ""),
+                name=meta["name"],
+                app=str(spec["app"]),
+                device_ip=device_ip,
+                port_map=tuple(
+                    (int(p["port"]), int(p.get("localPort") or p["port"]))
+                    for p in spec.get("ports") or []
+                ),
+                header=(str(header["name"]), str(header["value"])) if header else None,
+            )
+        )
+    return snap
+
+
+# ---- pod IPs ----------------------------------------------------------------------------
+
+
+class PodAddressBook:
+    """Pod IPs by replica: stable while a replica stays in one node's pod subnet."""
+
+    def __init__(self) -> None:
+        self._ips: dict[str, str] = {}
+
+    def get(self, replica_id: str) -> str | None:
+        return self._ips.get(replica_id)
+
+    def snapshot(self) -> dict[str, str]:
+        return dict(self._ips)
+
+    def assign(
+        self, subnet: str, replica_ids: Iterable[str], seeds: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """Pod IPs for the replicas of one team on one node, in ``subnet``.
+
+        A replica keeps the address it had (from this book, else from ``seeds``) when it is
+        inside the subnet and no other replica holds it; the others get the lowest free
+        address from ``.10`` on. Replicas that do not fit are left out (and logged)."""
+        net = ipaddress.IPv4Network(subnet)
+        first = int(net.network_address) + FIRST_POD_OFFSET
+        last = int(net.broadcast_address) - 1
+        wanted = sorted(set(replica_ids))
+        taken: dict[str, str] = {}
+        used: set[str] = set()
+        for rid in wanted:
+            for previous in (self._ips.get(rid), (seeds or {}).get(rid)):
+                if previous is None or previous in used:
+                    continue
+                value = int(ipaddress.IPv4Address(previous))
+                if first <= value <= last:
+                    taken[rid] = previous
+                    used.add(previous)
+                    break
+        candidate = first
+        for rid in wanted:
+            if rid in taken:
+                continue
+            while candidate <= last and str(ipaddress.IPv4Address(candidate)) in used:
+                candidate += 1
+            if candidate > last:
+                log.warning("hostnet: pod subnet %s is full; replica/%s has no IP", subnet, rid)
+                continue
+            ip = str(ipaddress.IPv4Address(candidate))
+            taken[rid] = ip
+            used.add(ip)
+        for rid in wanted:
+            if rid in taken:
+                self._ips[rid] = taken[rid]
+        return taken
+
+    def forget_except(self, live: Iterable[str]) -> None:
+        keep = set(live)
+        self._ips = {rid: ip for rid, ip in self._ips.items() if rid in keep}
+
+
+# ---- composition ------------------------------------------------------------------------
+
+
+def _service(
+    info: ServiceInfo, backends: tuple[str, ...], intercepts: list[InterceptInfo]
+) -> Service:
+    all_ports = {p.port: p.port for p in info.ports}
+    global_icpt: Intercept | None = None
+    personal: list[PersonalIntercept] = []
+    for icpt in sorted(intercepts, key=lambda i: i.name):
+        port_map = {a: b for a, b in icpt.port_map if a in all_ports} or dict(all_ports)
+        if not port_map:
+            continue
+        if icpt.header is None:
+            if global_icpt is None:  # the first by name wins; the others wait their turn
+                global_icpt = Intercept(target_ip=icpt.device_ip, port_map=port_map)
+            continue
+        tcp = {p.port for p in info.ports if p.protocol == "TCP"}
+        tcp_map = {a: b for a, b in port_map.items() if a in tcp}
+        if tcp_map and (icpt.header[0].lower(), icpt.header[1].strip()) not in {
+            (p.header, p.value) for p in personal
+        }:
+            personal.append(
+                PersonalIntercept(
+                    header=icpt.header[0],
+                    value=icpt.header[1],
+                    target_ip=icpt.device_ip,
+                    port_map=tcp_map,
+                )
+            )
+    return Service(
+        name=info.name,
+        env=info.env,
+        ip=info.ip,
+        ports=info.ports,
+        backends=backends,
+        intercept=global_icpt,
+        personal=tuple(personal),
+    )
+
+
+def build_networks(
+    snap: MeshSnapshot,
+    replicas: Mapping[str, Iterable[ReplicaSpec]],
+    book: PodAddressBook,
+    node_names: Iterable[str] = (),
+) -> dict[str, HostNetwork]:
+    """Every node's ``HostNetwork``: the nodes in ``snap`` and those in ``replicas``/
+    ``node_names`` (a node with no addresses yet gets an empty network)."""
+    nodes = sorted({n for _, n in snap.nodes} | set(replicas) | set(node_names))
+    pods: dict[str, list[PodNetwork]] = {n: [] for n in nodes}
+    backends: dict[tuple[str, str, str], list[str]] = {}
+    for node in nodes:
+        by_team: dict[str, list[ReplicaSpec]] = {}
+        for r in replicas.get(node, ()):
+            by_team.setdefault(r.team, []).append(r)
+        for team, rs in sorted(by_team.items()):
+            where = snap.nodes.get((team, node))
+            if where is None:
+                continue  # the team's addresses on this node are not known yet
+            ips = book.assign(where.pod_subnet, [r.id for r in rs], snap.pod_ip_seeds)
+            for r in rs:
+                ip = ips.get(r.id)
+                if ip is None:
+                    continue
+                pods[node].append(PodNetwork(replica_id=r.id, team=team, ip=ip))
+                backends.setdefault((team, r.environment, r.app), []).append(ip)
+    book.forget_except(p.replica_id for ps in pods.values() for p in ps)
+    intercepts: dict[tuple[str, str, str], list[InterceptInfo]] = {}
+    for icpt in snap.intercepts:
+        intercepts.setdefault((icpt.team, icpt.env, icpt.app), []).append(icpt)
+    services: dict[str, list[Service]] = {}
+    for info in sorted(snap.services, key=lambda s: (s.team, s.env, s.name)):
+        key = (info.team, info.env, info.name)
+        services.setdefault(info.team, []).append(
+            _service(info, tuple(backends.get(key, ())), intercepts.get(key, []))
+        )
+    out: dict[str, HostNetwork] = {}
+    for node in nodes:
+        teams: list[TeamNetwork] = []
+        for name, info_t in sorted(snap.teams.items()):
+            where = snap.nodes.get((name, node))
+            if where is None:
+                continue
+            teams.append(
+                TeamNetwork(
+                    team=name,
+                    block=info_t.block,
+                    mesh_ip=where.mesh_ip,
+                    pod_subnet=where.pod_subnet,
+                    listen_port=listen_port(info_t.block),
+                    peers=tuple(sorted(snap.peers.get((name, node), ()), key=_peer_key)),
+                    services=tuple(services.get(name, ())),
+                    dns_server=snap.dns_server,
+                    search_domain=f"{name}.{info_t.zone}",
+                )
+            )
+        present = {t.team for t in teams}
+        out[node] = HostNetwork(
+            teams=tuple(teams),
+            pods=tuple(
+                sorted((p for p in pods[node] if p.team in present), key=lambda p: p.replica_id)
+            ),
+        )
+    return out
+
+
+def _peer_key(peer: WgPeer) -> str:
+    return peer.public_key
+
+
+def pod_ips_by_app(book: PodAddressBook) -> dict[tuple[str, str, str], dict[str, str]]:
+    """The book as ``App.status.podIPs`` values: (team, env, app) → {index: ip}."""
+    out: dict[tuple[str, str, str], dict[str, str]] = {}
+    for rid, ip in book.snapshot().items():
+        parts = rid.split(".")
+        if len(parts) == 4:
+            out.setdefault((parts[0], parts[1], parts[2]), {})[parts[3]] = ip
+    return out
+
+
+# ---- the composer -----------------------------------------------------------------------
+
+
+class StateSink(Protocol):
+    """``kled.control.workloads.DesiredStateSink``, restated to keep this module pure."""
+
+    def put(self, node: str, state: HostDesiredState) -> Awaitable[None] | None: ...
+
+
+def with_network(state: HostDesiredState, network: HostNetwork | None) -> HostDesiredState:
+    """The state carrying its network (None: "leave the host's network alone")."""
+    return state.model_copy(update={"network": network})
+
+
+class HostStateComposer:
+    """A ``DesiredStateSink`` that adds each node's network to its replicas.
+
+    The workload controller calls ``put`` when a node's replicas change; the mesh side
+    calls ``set_mesh`` when addresses, peers, services or intercepts change. Either way the
+    networks of every node are recomputed (a replica moving changes the service backends
+    on every node) and each node whose combined value changed is forwarded to ``inner``.
+
+    Until the first ``set_mesh`` the network is sent as None, which agents read as "leave
+    the network alone": a control plane that restarts must not tell every host to tear its
+    gateways down for the instant before it has read the mesh back.
+    """
+
+    def __init__(self, inner: StateSink, book: PodAddressBook | None = None) -> None:
+        self.inner = inner
+        self.book = book or PodAddressBook()
+        self.snapshot: MeshSnapshot | None = None
+        self.networks: dict[str, HostNetwork] = {}
+        self._states: dict[str, HostDesiredState] = {}
+        self._sent: dict[str, HostDesiredState] = {}
+        # One recomputation at a time: an older one still sending must not overwrite a
+        # node's newer value.
+        self._lock = asyncio.Lock()
+
+    async def put(self, node: str, state: HostDesiredState) -> None:
+        async with self._lock:
+            self._states[node] = state
+            await self._recompute(force=node)
+
+    async def set_mesh(self, snapshot: MeshSnapshot) -> None:
+        async with self._lock:
+            self.snapshot = snapshot
+            await self._recompute()
+
+    async def _recompute(self, force: str | None = None) -> None:
+        snap = self.snapshot
+        if snap is not None:
+            replicas = {node: s.replicas for node, s in self._states.items()}
+            self.networks = build_networks(snap, replicas, self.book, self._states)
+        for node, state in list(self._states.items()):
+            network = None if snap is None else self.networks.get(node, HostNetwork())
+            combined = with_network(state, network)
+            if node != force:
+                if self._sent.get(node) == combined:
+                    continue
+                if snap is not None and node not in snap.node_names and not state.replicas:
+                    # A deleted node: its key in the Message Office is gone; keep it gone.
+                    self._states.pop(node, None)
+                    self._sent.pop(node, None)
+                    continue
+            result = self.inner.put(node, combined)
+            if inspect.isawaitable(result):
+                await result
+            self._sent[node] = combined
