@@ -22,11 +22,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from kled.admission.request import UserInfo
 from kled.api import authz
+from kled.api.mesh import MeshServices
 from kled.api.rest import User, _body, service
 from kled.api.service import ADMIN, Service, parse_duration
 from kled.bus.embedded import EmbeddedNats
 from kled.bus.office import ConnectOptions, MessageOffice, StatusMessage
-from kled.control.workloads import WorkloadController
+from kled.control.workloads import DesiredStateSink, WorkloadController
 from kled.errors import Forbidden, InvalidInput, Unauthorized, Unavailable
 from kled.resources.hoststate import AgentEvent, HostDesiredState, NodeHeartbeat
 from kled.resources.meta import is_dns_label
@@ -48,8 +49,11 @@ class _OfficeSink:
 
 
 class HostServices:
-    def __init__(self, settings: ServerSettings, svc: Service) -> None:
+    def __init__(
+        self, settings: ServerSettings, svc: Service, mesh: MeshServices | None = None
+    ) -> None:
         self.settings = settings
+        self.mesh = mesh
         self.service = svc
         self.store: Store = svc.store
         self.credentials: Credentials = svc.credentials
@@ -91,7 +95,10 @@ class HostServices:
         self.office = MessageOffice(options)
         await self.office.connect()
         await self.office.ensure_streams()
-        self.workloads = WorkloadController(self.store, _OfficeSink(self.office))
+        sink: DesiredStateSink = _OfficeSink(self.office)
+        if self.mesh is not None:
+            sink = self.mesh.compose(sink)  # each host's state also carries its network
+        self.workloads = WorkloadController(self.store, sink)
         await self.workloads.start()
         self._tasks.append(asyncio.create_task(self._consume(), name="status-consumer"))
         self._tasks.append(asyncio.create_task(self._follow_nodes(), name="node-feed"))

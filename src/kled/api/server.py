@@ -75,7 +75,7 @@ class ControlPlane:
         await self._bootstrap(credentials)
         self.mesh = MeshServices(s, self.service)
         await self.mesh.start()
-        self.hosts = HostServices(s, self.service)
+        self.hosts = HostServices(s, self.service, mesh=self.mesh)
         await self.hosts.start()
         self.intercepts = InterceptServices(self.service)
         await self.intercepts.start()
