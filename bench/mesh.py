@@ -10,10 +10,17 @@ reference, not measured here.
 DNS: ``dnsperf`` against Kled's DNS server (in its own process) and against ``dnsmasq``
 serving the same records (``host-record``/``srv-host``), one after the other in the same
 run, with the same query file (A, SRV and NXDOMAIN names). Reports queries/s, mean and p99
-latency, and the ratio Kled/dnsmasq. Throughput of the data path (iperf3) is measured by
-the host-network benchmark, not here.
+latency, and the ratio Kled/dnsmasq.
 
-    python bench/mesh.py [--quick]
+Throughput: two hosts of tests/e2e/netlab.py (network namespaces on a veth underlay in
+198.18.0.0/15), each with a team gateway built by the agent's network layer
+(``kled.agent.net``: wireguard-go between the gateways) and one pod. ``iperf3`` runs pod to
+pod over the mesh and host to host over the plain underlay, in the same run, each way
+(``-R`` for the reverse); it reports Mbit/s and the ratio mesh/underlay. Needs root,
+iperf3 and wireguard-go (the reason is in the JSON otherwise); the namespaces are removed
+even when a step fails.
+
+    python bench/mesh.py [--quick] [--only netmap|dns|throughput]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib
 import json
 import os
 import shutil
@@ -37,6 +45,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from kled.control.netmap import Netmap, Peer
+
+E2E = Path(__file__).resolve().parent.parent / "tests" / "e2e"
 
 NETBIRD_REFERENCE = {
     "source": "NetBird's published figure (netbirdio/netbird PR #2363), not measured here",
@@ -323,20 +333,130 @@ def bench_dns(seconds: int) -> dict[str, Any]:
     return results
 
 
+# ---- throughput ------------------------------------------------------------------------
+
+IPERF_PORT = 5201
+_BLOCK = "100.65"
+_WG_PORT = 51820
+
+
+def _netlab() -> Any:
+    """tests/e2e/netlab.py, the lab the namespace tests build their hosts with."""
+    if str(E2E) not in sys.path:
+        sys.path.insert(0, str(E2E))
+    return importlib.import_module("netlab")
+
+
+def _throughput_skip_reason() -> str | None:
+    reason: str | None = _netlab().netns_skip_reason()
+    if reason is None and shutil.which("iperf3") is None:
+        reason = "needs iperf3 (Debian: iperf3)"
+    return reason
+
+
+def _iperf(ns: str, server_ip: str, seconds: int, reverse: bool) -> float:
+    """Mbit/s received in one iperf3 run from ``ns`` to ``server_ip`` (``reverse``: the
+    server sends); a server still starting is retried."""
+    argv = ["ip", "netns", "exec", ns, "iperf3", "-c", server_ip, "-p", str(IPERF_PORT),
+            "-t", str(seconds), "-J", "--connect-timeout", "2000"]  # fmt: skip
+    if reverse:
+        argv.append("-R")
+    last = ""
+    for _ in range(20):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+        try:
+            result = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            result = {"error": done.stderr.strip() or done.stdout.strip()}
+        if "error" not in result:
+            bits = result["end"]["sum_received"]["bits_per_second"]
+            return round(float(bits) / 1e6, 1)
+        last = str(result["error"])
+        time.sleep(0.25)
+    raise RuntimeError(f"iperf3 to {server_ip} from {ns}: {last}")
+
+
+async def _two_host_mesh(lab: Any) -> tuple[str, str, str, str]:
+    """Team gateways on hosts 1 and 2 and a pod on each: (pod1 ns, pod1 ip, pod2 ns,
+    pod2 ip)."""
+    from kled.agent.net import gateway, pods, wireguard
+    from kled.resources.netstate import Peer as WgPeer
+    from kled.resources.netstate import TeamNetwork
+
+    keys = {}
+    for host in (1, 2):
+        keys[host] = await wireguard.ensure_private_key(lab.state_dir / "keys" / f"h{host}.key")
+    out: list[str] = []
+    for host in (1, 2):
+        other = 2 if host == 1 else 1
+        net = TeamNetwork(
+            team="a",
+            block=f"{_BLOCK}.0.0/16",
+            mesh_ip=f"{_BLOCK}.0.{host}",
+            pod_subnet=f"{_BLOCK}.{15 + host}.0/24",
+            listen_port=_WG_PORT,
+            private_key_file=str(lab.state_dir / "keys" / f"h{host}.key"),
+            peers=(
+                WgPeer(
+                    public_key=keys[other],
+                    endpoint=f"{lab.underlay_ip(other)}:{_WG_PORT}",
+                    allowed_ips=(f"{_BLOCK}.0.{other}/32", f"{_BLOCK}.{15 + other}.0/24"),
+                ),
+            ),
+        )
+        gw = await gateway.ensure_team_gateway(lab.host(host), net, state_dir=lab.state_dir)
+        lab.ifnames.add(gw.wg_ifname)
+        ip = f"{_BLOCK}.{15 + host}.10"
+        pod = await pods.ensure_pod_netns(f"a.dev.iperf.{host}", "a", ip, gw)
+        out += [pod.netns, ip]
+    return out[0], out[1], out[2], out[3]
+
+
+def bench_throughput(seconds: int) -> dict[str, Any]:
+    reason = _throughput_skip_reason()
+    if reason is not None:
+        return {"skipped": reason}
+    make_lab = _netlab().make_lab
+    results: dict[str, Any] = {"seconds_per_run": seconds, "tool": "iperf3 (TCP, 1 stream)"}
+    with tempfile.TemporaryDirectory() as tmp, make_lab(2, Path(tmp) / "lab") as lab:
+        pod1, pod1_ip, pod2, _ = asyncio.run(_two_host_mesh(lab))
+        for ns, bind in ((lab.host(1), lab.underlay_ip(1)), (pod1, pod1_ip)):
+            lab.spawn(ns, "iperf3", "-s", "-B", bind, "-p", str(IPERF_PORT))
+        paths = {
+            "underlay": (lab.host(2), lab.underlay_ip(1)),
+            "mesh": (pod2, pod1_ip),
+        }
+        for path, (ns, server) in paths.items():
+            results[path] = {
+                "host2_to_host1_mbit_s": _iperf(ns, server, seconds, reverse=False),
+                "host1_to_host2_mbit_s": _iperf(ns, server, seconds, reverse=True),
+            }
+    for way in ("host2_to_host1", "host1_to_host2"):
+        plain = results["underlay"][f"{way}_mbit_s"]
+        if plain:
+            ratio = results["mesh"][f"{way}_mbit_s"] / plain
+            results[f"ratio_mesh_to_underlay_{way}"] = round(ratio, 3)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="shorter DNS runs (2 s each)")
+    parser.add_argument("--only", choices=("netmap", "dns", "throughput"), help="one part")
     parser.add_argument("--serve-dns", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_dns:
         _serve_kled(args.serve_dns, args.port)
         return
-    report = {
-        "netmap": [bench_netmap(1000), bench_netmap(10000)],
-        "netmap_reference": NETBIRD_REFERENCE,
-        "dns": bench_dns(2 if args.quick else 10),
-    }
+    report: dict[str, Any] = {}
+    if args.only in (None, "netmap"):
+        report["netmap"] = [bench_netmap(1000), bench_netmap(10000)]
+        report["netmap_reference"] = NETBIRD_REFERENCE
+    if args.only in (None, "dns"):
+        report["dns"] = bench_dns(2 if args.quick else 10)
+    if args.only in (None, "throughput"):
+        report["throughput"] = bench_throughput(2 if args.quick else 5)
     print(json.dumps(report, indent=2))
 
 

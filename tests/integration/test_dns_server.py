@@ -302,3 +302,24 @@ async def test_a_record_change_is_answered_by_the_next_query(dns: DnsServer, ups
     ).stdout
     assert status(gone) == status(direct) != "NOERROR"
     assert section(gone, "AUTHORITY") == section(direct, "AUTHORITY")
+
+
+async def _dig_at(host: str, port: int, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "dig", f"@{host}", "-p", str(port), "+time=3", "+tries=1", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    return out.decode()
+
+
+async def test_it_answers_at_an_added_address_from_that_address(dns: DnsServer) -> None:
+    # 127.0.0.2 stands for the address a remote host reaches this machine at.
+    port = await dns.listen_also("127.0.0.2")
+    assert port == dns.port and await dns.listen_also("127.0.0.2") == port  # once only
+    assert dns.port_on("127.0.0.2") == port and dns.port_on("127.0.0.3") is None
+    assert dns.addresses == [("127.0.0.1", port), ("127.0.0.2", port)]
+    # dig insists that the reply comes from the address it asked: forwarded answers too.
+    assert (await _dig_at("127.0.0.2", port, "+short", f"api.dev.{ZONE}")).strip() == "100.64.4.1"
+    assert "198.18.99.9" in await _dig_at("127.0.0.2", port, "+short", "outside.test")
+    assert "status: NOERROR" in await _dig_at("127.0.0.2", port, "+tcp", f"api.dev.{ZONE}")

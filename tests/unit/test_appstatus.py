@@ -169,3 +169,24 @@ def test_placement_events_tell_what_moved() -> None:
     pending = placement_events([], [Placement(0, None, "Unschedulable", "x")], T0)
     assert pending[0]["type"] == "Warning" and pending[0]["reason"] == "FailedScheduling"
     assert placement_events(after, after, T0) == []
+
+
+def test_pod_ip_stays_with_its_replica_and_podips_with_the_app() -> None:
+    reports = {
+        0: Report("a", running(0, pod_ip="100.64.8.10")),
+        1: Report("b", running(1, pod_ip="100.64.9.10")),
+    }
+    given = {"podIPs": {"0": "100.64.8.10", "1": "100.64.9.10"}}  # written by the mesh side
+    status = fold(app(status=given), PLACED, node_ready=READY, reports=reports)
+    assert [r["podIP"] for r in status["replicas"]] == ["100.64.8.10", "100.64.9.10"]
+    assert status["podIPs"] == given["podIPs"]
+    # No news from the agents: each replica keeps its address.
+    again = fold(app(status=status), PLACED, node_ready=READY)
+    assert [r.get("podIP") for r in again["replicas"]] == ["100.64.8.10", "100.64.9.10"]
+    # Replica 1 moves to node a: its old node's address is not its address any more.
+    moved = fold(app(status=again), [Placement(0, "a"), Placement(1, "a")], node_ready=READY)
+    assert moved["replicas"][0]["podIP"] == "100.64.8.10"
+    assert "podIP" not in moved["replicas"][1]
+    # A replica without a pod namespace (a plain process) has no podIP at all.
+    plain = fold(app(), PLACED, node_ready=READY, reports={0: Report("a", running(0))})
+    assert "podIP" not in plain["replicas"][0]

@@ -175,7 +175,8 @@ def test_token_expiry_is_an_iso_date() -> None:
 
 
 def test_defaults_of_the_other_kinds() -> None:
-    assert validate(MINIMAL["Team"])["spec"] == {"zone": "kled.internal"}
+    # no zone of its own: the server's --zone applies
+    assert validate(MINIMAL["Team"])["spec"] == {}
     assert validate(MINIMAL["User"])["spec"] == {"role": "member"}
     assert validate(MINIMAL["Node"])["spec"] == {"unschedulable": False, "taints": []}
     assert validate(MINIMAL["Device"])["spec"] == {"owner": "ada", "kind": "laptop"}

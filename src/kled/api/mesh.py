@@ -8,6 +8,14 @@ admission check that refuses a Team whose ``spec.block`` cannot be had (422 nami
 sink (``compose``), it also publishes every host's network through a
 ``HostStateComposer``.
 
+The pods of a host ask its agent's relay, which forwards from the host's own namespace to
+the DNS server; so each node is told the DNS server at the address of this machine that
+the node's packets arrive at (the source of our route to ``Node.spec.address``, the address
+the agent reached the API at on an underlay). A server whose ``--dns-listen`` is on
+loopback, the default, also listens at that address, on the same port where it is free —
+never on every interface unless told to (``--dns-listen 0.0.0.0:PORT``); one pinned to an
+address of its own is advertised there to everyone.
+
 Its routes list the address allocations (``kled ip list``) and give a device what it needs
 to join its team's mesh (``kled device join`` / ``kled device config``): its address, the
 team block, the DNS server and the peers. The device's private key never reaches us.
@@ -18,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import ipaddress
 import logging
+import socket
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -49,6 +59,45 @@ log = logging.getLogger(__name__)
 
 _NETWORK_KINDS = frozenset({"Team", "Node", "App", "ManagedService", "Device", "Intercept"})
 _STATUS_TRIES = 8
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def route_source(address: str | None) -> str | None:
+    """The address of this machine that packets to ``address`` leave from, which is where
+    a host at ``address`` reaches us (routing on an underlay is symmetric); None for a
+    name or an address we have no route to. Connecting a UDP socket sends nothing."""
+    try:
+        ip = ipaddress.ip_address((address or "").strip("[]"))
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((str(ip), 9))
+        except OSError:
+            return None
+        return str(probe.getsockname()[0])
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_ip(host: str | None) -> bool:
+    try:
+        ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return True
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -110,9 +159,36 @@ class MeshServices:
     def dns_address(self, via_host: str | None = None) -> str:
         """host:port of the DNS server as a client should be told it."""
         host = self.dns.listen[0] if self.dns is not None else "127.0.0.1"
-        if host in ("0.0.0.0", "::", ""):
+        if host in _WILDCARDS:
             host = via_host or "127.0.0.1"
-        return f"[{host}]:{self.dns_port}" if ":" in host else f"{host}:{self.dns_port}"
+        return _host_port(host, self.dns_port)
+
+    async def dns_at(self, local: str | None) -> str:
+        """host:port of the DNS server for a client that reaches this machine at ``local``
+        (one of its addresses; None: unknown), listening there first if need be."""
+        dns = self.dns
+        if dns is None or local is None:
+            return self.dns_address()
+        bound = dns.listen[0]
+        if bound in _WILDCARDS:
+            return _host_port(local, dns.port)
+        if not _is_loopback(bound) or _is_loopback(local):
+            return self.dns_address()  # pinned by --dns-listen, or a client on this machine
+        try:
+            return _host_port(local, await dns.listen_also(local))
+        except OSError as e:
+            log.warning("dns: cannot listen on %s (%s); advertising %s", local, e, bound)
+            return self.dns_address()
+
+    async def node_dns(self, nodes: list[dict[str, Any]]) -> dict[str, str]:
+        """Node → the DNS server's address as that node reaches this machine."""
+        out: dict[str, str] = {}
+        for node in nodes:
+            meta, spec = node.get("metadata") or {}, node.get("spec") or {}
+            if meta.get("deletionTimestamp"):
+                continue
+            out[str(meta["name"])] = await self.dns_at(route_source(spec.get("address")))
+        return out
 
     def compose(self, inner: StateSink) -> HostStateComposer:
         """Wrap the workload controller's sink so that each host's state carries its
@@ -170,14 +246,16 @@ class MeshServices:
             return
         store = self.store
         services = [*(await store.list("App")).items, *(await store.list("ManagedService")).items]
+        nodes = (await store.list("Node")).items
         snapshot = snapshot_from_documents(
             teams=(await store.list("Team")).items,
-            nodes=(await store.list("Node")).items,
+            nodes=nodes,
             services=services,
             devices=(await store.list("Device")).items,
             intercepts=(await store.list("Intercept")).items,
             netmap=self.controller.netmap,
             dns_server=self.dns_address(),
+            node_dns=await self.node_dns(nodes),
         )
         await self.composer.set_mesh(snapshot)
         await self._write_pod_ips(services)
@@ -223,9 +301,17 @@ class MeshServices:
         return [a.as_dict() for a in await self.ipam.list(team)]
 
     async def device_config(
-        self, svc: Service, user: UserInfo, team: str, name: str, via_host: str | None
+        self,
+        svc: Service,
+        user: UserInfo,
+        team: str,
+        name: str,
+        via_host: str | None,
+        local: str | None = None,
     ) -> dict[str, Any]:
-        """What the device needs to join its team's mesh."""
+        """What the device needs to join its team's mesh; ``local`` is the address of this
+        machine its request came in at (the DNS is offered there), ``via_host`` the name it
+        used (offered when the DNS listens everywhere and ``local`` is unknown)."""
         device = await svc.get(user, Key("Device", team, "", name))
         spec, status = device.get("spec") or {}, device.get("status") or {}
         mine = spec.get("owner") == user.username and user.team == team
@@ -248,7 +334,7 @@ class MeshServices:
             "address": f"{ip}/32",
             "meshIP": ip,
             "block": str(layout.block),
-            "dns": self.dns_address(via_host),
+            "dns": await self.dns_at(local) if local else self.dns_address(via_host),
             "zone": f"{team}.{zone}",
             "searchDomains": [f"{team}.{zone}"],
             "peers": [
@@ -282,7 +368,10 @@ async def all_ips(request: Request, user: UserInfo = User) -> Response:
 @router.get("/teams/{team}/ips")
 async def team_ips(request: Request, team: str, user: UserInfo = User) -> Response:
     authz.authorize(user, "get", kind_info("Device"), team, f"team/{team}/ips")
-    return JSONResponse({"items": await _mesh(request).allocations(team)})
+    mesh = _mesh(request)
+    if await mesh.store.find(Key("Team", "", "", team)) is None:
+        raise NotFound(f"team/{team} not found")
+    return JSONResponse({"items": await mesh.allocations(team)})
 
 
 @router.get("/teams/{team}/devices/{name}/wireguard")
@@ -292,5 +381,9 @@ async def device_wireguard(
     via = request.url.hostname
     if via in ("localhost", "kled"):  # the Unix socket's placeholder host
         via = "127.0.0.1"
-    config = await _mesh(request).device_config(service(request), user, team, name, via)
+    # The socket's own address, not the Host header: a client must not be able to make
+    # the DNS server listen on an address of its choosing.
+    server = request.scope.get("server")
+    local = str(server[0]) if isinstance(server, tuple) and _is_ip(str(server[0])) else None
+    config = await _mesh(request).device_config(service(request), user, team, name, via, local)
     return JSONResponse(config)

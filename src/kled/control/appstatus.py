@@ -42,7 +42,9 @@ _OURS = frozenset(
 )  # fmt: skip
 
 #: the fields of one replica entry that come from its agent
-_OBSERVED = ("state", "restarts", "lastExitCode", "reason", "message", "startedAt", "generation")
+_OBSERVED = (
+    "state", "restarts", "lastExitCode", "reason", "message", "startedAt", "generation", "podIP"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,13 @@ def _observe(entry: dict[str, Any], status: ReplicaStatus) -> None:
         startedAt=iso_timestamp(status.started_at) if status.started_at else None,
         generation=status.generation,
     )
+    # The address the replica's pod has in its team's mesh (the agent reports what it was
+    # given); kept with the replica, since it belongs to this replica on this node — a
+    # replica that moves starts a fresh entry. Replicas without a pod have no such key.
+    if status.pod_ip:
+        entry["podIP"] = status.pod_ip
+    else:
+        entry.pop("podIP", None)
 
 
 def is_stale(previous: Mapping[str, Any] | None, status: ReplicaStatus) -> bool:

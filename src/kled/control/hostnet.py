@@ -123,6 +123,8 @@ class MeshSnapshot:
     intercepts: list[InterceptInfo] = field(default_factory=list)
     #: ip:port the team gateways send their pods' DNS queries to
     dns_server: str | None = None
+    #: node → ip:port of the DNS server as that node reaches it (else ``dns_server``)
+    node_dns: dict[str, str] = field(default_factory=dict)
     #: every node that exists (with or without addresses yet)
     node_names: set[str] = field(default_factory=set)
     #: replica id → the pod IP it had (App.status.podIPs), to keep it across restarts
@@ -159,9 +161,11 @@ def snapshot_from_documents(
     intercepts: Iterable[Mapping[str, Any]],
     netmap: Netmap,
     dns_server: str | None,
+    node_dns: Mapping[str, str] | None = None,
 ) -> MeshSnapshot:
-    """Read the resources (as stored, with the statuses meshctl wrote) into a snapshot."""
-    snap = MeshSnapshot(dns_server=dns_server)
+    """Read the resources (as stored, with the statuses meshctl wrote) into a snapshot;
+    ``node_dns`` gives a node's own address of the DNS server where it differs."""
+    snap = MeshSnapshot(dns_server=dns_server, node_dns=dict(node_dns or {}))
     for team in teams:
         meta, status = team.get("metadata") or {}, team.get("status") or {}
         if meta.get("deletionTimestamp") or not status.get("block"):
@@ -380,7 +384,7 @@ def build_networks(
                     listen_port=listen_port(info_t.block),
                     peers=tuple(sorted(snap.peers.get((name, node), ()), key=_peer_key)),
                     services=tuple(services.get(name, ())),
-                    dns_server=snap.dns_server,
+                    dns_server=snap.node_dns.get(node, snap.dns_server),
                     search_domain=f"{name}.{info_t.zone}",
                 )
             )

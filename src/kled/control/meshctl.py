@@ -111,10 +111,9 @@ class MeshController:
         self._given: dict[tuple[str, str, str, str], str] = {}
 
     def zone_of(self, spec: dict[str, Any]) -> str:
-        """A team's zone: its own, or the server's (``--zone``) where it kept the schema's
-        default, which stands for "the server's zone"."""
+        """A team's zone: its own, or the server's (``--zone``) when it sets none."""
         zone = spec.get("zone")
-        return str(zone) if zone and zone != DEFAULT_ZONE else self.default_zone
+        return str(zone) if zone else self.default_zone
 
     # ---- lifetime ------------------------------------------------------------------
 

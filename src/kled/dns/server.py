@@ -1,6 +1,8 @@
 """Kled's DNS server: authoritative for the team zones, a forwarder for everything else.
 
-One asyncio server on UDP and TCP (the same port). A query for a name inside a team zone
+One asyncio server on UDP and TCP (the same port), at ``listen`` and at any further
+addresses of this machine it is asked to answer on (``listen_also``: where remote hosts
+reach a server that listens on loopback). A query for a name inside a team zone
 is answered from the in-memory ``RecordIndex`` with the AA bit; any other name is passed
 to the upstream resolvers (``Forwarder``), SERVFAIL when none answers, REFUSED when none is
 configured. EDNS0 is honoured: the client's advertised UDP payload size bounds the reply,
@@ -50,8 +52,10 @@ class DnsServer:
         chosen = system_upstreams() if upstreams is None else upstreams
         self.records = index or RecordIndex(ns_address=ns_address)
         self.forwarder = Forwarder(chosen, timeout=forward_timeout)
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
+        #: (host, port) → the UDP transport and TCP server listening there; the first is
+        #: ``listen``, the others were added for the hosts that reach us elsewhere
+        self._listeners: dict[tuple[str, int], tuple[asyncio.DatagramTransport, asyncio.Server]]
+        self._listeners = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cache: dict[tuple[bool, bytes], bytes] = {}
         self._cache_generation = -1
@@ -69,18 +73,7 @@ class DnsServer:
     # ---- lifetime ------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        udp_sock, tcp_sock = _bind_pair(*self.listen)
-        self.port = udp_sock.getsockname()[1]
-        # A host whose resolver is this very server must not forward to itself.
-        self.forwarder.upstreams = [
-            u for u in self.forwarder.upstreams if u != (self.listen[0], self.port)
-        ]
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), sock=udp_sock
-        )
-        self._udp = transport
-        self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
+        self.port = await self._open(*self.listen)
         log.info(
             "dns: serving on %s:%d (udp, tcp), forwarding to %s",
             self.listen[0],
@@ -88,15 +81,68 @@ class DnsServer:
             ", ".join(f"{h}:{p}" for h, p in self.forwarder.upstreams) or "nobody",
         )
 
+    async def _open(self, host: str, port: int) -> int:
+        """Listen on UDP and TCP at ``host:port`` (a free port when 0); the port bound."""
+        loop = asyncio.get_running_loop()
+        udp_sock, tcp_sock = _bind_pair(host, port)
+        bound = int(udp_sock.getsockname()[1])
+        # A host whose resolver is this very server must not forward to itself.
+        self.forwarder.upstreams = [u for u in self.forwarder.upstreams if u != (host, bound)]
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), sock=udp_sock
+            )
+        except BaseException:
+            udp_sock.close()
+            tcp_sock.close()
+            raise
+        try:
+            tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
+        except BaseException:
+            transport.close()
+            tcp_sock.close()
+            raise
+        self._listeners[(host, bound)] = (transport, tcp)
+        return bound
+
+    def port_on(self, host: str) -> int | None:
+        """The port this server answers on at ``host`` (None: it does not listen there)."""
+        if host in ("0.0.0.0", "::", "") or not self._listeners:
+            return None
+        for bound_host, port in self._listeners:
+            if bound_host == host:
+                return port
+            wildcard = "::" if ":" in host else "0.0.0.0"
+            if bound_host == wildcard:
+                return port
+        return None
+
+    async def listen_also(self, host: str) -> int:
+        """Answer at ``host`` too (an address of this machine), on the same port when it is
+        free there, and return the port; a no-op when a listener already covers ``host``."""
+        known = self.port_on(host)
+        if known is not None:
+            return known
+        try:
+            port = await self._open(host, self.port)
+        except OSError:
+            port = await self._open(host, 0)
+        log.info("dns: also serving on %s:%d (udp, tcp)", host, port)
+        return port
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every (host, port) this server listens on, the first being ``listen``'s."""
+        return list(self._listeners)
+
     async def stop(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._tcp is not None:
-            self._tcp.close()
+        listeners, self._listeners = list(self._listeners.values()), {}
+        for transport, tcp in listeners:
+            transport.close()
+            tcp.close()
+        for _, tcp in listeners:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._tcp.wait_closed(), 2)
-            self._tcp = None
+                await asyncio.wait_for(tcp.wait_closed(), 2)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -169,15 +215,19 @@ class DnsServer:
                 return _reply_error(request, RCODE.SERVFAIL)
         return reply
 
-    def _forward_udp(self, data: bytes, addr: Any) -> None:
-        task = asyncio.create_task(self._udp_reply(data, addr))
+    def _forward_udp(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
+        task = asyncio.create_task(self._udp_reply(data, addr, transport))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _udp_reply(self, data: bytes, addr: Any) -> None:
+    async def _udp_reply(
+        self, data: bytes, addr: Any, transport: asyncio.DatagramTransport
+    ) -> None:
+        # The reply leaves by the socket the query came in on, so its source is the
+        # address the client asked.
         reply = await self.answer(data, udp=True)
-        if reply and self._udp is not None:
-            self._udp.sendto(reply, addr)
+        if reply and not transport.is_closing():
+            transport.sendto(reply, addr)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -219,7 +269,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             log.exception("dns: failed to answer a query from %s", addr)
             return
         if reply is None:
-            self.server._forward_udp(data, addr)
+            if self.transport is not None:
+                self.server._forward_udp(data, addr, self.transport)
         elif reply and self.transport is not None:
             self.transport.sendto(reply, addr)
 

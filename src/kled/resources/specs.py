@@ -63,8 +63,9 @@ class TeamSpec(KledModel):
     display_name: str | None = None
     block: str | None = None
     """The team's addresses, a CIDR inside 100.64.0.0/10 (default: a /16 chosen by IPAM)."""
-    zone: DnsName = "kled.internal"
-    """The DNS zone of the team's names: ``<app>.<env>.<team>.<zone>``."""
+    zone: DnsName | None = None
+    """The DNS zone of the team's names: ``<app>.<env>.<team>.<zone>`` (default: the
+    server's ``--zone``, so that a server's zone applies to every team that sets none)."""
 
     @field_validator("block")
     @classmethod
