@@ -134,6 +134,8 @@ class Agent:
         self._logs_ready = asyncio.Event()
         self._dropped_logs = 0
         self._reconcile_lock = asyncio.Lock()
+        #: replicas told (once) to be Pending until their pod network is built
+        self._network_waits: set[str] = set()
         #: the host's team gateways and pods; None on a host without the network layer
         self.mesh: MeshKeeper | None = None
         if network is not None:
@@ -166,6 +168,8 @@ class Agent:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self.mesh is not None:
+                await self.mesh.close()
             for rt in self.runtimes.values():
                 await rt.detach()
             log.info("node/%s agent stopped; replicas left running", self.node)
@@ -260,7 +264,20 @@ class Agent:
             raise PermanentError(f"runtime {spec.runtime.value!r} is not available on this node")
         if spec.pod_netns is not None and (self.mesh is None or not self.mesh.pod_ready(spec)):
             # Started now, it would land outside its pod or fail on a missing namespace.
-            raise TemporaryError(f"pod network of {spec.resource_name} is not ready", delay=1.0)
+            message = f"waiting for its pod network ({spec.pod_ip}) on this node"
+            if spec.id not in self._network_waits:
+                self._network_waits.add(spec.id)
+                self._status_changed(
+                    ReplicaStatus(
+                        id=spec.id,
+                        state=ReplicaState.PENDING,
+                        reason="NetworkNotReady",
+                        message=message,
+                        generation=spec.generation,
+                    )
+                )
+            raise TemporaryError(f"{spec.resource_name}: {message}", delay=1.0)
+        self._network_waits.discard(spec.id)
         log.info("%s %s: %s", spec.resource_name, action.kind.value, action.reason)
         await rt.start(spec)
 

@@ -1,0 +1,211 @@
+"""The agent's side of the team meshes: keys, the host network, and what peers must know.
+
+The control plane sends a node's network (``HostDesiredState.network``) with everything but
+the WireGuard private keys, which must never leave the host: each team's key is generated
+here, in the agent's data dir (mode 0600), and its file is named in the ``TeamNetwork``
+before the network layer applies it. The public key and listen port of every ready gateway
+go back in heartbeats (``NodeHeartbeat.mesh``), from which the control plane builds the
+team's peer sets.
+
+``MeshKeeper`` serialises every change of the host's network (two passes at once would race
+to start the same wireguard-go), applies the newest desired network when it changes and
+again on a timer, since the network layer is level-triggered: a namespace deleted by hand or
+by a reboot is rebuilt on the next pass. It also tells the runtimes where a replica's pod
+namespace is, once that namespace is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kled.agent.dnsrelay import DnsRelays
+from kled.agent.net import netns, wireguard
+from kled.agent.net.host import HostNetworkLayer, HostReport
+from kled.errors import KledError
+from kled.resources.hoststate import ReplicaSpec, TeamMeshReport
+from kled.resources.netstate import HostNetwork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PodPlace:
+    """Where a replica's network is: its namespace's path and its pod IP."""
+
+    netns_path: str
+    ip: str
+
+
+class MeshKeeper:
+    """Keeps the host's network at the newest desired value; one pass at a time."""
+
+    def __init__(
+        self,
+        layer: HostNetworkLayer,
+        key_dir: str | Path,
+        *,
+        node: str,
+        recheck_interval: float = 5.0,
+        tick_interval: float = 1.5,
+    ) -> None:
+        self.layer = layer
+        self.key_dir = Path(key_dir)
+        self.node = node
+        self.recheck_interval = recheck_interval
+        self.tick_interval = tick_interval
+        self._fallen: dict[str, list[str]] = {}
+        self._desired: HostNetwork | None = None
+        self._report: HostReport | None = None
+        self._applied: HostNetwork | None = None
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self.relays = DnsRelays()
+        #: team → the control plane's DNS server, which the team's relay forwards to
+        self._upstreams: dict[str, str] = {}
+
+    # -- keys ---------------------------------------------------------------------------
+    def key_file(self, team: str) -> Path:
+        return self.key_dir / f"{team}.key"
+
+    async def _for_host(self, network: HostNetwork) -> HostNetwork:
+        """The network with this host's key files, and the team's relay as its DNS server
+        (the pods' queries stay in the team namespace, where the relay listens)."""
+        teams = []
+        self._upstreams = {}
+        for team in network.teams:
+            path = self.key_file(team.team)
+            if not path.exists():
+                self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(self.key_dir, 0o700)
+                await wireguard.ensure_private_key(path)
+                log.info("teamgateway/%s/%s WireGuard key created", team.team, self.node)
+            update: dict[str, object] = {"private_key_file": str(path)}
+            if team.dns_server:
+                self._upstreams[team.team] = team.dns_server
+                update["dns_server"] = f"{team.bridge_ip}:53"
+            teams.append(team.model_copy(update=update))
+        return network.model_copy(update={"teams": tuple(teams)})
+
+    # -- applying -----------------------------------------------------------------------
+    def want(self, network: HostNetwork | None) -> None:
+        """The newest desired network (None: leave the host's network alone)."""
+        if network is None or network == self._desired:
+            return
+        self._desired = network
+        self._changed.set()
+
+    async def apply_now(self) -> HostReport | None:
+        """One pass with the newest desired network; None if none is known yet."""
+        async with self._lock:
+            desired = self._desired
+            if desired is None:
+                return None
+            network = await self._for_host(desired)
+            report = await self.layer.apply(network)
+            await self._relay_dns(report)
+            if self._applied != desired or report.errors:
+                log.info(
+                    "node/%s network applied teams=%d pods=%d errors=%s",
+                    self.node,
+                    len(report.gateways),
+                    len(report.pods),
+                    sorted(report.errors) or "none",
+                )
+            self._report = report
+            self._applied = desired
+            return report
+
+    async def _relay_dns(self, report: HostReport) -> None:
+        relayed = set()
+        for team, gw in report.gateways.items():
+            upstream = self._upstreams.get(team)
+            if upstream is None:
+                continue
+            try:
+                path = f"{netns.NETNS_DIR}/{gw.netns}"
+                await self.relays.ensure(team, path, gw.bridge_ip, upstream)
+            except KledError as err:
+                log.warning("teamgateway/%s/%s no DNS relay: %s", team, self.node, err)
+                continue
+            relayed.add(team)
+        await self.relays.keep_only(relayed)
+
+    async def close(self) -> None:
+        await self.relays.close()
+
+    async def tick_now(self) -> None:
+        """Let the layer judge the intercepts' devices (falling back while one is offline)."""
+        async with self._lock:
+            if self._applied is None:
+                return
+            fallen = await self.layer.tick()
+        if fallen != self._fallen:
+            log.info("node/%s intercepts falling back to replicas: %s", self.node, fallen or "none")
+            self._fallen = fallen
+
+    async def run(self) -> None:
+        """Apply on every change and every ``recheck_interval`` seconds; tick in between."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.tick_interval)
+            try:
+                if self._changed.is_set() or loop.time() >= due:
+                    self._changed.clear()
+                    due = loop.time() + self.recheck_interval
+                    await self.apply_now()
+                else:
+                    await self.tick_now()
+            except KledError as err:
+                log.warning("node/%s network pass failed: %s", self.node, err)
+            except Exception:
+                log.exception("node/%s network pass failed unexpectedly", self.node)
+
+    # -- what the rest of the agent asks ----------------------------------------------------
+    def place(self, spec: ReplicaSpec) -> ReplicaSpec:
+        """``spec`` with its pod namespace and IP, if the desired network gives it a pod."""
+        desired = self._desired
+        if desired is None:
+            return spec
+        pod = next((p for p in desired.pods if p.replica_id == spec.id), None)
+        if pod is None or pod.team != spec.team:
+            return spec
+        path = self.layer.pod_netns_path(pod.team, pod.replica_id)
+        return spec.model_copy(update={"pod_netns": path, "pod_ip": pod.ip})
+
+    def pod_ready(self, spec: ReplicaSpec) -> bool:
+        """Whether the replica's pod namespace was built (in the last pass) as ``spec`` says."""
+        report = self._report
+        if report is None or spec.pod_netns is None:
+            return spec.pod_netns is None
+        pod = report.pods.get(spec.id)
+        return pod is not None and pod.ip == spec.pod_ip and os.path.exists(spec.pod_netns)
+
+    async def reports(self) -> dict[str, TeamMeshReport]:
+        """Key and port of each ready gateway, with its peers' latest handshakes."""
+        report = self._report
+        if report is None:
+            return {}
+        out: dict[str, TeamMeshReport] = {}
+        for team, gw in sorted(report.gateways.items()):
+            handshakes = {}
+            try:
+                status = await self.layer.mesh_status(team)
+            except KledError as err:
+                log.debug("teamgateway/%s/%s no status: %s", team, self.node, err)
+            else:
+                handshakes = {
+                    p.public_key: p.latest_handshake
+                    for p in status.peers
+                    if p.latest_handshake is not None
+                }
+            out[team] = TeamMeshReport(
+                public_key=gw.public_key, listen_port=gw.listen_port, handshakes=handshakes
+            )
+        return out
