@@ -48,13 +48,9 @@ class RunningServer:
     """A control plane served from a background thread with its own event loop."""
 
     def __init__(self, data_dir: Path, database: str | None, **settings: Any) -> None:
-        self.settings = ServerSettings(
-            data_dir=data_dir,
-            listen="127.0.0.1:0",
-            database=database,
-            socket=data_dir / "kled.sock",
-            **settings,
-        )
+        settings.setdefault("listen", "127.0.0.1:0")
+        settings.setdefault("socket", data_dir / "kled.sock")
+        self.settings = ServerSettings(data_dir=data_dir, database=database, **settings)
         self.plane = ControlPlane(self.settings)
         self._ready = threading.Event()
         self._error: BaseException | None = None

@@ -275,9 +275,10 @@ def _scenario(mesh: Mesh) -> None:
 
     # By name, through the pod's resolver: the team gateway relays to the control plane.
     assert mesh.resolve(client_a, "api.dev.a.kled.internal") == service_ip
-    # The pod's search list starts at its team (the network is per team, not per env).
+    # The pod searches its own environment first, then its team: `api` is dev's app.
+    assert mesh.resolve(client_a, "api") == service_ip
     assert mesh.resolve(client_a, "api.dev") == service_ip
-    by_name = set(mesh.ask(client_a, "api.dev", 80, count=12))
+    by_name = set(mesh.ask(client_a, "api", 80, count=12))
     assert by_name == names, by_name
 
     # Team B lives on the same hosts, yet has no way to team A's service or pods.

@@ -356,7 +356,9 @@ def build_networks(
                 ip = ips.get(r.id)
                 if ip is None:
                     continue
-                pods[node].append(PodNetwork(replica_id=r.id, team=team, ip=ip))
+                pods[node].append(
+                    PodNetwork(replica_id=r.id, team=team, ip=ip, environment=r.environment)
+                )
                 backends.setdefault((team, r.environment, r.app), []).append(ip)
     book.forget_except(p.replica_id for ps in pods.values() for p in ps)
     intercepts: dict[tuple[str, str, str], list[InterceptInfo]] = {}

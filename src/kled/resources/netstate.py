@@ -59,6 +59,9 @@ class ServicePort(_Model):
     target_port: int = Field(ge=1, le=65535)
 
 
+OnDeviceOffline = Literal["fallback", "keep"]
+
+
 class Intercept(_Model):
     """Points a service's traffic at a device's mesh IP instead of its replicas."""
 
@@ -66,6 +69,8 @@ class Intercept(_Model):
     #: service port → port on the device; ports not listed keep going to the replicas
     port_map: dict[int, int]
     protocols: tuple[Protocol, ...] = ("TCP", "UDP")
+    #: when the device misses handshakes: back to the replicas (``fallback``) or ``keep``
+    on_device_offline: OnDeviceOffline = "fallback"
 
     @field_validator("target_ip")
     @classmethod
@@ -73,7 +78,8 @@ class Intercept(_Model):
         return str(ipaddress.IPv4Address(value))
 
     def __hash__(self) -> int:
-        return hash((self.target_ip, tuple(sorted(self.port_map.items())), self.protocols))
+        ports = tuple(sorted(self.port_map.items()))
+        return hash((self.target_ip, ports, self.protocols, self.on_device_offline))
 
 
 #: an HTTP field name (RFC 9110 token), compared case-insensitively, so kept lower-case
@@ -100,6 +106,8 @@ class PersonalIntercept(_Model):
     target_ip: str
     #: service port → port on the device; only TCP ports can be routed by header
     port_map: dict[int, int]
+    #: as ``Intercept.on_device_offline``
+    on_device_offline: OnDeviceOffline = "fallback"
 
     @field_validator("header")
     @classmethod
@@ -253,6 +261,8 @@ class PodNetwork(_Model):
     replica_id: str = Field(min_length=1, max_length=253)
     team: str
     ip: str
+    #: the replica's environment: its pod searches ``<env>.<team>.<zone>`` first
+    environment: str | None = None
 
     @field_validator("ip")
     @classmethod

@@ -9,7 +9,9 @@ One team failing does not stop the others; its error is reported against it.
 ``HostNetworkLayer`` is the seam the rest of the agent sees (STYLE: one seam per outside
 system); ``LinuxHostNetwork`` is its implementation on namespaces, wireguard-go and nft.
 Callers serialise calls per host (the agent's reconcile loop does), since two passes at once
-would race to start the same wireguard-go.
+would race to start the same wireguard-go. ``tick()``, called every second or two in the
+same serial loop, judges the intercepts' devices from WireGuard and falls back to the
+replicas while a device is offline (``liveness``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from kled.agent.net import gateway, netns, pods, wireguard
+from kled.agent.net import gateway, liveness, netns, pods, wireguard
 from kled.agent.net.gateway import TeamGateway
 from kled.agent.net.pods import PodNet
 from kled.agent.net.wireguard import InterfaceStatus
 from kled.errors import KledError
-from kled.resources.netstate import HostNetwork
+from kled.resources.netstate import HostNetwork, TeamNetwork
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ async def reconcile_host(
         name = f"replica/{pod.team}/{pod.replica_id}"
         try:
             report.pods[pod.replica_id] = await pods.ensure_pod_netns(
-                pod.replica_id, pod.team, pod.ip, gw
+                pod.replica_id, pod.team, pod.ip, gw, pod.environment
             )
         except KledError as exc:
             log.warning("%s network not ready: %s", name, exc)
@@ -101,6 +103,11 @@ class HostNetworkLayer(Protocol):
         """The team's WireGuard peers with their last handshakes (liveness of devices)."""
         ...
 
+    async def tick(self) -> dict[str, list[str]]:
+        """Judge the intercepts' devices (every second or two); fall back or resume.
+        Returns, per team, the intercepts now falling back (``env/app→ip``)."""
+        ...
+
     def pod_argv(self, team: str, replica_id: str, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run inside the replica's network namespace."""
         ...
@@ -119,17 +126,67 @@ class LinuxHostNetwork:
         *,
         host_id: str | None = None,
         state_dir: str | Path = gateway.DEFAULT_STATE_DIR,
+        offline_after: float = liveness.OFFLINE_AFTER,
     ) -> None:
         self.host_ns = host_ns
+        self.offline_after = offline_after
         self.host_id = (
             gateway.check_host_id(host_id) if host_id else gateway.default_host_id(host_ns)
         )
         self.state_dir = Path(state_dir)
+        self._desired = HostNetwork()
+        self._gateways: dict[str, TeamGateway] = {}
+        #: per team: what was last rendered, after leaving out offline devices' intercepts
+        self._rendered: dict[str, TeamNetwork] = {}
+        self._liveness: dict[str, liveness.PeerLiveness] = {}
+        self._fallen: dict[str, list[str]] = {}
+
+    def _judged(self, team: TeamNetwork) -> TeamNetwork:
+        judge = self._liveness.setdefault(team.team, liveness.PeerLiveness(self.offline_after))
+        return liveness.effective_team(team, judge.alive)
 
     async def apply(self, desired: HostNetwork) -> HostReport:
-        return await reconcile_host(
-            self.host_ns, desired, host_id=self.host_id, state_dir=self.state_dir
+        self._desired = desired
+        effective = desired.model_copy(
+            update={"teams": tuple(self._judged(t) for t in desired.teams)}
         )
+        report = await reconcile_host(
+            self.host_ns, effective, host_id=self.host_id, state_dir=self.state_dir
+        )
+        self._gateways = dict(report.gateways)
+        self._rendered = {t.team: t for t in effective.teams if t.team in report.gateways}
+        for gone in set(self._liveness) - {t.team for t in desired.teams}:
+            del self._liveness[gone]
+        return report
+
+    async def tick(self) -> dict[str, list[str]]:
+        for team in self._desired.teams:
+            gw = self._gateways.get(team.team)
+            if gw is None or not any(s.intercept or s.personal for s in team.services):
+                continue
+            try:
+                status = await wireguard.status(gw.wg_ifname)
+            except KledError as exc:
+                log.debug("teamgateway/%s/%s no status: %s", team.team, self.host_id, exc)
+                continue
+            self._liveness.setdefault(team.team, liveness.PeerLiveness(self.offline_after)).observe(
+                status
+            )
+            effective = self._judged(team)
+            if effective == self._rendered.get(team.team):
+                continue
+            await gateway.update_services(gw, effective)
+            self._rendered[team.team] = effective
+            fallen = liveness.fallen_back(team, effective)
+            before = set(self._fallen.get(team.team, []))
+            for item in sorted(set(fallen) - before):
+                log.info("teamgateway/%s/%s intercept %s: device offline, fallback",
+                         team.team, self.host_id, item)  # fmt: skip
+            for item in sorted(before - set(fallen)):
+                log.info("teamgateway/%s/%s intercept %s: device back, resumed",
+                         team.team, self.host_id, item)  # fmt: skip
+            self._fallen[team.team] = fallen
+        return {t: list(f) for t, f in self._fallen.items() if f}
 
     async def mesh_status(self, team: str) -> InterfaceStatus:
         return await wireguard.status(wireguard.interface_name(self.host_id, team))

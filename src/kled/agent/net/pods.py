@@ -75,7 +75,9 @@ def _check_ip(ip: str, gateway: TeamGateway) -> str:
     return str(addr)
 
 
-async def ensure_pod_netns(replica_id: str, team: str, ip: str, gateway: TeamGateway) -> PodNet:
+async def ensure_pod_netns(
+    replica_id: str, team: str, ip: str, gateway: TeamGateway, environment: str | None = None
+) -> PodNet:
     """Build or repair the replica's namespace; idempotent, also after the host rebooted."""
     if team != gateway.team:
         raise InvalidInput(f"gateway is team {gateway.team}'s, not {team}'s", field="team")
@@ -91,7 +93,12 @@ async def ensure_pod_netns(replica_id: str, team: str, ip: str, gateway: TeamGat
         etc = os.path.join(netns.ETC_NETNS_DIR, ns)
         os.makedirs(etc, exist_ok=True)
         with open(os.path.join(etc, "resolv.conf"), "w") as f:
-            f.write(resolv_conf(gateway.bridge_ip, gateway.search_domain))
+            # The gateway's domain is the team's; a pod searches its environment first, so
+            # `curl http://api` reaches the app of its own environment.
+            search = gateway.search_domain
+            if environment and search:
+                search = f"{environment}.{search}"
+            f.write(resolv_conf(gateway.bridge_ip, search))
     log.debug("replica/%s/%s network ready ns=%s ip=%s", team, replica_id, ns, ip)
     return PodNet(replica_id=replica_id, team=team, netns=ns, ip=ip, host_veth=veth)
 
