@@ -68,6 +68,17 @@ def test_every_node_gets_the_team_and_the_service_backed_by_replicas_on_any_node
     assert [(p.replica_id, p.ip) for p in n2.pods] == [("acme.dev.api.1", "100.65.9.10")]
 
 
+def test_only_running_replicas_serve_but_every_placed_replica_keeps_its_pod() -> None:
+    snap = two_nodes()
+    snap.running = {"acme.dev.api.1"}  # replica 0 crashed and is waiting to restart
+    nets = build_networks(
+        snap, {"n1": [replica("api", 0)], "n2": [replica("api", 1)]}, PodAddressBook()
+    )
+    [svc] = nets["n1"].teams[0].services
+    assert svc.backends == ("100.65.9.10",)
+    assert [p.replica_id for p in nets["n1"].pods] == ["acme.dev.api.0"]
+
+
 def test_a_node_without_addresses_in_a_team_gets_no_gateway_and_no_pods_of_it() -> None:
     snap = two_nodes()
     nets = build_networks(snap, {"n3": [replica("api", 0)]}, PodAddressBook())

@@ -129,6 +129,9 @@ class MeshSnapshot:
     node_names: set[str] = field(default_factory=set)
     #: replica id → the pod IP it had (App.status.podIPs), to keep it across restarts
     pod_ip_seeds: dict[str, str] = field(default_factory=dict)
+    #: replicas an agent reported Running: only these are service backends, as only ready
+    #: endpoints are in Kubernetes; None means "not known", every placed replica serves
+    running: set[str] | None = None
 
 
 def wg_peer(peer: MeshPeer) -> WgPeer | None:
@@ -203,6 +206,11 @@ def snapshot_from_documents(
         snap.services.append(ServiceInfo(meta["team"], env, meta["name"], status["ip"], ports))
         for index, ip in (status.get("podIPs") or {}).items():
             snap.pod_ip_seeds[f"{meta['team']}.{env}.{meta['name']}.{index}"] = str(ip)
+        if snap.running is None:
+            snap.running = set()
+        for replica in status.get("replicas") or []:
+            if replica.get("state") == "Running" and "index" in replica:
+                snap.running.add(f"{meta['team']}.{env}.{meta['name']}.{replica['index']}")
     device_ips = {
         (d["metadata"]["team"], d["metadata"]["name"]): str((d.get("status") or {})["ip"])
         for d in devices
@@ -359,7 +367,8 @@ def build_networks(
                 pods[node].append(
                     PodNetwork(replica_id=r.id, team=team, ip=ip, environment=r.environment)
                 )
-                backends.setdefault((team, r.environment, r.app), []).append(ip)
+                if snap.running is None or r.id in snap.running:
+                    backends.setdefault((team, r.environment, r.app), []).append(ip)
     book.forget_except(p.replica_id for ps in pods.values() for p in ps)
     intercepts: dict[tuple[str, str, str], list[InterceptInfo]] = {}
     for icpt in snap.intercepts:
