@@ -343,7 +343,7 @@ def replica_table(doc: dict[str, Any], replicas: Sequence[Any]) -> str:
             reason = f"{reason}: {r['message']}" if reason else str(r["message"])
         rows.append(
             [
-                f"{name}-{r.get('index')}",
+                str(r.get("name") or f"{name}-{r.get('index')}"),
                 _text(r.get("node")),
                 _text(r.get("state") or r.get("phase")),
                 str(r.get("restarts") or 0),

@@ -320,13 +320,19 @@ def up(
     agent: Annotated[
         bool, typer.Option("--agent/--no-agent", help="Run a local agent for this host.")
     ] = True,
+    agent_network: Annotated[
+        str,
+        typer.Option("--agent-network", help="The local agent's team meshes: auto, on or off."),
+    ] = "auto",
 ) -> None:
     """Run Kled on this machine: the server, NATS, a local agent, and a `local` context."""
     setup_logging(log_level, log_json)
     settings = settings_from(
         data_dir, listen, None, database, log_json, nats_flags(embedded=True, port=nats_port)
     )
-    local = LocalAgent()
+    if agent_network not in ("auto", "on", "off"):
+        raise InvalidInput("must be auto, on or off", field="--agent-network")
+    local = LocalAgent(network=agent_network)
 
     def announce(plane: Any) -> None:
         context = write_local_context(plane)
@@ -372,8 +378,9 @@ class LocalAgent:
     listen on another port than last time.
     """
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, network: str = "auto") -> None:
         self.name = name or local_node_name()
+        self.network = network
         self.proc: subprocess.Popen[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -415,6 +422,7 @@ class LocalAgent:
             (data_dir / "registration.json").unlink()
         args = [sys.executable, "-m", "kled.agent", "--data-dir", str(data_dir)]
         args += ["--name", self.name, "--server", plane.url, "--token", token]
+        args += ["--network", self.network]
         with self.logfile(plane).open("ab") as log_out:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
                 args, stdout=log_out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
