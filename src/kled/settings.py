@@ -43,6 +43,12 @@ class ServerSettings(BaseSettings):
     nats_advertise: str | None = Field(
         None, description="NATS URL told to agents (default: the host agents reached the API at)"
     )
+    node_not_ready_seconds: float = Field(
+        10.0, description="a node without heartbeats for this long is NotReady"
+    )
+    node_reschedule_seconds: float = Field(
+        30.0, description="replicas of a NotReady node move after this grace period"
+    )
     # -- the mesh --
     dns_listen: str = Field("127.0.0.1:0", description="DNS server address, host:port")
     dns_upstreams: list[str] = Field(

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -38,6 +39,13 @@ from kled.store.objects import Key, Store
 
 log = logging.getLogger(__name__)
 CONSUMER = "kled-control-plane"
+
+
+def _read_port(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 class _OfficeSink:
@@ -73,8 +81,19 @@ class HostServices:
             return
         if s.embedded_nats:
             host, _ = s.listen_address()
-            self.embedded = EmbeddedNats(s.data_dir / "nats", host=host, port=s.nats_port or None)
-            await self.embedded.start()
+            port_file = s.data_dir / "nats" / "port"
+            # Keep the port across restarts: registered agents remember the URL.
+            port = s.nats_port or _read_port(port_file)
+            self.embedded = EmbeddedNats(s.data_dir / "nats", host=host, port=port)
+            try:
+                await self.embedded.start()
+            except Unavailable:
+                if s.nats_port or port is None:
+                    raise
+                log.warning("nats-server: port %s is taken now; using a free one", port)
+                self.embedded = EmbeddedNats(s.data_dir / "nats", host=host)
+                await self.embedded.start()
+            port_file.write_text(f"{self.embedded.port}\n")
             options = ConnectOptions(
                 url=self.embedded.url.replace("0.0.0.0", "127.0.0.1"),
                 user=self.embedded.control_user,
@@ -98,10 +117,17 @@ class HostServices:
         sink: DesiredStateSink = _OfficeSink(self.office)
         if self.mesh is not None:
             sink = self.mesh.compose(sink)  # each host's state also carries its network
-        self.workloads = WorkloadController(self.store, sink)
+        self.workloads = WorkloadController(
+            self.store,
+            sink,
+            not_ready_after=s.node_not_ready_seconds,
+            reschedule_after=s.node_reschedule_seconds,
+        )
         await self.workloads.start()
         self._tasks.append(asyncio.create_task(self._consume(), name="status-consumer"))
         self._tasks.append(asyncio.create_task(self._follow_nodes(), name="node-feed"))
+        if self.embedded is not None:
+            self._tasks.append(asyncio.create_task(self._supervise_nats(), name="nats-watch"))
 
     async def stop(self) -> None:
         self._stop.set()
@@ -115,6 +141,23 @@ class HostServices:
             await self.office.close()
         if self.embedded is not None:
             await self.embedded.stop()
+
+    async def _supervise_nats(self) -> None:
+        """Start the embedded nats-server again, on its port and storage, if it dies."""
+        assert self.embedded is not None
+        delay = 0.5
+        while not self._stop.is_set():
+            await asyncio.sleep(1.0)
+            if self.embedded.running or self._stop.is_set():
+                delay = 0.5
+                continue
+            log.warning("nats-server %s exited; starting it again", self.embedded.url)
+            try:
+                await self.embedded.start()
+            except Exception as e:  # keep trying: agents and controllers wait for it
+                log.error("nats-server did not start again: %s; retrying in %.0fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _consume(self) -> None:
         assert self.office is not None and self.workloads is not None

@@ -42,6 +42,9 @@ from kled.resources.hoststate import (
 )
 
 log = logging.getLogger(__name__)
+# nats-py logs every failed connection attempt with a traceback at ERROR; the callbacks
+# below report connection trouble once, in Kled's words.
+logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
 
 StatusMessage = ReplicaStatusReport | NodeHeartbeat | AgentEvent
 StatusHandler = Callable[[StatusMessage], Awaitable[None]]
