@@ -87,6 +87,13 @@ def _mount() -> None:
     app.add_typer(secrets.app, name="secret", help="Set and read the keys of a secret.")
     app.add_typer(nodes.app, name="node", help="Join tokens, and the nodes that run apps.")
     app.add_typer(apps.app, name="app", help="Restart and scale apps.")
+    from kled.cli import ips
+
+    app.add_typer(ips.app, name="ip", help="Who holds which address of a team's block.")
+    from kled.cli import devices, intercepts
+
+    app.add_typer(intercepts.app, name="intercept", help="Point an app's traffic at a device.")
+    app.add_typer(devices.app, name="device", help="Join, configure and revoke devices.")
 
 
 def _mount_policy(args: list[str]) -> None:

@@ -11,6 +11,7 @@ by returning instructions for the user.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import os
@@ -18,6 +19,14 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from kled.agent.net import links, wireguard
 from kled.agent.net.command import run
@@ -56,6 +65,37 @@ class DeviceNetwork:
     @property
     def ip(self) -> str:
         return self.address.split("/")[0]
+
+
+def local_keypair(private_key_file: str | Path) -> tuple[str, str]:
+    """The device's (private, public) key, created (mode 0600) unless present.
+
+    Done with ``cryptography``'s X25519 rather than ``wg genkey`` so that ``kled device
+    config`` works on a machine without WireGuard tools (a phone's config made on a laptop).
+    """
+    path = Path(private_key_file)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        raw = X25519PrivateKey.generate().private_bytes(
+            Encoding.Raw, PrivateFormat.Raw, NoEncryption()
+        )
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another run made it first: use theirs
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(base64.b64encode(raw).decode() + "\n")
+    private = path.read_text().strip()
+    try:
+        raw = base64.b64decode(private, validate=True)
+        key = X25519PrivateKey.from_private_bytes(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"{path} does not hold a WireGuard private key", field="privateKeyFile"
+        ) from None
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return private, base64.b64encode(public).decode()
 
 
 async def generate_keypair(private_key_file: str | Path) -> str:

@@ -1,0 +1,279 @@
+"""Intercepts as users see them: what may be intercepted, by whom, and when it ends.
+
+An ``Intercept`` points an app's service IP at a developer's device (ARCHITECTURE §4,
+issue 5). The schema (``resources/specs.py``) checks its shape; this module checks it
+against the rest of the team, once, at admission, so that the gateways never receive an
+intercept they would have to refuse:
+
+- the app exists in the environment and exposes every port named;
+- the device exists in the team and belongs to the user (or the user is an admin);
+- at most one global intercept per app, and one personal intercept per header and value;
+- the header is one the gateways' header router accepts (``netstate.PersonalIntercept``);
+- and, since intercepts follow a device's owner, that members touch only their own Devices.
+
+It also owns an intercept's end and its status. Deleting an environment already deletes
+what it holds (the service layer's cascade); deleting an app or a device is followed here,
+from the store's event log, by deleting the intercepts that point at it. The same task
+writes ``status.phase``: ``Pending`` until the device has a mesh IP, ``Active`` once the
+gateways are told; ``Fallback`` is the gateways' own local decision (device offline, see
+``agent/net/gateway.py``) and is reported by them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from kled.admission.request import AdmissionRequest, HookResult, Operation, UserInfo
+from kled.api import authz
+from kled.api.service import Service
+from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
+from kled.resources.netstate import PersonalIntercept
+from kled.store.objects import Event, Key, Store
+
+log = logging.getLogger(__name__)
+
+
+def _spec(doc: dict[str, Any] | None) -> dict[str, Any]:
+    return dict((doc or {}).get("spec") or {})
+
+
+def _deleting(doc: dict[str, Any]) -> bool:
+    return bool((doc.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def header_key(header: dict[str, Any] | None) -> tuple[str, str] | None:
+    """A header match as the router compares it: name case-insensitive, value stripped."""
+    if not header:
+        return None
+    return str(header.get("name", "")).strip().lower(), str(header.get("value", "")).strip()
+
+
+def check_header(header: dict[str, Any]) -> None:
+    """Refuse what the gateways' header router would refuse, naming the field."""
+    try:
+        PersonalIntercept(
+            header=str(header.get("name", "")),
+            value=str(header.get("value", "")),
+            target_ip="127.0.0.1",
+            port_map={1: 1},
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = "name" if error["loc"] and error["loc"][0] == "header" else "value"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise InvalidInput(f"header {where}: {message}", field=f"spec.header.{where}") from None
+
+
+def may_use_device(user: UserInfo, device: dict[str, Any]) -> bool:
+    """Only the device's owner, a team admin or owner, or the server admin."""
+    if user.server_admin or authz.rank(user.role) >= authz.rank("admin"):
+        return True
+    return bool(_spec(device).get("owner") == user.username)
+
+
+class InterceptServices:
+    """The admission hook for Intercepts and the task that ends and reports them."""
+
+    def __init__(self, svc: Service) -> None:
+        self.service = svc
+        self.store: Store = svc.store
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.service.chain.add_validating(self.admit)
+        after = await self.store.revision()
+        self._task = asyncio.create_task(self._follow(after), name="intercept-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # ---- admission -------------------------------------------------------------------
+
+    async def admit(self, request: AdmissionRequest) -> HookResult:
+        if request.kind == "Device":
+            self._check_device_owner(request)
+            return HookResult()
+        if request.kind != "Intercept" or request.operation == Operation.DELETE:
+            return HookResult()
+        doc = request.object or {}
+        spec = _spec(doc)
+        team, env = request.team or "", request.environment or ""
+        app = await self._app(team, env, str(spec.get("app", "")))
+        self._check_ports(app, spec)
+        header = spec.get("header")
+        if header:
+            check_header(header)
+            self._check_tcp(app, spec)
+        device = await self.store.find(Key("Device", team, "", str(spec.get("device", ""))))
+        if device is None or _deleting(device):
+            raise InvalidInput(
+                f"device {spec.get('device')!r} not found in team {team}", field="spec.device"
+            )
+        if not may_use_device(request.user, device):
+            raise Forbidden(
+                f"device {spec.get('device')!r} belongs to {_spec(device).get('owner')!r}; "
+                "only its owner or a team admin may point traffic at it",
+                field="spec.device",
+            )
+        await self._check_unique(team, env, request.name, spec)
+        return HookResult()
+
+    @staticmethod
+    def _check_device_owner(request: AdmissionRequest) -> None:
+        """A member registers, changes and removes only their own devices: a device is a
+        way into the team's network, and intercepts follow its owner."""
+        user = request.user
+        if user.server_admin or authz.rank(user.role) >= authz.rank("admin"):
+            return
+        for doc in (request.old_object, request.object):
+            owner = _spec(doc).get("owner") if doc is not None else None
+            if doc is not None and owner != user.username:
+                raise Forbidden(
+                    f"device {request.name!r} belongs to {owner!r}: only its owner or a team "
+                    "admin may register, change or remove it",
+                    field="spec.owner",
+                )
+
+    async def _app(self, team: str, env: str, name: str) -> dict[str, Any]:
+        app = await self.store.find(Key("App", team, env, name))
+        if app is None or _deleting(app):
+            raise InvalidInput(
+                f"app {name!r} not found in environment {env} of team {team}", field="spec.app"
+            )
+        return app
+
+    @staticmethod
+    def _check_ports(app: dict[str, Any], spec: dict[str, Any]) -> None:
+        exposed = sorted({int(p["port"]) for p in _spec(app).get("ports") or []})
+        name = (app.get("metadata") or {}).get("name")
+        if not exposed:
+            raise InvalidInput(f"app {name!r} exposes no ports to intercept", field="spec.app")
+        for index, item in enumerate(spec.get("ports") or []):
+            if int(item["port"]) not in exposed:
+                shown = ", ".join(str(p) for p in exposed)
+                raise InvalidInput(
+                    f"app {name!r} does not expose port {item['port']} (it exposes {shown})",
+                    field=f"spec.ports[{index}].port",
+                )
+
+    @staticmethod
+    def _check_tcp(app: dict[str, Any], spec: dict[str, Any]) -> None:
+        wanted = {int(p["port"]) for p in spec.get("ports") or []}
+        tcp = {
+            int(p["port"])
+            for p in _spec(app).get("ports") or []
+            if p.get("protocol", "TCP") == "TCP" and (not wanted or int(p["port"]) in wanted)
+        }
+        if not tcp:
+            raise InvalidInput(
+                "a header can only select HTTP traffic: intercept at least one TCP port",
+                field="spec.ports",
+            )
+
+    async def _check_unique(self, team: str, env: str, name: str, spec: dict[str, Any]) -> None:
+        mine = header_key(spec.get("header"))
+        for other in (await self.store.list("Intercept", team, env)).items:
+            meta = other.get("metadata") or {}
+            theirs = _spec(other)
+            if meta.get("name") == name or _deleting(other) or theirs.get("app") != spec["app"]:
+                continue
+            if mine is None and theirs.get("header") is None:
+                raise Conflict(
+                    f"app {spec['app']!r} is already intercepted by {meta.get('name')!r} "
+                    f"(to device {theirs.get('device')!r}); stop it first or use --header",
+                    field="spec.app",
+                )
+            if mine is not None and header_key(theirs.get("header")) == mine:
+                raise Conflict(
+                    f"intercept {meta.get('name')!r} already selects {mine[0]}: {mine[1]} "
+                    f"on app {spec['app']!r}; choose another header value",
+                    field="spec.header.value",
+                )
+
+    # ---- ending and reporting --------------------------------------------------------
+
+    async def _follow(self, after: int) -> None:
+        while True:
+            try:
+                batch = await self.store.events_after(after)
+                for event in batch:
+                    after = event.seq
+                    await self.on_event(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("intercept feed: following the event log failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            if len(batch) < 500:
+                await self.store.wait_for_change(1.0)
+
+    async def on_event(self, event: Event) -> None:
+        gone = event.type == "DELETED" or _deleting(event.object)
+        if event.kind == "App" and gone:
+            await self._end(event.team, event.environment, lambda s: s.get("app") == event.name)
+        elif event.kind == "Device" and gone:
+            await self._end(event.team, None, lambda s: s.get("device") == event.name)
+        elif event.kind == "Device":
+            await self._report_device(event.team, event.name, event.object)
+        elif event.kind == "Intercept" and event.type == "ADDED":
+            device = await self.store.find(
+                Key("Device", event.team, "", str(_spec(event.object).get("device")))
+            )
+            await self._report(event.object, device)
+
+    async def _end(self, team: str, env: str | None, points_here: Any) -> None:
+        for doc in (await self.store.list("Intercept", team, env)).items:
+            if _deleting(doc) or not points_here(_spec(doc)):
+                continue
+            meta = doc["metadata"]
+            log.info(
+                "intercept/%s/%s/%s ended: its %s is gone",
+                team,
+                meta.get("environment"),
+                meta["name"],
+                "app" if env is not None else "device",
+            )
+            with contextlib.suppress(NotFound):
+                await self.store.delete(Key.of(doc))
+
+    async def _report_device(self, team: str, name: str, device: dict[str, Any]) -> None:
+        for doc in (await self.store.list("Intercept", team)).items:
+            if _spec(doc).get("device") == name and not _deleting(doc):
+                await self._report(doc, device)
+
+    async def _report(self, doc: dict[str, Any], device: dict[str, Any] | None) -> None:
+        ip = ((device or {}).get("status") or {}).get("ip")
+        spec = _spec(doc)
+        if ip:
+            status = {
+                "phase": "Active",
+                "message": f"{spec.get('app')} → device {spec.get('device')} ({ip})",
+                "deviceIP": ip,
+            }
+        else:
+            status = {
+                "phase": "Pending",
+                "message": f"waiting for device {spec.get('device')} to get a mesh address",
+            }
+        current = doc.get("status") or {}
+        if all(current.get(k) == v for k, v in status.items()):
+            return
+        with contextlib.suppress(NotFound, Conflict):
+            await self.store.update_status(Key.of(doc), {**current, **status})
+        meta = doc["metadata"]
+        log.info(
+            "intercept/%s/%s/%s phase=%s",
+            meta["team"],
+            meta.get("environment"),
+            meta["name"],
+            status["phase"],
+        )

@@ -1,0 +1,269 @@
+"""``kled intercept start|stop|list``: point an app's traffic at your own machine.
+
+``start`` creates an ``Intercept`` (the control plane checks the app, its ports, the device
+and clashes; docs/intercept.md). ``--env-file`` writes the environment the app's replicas
+see — the environment's variables, its Configs and Secrets from ``envFrom``, then
+``spec.env`` — so a local process behaves like a replica; a secret the user may not reveal
+(only owners and admins may) is left out with a warning naming it. ``-- CMD…`` runs a
+command with that environment and ends the intercept when it exits, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kled.cli.client import Client
+from kled.cli.output import align, check_format, note, out, show, warn
+from kled.cli.state import STATE, EnvOption, TeamOption
+from kled.errors import Forbidden, InvalidInput, NotFound
+
+app = typer.Typer(no_args_is_help=True)
+
+PortOption = Annotated[
+    list[str] | None,
+    typer.Option("--port", "-p", help="SVC:LOCAL (or PORT): an app port and the local port."),
+]
+HeaderOption = Annotated[
+    str | None,
+    typer.Option("--header", help="NAME=VALUE: only requests with this header (personal)."),
+]
+
+
+def parse_ports(items: list[str]) -> list[dict[str, int]]:
+    ports: list[dict[str, int]] = []
+    for item in items:
+        svc, sep, local = item.partition(":")
+        try:
+            port = {"port": int(svc), "localPort": int(local if sep else svc)}
+        except ValueError:
+            raise InvalidInput(
+                f"{item!r} is not SVC:LOCAL (two port numbers)", field="--port"
+            ) from None
+        ports.append(port)
+    return ports
+
+
+def parse_header(text: str) -> dict[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise InvalidInput(f"{text!r} is not NAME=VALUE", field="--header")
+    return {"name": name.strip(), "value": value.strip()}
+
+
+def intercept_name(app_name: str, device: str, header_value: str | None = None) -> str:
+    """``<app>-<device>[-<header value>]``, cut to a DNS label."""
+    parts = [app_name, device] + ([header_value] if header_value else [])
+    slug = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+    return re.sub(r"-+", "-", slug)[:63].rstrip("-")
+
+
+def _decode(value: str) -> str:
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return value
+
+
+def app_environment(client: Client, team: str, env: str, name: str) -> dict[str, str]:
+    """What the app's replicas see: env variables, then envFrom, then spec.env (last wins)."""
+    base = f"/api/v1/teams/{team}/environments/{env}"
+    try:
+        doc: dict[str, Any] = client.get(f"{base}/apps/{name}")
+    except NotFound:
+        raise NotFound(f"app/{name} not found in {team}/{env}: see `kled get apps`") from None
+    spec = doc.get("spec") or {}
+    environment = client.get(f"/api/v1/teams/{team}/environments/{env}")
+    result: dict[str, str] = dict((environment.get("spec") or {}).get("variables") or {})
+    for source in spec.get("envFrom") or []:
+        if source.get("config"):
+            config = client.get(f"{base}/configs/{source['config']}")
+            result.update({k: str(v) for k, v in (config.get("data") or {}).items()})
+        elif source.get("secret"):
+            try:
+                secret = client.get(f"{base}/secrets/{source['secret']}", reveal="true")
+            except Forbidden:
+                warn(
+                    f"secret/{source['secret']} not written: reading its values needs the "
+                    "admin or owner role"
+                )
+                continue
+            result.update({k: _decode(str(v)) for k, v in (secret.get("data") or {}).items()})
+    result.update({k: str(v) for k, v in (spec.get("env") or {}).items()})
+    return result
+
+
+def _quote(value: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_./:@%+,-]*", value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def write_env_file(path: Path, variables: dict[str, str]) -> None:
+    text = "".join(f"{k}={_quote(v)}\n" for k, v in sorted(variables.items()))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _run_then_stop(command: list[str], variables: dict[str, str], stop: Any) -> int:
+    """Run ``command``; whatever happens to it, end the intercept afterwards."""
+    env = {**os.environ, **variables}
+    try:
+        proc = subprocess.Popen(command, env=env)
+    except OSError as exc:
+        stop()
+        raise InvalidInput(f"cannot run {command[0]!r}: {exc.strerror}", field="CMD") from None
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                # The child got the same Ctrl-C; wait for it to finish, then clean up.
+                proc.send_signal(signal.SIGINT)
+    finally:
+        stop()
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def start(
+    ctx: typer.Context,
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="The app to intercept.")],
+    to: Annotated[str, typer.Option("--to", help="The device that receives the traffic.")],
+    port: PortOption = None,
+    header: HeaderOption = None,
+    on_device_offline: Annotated[
+        str, typer.Option("--on-device-offline", help="fallback (to the replicas) or keep.")
+    ] = "fallback",
+    env_file: Annotated[
+        Path | None, typer.Option("--env-file", help="Write the app's environment here.")
+    ] = None,
+    env: EnvOption = None,
+    team: TeamOption = None,
+) -> None:
+    """Point APP's traffic (or only requests with --header) at a device; `-- CMD` runs a
+    command with the app's environment and ends the intercept when it exits."""
+    if on_device_offline not in ("fallback", "keep"):
+        raise InvalidInput("must be fallback or keep", field="--on-device-offline")
+    command = list(ctx.args)
+    if command and command[0] == "--":
+        command = command[1:]
+    chosen_team, chosen_env = STATE.team_for(team), STATE.env_for(env)
+    match = parse_header(header) if header else None
+    name = intercept_name(app_name, to, match["value"] if match else None)
+    spec: dict[str, Any] = {
+        "app": app_name,
+        "device": to,
+        "ports": parse_ports(port or []),
+        "onDeviceOffline": on_device_offline,
+    }
+    if match:
+        spec["header"] = match
+    doc = {
+        "apiVersion": "kled.io/v1",
+        "kind": "Intercept",
+        "metadata": {"name": name, "team": chosen_team, "environment": chosen_env},
+        "spec": spec,
+    }
+    path = f"/api/v1/teams/{chosen_team}/environments/{chosen_env}/intercepts"
+    with STATE.client() as client:
+        variables = (
+            app_environment(client, chosen_team, chosen_env, app_name)
+            if env_file or command
+            else {}
+        )
+        client.post(path, doc)
+        what = f"requests with {match['name']}: {match['value']}" if match else "all traffic"
+        out(f"intercept/{name} created: {what} to app/{app_name} goes to device/{to}")
+        if env_file is not None:
+            write_env_file(env_file, variables)
+            note(f"wrote {len(variables)} variables to {env_file}")
+
+        def stop() -> None:
+            with contextlib.suppress(NotFound):
+                client.delete(f"{path}/{name}")
+            out(f"intercept/{name} deleted: app/{app_name} is served by its replicas again")
+
+        if command:
+            raise typer.Exit(_run_then_stop(command, variables, stop))
+
+
+@app.command()
+def stop(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="The intercepted app.")],
+    to: Annotated[str | None, typer.Option("--to", help="Only intercepts to this device.")] = None,
+    header: HeaderOption = None,
+    env: EnvOption = None,
+    team: TeamOption = None,
+) -> None:
+    """End the intercepts of APP (all, or those to --to DEVICE / with --header)."""
+    chosen_team, chosen_env = STATE.team_for(team), STATE.env_for(env)
+    match = parse_header(header) if header else None
+    path = f"/api/v1/teams/{chosen_team}/environments/{chosen_env}/intercepts"
+    with STATE.client() as client:
+        chosen = []
+        for doc in client.list_all(path):
+            spec = doc.get("spec") or {}
+            mine = spec.get("header") or {}
+            if spec.get("app") != app_name or (to and spec.get("device") != to):
+                continue
+            if match and (
+                str(mine.get("name", "")).lower() != match["name"].lower()
+                or str(mine.get("value", "")).strip() != match["value"]
+            ):
+                continue
+            chosen.append(doc["metadata"]["name"])
+        if not chosen:
+            raise NotFound(f"no intercept of app/{app_name} matches: see `kled intercept list`")
+        for name in chosen:
+            with contextlib.suppress(NotFound):
+                client.delete(f"{path}/{name}")
+            out(f"intercept/{name} deleted")
+
+
+@app.command("list")
+def list_intercepts(
+    output: Annotated[str, typer.Option("--output", "-o", help="table, wide, yaml or json.")] = (
+        "table"
+    ),
+    env: EnvOption = None,
+    team: TeamOption = None,
+) -> None:
+    """The intercepts of an environment."""
+    check_format(output)
+    chosen_team, chosen_env = STATE.team_for(team), STATE.env_for(env)
+    path = f"/api/v1/teams/{chosen_team}/environments/{chosen_env}/intercepts"
+    with STATE.client() as client:
+        docs = client.list_all(path)
+    if not docs and output in ("table", "wide"):
+        note(f"no intercepts in {chosen_team}/{chosen_env}")
+        return
+    if output not in ("table", "wide"):
+        out(show("Intercept", docs, output, single=False))
+        return
+    rows = [["NAME", "APP", "DEVICE", "PORTS", "HEADER", "PHASE"]]
+    for doc in docs:
+        spec, status = doc.get("spec") or {}, doc.get("status") or {}
+        ports = ",".join(f"{p['port']}:{p.get('localPort') or p['port']}" for p in spec["ports"])
+        header = spec.get("header") or {}
+        rows.append(
+            [
+                doc["metadata"]["name"],
+                str(spec.get("app")),
+                str(spec.get("device")),
+                ports or "all",
+                f"{header['name']}={header['value']}" if header else "-",
+                str(status.get("phase") or "-"),
+            ]
+        )
+    out(align(rows))
