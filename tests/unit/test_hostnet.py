@@ -127,6 +127,17 @@ def test_a_full_pod_subnet_leaves_the_extra_replica_out() -> None:
     assert len(ips) == 5
 
 
+def test_an_intercept_keeps_its_choice_for_an_offline_device() -> None:
+    snap = two_nodes()
+    snap.intercepts = [
+        InterceptInfo("acme", "dev", "g", "api", "100.65.0.7", on_device_offline="keep"),
+        InterceptInfo("acme", "dev", "p", "api", "100.65.0.8", header=("X-Dev", "ada")),
+    ]
+    svc = build_networks(snap, {}, PodAddressBook())["n1"].teams[0].services[0]
+    assert svc.intercept is not None and svc.intercept.on_device_offline == "keep"
+    assert [p.on_device_offline for p in svc.personal] == ["fallback"]
+
+
 def test_intercepts_point_the_service_at_the_device() -> None:
     snap = two_nodes()
     snap.services[0] = ServiceInfo(

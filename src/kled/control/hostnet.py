@@ -31,7 +31,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -108,6 +108,8 @@ class InterceptInfo:
     #: service port → device port; empty means every port of the app, unchanged
     port_map: tuple[tuple[int, int], ...] = ()
     header: tuple[str, str] | None = None
+    #: what the gateways do while the device is silent: fallback to the replicas, or keep
+    on_device_offline: str = "fallback"
 
 
 @dataclass
@@ -234,6 +236,7 @@ def snapshot_from_documents(
                     for p in spec.get("ports") or []
                 ),
                 header=(str(header["name"]), str(header["value"])) if header else None,
+                on_device_offline=str(spec.get("onDeviceOffline") or "fallback"),
             )
         )
     return snap
@@ -314,7 +317,11 @@ def _service(
             continue
         if icpt.header is None:
             if global_icpt is None:  # the first by name wins; the others wait their turn
-                global_icpt = Intercept(target_ip=icpt.device_ip, port_map=port_map)
+                global_icpt = Intercept(
+                    target_ip=icpt.device_ip,
+                    port_map=port_map,
+                    on_device_offline=_offline(icpt),
+                )
             continue
         tcp = {p.port for p in info.ports if p.protocol == "TCP"}
         tcp_map = {a: b for a, b in port_map.items() if a in tcp}
@@ -327,6 +334,7 @@ def _service(
                     value=icpt.header[1],
                     target_ip=icpt.device_ip,
                     port_map=tcp_map,
+                    on_device_offline=_offline(icpt),
                 )
             )
     return Service(
@@ -338,6 +346,10 @@ def _service(
         intercept=global_icpt,
         personal=tuple(personal),
     )
+
+
+def _offline(icpt: InterceptInfo) -> Literal["fallback", "keep"]:
+    return "keep" if icpt.on_device_offline == "keep" else "fallback"
 
 
 def build_networks(
