@@ -72,11 +72,12 @@ def test_start_list_stop(people: dict[str, Cli]) -> None:
     )
     assert "intercept/api-laptop-a-alice created: requests with x-dev: alice" in out
     rows = _rows(alice.ok("intercept", "list", "-e", "dev"))
-    assert rows[0] == ["NAME", "APP", "DEVICE", "PORTS", "HEADER", "PHASE"]
-    assert [r[:5] for r in rows[1:]] == [
-        ["api-laptop-a", "api", "laptop-a", "80:8080", "-"],
-        ["api-laptop-a-alice", "api", "laptop-a", "all", "x-dev=alice"],
+    assert rows[0] == ["NAME", "ENV", "APP", "DEVICE", "PORTS", "HEADER", "PHASE"]
+    assert [r[:6] for r in rows[1:]] == [
+        ["api-laptop-a", "dev", "api", "laptop-a", "80:8080", "-"],
+        ["api-laptop-a-alice", "dev", "api", "laptop-a", "all", "x-dev=alice"],
     ]
+    assert _rows(alice.ok("intercept", "list"))[1:] == rows[1:]  # every environment
     # A second global intercept, a port the app lacks, someone else's device: one-line errors.
     clash = people["carol"]("intercept", "start", "api", "-e", "dev", "--to", "laptop-c")
     assert clash.code == 1 and "already intercepted by 'api-laptop-a'" in clash.err

@@ -81,6 +81,17 @@ def route_source(address: str | None) -> str | None:
         return str(probe.getsockname()[0])
 
 
+def _reachable_endpoint(endpoint: str | None, local: str | None) -> str | None:
+    """A node that joined over loopback runs on this machine: a device that reached this
+    server at ``local`` reaches that node there too (``kled up`` plus a laptop)."""
+    if not endpoint or not local or _is_loopback(local):
+        return endpoint
+    host, _, port = endpoint.rpartition(":")
+    if not _is_loopback(host.strip("[]")):
+        return endpoint
+    return f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -340,9 +351,11 @@ class MeshServices:
             "peers": [
                 {
                     "publicKey": p.public_key,
-                    "endpoint": p.endpoint,
+                    "endpoint": _reachable_endpoint(p.endpoint, local),
                     "allowedIPs": list(p.allowed_ips),
-                    "persistentKeepalive": p.persistent_keepalive,
+                    # Keep the device's mapping open and let the gateways see it alive
+                    # (they judge a silent device offline after 15 s).
+                    "persistentKeepalive": min(p.persistent_keepalive or 5, 5),
                 }
                 for p in peers
                 if p is not None

@@ -239,19 +239,21 @@ def list_intercepts(
     env: EnvOption = None,
     team: TeamOption = None,
 ) -> None:
-    """The intercepts of an environment."""
+    """The intercepts of an environment, or of every environment of the team."""
     check_format(output)
-    chosen_team, chosen_env = STATE.team_for(team), STATE.env_for(env)
-    path = f"/api/v1/teams/{chosen_team}/environments/{chosen_env}/intercepts"
+    chosen_team, chosen_env = STATE.team_for(team), STATE.env_or_none(env)
+    path = f"/api/v1/teams/{chosen_team}/intercepts"
+    if chosen_env:
+        path = f"/api/v1/teams/{chosen_team}/environments/{chosen_env}/intercepts"
     with STATE.client() as client:
         docs = client.list_all(path)
     if not docs and output in ("table", "wide"):
-        note(f"no intercepts in {chosen_team}/{chosen_env}")
+        note(f"no intercepts in {chosen_team}/{chosen_env or '*'}")
         return
     if output not in ("table", "wide"):
         out(show("Intercept", docs, output, single=False))
         return
-    rows = [["NAME", "APP", "DEVICE", "PORTS", "HEADER", "PHASE"]]
+    rows = [["NAME", "ENV", "APP", "DEVICE", "PORTS", "HEADER", "PHASE"]]
     for doc in docs:
         spec, status = doc.get("spec") or {}, doc.get("status") or {}
         ports = ",".join(f"{p['port']}:{p.get('localPort') or p['port']}" for p in spec["ports"])
@@ -259,6 +261,7 @@ def list_intercepts(
         rows.append(
             [
                 doc["metadata"]["name"],
+                str(doc["metadata"].get("environment") or "-"),
                 str(spec.get("app")),
                 str(spec.get("device")),
                 ports or "all",

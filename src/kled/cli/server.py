@@ -40,6 +40,15 @@ DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="State, keys and the socket.", show_default=False)
 ]
 Listen = Annotated[str | None, typer.Option("--listen", help="TCP address, host:port.")]
+DnsListen = Annotated[
+    str | None,
+    typer.Option(
+        "--dns-listen",
+        help="Address of the team DNS server, host:port (0.0.0.0:53 lets laptops resolve "
+        "team names with no set-up).",
+    ),
+]
+Zone = Annotated[str | None, typer.Option("--zone", help="DNS zone of the teams' meshes.")]
 Socket = Annotated[
     Path | None, typer.Option("--socket", help="Unix socket (default <data-dir>/kled.sock).")
 ]
@@ -106,6 +115,15 @@ def setup_logging(level: str, as_json: bool) -> None:
     if level.lower() != "debug":
         # Alembic narrates every migration step at INFO; only problems matter here.
         logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def mesh_flags(dns_listen: str | None, zone: str | None) -> dict[str, Any]:
+    """The mesh's flags by their settings names; None leaves the variable or default."""
+    if dns_listen is not None:
+        _, sep, port = dns_listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise InvalidInput(f"{dns_listen!r} is not host:port", field="--dns-listen")
+    return {"dns_listen": dns_listen, "zone": zone}
 
 
 def settings_from(
@@ -259,6 +277,8 @@ def server(
     nats_tls_cert: NatsTlsCert = None,
     nats_tls_key: NatsTlsKey = None,
     nats_advertise: NatsAdvertise = None,
+    dns_listen: DnsListen = None,
+    zone: Zone = None,
 ) -> None:
     """Run the control plane (API on TCP and a Unix socket) until Ctrl-C."""
     setup_logging(log_level, log_json)
@@ -274,6 +294,7 @@ def server(
         nats_tls_key,
         nats_advertise,
     )
+    flags.update(mesh_flags(dns_listen, zone))
     settings = settings_from(data_dir, listen, socket, database, log_json, flags)
 
     def announce(plane: Any) -> None:
@@ -324,12 +345,13 @@ def up(
         str,
         typer.Option("--agent-network", help="The local agent's team meshes: auto, on or off."),
     ] = "auto",
+    dns_listen: DnsListen = None,
+    zone: Zone = None,
 ) -> None:
     """Run Kled on this machine: the server, NATS, a local agent, and a `local` context."""
     setup_logging(log_level, log_json)
-    settings = settings_from(
-        data_dir, listen, None, database, log_json, nats_flags(embedded=True, port=nats_port)
-    )
+    flags = {**nats_flags(embedded=True, port=nats_port), **mesh_flags(dns_listen, zone)}
+    settings = settings_from(data_dir, listen, None, database, log_json, flags)
     if agent_network not in ("auto", "on", "off"):
         raise InvalidInput("must be auto, on or off", field="--agent-network")
     local = LocalAgent(network=agent_network)
