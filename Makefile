@@ -11,6 +11,8 @@ APT_STAMP := .apt.installed
 APT_PACKAGES := iproute2 nftables wireguard-go wireguard-tools podman runc \
 	bind9-dnsutils dnsperf dnsmasq-base iperf3 wrk busybox-static procps
 PYTEST_WORKERS ?= 2
+# extra flags for kled up, e.g. UP_FLAGS="--listen 0.0.0.0:7080 --dns-listen 0.0.0.0:53"
+UP_FLAGS ?=
 
 .PHONY: up test lint bench deps apt venv clean help
 
@@ -55,7 +57,7 @@ test: deps lint
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
 
 up: deps
-	$(BIN)/kled up
+	$(BIN)/kled up $(UP_FLAGS)
 
 bench: deps
 	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
