@@ -1,4 +1,14 @@
-"""Intercepts under load: what the header router costs plain traffic (issue 5, "Measure").
+"""Intercepts under load: how fast they switch, and what the header router costs plain
+traffic (issue 5, "Measure").
+
+Switch latency (``switch_latency``): the full stack of tests/e2e/agentlab.py: the control
+plane, two agents on namespace hosts, a laptop host joined with ``kled device join``, an app
+``api`` with one replica on node1 and a caller pod on node2 that asks the app's service IP in
+a tight loop, one fresh connection per request, logging when each answer came and from whom
+(on CLOCK_MONOTONIC, which every namespace shares). For each switch: from ``kled intercept
+start`` returning to the first answer from the laptop's process (``to_device``), and from
+``kled intercept stop`` returning to the first answer from the replica (``to_replica``);
+p50/p99 over 20 switches (5 with ``--quick``), with how long the CLI itself took.
 
 Personal-intercept routing: one host made of network namespaces, with a real team gateway
 (namespace, bridge, nft rules, header router) and three pods on its bridge: a replica, a
@@ -19,7 +29,7 @@ single connection (``one_connection``: the latency one caller feels, and the p50
 adds to it). All of it shares this machine's cores with ``wrk`` and the
 responder, so the ratios, not the absolute figures, are what carries over.
 
-Needs root, ``ip``, ``nft``, ``wireguard-go``, ``wg`` and ``wrk``.
+Needs root, ``ip``, ``nft``, ``wireguard-go``, ``wg``, ``wrk`` and ``curl``.
 
     python bench/intercept.py [--quick]
 """
@@ -30,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -38,14 +49,25 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+# The agent lab of the end-to-end tests (and the servers fixture it builds on).
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from kled.agent.net import gateway, pods
-from kled.resources.netstate import PersonalIntercept, Service, ServicePort, TeamNetwork
+from kled.agent.net import gateway, pods  # noqa: E402 - after the path set-up
+from kled.resources.netstate import (  # noqa: E402
+    PersonalIntercept,
+    Service,
+    ServicePort,
+    TeamNetwork,
+)
 
 TEAM = "bench"
 SVC_IP = "100.90.1.10"
@@ -248,17 +270,167 @@ async def bench_personal_routing(seconds: int, rounds: int = 3) -> dict[str, Any
     return results
 
 
-#: One entry per measurement of issue 5. The switch latency (`kled intercept start` returning
-#: → first request served by the device, and back on stop) joins here once the control plane
-#: drives intercepts end to end.
-SECTIONS: dict[str, Callable[[int], Coroutine[Any, Any, dict[str, Any]]]] = {
-    "personal_routing": bench_personal_routing,
+# ---- switch latency (the full stack) ---------------------------------------------
+
+#: the caller's loop, run in its pod: one request per fresh connection (conntrack keeps an
+#: established connection where it was DNATed), each answer logged with its arrival time
+CALLER = """
+import socket, sys, time
+ip, port = sys.argv[1], int(sys.argv[2])
+print("ready", flush=True)
+while True:
+    try:
+        with socket.create_connection((ip, port), timeout=0.5) as s:
+            s.sendall(b"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        answer = data.split(b"\\r\\n\\r\\n", 1)[-1].decode(errors="replace") or "!empty"
+    except OSError as exc:
+        answer = "!" + type(exc).__name__
+        time.sleep(0.005)
+    print(f"{time.monotonic():.6f} {answer}", flush=True)
+"""
+
+
+class Answers:
+    """The caller's log, read as it comes: (monotonic time, who answered)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._lines: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            stamp, _, answer = line.strip().partition(" ")
+            with self._cond:
+                self._lines.append((float(stamp), answer))
+                self._cond.notify_all()
+
+    def first_after(self, since: float, prefix: str, timeout: float = 60.0) -> float:
+        """When the first answer from ``prefix`` at or after ``since`` came."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            seen = 0
+            while True:
+                for at, answer in self._lines[seen:]:
+                    if at >= since and answer.startswith(prefix):
+                        return at
+                seen = len(self._lines)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    last = self._lines[-3:]
+                    raise RuntimeError(f"no answer from {prefix!r} in {timeout}s (last: {last})")
+                self._cond.wait(left)
+
+
+def _pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (of 20 values, p99 is the slowest)."""
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(p * len(ordered)) - 1)] * 1000, 1)
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {"p50_ms": _pct(values, 0.50), "p99_ms": _pct(values, 0.99),
+            "max_ms": _pct(values, 1.0), "min_ms": _pct(sorted(values)[:1], 1.0)}  # fmt: skip
+
+
+def switch_run(switches: int) -> dict[str, Any]:
+    from agentlab import IDLE_CMD, eventually, lab_mesh, laptop_kled, serve_cmd
+
+    from kled.agent.net import device
+
+    with tempfile.TemporaryDirectory(prefix="kled-bench-switch-") as tmp:
+        root = Path(tmp)
+        # Hosts 1 and 2 run agents, host 3 is the laptop; everything goes with the lab.
+        with lab_mesh(root, 3, "benchswitch") as mesh:
+            try:
+                return _switches(mesh, root, switches, IDLE_CMD, serve_cmd(), eventually,
+                                 laptop_kled, device.device_ifname("a", "laptop"))  # fmt: skip
+            except BaseException:
+                print(mesh.dump_logs(), file=sys.stderr)
+                raise
+
+
+def _switches(
+    mesh: Any, root: Path, switches: int, idle: list[str], serve_cmd: list[str],
+    eventually: Any, laptop_kled: Any, ifname: str,
+) -> dict[str, Any]:  # fmt: skip
+    for i in (1, 2):
+        mesh.start_agent(i)
+    mesh.team("a", "100.90.0.0/16")
+    token = mesh.user_token("a", "alice")
+    ports = [{"port": 80, "targetPort": 8080}]
+    mesh.app("a", "api", {"command": serve_cmd, "ports": ports,
+                          "nodeSelector": {"lab.kled.io/node": "node1"}})  # fmt: skip
+    mesh.app("a", "client", {"command": idle, "nodeSelector": {"lab.kled.io/node": "node2"}})
+    service_ip = eventually(lambda: mesh.get_app("a", "api")["status"]["ip"], "api service IP")
+    caller = mesh.pod_ns(2, "a", "a.dev.client.0")
+    eventually(
+        lambda: all(a.startswith("api-") for a in mesh.ask(caller, service_ip, 80, count=2)),
+        "the replica answering the caller",
+    )
+    home = root / "laptop"
+    mesh.lab.ifnames.add(ifname)
+    joined = laptop_kled(mesh, home, token, "device", "join", "laptop", host=3)
+    if joined.returncode != 0:
+        raise RuntimeError(f"kled device join: {joined.stderr}")
+    laptop_ip = mesh.api("GET", "/api/v1/teams/a/devices/laptop")["status"]["ip"]
+    mesh.lab.serve(mesh.lab.host(3), "laptop", 7070, 7071, bind=laptop_ip)
+    answers = Answers(
+        mesh.lab.spawn(caller, sys.executable, "-c", CALLER, service_ip, "80", ready="ready")
+    )
+    start = ["intercept", "start", "api", "-e", "dev", "--to", "laptop", "--port", "80:7070"]
+    stop = ["intercept", "stop", "api", "-e", "dev"]
+    to_device: list[float] = []
+    to_replica: list[float] = []
+    cli: list[float] = []
+    for _ in range(switches):
+        for argv, where, into in ((start, "laptop", to_device), (stop, "api-", to_replica)):
+            began = time.monotonic()
+            done = laptop_kled(mesh, home, token, *argv, host=3)
+            returned = time.monotonic()
+            if done.returncode != 0:
+                raise RuntimeError(f"kled {' '.join(argv)}: {done.stderr}")
+            cli.append(returned - began)
+            into.append(answers.first_after(returned, where) - returned)
+    return {
+        "to_device": _summary(to_device),
+        "to_replica": _summary(to_replica),
+        "cli_command": _summary(cli),
+        "setup": {
+            "switches": switches,
+            "path": "caller pod on node2 → service IP → node2's team gateway → WireGuard → "
+            "laptop (intercepted) or node1's replica",
+            "caller": "one TCP connection per request, back to back",
+            "load_average_1m": round(os.getloadavg()[0], 2),
+            "cpus": os.cpu_count(),
+        },
+    }
+
+
+async def bench_switch_latency(quick: bool) -> dict[str, Any]:
+    return await asyncio.to_thread(switch_run, 5 if quick else 20)
+
+
+async def bench_personal(quick: bool) -> dict[str, Any]:
+    return await bench_personal_routing(2 if quick else 5)
+
+
+#: One entry per measurement of issue 5.
+SECTIONS: dict[str, Callable[[bool], Coroutine[Any, Any, dict[str, Any]]]] = {
+    "switch_latency": bench_switch_latency,
+    "personal_routing": bench_personal,
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="2 s per wrk run instead of 5 s")
+    parser.add_argument(
+        "--quick", action="store_true", help="5 switches instead of 20; 2 s per wrk run, not 5 s"
+    )
     parser.add_argument("--serve", nargs=2, metavar=("NAME", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -267,12 +439,12 @@ def main() -> int:
     if os.geteuid() != 0:
         print(json.dumps({"skipped": "needs root for network namespaces"}))
         return 0
-    missing = [t for t in ("ip", "nft", "wg", "wireguard-go", "wrk", "curl") if not shutil.which(t)]
+    tools = ("ip", "nft", "wg", "wireguard-go", "wrk", "curl", "nsenter")
+    missing = [t for t in tools if not shutil.which(t)]
     if missing:
         print(json.dumps({"skipped": f"needs {', '.join(missing)}"}))
         return 0
-    seconds = 2 if args.quick else 5
-    report = {name: asyncio.run(run(seconds)) for name, run in SECTIONS.items()}
+    report = {name: asyncio.run(run(args.quick)) for name, run in SECTIONS.items()}
     print(json.dumps(report, indent=2))
     return 0
 

@@ -188,7 +188,8 @@ class MeshKeeper:
         return pod is not None and pod.ip == spec.pod_ip and os.path.exists(spec.pod_netns)
 
     async def reports(self) -> dict[str, TeamMeshReport]:
-        """Key and port of each ready gateway, with its peers' latest handshakes."""
+        """Key and port of each ready gateway, with its peers' latest handshakes and the
+        intercepts it is falling back on."""
         report = self._report
         if report is None:
             return {}
@@ -206,6 +207,9 @@ class MeshKeeper:
                     if p.latest_handshake is not None
                 }
             out[team] = TeamMeshReport(
-                public_key=gw.public_key, listen_port=gw.listen_port, handshakes=handshakes
+                public_key=gw.public_key,
+                listen_port=gw.listen_port,
+                handshakes=handshakes,
+                fallback=sorted(self._fallen.get(team, [])),
             )
         return out

@@ -15,8 +15,11 @@ It also owns an intercept's end and its status. Deleting an environment already 
 what it holds (the service layer's cascade); deleting an app or a device is followed here,
 from the store's event log, by deleting the intercepts that point at it. The same task
 writes ``status.phase``: ``Pending`` until the device has a mesh IP, ``Active`` once the
-gateways are told; ``Fallback`` is the gateways' own local decision (device offline, see
-``agent/net/gateway.py``) and is reported by them.
+gateways are told, and ``Fallback`` while any gateway reports that it sends the intercept's
+traffic back to the replicas. Falling back is each gateway's own local decision (the device
+missed its WireGuard handshakes, ``agent/net/liveness.py``), so it keeps working with the
+control plane down; the gateways list what they fall back on in their heartbeats
+(``Node.status.mesh.<team>.fallback``), and this module only shows it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -69,6 +74,37 @@ def check_header(header: dict[str, Any]) -> None:
         raise InvalidInput(f"header {where}: {message}", field=f"spec.header.{where}") from None
 
 
+#: how a gateway names an intercept it falls back on: ``env/app→ip`` (global) or
+#: ``env/app[header=value]→ip`` (personal), as ``agent/net/liveness.fallen_back`` writes it
+_FALLBACK = re.compile(
+    r"^(?P<env>[^/]+)/(?P<app>[^\[→]+)(?:\[(?P<h>[^=]*)=(?P<v>.*)\])?→(?P<ip>.+)$"
+)
+
+
+def fallback_key(item: str) -> tuple[str, str, tuple[str, str] | None, str] | None:
+    """(env, app, header key or None, device IP) of a gateway's fallback entry."""
+    m = _FALLBACK.match(item)
+    if m is None:
+        return None
+    header = None if m["h"] is None else header_key({"name": m["h"], "value": m["v"]})
+    return m["env"], m["app"], header, m["ip"]
+
+
+def falling_back_at(
+    doc: dict[str, Any], device_ip: str, reports: Mapping[str, Mapping[str, frozenset[str]]]
+) -> list[str]:
+    """The nodes whose gateway falls back on this Intercept (``reports``: node → team →
+    the entries its heartbeat listed)."""
+    meta = doc.get("metadata") or {}
+    spec = _spec(doc)
+    mine = (meta.get("environment"), spec.get("app"), header_key(spec.get("header")), device_ip)
+    return sorted(
+        node
+        for node, teams in reports.items()
+        if any(fallback_key(item) == mine for item in teams.get(str(meta.get("team")), ()))
+    )
+
+
 def may_use_device(user: UserInfo, device: dict[str, Any]) -> bool:
     """Only the device's owner, a team admin or owner, or the server admin."""
     if user.server_admin or authz.rank(user.role) >= authz.rank("admin"):
@@ -83,6 +119,8 @@ class InterceptServices:
         self.service = svc
         self.store: Store = svc.store
         self._task: asyncio.Task[None] | None = None
+        #: node → team → what its gateway there falls back on (from Node.status.mesh)
+        self._fallback: dict[str, dict[str, frozenset[str]]] = {}
 
     async def start(self) -> None:
         self.service.chain.add_validating(self.admit)
@@ -224,6 +262,8 @@ class InterceptServices:
             await self._end(event.team, None, lambda s: s.get("device") == event.name)
         elif event.kind == "Device":
             await self._report_device(event.team, event.name, event.object)
+        elif event.kind == "Node":
+            await self._node_fallback(event.name, None if gone else event.object)
         elif event.kind == "Intercept" and event.type == "ADDED":
             device = await self.store.find(
                 Key("Device", event.team, "", str(_spec(event.object).get("device")))
@@ -250,10 +290,48 @@ class InterceptServices:
             if _spec(doc).get("device") == name and not _deleting(doc):
                 await self._report(doc, device)
 
+    async def _node_fallback(self, node: str, doc: dict[str, Any] | None) -> None:
+        """Take a node's fallback report; re-judge the intercepts of the teams it changed."""
+        mesh = ((doc or {}).get("status") or {}).get("mesh") or {}
+        now = {
+            team: frozenset(str(i) for i in entry.get("fallback") or [])
+            for team, entry in mesh.items()
+            if isinstance(entry, dict) and entry.get("fallback")
+        }
+        if doc is not None and node not in self._fallback:
+            # First word from this node since we started: a Fallback shown before a restart
+            # of the control plane may have ended meanwhile, so look at all its teams.
+            changed = set(mesh)
+        else:
+            before = self._fallback.get(node, {})
+            changed = {t for t in set(before) | set(now) if before.get(t) != now.get(t)}
+        if doc is None:
+            self._fallback.pop(node, None)
+        else:
+            self._fallback[node] = now
+        for team in sorted(changed):
+            for intercept in (await self.store.list("Intercept", team)).items:
+                if _deleting(intercept):
+                    continue
+                device = await self.store.find(
+                    Key("Device", team, "", str(_spec(intercept).get("device")))
+                )
+                await self._report(intercept, device)
+
     async def _report(self, doc: dict[str, Any], device: dict[str, Any] | None) -> None:
         ip = ((device or {}).get("status") or {}).get("ip")
         spec = _spec(doc)
-        if ip:
+        nodes = falling_back_at(doc, str(ip), self._fallback) if ip else []
+        if nodes:
+            status = {
+                "phase": "Fallback",
+                "message": (
+                    f"device {spec.get('device')} silent (no WireGuard handshake) at the "
+                    f"gateway of {', '.join(nodes)}; traffic goes to the replicas"
+                ),
+                "deviceIP": ip,
+            }
+        elif ip:
             status = {
                 "phase": "Active",
                 "message": f"{spec.get('app')} → device {spec.get('device')} ({ip})",

@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.markup import escape
 
 from kled.errors import InvalidInput
 from kled.resources.registry import API_VERSION, Scope, kind_info
+
+if TYPE_CHECKING:
+    from kled.cli.client import Client
 
 FORMATS = ("table", "wide", "yaml", "json", "name")
 
@@ -372,6 +375,42 @@ def _events(events: Any) -> list[str]:
                 )
         lines += ["  " + line for line in align(rows).splitlines()]
     return lines
+
+
+def intercepts_section(app: str, intercepts: Sequence[dict[str, Any]]) -> str:
+    """The ``Intercepts:`` part of ``kled describe app``: who takes the app's traffic, where
+    to, for which ports and header, and whether it flows there now (``Fallback``: the
+    device is silent and the replicas answer)."""
+    rows: list[Row] = [["NAME", "DEVICE", "PORTS", "HEADER", "PHASE"]]
+    for doc in sorted(intercepts, key=lambda d: str(_meta(d, "name"))):
+        spec = doc.get("spec") or {}
+        if spec.get("app") != app or (doc.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        ports = ",".join(
+            f"{p.get('port')}:{p.get('localPort') or p.get('port')}"
+            for p in spec.get("ports") or []
+            if isinstance(p, dict)
+        )
+        header = spec.get("header") or {}
+        rows.append(
+            [
+                str(_meta(doc, "name")),
+                _text(spec.get("device")),
+                ports or "all",
+                f"{header.get('name')}={header.get('value')}" if header else "-",
+                _text((doc.get("status") or {}).get("phase")),
+            ]
+        )
+    if len(rows) == 1:
+        return "Intercepts:  <none>"
+    return "\n".join(["Intercepts:", *("  " + line for line in align(rows).splitlines())])
+
+
+def app_intercepts_section(client: Client, doc: dict[str, Any]) -> str:
+    """``intercepts_section`` for an App document, read from its environment."""
+    meta = doc.get("metadata") or {}
+    path = f"/api/v1/teams/{meta.get('team')}/environments/{meta.get('environment')}/intercepts"
+    return intercepts_section(str(meta.get("name")), client.list_all(path))
 
 
 def describe_node(doc: dict[str, Any], placed: Sequence[dict[str, Any]]) -> str:

@@ -247,6 +247,10 @@ def describe_cmd(
     with STATE.client() as client:
         doc = fetch(client, info, name, team, env)
         out(describe(doc))
+        if info.kind == "App":
+            from kled.cli.output import app_intercepts_section
+
+            out(app_intercepts_section(client, doc))
         if info.kind == "Policy":
             from kled.cli.policy import violations_section
 

@@ -92,7 +92,8 @@ def merge_mesh_reports(status: dict[str, Any], hb: NodeHeartbeat) -> None:
     same entries. A team the agent stops reporting keeps its last key (the agent keeps the
     key file, so the key is still the node's); the mesh controller drops the entry when the
     node leaves the team. Only entries the mesh controller made are filled: a late heartbeat
-    must not bring back a team the node has just left.
+    must not bring back a team the node has just left. ``fallback`` lists the intercepts the
+    node's gateway is falling back on (see ``api/intercepts.py``).
     """
     mesh = status.get("mesh") or {}
     for team, report in sorted(hb.mesh.items()):
@@ -103,6 +104,12 @@ def merge_mesh_reports(status: dict[str, Any], hb: NodeHeartbeat) -> None:
             entry["publicKey"] = report.public_key
         if entry.get("listenPort") != report.listen_port:
             entry["listenPort"] = report.listen_port
+        # Intercepts this gateway sends back to the replicas (their device is silent);
+        # absent when none, so that a quiet node's status does not churn.
+        if report.fallback:
+            entry["fallback"] = sorted(report.fallback)
+        else:
+            entry.pop("fallback", None)
 
 
 def mark_not_ready(status: Mapping[str, Any], silent_for: float, now: datetime) -> dict[str, Any]:

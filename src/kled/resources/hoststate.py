@@ -167,6 +167,10 @@ class TeamMeshReport(_Model):
     listen_port: int = Field(ge=1, le=65535)
     #: peer public key → its latest handshake, for peers that ever completed one
     handshakes: dict[str, datetime] = Field(default_factory=dict)
+    #: intercepts this gateway sends to the replicas because their device is silent, as
+    #: ``env/app→ip`` (global) or ``env/app[header=value]→ip`` (personal); the control
+    #: plane shows them as the Intercepts' ``Fallback`` phase
+    fallback: list[str] = Field(default_factory=list)
 
 
 class NodeHeartbeat(_Model):
