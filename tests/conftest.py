@@ -1,7 +1,15 @@
-"""Fixtures shared by every suite: real databases and a real control plane."""
+"""Fixtures shared by every suite: real databases and a real control plane.
+
+Starting a control plane costs seconds (migrations, the policy worker processes, the DNS
+server), so a module whose tests keep to their own teams shares one per database
+(``shared_server``, with ``unique_team`` for names); a test that needs a server of its own
+(a restart, settings of its own) uses ``server``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +29,35 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         pytest.skip(why)
     with postgres_database() as url:
         yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def shared_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """One control plane per module and database; its tests must use distinct team names."""
+    data = tmp_path_factory.mktemp("server") / "data"
+    with contextlib.ExitStack() as stack:
+        url: str | None = None
+        if request.param == "postgres":
+            why = postgres_available()
+            if why:
+                pytest.skip(why)
+            url = stack.enter_context(postgres_database())
+        running = RunningServer(data, url).start()
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+_team_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def unique_team() -> str:
+    """A team name no other test of this process uses, for tests on a shared server."""
+    return f"t{next(_team_numbers)}"
 
 
 @pytest.fixture

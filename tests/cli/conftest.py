@@ -2,11 +2,13 @@
 
 One in-process server (tests/servers.py) serves a whole test module; each test gets its
 own CLI config (``KLED_CONFIG`` in its tmp_path) and uses its own team names, so tests do
-not see each other's state.
+not see each other's state. The administrator logs in once per module (a ``kled`` process
+costs about half a second); each test starts from its own copy of that config.
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +33,18 @@ def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def admin_config(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The config ``kled login`` writes for the administrator of the module's server."""
+    login = Cli(tmp_path_factory.mktemp("admin-login"))
+    login.ok("login", "--server", server.url, "--token", server.admin_token, "--name", "admin")
+    return login.config
+
+
 @pytest.fixture
-def admin(cli: Cli, server: RunningServer) -> Cli:
-    """A CLI logged in over TCP as the server administrator."""
-    cli.ok("login", "--server", server.url, "--token", server.admin_token, "--name", "admin")
+def admin(cli: Cli, admin_config: Path) -> Cli:
+    """A CLI logged in over TCP as the server administrator (a copy of one login: mode kept)."""
+    shutil.copy2(admin_config, cli.config)
     return cli
 
 

@@ -368,7 +368,9 @@ def test_host_networks_follow_the_mesh_and_pod_ips_land_in_app_status(
     [svc] = team.services
     assert svc.ip == app_ip
     [pod] = net.pods
-    assert svc.backends == (pod.ip,)
+    # The pod has its address, but serves only once an agent reports it Running (as ready
+    # endpoints in Kubernetes); no agent runs here (tests/unit/test_hostnet.py has the rest).
+    assert pod.replica_id == "acme.dev.api.0" and svc.backends == ()
     # What the Message Office would carry to node n1: its replicas with this network.
     sent = eventually(lambda: sink.sent.get("n1") if sink.sent["n1"].network else None, "n1")
     assert sent.network == net and [r.app for r in sent.replicas] == ["api"]

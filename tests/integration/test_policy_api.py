@@ -2,7 +2,9 @@
 control plane with a real database (SQLite and PostgreSQL) and real worker processes.
 
 Every test makes its own team(s) with a ``dev`` environment and talks HTTP to the server,
-as ``kled`` and the web UI do.
+as ``kled`` and the web UI do. One server per database serves the module: each test's teams
+are named afresh (``TEAM`` and ``OTHER``, set before each test), so no test sees another's
+policies, resources or violations.
 """
 
 from __future__ import annotations
@@ -18,10 +20,24 @@ from test_api import make_user
 
 from servers import RunningServer
 
+#: this test's team and a second one; renamed before each test by ``fresh_teams``
 TEAM = "acme"
+OTHER = "other"
 
 
-def make_team(server: RunningServer, team: str = TEAM, *envs: str) -> None:
+@pytest.fixture
+def server(shared_server: RunningServer) -> RunningServer:
+    return shared_server
+
+
+@pytest.fixture(autouse=True)
+def fresh_teams(unique_team: str) -> None:
+    global TEAM, OTHER
+    TEAM, OTHER = unique_team, f"{unique_team}-other"
+
+
+def make_team(server: RunningServer, team: str | None = None, *envs: str) -> None:
+    team = team or TEAM
     with server.client() as admin:
         r = admin.post("/api/v1/teams", json={"metadata": {"name": team}})
         assert r.status_code == 201, r.text
@@ -30,7 +46,8 @@ def make_team(server: RunningServer, team: str = TEAM, *envs: str) -> None:
             assert r.status_code == 201, r.text
 
 
-def policy(name: str, javascript: str, team: str = TEAM, **spec: Any) -> dict[str, Any]:
+def policy(name: str, javascript: str, team: str | None = None, **spec: Any) -> dict[str, Any]:
+    team = team or TEAM
     return {
         "apiVersion": "kled.io/v1",
         "kind": "Policy",
@@ -42,7 +59,7 @@ def policy(name: str, javascript: str, team: str = TEAM, **spec: Any) -> dict[st
 def app(
     name: str,
     *,
-    team: str = TEAM,
+    team: str | None = None,
     env: str = "dev",
     labels: dict[str, str] | None = None,
     replicas: int = 1,
@@ -50,7 +67,12 @@ def app(
     return {
         "apiVersion": "kled.io/v1",
         "kind": "App",
-        "metadata": {"name": name, "team": team, "environment": env, "labels": labels or {}},
+        "metadata": {
+            "name": name,
+            "team": team or TEAM,
+            "environment": env,
+            "labels": labels or {},
+        },
         "spec": {"command": ["sleep", "60"], "replicas": replicas},
     }
 
@@ -66,8 +88,8 @@ def applied(c: httpx.Client, doc: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def violations(c: httpx.Client, team: str = TEAM, **params: Any) -> list[dict[str, Any]]:
-    r = c.get(f"/api/v1/teams/{team}/violations", params=params)
+def violations(c: httpx.Client, team: str | None = None, **params: Any) -> list[dict[str, Any]]:
+    r = c.get(f"/api/v1/teams/{team or TEAM}/violations", params=params)
     assert r.status_code == 200, r.text
     assert r.json()["kind"] == "ViolationList"
     items: list[dict[str, Any]] = r.json()["items"]
@@ -192,6 +214,7 @@ def test_mutations_are_stored_in_priority_order_before_validation(server: Runnin
 # --- failures: time, memory, syntax --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_failure_policy_on_an_infinite_loop_and_a_huge_allocation(server: RunningServer) -> None:
     make_team(server, TEAM, "loop", "hog", "loop-ignored", "hog-ignored")
     spin = "while (true) {}"
@@ -245,7 +268,7 @@ def test_a_syntax_error_is_refused_at_apply_with_line_and_column(server: Running
 
 def test_get_and_list_see_the_team_and_not_another_team(server: RunningServer) -> None:
     make_team(server, TEAM)
-    make_team(server, "other")
+    make_team(server, OTHER)
     script = """
     const db = get("Config", "kled.io/v1", "dev/db");
     const apps = list("App", "kled.io/v1", {namespace: "dev"});
@@ -253,7 +276,7 @@ def test_get_and_list_see_the_team_and_not_another_team(server: RunningServer) -
     deny(`db=${db ? db.data.url : "none"} apps=${names}`);
     """
     with server.client() as c:
-        for team, url in ((TEAM, "mine"), ("other", "theirs")):
+        for team, url in ((TEAM, "mine"), (OTHER, "theirs")):
             cfg = {
                 "kind": "Config",
                 "metadata": {"name": "db", "team": team, "environment": "dev"},
@@ -261,7 +284,7 @@ def test_get_and_list_see_the_team_and_not_another_team(server: RunningServer) -
             }
             applied(c, cfg)
         applied(c, app("ours"))
-        applied(c, app("theirs", team="other"))
+        applied(c, app("theirs", team=OTHER))
         applied(c, policy("peek", script, operations=["CREATE"]))
         r = apply(c, app("new"))
         assert r.status_code == 403
@@ -273,16 +296,16 @@ def test_user_info_names_who_asks(server: RunningServer) -> None:
     mia = make_user(server, TEAM, "mia", "member")
     script = """
     const u = request.userInfo;
-    if (!u.groups.includes("kled:team:acme:owner")) {
+    if (!u.groups.includes("kled:team:TEAM:owner")) {
       deny(`${u.username} (${u.groups.join(" ")}) may not create apps`);
     }
-    """
+    """.replace("TEAM", TEAM)
     with server.client() as c:
         applied(c, policy("owners-only", script))
     with server.client(mia) as c:
         r = apply(c, app("api"))
         assert r.status_code == 403
-        assert "mia (kled:team:acme:member) may not create apps" in r.json()["message"]
+        assert f"mia (kled:team:{TEAM}:member) may not create apps" in r.json()["message"]
     with server.client() as c:
         assert [v["user"] for v in violations(c)] == ["mia"]
 
@@ -326,16 +349,17 @@ def test_a_controller_policy_rechecks_existing_and_changed_resources(
         assert first["user"] == "kled:policy-controller"
 
 
+@pytest.mark.slow
 def test_reports_filter_by_policy_and_stay_bounded(server: RunningServer) -> None:
     make_team(server)
-    make_team(server, "other")
+    make_team(server, OTHER)
     with server.client() as c:
         applied(c, policy("always", "deny('no ' + request.name)"))
         applied(c, policy("never", "allow()"))
-        applied(c, policy("always", "deny('nope')", team="other"))
+        applied(c, policy("always", "deny('nope')", team=OTHER))
         for n in range(105):
             assert apply(c, app(f"a{n}")).status_code == 403
-        assert apply(c, app("x", team="other")).status_code == 403
+        assert apply(c, app("x", team=OTHER)).status_code == 403
         everything = violations(c, limit=1000)
         assert len(everything) == 100  # each policy keeps its newest 100
         assert everything[0]["message"] == "no a104"
@@ -347,15 +371,15 @@ def test_reports_filter_by_policy_and_stay_bounded(server: RunningServer) -> Non
         assert violations(c, policy="never") == []
         report = c.get(f"/api/v1/teams/{TEAM}/policies/always/report", params={"limit": 3})
         assert [v["name"] for v in report.json()["items"]] == ["a104", "a103", "a102"]
-        assert [v["message"] for v in violations(c, "other")] == ["nope"]
+        assert [v["message"] for v in violations(c, OTHER)] == ["nope"]
         missing = c.get(f"/api/v1/teams/{TEAM}/policies/nope/report")
         assert missing.status_code == 404
 
 
 def test_other_teams_cannot_read_the_report(server: RunningServer) -> None:
     make_team(server)
-    make_team(server, "other")
-    stranger = make_user(server, "other", "sam", "owner")
+    make_team(server, OTHER)
+    stranger = make_user(server, OTHER, "sam", "owner")
     viewer = make_user(server, TEAM, "vic", "viewer")
     with server.client() as c:
         applied(c, policy("always", "deny('no')"))
@@ -384,6 +408,7 @@ def test_metrics_count_policy_runs(server: RunningServer) -> None:
 # --- a runaway policy under load -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "runaway",
     ["while (true) {}", "const a = []; for (;;) a.push('y'.repeat(65536) + a.length);"],
