@@ -10,6 +10,7 @@ control plane runs on host 3 (``agentlab.lab_mesh``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,19 @@ def test_intercept_to_a_joined_laptop_and_back(mesh: Mesh, tmp_path: Path) -> No
         sh("ip", "-n", mesh.lab.host(2), "link", "set", "eth0", "up")
         assert eventually(lambda: phase() == "Active", "the intercept Active again")
         assert eventually(lambda: lands("laptop"), "the laptop answering again")
+
+        # The agent dies (kill -9) mid-intercept: traffic keeps going where it was
+        # pointed, and the restarted agent keeps it there.
+        def beat() -> str:
+            return str(mesh.node("node1").get("status", {}).get("lastHeartbeat"))
+
+        mesh.kill_agent("node1")
+        before = beat()
+        assert lands("laptop"), "traffic moved while node1's agent was down"
+        mesh.start_agent(1)
+        eventually(lambda: beat() != before, "a heartbeat of node1's new agent")
+        time.sleep(6)  # past its first full network pass (every 5 s)
+        assert all(lands("laptop") for _ in range(3)), "the restarted agent moved traffic"
 
         stopped = laptop_kled(mesh, home, token, "intercept", "stop", "api", "-e", "dev")
         assert stopped.returncode == 0, stopped.stderr
