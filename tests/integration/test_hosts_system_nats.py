@@ -30,7 +30,10 @@ def _nats_up() -> bool:
         return s.connect_ex(SYSTEM_NATS) == 0
 
 
-@pytest.fixture(scope="module")
+# Session scope, not module: xdist may run other modules' tests between these on the
+# same worker, and pytest tears a module fixture down when the module changes; these
+# tests build on one another's state, so their hosts must outlive such interleaving.
+@pytest.fixture(scope="session")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     if not _nats_up():
         pytest.skip("no NATS server at 127.0.0.1:4222")
