@@ -21,7 +21,7 @@ from netlab import sh
 
 from kled.agent.net import device
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("netns")]
 
 TEAM_A_BLOCK = "100.90.0.0/16"
 

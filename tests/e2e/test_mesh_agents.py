@@ -26,7 +26,7 @@ import pytest
 from agentlab import IDLE_CMD, Mesh, eventually, lab_mesh, serve_cmd
 from netlab import sh
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("netns")]
 
 TEAM_A_BLOCK = "100.90.0.0/16"
 TEAM_B_BLOCK = "100.91.0.0/16"

@@ -22,7 +22,7 @@ import pytest
 from hostkit import Hosts, app_doc, eventually, marker, processes, sleepers
 
 # in order, on one worker: each test starts from the state the previous one left
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hosts")]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("hosts")]
 
 TEAM = f"hosts-{random.randint(10**5, 10**6)}"  # runs side by side share this host
 WEB = marker()

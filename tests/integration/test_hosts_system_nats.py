@@ -15,7 +15,7 @@ import pytest
 from hostkit import Hosts, app_doc, eventually, marker, sleepers
 
 # in order, on one worker: each test starts from the state the previous one left
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hosts-system-nats")]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("hosts-system-nats")]
 
 SYSTEM_NATS = ("127.0.0.1", 4222)
 RUN = random.randint(10**5, 10**6)
