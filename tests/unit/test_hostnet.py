@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from kled.control.hostnet import (
-    DEVICE_KEEPALIVE,
     HostStateComposer,
     InterceptInfo,
     MeshSnapshot,
@@ -21,10 +20,8 @@ from kled.control.hostnet import (
     pod_ips_by_app,
     snapshot_from_documents,
 )
-from kled.control.netmap import Netmap, Peer
 from kled.resources.hoststate import HostDesiredState, ReplicaSpec
 from kled.resources.netstate import HostNetwork, ServicePort
-from kled.resources.netstate import Peer as WgPeer
 
 
 def key(n: int) -> str:
@@ -41,8 +38,6 @@ def two_nodes() -> MeshSnapshot:
     snap.teams["acme"] = TeamInfo("acme", "100.65.0.0/16")
     snap.nodes[("acme", "n1")] = NodeAddresses("100.65.0.1", "100.65.8.0/24")
     snap.nodes[("acme", "n2")] = NodeAddresses("100.65.0.2", "100.65.9.0/24")
-    snap.peers[("acme", "n1")] = (WgPeer(public_key=key(2), allowed_ips=("100.65.0.2/32",)),)
-    snap.peers[("acme", "n2")] = (WgPeer(public_key=key(1), allowed_ips=("100.65.0.1/32",)),)
     snap.services.append(
         ServiceInfo("acme", "dev", "api", "100.65.4.1", (ServicePort(port=80, target_port=8080),))
     )
@@ -59,7 +54,7 @@ def test_every_node_gets_the_team_and_the_service_backed_by_replicas_on_any_node
     assert team1.listen_port == n2.teams[0].listen_port == listen_port("100.65.0.0/16")
     assert team1.dns_server == "100.65.0.250:53"
     assert team1.search_domain == "acme.kled.internal"
-    assert [p.public_key for p in team1.peers] == [key(2)]
+    assert team1.peers == ()  # peers travel on their own, one key each (peersync)
     [svc] = team1.services
     assert svc.ip == "100.65.4.1"
     assert svc.backends == ("100.65.8.10", "100.65.9.10")
@@ -177,22 +172,7 @@ def _doc(kind: str, name: str, team: str = "", env: str = "", **parts: Any) -> d
     return {"kind": kind, "metadata": meta, **parts}
 
 
-def test_the_snapshot_is_read_from_the_resources_and_the_netmap() -> None:
-    netmap = Netmap()
-    netmap.set_service_range("acme", "100.65.4.0/22")
-    node_peer = Peer(
-        "acme/node/n1", "node", "acme", key(1), "100.65.0.1", "198.18.0.1:16385",
-        ("100.65.0.1/32", "100.65.8.0/24"),
-    )  # fmt: skip
-    named = Peer(
-        "acme/node/n2", "node", "acme", key(2), "100.65.0.2", "host.example:16385",
-        ("100.65.0.2/32",),
-    )  # fmt: skip
-    device = Peer(
-        "acme/device/laptop", "device", "acme", key(9), "100.65.0.5", None, ("100.65.0.5/32",)
-    )
-    for p in (node_peer, named, device):
-        netmap.join(p)
+def test_the_snapshot_is_read_from_the_resources() -> None:
     mesh = {"acme": {"ip": "100.65.0.1", "podSubnet": "100.65.8.0/24", "publicKey": key(1)}}
     snap = snapshot_from_documents(
         teams=[_doc("Team", "acme", status={"block": "100.65.0.0/16", "zone": "acme.corp.test"})],
@@ -219,16 +199,11 @@ def test_the_snapshot_is_read_from_the_resources_and_the_netmap() -> None:
             ),
             _doc("Intercept", "gone", "acme", "dev", spec={"app": "api", "device": "nope"}),
         ],
-        netmap=netmap,
         dns_server="100.65.0.250:53",
     )
     assert snap.teams == {"acme": TeamInfo("acme", "100.65.0.0/16", "corp.test")}
     assert snap.node_names == {"n1", "n2"}
     assert snap.nodes == {("acme", "n1"): NodeAddresses("100.65.0.1", "100.65.8.0/24")}
-    peers = {p.public_key: p for p in snap.peers[("acme", "n1")]}
-    assert set(peers) == {key(2), key(9)}  # not itself
-    assert peers[key(2)].endpoint is None  # a host name: n2 dials in instead
-    assert peers[key(9)].persistent_keepalive == DEVICE_KEEPALIVE
     [svc] = snap.services
     assert svc.ports == (ServicePort(port=80, target_port=8080),)
     assert snap.pod_ip_seeds == {"acme.dev.api.0": "100.65.8.10"}
@@ -263,7 +238,7 @@ async def test_the_composer_forwards_replicas_with_their_network_and_mesh_change
     await composer.set_mesh(two_nodes())
     assert inner.sent == []  # nothing changed: nothing sent
     changed = two_nodes()
-    changed.peers[("acme", "n2")] = ()
+    changed.node_dns["n2"] = "198.18.0.9:53"
     await composer.set_mesh(changed)
     assert [n for n, _ in inner.sent] == ["n2"]
     # A deleted node (no longer in the mesh, nothing to run) is not written again.

@@ -143,6 +143,7 @@ class Agent:
                 network, self.data_dir / "wireguard", node=node_name,
                 recheck_interval=network_recheck,
             )  # fmt: skip
+            self.mesh.follow_peers()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -157,6 +158,7 @@ class Agent:
             asyncio.create_task(self._log_loop(), name="logs"),
         ]
         if self.mesh is not None:
+            tasks.append(asyncio.create_task(self._watch_peers(), name="peers"))
             tasks.append(asyncio.create_task(self.mesh.run(), name="network"))
         log.info("node/%s agent running capabilities=%s", self.node, self.capabilities)
         try:
@@ -193,6 +195,22 @@ class Agent:
                     await self.reconcile()
             except Forbidden as err:
                 log.error("node/%s cannot read its desired state: %s", self.node, err)
+                await asyncio.sleep(10)
+
+    async def _watch_peers(self) -> None:
+        """Feed the host's WireGuard peers, one Message Office key each, to the network."""
+        assert self.mesh is not None
+        while True:
+            try:
+                async for change in self.office.watch_peers(
+                    self.node, heartbeat=self.heartbeat_interval
+                ):
+                    if change is None:
+                        self.mesh.peers_known()
+                    else:
+                        self.mesh.peer_changed(change.team, change.name, change.peer)
+            except Forbidden as err:
+                log.error("node/%s cannot read its peers: %s", self.node, err)
                 await asyncio.sleep(10)
 
     async def reconcile(self) -> None:

@@ -1,7 +1,11 @@
 """The agent's side of the team meshes: keys, the host network, and what peers must know.
 
 The control plane sends a node's network (``HostDesiredState.network``) with everything but
-the WireGuard private keys, which must never leave the host: each team's key is generated
+the WireGuard peers and private keys. The peers come on their own, one Message Office key
+per peer (``MessageOffice.watch_peers``), so a peer joining a team of N nodes costs each
+node one small message, not its whole state; ``follow_peers`` / ``peer_changed`` feed
+them in, and no pass touches a team's peers before the whole set has arrived once. The
+private keys must never leave the host: each team's key is generated
 here, in the agent's data dir (mode 0600), and its file is named in the ``TeamNetwork``
 before the network layer applies it. The public key and listen port of every ready gateway
 go back in heartbeats (``NodeHeartbeat.mesh``), from which the control plane builds the
@@ -29,6 +33,7 @@ from kled.agent.net.host import HostNetworkLayer, HostReport
 from kled.errors import KledError
 from kled.resources.hoststate import ReplicaSpec, TeamMeshReport
 from kled.resources.netstate import HostNetwork
+from kled.resources.netstate import Peer as WgPeer
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,38 @@ class MeshKeeper:
         self.relays = DnsRelays()
         #: team → the control plane's DNS server, which the team's relay forwards to
         self._upstreams: dict[str, str] = {}
+        #: team → peer name → peer, from the Message Office; None: the peers come inside
+        #: the desired network (hosts driven without an office, as in the layer's tests)
+        self._peers: dict[str, dict[str, WgPeer]] | None = None
+        self._peers_known = False
+
+    # -- peers ----------------------------------------------------------------------------
+    def follow_peers(self) -> None:
+        """Peers will come from ``peer_changed``; no pass runs before ``peers_known``."""
+        if self._peers is None:
+            self._peers = {}
+
+    def peer_changed(self, team: str, name: str, peer: WgPeer | None) -> None:
+        assert self._peers is not None, "follow_peers() first"
+        peers = self._peers.setdefault(team, {})
+        if peer is None:
+            if peers.pop(name, None) is None:
+                return
+        elif peers.get(name) == peer:
+            return
+        else:
+            peers[name] = peer
+        if self._peers_known:
+            self._changed.set()
+
+    def peers_known(self) -> None:
+        """The whole peer set has arrived (and, after that, a batch of changes has)."""
+        if not self._peers_known:
+            self._peers_known = True
+            self._changed.set()
+
+    def peer_count(self, team: str) -> int:
+        return len((self._peers or {}).get(team, {}))
 
     # -- keys ---------------------------------------------------------------------------
     def key_file(self, team: str) -> Path:
@@ -85,6 +122,9 @@ class MeshKeeper:
                 await wireguard.ensure_private_key(path)
                 log.info("teamgateway/%s/%s WireGuard key created", team.team, self.node)
             update: dict[str, object] = {"private_key_file": str(path)}
+            if self._peers is not None:
+                peers = self._peers.get(team.team, {})
+                update["peers"] = tuple(sorted(peers.values(), key=lambda p: p.public_key))
             if team.dns_server:
                 self._upstreams[team.team] = team.dns_server
                 update["dns_server"] = f"{team.bridge_ip}:53"
@@ -103,7 +143,7 @@ class MeshKeeper:
         """One pass with the newest desired network; None if none is known yet."""
         async with self._lock:
             desired = self._desired
-            if desired is None:
+            if desired is None or (self._peers is not None and not self._peers_known):
                 return None
             network = await self._for_host(desired)
             report = await self.layer.apply(network)

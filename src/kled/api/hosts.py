@@ -117,6 +117,7 @@ class HostServices:
         sink: DesiredStateSink = _OfficeSink(self.office)
         if self.mesh is not None:
             sink = self.mesh.compose(sink)  # each host's state also carries its network
+            await self.mesh.attach_peers(self.office)  # and its peers, one key each
         self.workloads = WorkloadController(
             self.store,
             sink,

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 
 from kled.admission.request import AdmissionRequest, HookResult, Operation, UserInfo
 from kled.api import authz
+from kled.api.device_feed import DeviceFeeds
 from kled.api.rest import User, service
 from kled.api.service import Service
 from kled.control.hostnet import (
@@ -47,7 +48,10 @@ from kled.control.hostnet import (
 )
 from kled.control.ipam import Ipam
 from kled.control.meshctl import MeshController, RecordSet
+from kled.control.netdocs import KINDS as NETWORK_KINDS
+from kled.control.netdocs import NetworkDocs
 from kled.control.netmap import Deltas
+from kled.control.peersync import PeerBucket, PeerPublisher
 from kled.dns.forward import parse_upstream
 from kled.dns.server import DnsServer
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
@@ -57,7 +61,6 @@ from kled.store.objects import Key, Store
 
 log = logging.getLogger(__name__)
 
-_NETWORK_KINDS = frozenset({"Team", "Node", "App", "ManagedService", "Device", "Intercept"})
 _STATUS_TRIES = 8
 
 
@@ -129,6 +132,12 @@ class MeshServices:
         self.composer: HostStateComposer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        #: devices following their peer set (``kled device join --follow``)
+        self.feeds = DeviceFeeds()
+        #: writes each node's peers to the Message Office (set by ``attach_peers``)
+        self.peers: PeerPublisher | None = None
+        #: how many times the host networks were recomputed (tests, benchmarks)
+        self.publishes = 0
 
     # ---- lifetime ------------------------------------------------------------------
 
@@ -152,6 +161,8 @@ class MeshServices:
             raise
 
     async def stop(self) -> None:
+        if self.peers is not None:
+            await self.peers.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -210,15 +221,23 @@ class MeshServices:
         self._changed.set()
         return self.composer
 
+    async def attach_peers(self, bucket: PeerBucket) -> PeerPublisher:
+        """From now on, write every node's peers to ``bucket`` (the Message Office)."""
+        assert self.controller is not None, "MeshServices is not started"
+        self.peers = PeerPublisher(bucket)
+        await self.peers.start(self.controller.netmap)
+        return self.peers
+
     # ---- callbacks from the mesh controller -----------------------------------------
 
     def _records(self, team: str, records: RecordSet | None) -> None:
         if self.dns is not None:
             self.dns.apply(team, records)
-        self._changed.set()
 
     def _netmap(self, deltas: Deltas) -> None:
-        self._changed.set()
+        if self.peers is not None and self.controller is not None:
+            self.peers.apply(deltas, self.controller.netmap)
+        self.feeds.publish(deltas)
 
     # ---- admission -----------------------------------------------------------------
 
@@ -236,38 +255,52 @@ class MeshServices:
     # ---- host networks -------------------------------------------------------------
 
     async def _publish_networks(self) -> None:
-        """Recompute every host's network after mesh changes, at most every 0.2 s."""
-        seen = -1
+        """Follow the event log; recompute the host networks when a field they depend on
+        changed (not on every heartbeat), at most every 0.2 s, from memory."""
+        docs = NetworkDocs()
+        seq = -1
         while True:
             try:
-                revision = await self.store.revision()
-                if revision != seen or self._changed.is_set():
+                if seq < 0:
+                    seq = await self.store.revision()
+                    for kind in NETWORK_KINDS:
+                        docs.load(kind, (await self.store.list(kind)).items)
+                    self._changed.set()
+                batch = await self.store.events_after(seq, 1000)
+                for event in batch:
+                    if docs.apply(event):
+                        self._changed.set()
+                    seq = event.seq
+                if self._changed.is_set():
                     self._changed.clear()
-                    seen = revision
-                    await self.publish_networks()
+                    await self.publish_networks(docs)
+                    await asyncio.sleep(0.2)
+                    continue
+                if batch:
+                    continue
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("hostnet: publishing host networks failed; retrying")
+                seq = -1  # read everything again
+                await asyncio.sleep(1.0)
             await self.store.wait_for_change(1.0)
-            await asyncio.sleep(0.2)
 
-    async def publish_networks(self) -> None:
+    async def publish_networks(self, docs: NetworkDocs) -> None:
         if self.composer is None or self.controller is None:
             return
-        store = self.store
-        services = [*(await store.list("App")).items, *(await store.list("ManagedService")).items]
-        nodes = (await store.list("Node")).items
+        nodes = docs.items("Node")
+        services = docs.items("App", "ManagedService")
         snapshot = snapshot_from_documents(
-            teams=(await store.list("Team")).items,
+            teams=docs.items("Team"),
             nodes=nodes,
             services=services,
-            devices=(await store.list("Device")).items,
-            intercepts=(await store.list("Intercept")).items,
-            netmap=self.controller.netmap,
+            devices=docs.items("Device"),
+            intercepts=docs.items("Intercept"),
             dns_server=self.dns_address(),
             node_dns=await self.node_dns(nodes),
         )
+        self.publishes += 1
         await self.composer.set_mesh(snapshot)
         await self._write_pod_ips(services)
 
@@ -337,7 +370,7 @@ class MeshServices:
             raise Unavailable(f"device/{team}/{name} has no mesh address yet; try again shortly")
         team_doc = await self.store.find(Key("Team", "", "", team))
         zone = self.controller.zone_of((team_doc or {}).get("spec") or {})
-        peers = [wg_peer(p) for p in self.controller.netmap.device_map(team)]
+        peers = [(p.id, wg_peer(p)) for p in self.controller.netmap.device_map(team)]
         return {
             "team": team,
             "device": name,
@@ -350,6 +383,7 @@ class MeshServices:
             "searchDomains": [f"{team}.{zone}"],
             "peers": [
                 {
+                    "id": peer_id,
                     "publicKey": p.public_key,
                     "endpoint": _reachable_endpoint(p.endpoint, local),
                     "allowedIPs": list(p.allowed_ips),
@@ -357,7 +391,7 @@ class MeshServices:
                     # (they judge a silent device offline after 15 s).
                     "persistentKeepalive": min(p.persistent_keepalive or 5, 5),
                 }
-                for p in peers
+                for peer_id, p in peers
                 if p is not None
             ],
         }

@@ -1,7 +1,8 @@
 """Per-node NATS credentials and the permissions that fence each node in.
 
 A node may read only its own desired-state key (a direct get of that key, and a
-consumer filtered to it, which is all a watch needs) and publish only its own status,
+consumer filtered to it, which is all a watch needs), its own keys of the peers bucket
+(a consumer filtered to ``<node>.>``), and publish only its own status,
 heartbeat, event and log subjects. It receives replies only on its own inbox prefix.
 The server checks the filter subject of a consumer-create request against the subject
 token, which is what makes ``$JS.API.CONSUMER.CREATE.<stream>.*.<filter>`` a real fence.
@@ -32,6 +33,7 @@ def node_permissions(subjects: Subjects, node: str) -> dict[str, Any]:
     """The nats-server ``permissions`` block of one node's user."""
     check_node_name(node)
     stream = subjects.desired_stream
+    peers = subjects.peers_stream
     inbox = subjects.inbox(node)
     return {
         "publish": {
@@ -43,8 +45,10 @@ def node_permissions(subjects: Subjects, node: str) -> dict[str, Any]:
                 f"$JS.API.STREAM.INFO.{stream}",
                 f"$JS.API.DIRECT.GET.{stream}.{subjects.desired_subject(node)}",
                 f"$JS.API.CONSUMER.CREATE.{stream}.*.{subjects.desired_subject(node)}",
-                # flow-control replies of the watch consumer
+                f"$JS.API.CONSUMER.CREATE.{peers}.*.{subjects.peers_filter(node)}",
+                # flow-control replies of the watch consumers
                 f"$JS.FC.{stream}.>",
+                f"$JS.FC.{peers}.>",
             ]
         },
         "subscribe": {"allow": [f"{inbox}.>"]},

@@ -40,6 +40,7 @@ from kled.resources.hoststate import (
     NodeHeartbeat,
     ReplicaStatusReport,
 )
+from kled.resources.netstate import Peer as WgPeer
 
 log = logging.getLogger(__name__)
 # nats-py logs every failed connection attempt with a traceback at ERROR; the callbacks
@@ -79,6 +80,16 @@ class ConnectOptions:
     publish_retry_for: float = 30.0
     request_timeout: float = 5.0
     servers: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PeerChange:
+    """One key of a node's peer set: ``name`` (``node-b``, ``device-laptop``) of ``team``
+    is now ``peer``, or gone (None)."""
+
+    team: str
+    name: str
+    peer: WgPeer | None
 
 
 def _is_auth_error(err: Exception | None) -> bool:
@@ -206,6 +217,9 @@ class MessageOffice:
             await self.js.create_key_value(
                 api.KeyValueConfig(bucket=s.desired_bucket, history=5, direct=True)
             )
+            # One value per key: a peer's latest (or its delete marker, so that a watch
+            # resumed from a sequence still hears of the removal).
+            await self.js.create_key_value(api.KeyValueConfig(bucket=s.peers_bucket, history=1))
             await self._ensure_stream(
                 api.StreamConfig(
                     name=s.status_stream,
@@ -241,7 +255,7 @@ class MessageOffice:
     async def delete_streams(self) -> None:
         """Remove the bucket and streams (tests on a shared server clean up with this)."""
         s = self.subjects
-        for name in (s.desired_stream, s.status_stream, s.logs_stream):
+        for name in (s.desired_stream, s.peers_stream, s.status_stream, s.logs_stream):
             with contextlib.suppress(NotFoundError):
                 await self.js.delete_stream(name)
 
@@ -286,30 +300,52 @@ class MessageOffice:
         A deleted key yields an empty desired state (run nothing). A value is never
         yielded twice, nor an older one after a newer one.
         """
+        subject = self.subjects.desired_subject(node)
+        async for msg in self._follow(self.subjects.desired_stream, subject, heartbeat):
+            if msg is None:
+                continue
+            rev = msg.metadata.sequence.stream
+            if (msg.headers or {}).get(_KV_OP) in ("DEL", "PURGE"):
+                yield HostDesiredState(node=node, revision=rev)
+                continue
+            try:
+                yield self._desired(node, msg.data, rev)
+            except ValidationError as err:
+                log.error("node/%s: unreadable desired state rev=%s: %s", node, rev, err)
+
+    async def _follow(
+        self, stream: str, subject: str, heartbeat: float, *, what: str = "watch"
+    ) -> AsyncIterator[Msg | None]:
+        """Every message of ``stream`` under ``subject``: the last of each subject first,
+        then each new one, resumed after a reconnect from where it stopped (never one
+        twice, never an older after a newer). None is yielded each time it has caught up
+        with the stream as it was when its consumer was (re)created."""
         last = 0
         delay = 0.2
         while True:
             try:
-                async for rev, state in self._watch_once(node, last, heartbeat):
+                async for msg in self._follow_once(stream, subject, last, heartbeat):
                     delay = 0.2
-                    if rev > last:
-                        last = rev
-                        yield state
+                    if msg is None:
+                        yield None
+                        continue
+                    seq = msg.metadata.sequence.stream
+                    if seq > last:
+                        last = seq
+                        yield msg
             except Forbidden:
                 raise
             except (TimeoutError, NatsError, Unavailable) as err:
-                log.info("desired-state watch of node/%s restarts: %s", node, err or type(err))
+                log.info("%s of %s restarts: %s", what, subject, err or type(err))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _watch_once(
-        self, node: str, after: int, heartbeat: float
-    ) -> AsyncIterator[tuple[int, HostDesiredState]]:
+    async def _follow_once(
+        self, stream: str, subject: str, after: int, heartbeat: float
+    ) -> AsyncIterator[Msg | None]:
         # A consumer of our own (not nats-py's KV watcher) so that its create request names
         # the filter subject, which per-node permissions can then fence.
         nc = self.nc
-        subject = self.subjects.desired_subject(node)
-        stream = self.subjects.desired_stream
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         epoch = self._epoch
@@ -331,11 +367,13 @@ class MessageOffice:
                 config.deliver_policy = api.DeliverPolicy.LAST_PER_SUBJECT
             create = f"$JS.API.CONSUMER.CREATE.{stream}.{config.name}.{subject}"
             try:
-                await self.js.add_consumer(stream, config=config)
+                info = await self.js.add_consumer(stream, config=config)
             except NotFoundError as err:
-                raise Unavailable(f"no desired-state bucket yet: {err}") from err
+                raise Unavailable(f"no stream {stream} yet: {err}") from err
             except (TimeoutError, NatsError) as err:
                 raise self._translate(err, create) from err
+            if not info.num_pending:
+                yield None
             while True:
                 if self._epoch != epoch:
                     raise Unavailable("reconnected; re-creating the watch")
@@ -343,20 +381,61 @@ class MessageOffice:
                     msg = await sub.next_msg(timeout=heartbeat * 3)
                 except (NatsTimeout, TimeoutError) as err:
                     raise Unavailable("watch heartbeat missed") from err
-                headers = msg.headers or {}
-                if headers.get("Status"):
+                if (msg.headers or {}).get("Status"):
                     continue  # idle heartbeat
-                rev = msg.metadata.sequence.stream
-                if headers.get(_KV_OP) in ("DEL", "PURGE"):
-                    yield rev, HostDesiredState(node=node, revision=rev)
-                    continue
-                try:
-                    yield rev, self._desired(node, msg.data, rev)
-                except ValidationError as err:
-                    log.error("node/%s: unreadable desired state rev=%s: %s", node, rev, err)
+                yield msg
+                if msg.metadata.num_pending == 0:
+                    yield None
         finally:
             with contextlib.suppress(NatsError, asyncio.TimeoutError):
                 await sub.unsubscribe()
+
+    # -- peer sets -----------------------------------------------------------------------------
+    async def put_peer(self, key: str, peer: WgPeer) -> int:
+        """Set one peer of one recipient node (``<node>.<team>.<kind>-<name>``)."""
+        body = peer.model_dump_json().encode()
+        ack = await self._publish(self.subjects.peer_subject(key), body, None)
+        return ack.seq
+
+    async def delete_peer(self, key: str) -> int:
+        subject = self.subjects.peer_subject(key)
+        ack = await self._publish(subject, b"", None, {_KV_OP: "DEL"})
+        return ack.seq
+
+    async def peer_entries(self) -> dict[str, bytes]:
+        """Every key of the peers bucket that is set now, with its value (control plane)."""
+        s = self.subjects
+        prefix = s.peer_subject("")
+        out: dict[str, bytes] = {}
+        async for msg in self._follow_once(s.peers_stream, prefix + ">", 0, 2.0):
+            if msg is None:
+                return out
+            key = msg.subject[len(prefix) :]
+            if (msg.headers or {}).get(_KV_OP) in ("DEL", "PURGE"):
+                out.pop(key, None)
+            else:
+                out[key] = msg.data
+        return out
+
+    async def watch_peers(
+        self, node: str, *, heartbeat: float = 2.0
+    ) -> AsyncIterator[PeerChange | None]:
+        """``node``'s peers: every key set now, then each change, as ``PeerChange``s;
+        None each time the watch has caught up (the first None: the whole set is known)."""
+        s = self.subjects
+        prefix = s.peer_subject(f"{node}.")
+        async for msg in self._follow(s.peers_stream, s.peers_filter(node), heartbeat):
+            if msg is None:
+                yield None
+                continue
+            team, _, name = msg.subject[len(prefix) :].partition(".")
+            if (msg.headers or {}).get(_KV_OP) in ("DEL", "PURGE") or not msg.data:
+                yield PeerChange(team, name, None)
+                continue
+            try:
+                yield PeerChange(team, name, WgPeer.model_validate_json(msg.data))
+            except ValidationError as err:
+                log.error("node/%s: unreadable peer %s: %s", node, msg.subject, err)
 
     # -- publishing (agents) ----------------------------------------
     async def _publish(

@@ -50,6 +50,22 @@ class Subjects:
         return f"$KV.{self.desired_bucket}.{node}"
 
     @property
+    def peers_bucket(self) -> str:
+        """One key per (recipient node, team, peer): ``<node>.<team>.<kind>-<name>``."""
+        return f"{self.prefix}kled-peers"
+
+    @property
+    def peers_stream(self) -> str:
+        return f"KV_{self.peers_bucket}"
+
+    def peer_subject(self, key: str) -> str:
+        return f"$KV.{self.peers_bucket}.{key}"
+
+    def peers_filter(self, node: str) -> str:
+        """Every peer key of one recipient node."""
+        return f"$KV.{self.peers_bucket}.{node}.>"
+
+    @property
     def _token(self) -> str:
         return self.prefix.replace("-", "_").upper()
 

@@ -35,7 +35,6 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
-from kled.control.netmap import Netmap
 from kled.control.netmap import Peer as MeshPeer
 from kled.resources.hoststate import HostDesiredState, ReplicaSpec
 from kled.resources.netstate import (
@@ -119,8 +118,6 @@ class MeshSnapshot:
     teams: dict[str, TeamInfo] = field(default_factory=dict)
     #: (team, node) → the node's addresses in the team
     nodes: dict[tuple[str, str], NodeAddresses] = field(default_factory=dict)
-    #: (team, node) → the node's WireGuard peers in the team
-    peers: dict[tuple[str, str], tuple[WgPeer, ...]] = field(default_factory=dict)
     services: list[ServiceInfo] = field(default_factory=list)
     intercepts: list[InterceptInfo] = field(default_factory=list)
     #: ip:port the team gateways send their pods' DNS queries to
@@ -164,7 +161,6 @@ def snapshot_from_documents(
     services: Iterable[Mapping[str, Any]],
     devices: Iterable[Mapping[str, Any]],
     intercepts: Iterable[Mapping[str, Any]],
-    netmap: Netmap,
     dns_server: str | None,
     node_dns: Mapping[str, str] | None = None,
 ) -> MeshSnapshot:
@@ -189,9 +185,6 @@ def snapshot_from_documents(
         for team, entry in ((node.get("status") or {}).get("mesh") or {}).items():
             if team in snap.teams and entry.get("ip") and entry.get("podSubnet"):
                 snap.nodes[(team, name)] = NodeAddresses(str(entry["ip"]), entry["podSubnet"])
-                me = f"{team}/node/{name}"
-                converted = (wg_peer(p) for p in netmap.peers(team) if p.id != me)
-                snap.peers[(team, name)] = tuple(p for p in converted if p is not None)
     for doc in services:
         meta, status = doc.get("metadata") or {}, doc.get("status") or {}
         if meta.get("deletionTimestamp") or not status.get("ip"):
@@ -405,7 +398,6 @@ def build_networks(
                     mesh_ip=where.mesh_ip,
                     pod_subnet=where.pod_subnet,
                     listen_port=listen_port(info_t.block),
-                    peers=tuple(sorted(snap.peers.get((name, node), ()), key=_peer_key)),
                     services=tuple(services.get(name, ())),
                     dns_server=snap.node_dns.get(node, snap.dns_server),
                     search_domain=f"{name}.{info_t.zone}",
@@ -419,10 +411,6 @@ def build_networks(
             ),
         )
     return out
-
-
-def _peer_key(peer: WgPeer) -> str:
-    return peer.public_key
 
 
 def pod_ips_by_app(book: PodAddressBook) -> dict[tuple[str, str, str], dict[str, str]]:

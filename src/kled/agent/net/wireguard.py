@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
 import socket
@@ -218,6 +219,29 @@ def _peer_args(peer: Peer) -> list[str]:
     return args
 
 
+def _configured(current: PeerStatus | None, peer: Peer) -> bool:
+    """Whether the interface already has ``peer`` as wanted (an endpoint it was not given
+    is whatever the peer last came from, left alone)."""
+    if current is None:
+        return False
+    if {_network(a) for a in current.allowed_ips} != {_network(a) for a in peer.allowed_ips}:
+        return False
+    if (current.persistent_keepalive or 0) != (peer.persistent_keepalive or 0):
+        return False
+    return peer.endpoint is None or _endpoint(current.endpoint) == _endpoint(peer.endpoint)
+
+
+def _network(cidr: str) -> str:
+    return str(ipaddress.ip_network(cidr, strict=False))
+
+
+def _endpoint(value: str | None) -> str | None:
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    return f"{ipaddress.ip_address(host.strip('[]'))}:{port}"
+
+
 async def configure(
     ifname: str,
     *,
@@ -228,7 +252,8 @@ async def configure(
     """Make the interface's keys, port and peer set exactly these, in one ``wg set``.
 
     Peers not listed are removed; listed peers get their endpoint, allowed IPs (replaced,
-    not appended) and keepalive set.
+    not appended) and keepalive set. Only what differs from the interface is sent, so a
+    change of one peer among thousands is a short command.
     """
     if not is_alive(ifname):
         raise Unavailable(f"WireGuard interface {ifname} is not running")
@@ -237,14 +262,16 @@ async def configure(
         raise InvalidInput("a peer public key appears twice", field="peers")
     current = await status(ifname)
     args = ["wg", "set", ifname]
-    if listen_port is not None:
+    if listen_port is not None and listen_port != current.listen_port:
         args += ["listen-port", str(listen_port)]
     if private_key_file is not None:
         args += ["private-key", str(private_key_file)]
+    have = {p.public_key: p for p in current.peers}
     for old in current.peers:
         if old.public_key not in keys:
             args += ["peer", old.public_key, "remove"]
     for peer in peers:
-        args += _peer_args(peer)
+        if not _configured(have.get(peer.public_key), peer):
+            args += _peer_args(peer)
     if len(args) > 3:
         await run(args)
