@@ -7,6 +7,13 @@ for one node joining at 10,000 peers (what Kled pays). NetBird's published figur
 compute maps for 5,000 peers, netbirdio/netbird PR #2363) is printed beside it as a
 reference, not measured here.
 
+Delivery: the same population, and one device then one node joining, written through a
+real ``nats-server`` (embedded, on a free port) the way the control plane does it: one
+key of the peers bucket per (recipient node, peer) touched (``kled.control.peersync``).
+Reports the keys written, bytes on the wire (subject + value), the time until every write
+is acknowledged, and the time until one node's watch has seen the new peer; beside it,
+the bytes a design that resends each recipient's whole peer set would send.
+
 DNS: ``dnsperf`` against Kled's DNS server (in its own process) and against ``dnsmasq``
 serving the same records (``host-record``/``srv-host``), one after the other in the same
 run, with the same query file (A, SRV and NXDOMAIN names). Reports queries/s, mean and p99
@@ -20,7 +27,7 @@ pod over the mesh and host to host over the plain underlay, in the same run, eac
 iperf3 and wireguard-go (the reason is in the JSON otherwise); the namespaces are removed
 even when a step fails.
 
-    python bench/mesh.py [--quick] [--only netmap|dns|throughput]
+    python bench/mesh.py [--quick] [--only netmap|delivery|dns|throughput]
 """
 
 from __future__ import annotations
@@ -115,6 +122,94 @@ def bench_netmap(count: int) -> dict[str, Any]:
         }
         netmap.leave(newcomer.id)
     return result
+
+
+# ---- delivery through the Message Office ----------------------------------------------
+
+
+class _Counting:
+    """The Message Office's peers bucket, counting what crosses the wire."""
+
+    def __init__(self, office: Any) -> None:
+        self.office = office
+        self.bytes = 0
+
+    async def put_peer(self, key: str, peer: Any) -> int:
+        self.bytes += len(self.office.subjects.peer_subject(key)) + len(peer.model_dump_json())
+        return int(await self.office.put_peer(key, peer))
+
+    async def delete_peer(self, key: str) -> int:
+        self.bytes += len(self.office.subjects.peer_subject(key))
+        return int(await self.office.delete_peer(key))
+
+    async def peer_entries(self) -> dict[str, bytes]:
+        return dict(await self.office.peer_entries())
+
+
+async def _deliver(count: int) -> dict[str, Any]:
+    from kled.bus.embedded import EmbeddedNats
+    from kled.bus.office import ConnectOptions, MessageOffice
+    from kled.control.hostnet import wg_peer
+    from kled.control.peersync import PeerPublisher
+
+    peers = _population(count)
+    with tempfile.TemporaryDirectory(prefix="kled-bench-") as tmp:
+        server = EmbeddedNats(Path(tmp) / "nats", port=_free_port())
+        await server.start()
+        try:
+            options = ConnectOptions(
+                url=server.url, user=server.control_user, password=server.control_password
+            )
+            async with MessageOffice(options) as office, MessageOffice(options) as agent:
+                await office.ensure_streams()
+                bucket = _Counting(office)
+                publisher = PeerPublisher(bucket)
+                await publisher.start(Netmap())  # the bucket as it stands: empty
+                netmap = Netmap()
+                for p in peers:
+                    netmap.load(p)  # the mesh as it stands, as if already delivered
+                watched = next(p for p in peers if p.kind == "node").id.rsplit("/", 1)[1]
+                result: dict[str, Any] = {"peers": count, "nodes": count // 20}
+                for kind in ("device", "node"):
+                    newcomer = _peer(count + 1, kind)
+                    wanted = f"{kind}-p{count + 1}"
+                    seen = asyncio.Event()
+
+                    async def watch(name: str = wanted, event: asyncio.Event = seen) -> None:
+                        async for change in agent.watch_peers(watched, heartbeat=1.0):
+                            if change is not None and change.name == name:
+                                event.set()
+
+                    watcher = asyncio.create_task(watch())
+                    await asyncio.sleep(0.5)  # the watch's consumer is in place
+                    writes, sent = publisher.writes, bucket.bytes
+                    started = time.perf_counter()
+                    deltas = netmap.join(newcomer)
+                    publisher.apply(deltas, netmap)
+                    await asyncio.wait_for(seen.wait(), 120)
+                    seen_s = time.perf_counter() - started
+                    await asyncio.wait_for(publisher.settled(), 600)
+                    acked_s = time.perf_counter() - started
+                    watcher.cancel()
+                    recipients = [r for r in deltas if "/node/" in r]
+                    one_map = [wg_peer(p) for p in netmap.full_map(recipients[0])]
+                    whole = sum(len(p.model_dump_json()) for p in one_map if p is not None)
+                    result[f"join_one_{kind}"] = {
+                        "keys_written": publisher.writes - writes,
+                        "bytes_sent": bucket.bytes - sent,
+                        "seconds_until_all_acknowledged": round(acked_s, 4),
+                        "seconds_until_a_node_saw_it": round(seen_s, 4),
+                        "recipient_nodes": len(recipients),
+                        "whole_peer_sets_bytes_instead": whole * len(recipients),
+                    }
+                await publisher.stop()
+        finally:
+            await server.stop()
+    return result
+
+
+def bench_delivery(count: int) -> dict[str, Any]:
+    return asyncio.run(_deliver(count))
 
 
 # ---- DNS ------------------------------------------------------------------------------
@@ -442,7 +537,9 @@ def bench_throughput(seconds: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="shorter DNS runs (2 s each)")
-    parser.add_argument("--only", choices=("netmap", "dns", "throughput"), help="one part")
+    parser.add_argument(
+        "--only", choices=("netmap", "delivery", "dns", "throughput"), help="one part"
+    )
     parser.add_argument("--serve-dns", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -453,6 +550,8 @@ def main() -> None:
     if args.only in (None, "netmap"):
         report["netmap"] = [bench_netmap(1000), bench_netmap(10000)]
         report["netmap_reference"] = NETBIRD_REFERENCE
+    if args.only in (None, "delivery"):
+        report["delivery"] = bench_delivery(10000)
     if args.only in (None, "dns"):
         report["dns"] = bench_dns(2 if args.quick else 10)
     if args.only in (None, "throughput"):
