@@ -218,7 +218,10 @@ class MeshController:
             if event.type == "DELETED" or _deleting(doc):
                 await self._node_gone(event.name, release=event.type == "DELETED")
             else:
+                before = self._nodes.get(event.name)
                 self._nodes[event.name] = doc
+                if before is not None and _node_view(before) == _node_view(doc):
+                    return  # a heartbeat: nothing the mesh uses changed
                 for team in list(self._teams):
                     await self._node_in_team(doc, team)
         elif event.kind in ("Device", *_SERVICE_KINDS):
@@ -490,6 +493,17 @@ async def _call(callback: RecordsCallback | None, team: str, records: RecordSet 
     result = callback(team, records)
     if inspect.isawaitable(result):
         await result
+
+
+def _node_view(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a Node the mesh uses: its address and, per team, its addresses and the
+    key and port its agent reported."""
+    mesh = (doc.get("status") or {}).get("mesh") or {}
+    teams = sorted(
+        (team, e.get("ip"), e.get("podSubnet"), e.get("publicKey"), e.get("listenPort"))
+        for team, e in mesh.items()
+    )
+    return ((doc.get("spec") or {}).get("address"), teams)
 
 
 def _deleting(doc: dict[str, Any]) -> bool:
