@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from kled.bus.embedded import EmbeddedNats
 from servers import RunningServer, postgres_available, postgres_database
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A nats-server of the test's own (JetStream, node credentials), on a free port."""
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 
 from kled.api.server import ControlPlane
+from kled.bus.embedded import EmbeddedNats
+from kled.bus.office import ConnectOptions, MessageOffice
 from kled.settings import ServerSettings
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -101,3 +103,15 @@ class RunningServer:
             headers={"Authorization": f"Bearer {token or self.admin_token}"},
             timeout=30,
         )
+
+
+def control_office(server: EmbeddedNats, **options: object) -> MessageOffice:
+    """An office with the control plane's rights on ``server`` (not yet connected)."""
+    return MessageOffice(
+        ConnectOptions(
+            url=server.url,
+            user=server.control_user,
+            password=server.control_password,
+            **options,  # type: ignore[arg-type]
+        )
+    )

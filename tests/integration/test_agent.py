@@ -88,22 +88,12 @@ class ControlPlane:
 
 
 @pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats")
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def control(nats_server: EmbeddedNats) -> AsyncIterator[ControlPlane]:
+async def control(embedded: EmbeddedNats) -> AsyncIterator[ControlPlane]:
     office = MessageOffice(
         ConnectOptions(
-            url=nats_server.url,
-            user=nats_server.control_user,
-            password=nats_server.control_password,
+            url=embedded.url,
+            user=embedded.control_user,
+            password=embedded.control_password,
         )
     )
     await office.connect()
@@ -168,7 +158,7 @@ def replica(app: str, index: int, command: list[str]) -> ReplicaSpec:
 
 @pytest.mark.slow
 async def test_agent_runs_restarts_and_adopts_replicas(
-    tmp_path: Path, nats_server: EmbeddedNats, control: ControlPlane
+    tmp_path: Path, embedded: EmbeddedNats, control: ControlPlane
 ) -> None:
     m0, m1 = (str(random.randint(10**6, 10**7)) for _ in range(2))
     api0 = replica("api", 0, ["sh", "-c", f"echo hello-{m0}; exec sleep {m0}"])
@@ -178,8 +168,8 @@ async def test_agent_runs_restarts_and_adopts_replicas(
         NODE, HostDesiredState(node=NODE, replicas=[api0, api1, ghost])
     )
 
-    creds = await nats_server.add_node(NODE)
-    agent = AgentProcess(tmp_path / "agent", nats_server, creds.user, creds.password)
+    creds = await embedded.add_node(NODE)
+    agent = AgentProcess(tmp_path / "agent", embedded, creds.user, creds.password)
     agent.start()
     try:
         # replicas reach Running; the broken one fails with a reason the user can act on
@@ -265,16 +255,16 @@ async def test_agent_runs_restarts_and_adopts_replicas(
 
 @pytest.mark.slow
 async def test_agent_rides_out_a_nats_restart_without_losing_or_repeating_status(
-    tmp_path: Path, nats_server: EmbeddedNats, control: ControlPlane
+    tmp_path: Path, embedded: EmbeddedNats, control: ControlPlane
 ) -> None:
     m0, m1 = (str(random.randint(10**6, 10**7)) for _ in range(2))
     r0 = replica("api", 0, ["sleep", m0])
     r1 = replica("api", 1, ["sleep", m1])
     await control.office.put_desired(NODE, HostDesiredState(node=NODE, replicas=[r0]))
-    creds = await nats_server.add_node(NODE)
+    creds = await embedded.add_node(NODE)
     office = MessageOffice(
         ConnectOptions(
-            url=nats_server.url,
+            url=embedded.url,
             user=creds.user,
             password=creds.password,
             node=NODE,
@@ -291,13 +281,13 @@ async def test_agent_rides_out_a_nats_restart_without_losing_or_repeating_status
         first = control.state(r0.id)
         assert first is not None and first.pid is not None
 
-        await nats_server.stop()
+        await embedded.stop()
         os.kill(first.pid, signal.SIGKILL)  # happens while nobody can hear about it
         await eventually(
             lambda: len(processes_with(m0)) == 1 and processes_with(m0) != [first.pid],
             "restarted offline",
         )
-        await nats_server.start()  # same port, same storage
+        await embedded.start()  # same port, same storage
 
         # what happened while NATS was down arrives, once
         await eventually(
@@ -338,7 +328,7 @@ def _podman(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox is not installed")
 @pytest.mark.skipif(os.geteuid() != 0, reason="rootful podman needs root")
 async def test_agent_runs_a_process_app_and_a_container_app(
-    tmp_path: Path, nats_server: EmbeddedNats, control: ControlPlane
+    tmp_path: Path, embedded: EmbeddedNats, control: ControlPlane
 ) -> None:
     busybox = shutil.which("busybox")
     assert busybox is not None
@@ -366,9 +356,9 @@ async def test_agent_runs_a_process_app_and_a_container_app(
         command=["/bin/sh", "-c", "echo from-the-container; exec sleep 300"],
     )
     await control.office.put_desired(NODE, HostDesiredState(node=NODE, replicas=[proc, ctr]))
-    creds = await nats_server.add_node(NODE)
+    creds = await embedded.add_node(NODE)
     office = MessageOffice(
-        ConnectOptions(url=nats_server.url, user=creds.user, password=creds.password, node=NODE)
+        ConnectOptions(url=embedded.url, user=creds.user, password=creds.password, node=NODE)
     )
     await office.connect()
     data = tmp_path / "agent"

@@ -6,7 +6,6 @@ import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -24,6 +23,7 @@ from kled.resources.hoststate import (
     ReplicaStatusReport,
     utcnow,
 )
+from servers import control_office
 
 SYSTEM_NATS = "nats://127.0.0.1:4222"
 
@@ -39,23 +39,6 @@ def _system_nats_up() -> bool:
 needs_system_nats = pytest.mark.skipif(
     not _system_nats_up(), reason="no NATS server at 127.0.0.1:4222"
 )
-
-
-@pytest.fixture
-async def embedded(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats")
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-def control_office(server: EmbeddedNats, subjects: Subjects | None = None) -> MessageOffice:
-    return MessageOffice(
-        ConnectOptions(url=server.url, user=server.control_user, password=server.control_password),
-        subjects,
-    )
 
 
 @pytest.fixture

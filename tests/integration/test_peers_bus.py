@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -14,25 +14,12 @@ from kled.control.netmap import Netmap
 from kled.control.peersync import PeerPublisher
 from kled.errors import Forbidden
 from peerkit import device, key, mesh, node
-
-
-@pytest.fixture
-async def embedded(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats")
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+from servers import control_office
 
 
 @pytest.fixture
 async def control(embedded: EmbeddedNats) -> AsyncIterator[MessageOffice]:
-    office = MessageOffice(
-        ConnectOptions(
-            url=embedded.url, user=embedded.control_user, password=embedded.control_password
-        )
-    )
+    office = control_office(embedded)
     await office.connect()
     await office.ensure_streams()
     try:
@@ -79,6 +66,8 @@ class Watcher:
 
     async def close(self) -> None:
         self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self._task, 30)
 
 
 async def publisher(control: MessageOffice, netmap: Netmap) -> PeerPublisher:

@@ -92,6 +92,14 @@ class PeerChange:
     peer: WgPeer | None
 
 
+def _raise_if_cancelled(err: Exception) -> None:
+    """nats-py turns the cancellation of a ``next_msg`` into ``ConnectionClosedError``
+    when the connection is closed; a watch must still end when its task is cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from err
+
+
 def _is_auth_error(err: Exception | None) -> bool:
     return err is not None and "authorization violation" in str(err).lower()
 
@@ -336,6 +344,7 @@ class MessageOffice:
             except Forbidden:
                 raise
             except (TimeoutError, NatsError, Unavailable) as err:
+                _raise_if_cancelled(err)
                 log.info("%s of %s restarts: %s", what, subject, err or type(err))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -347,7 +356,14 @@ class MessageOffice:
         # the filter subject, which per-node permissions can then fence.
         nc = self.nc
         inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
+        # Our own queue rather than nats-py's next_msg, which can lose the cancellation
+        # of the task waiting in it.
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def deliver(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        sub = await nc.subscribe(inbox, cb=deliver)
         epoch = self._epoch
         try:
             config = api.ConsumerConfig(
@@ -378,8 +394,9 @@ class MessageOffice:
                 if self._epoch != epoch:
                     raise Unavailable("reconnected; re-creating the watch")
                 try:
-                    msg = await sub.next_msg(timeout=heartbeat * 3)
-                except (NatsTimeout, TimeoutError) as err:
+                    async with asyncio.timeout(heartbeat * 3):
+                        msg = await queue.get()
+                except TimeoutError as err:
                     raise Unavailable("watch heartbeat missed") from err
                 if (msg.headers or {}).get("Status"):
                     continue  # idle heartbeat
