@@ -170,6 +170,22 @@ def test_wg_quick_config_is_standard() -> None:
     )
 
 
+def test_wg_quick_config_has_no_dns_line_when_the_dns_is_not_on_port_53() -> None:
+    dev = device.DeviceNetwork(
+        team="acme", name="laptop", address="100.65.0.10", block="100.65.0.0/16",
+        peers=(), private_key_file="/nonexistent", dns="198.18.0.1:5353",
+        search_domains=("acme.kled.internal",),
+    )  # fmt: skip
+    text = device.render_wg_quick(dev, "PRIVATE")
+    # wg-quick would hand resolvconf 198.18.0.1, which answers nothing on port 53: every
+    # name of the machine would stop resolving while the tunnel is up.
+    assert "DNS =" not in text
+    assert "# no DNS line: the team's DNS server is at 198.18.0.1:5353" in text
+    assert "--dns-listen ADDRESS:53" in text
+    assert device.dns_host_port("[fd00::1]:53") == ("fd00::1", 53)
+    assert device.dns_host_port("100.65.0.1") == ("100.65.0.1", 53)
+
+
 async def test_resolver_fallback_tells_the_user_what_to_do() -> None:
     setup = await device.configure_resolver("kd-1", "100.65.0.1:5353", ["acme.kled.internal"],
                                             netns="somewhere")  # fmt: skip

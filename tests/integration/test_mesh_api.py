@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from kled.api.mesh import route_source
+from kled.api.addresses import route_source
 from kled.resources.hoststate import HostDesiredState, ReplicaSpec
 from kled.resources.netstate import HostNetwork
 from servers import RunningServer

@@ -26,9 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import ipaddress
 import logging
-import socket
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -36,7 +34,14 @@ from fastapi.responses import JSONResponse, Response
 
 from kled.admission.request import AdmissionRequest, HookResult, Operation, UserInfo
 from kled.api import authz
-from kled.api.device_feed import DeviceFeeds
+from kled.api.addresses import (
+    WILDCARDS,
+    host_port,
+    is_loopback,
+    request_addresses,
+    route_source,
+)
+from kled.api.device_feed import DeviceFeeds, peer_json
 from kled.api.rest import User, service
 from kled.api.service import Service
 from kled.control.hostnet import (
@@ -44,7 +49,6 @@ from kled.control.hostnet import (
     StateSink,
     pod_ips_by_app,
     snapshot_from_documents,
-    wg_peer,
 )
 from kled.control.ipam import Ipam
 from kled.control.meshctl import MeshController, RecordSet
@@ -62,56 +66,6 @@ from kled.store.objects import Key, Store
 log = logging.getLogger(__name__)
 
 _STATUS_TRIES = 8
-
-
-_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
-
-
-def route_source(address: str | None) -> str | None:
-    """The address of this machine that packets to ``address`` leave from, which is where
-    a host at ``address`` reaches us (routing on an underlay is symmetric); None for a
-    name or an address we have no route to. Connecting a UDP socket sends nothing."""
-    try:
-        ip = ipaddress.ip_address((address or "").strip("[]"))
-    except ValueError:
-        return None
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((str(ip), 9))
-        except OSError:
-            return None
-        return str(probe.getsockname()[0])
-
-
-def _reachable_endpoint(endpoint: str | None, local: str | None) -> str | None:
-    """A node that joined over loopback runs on this machine: a device that reached this
-    server at ``local`` reaches that node there too (``kled up`` plus a laptop)."""
-    if not endpoint or not local or _is_loopback(local):
-        return endpoint
-    host, _, port = endpoint.rpartition(":")
-    if not _is_loopback(host.strip("[]")):
-        return endpoint
-    return f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _is_ip(host: str | None) -> bool:
-    try:
-        ipaddress.ip_address(host or "")
-    except ValueError:
-        return False
-    return True
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -181,9 +135,9 @@ class MeshServices:
     def dns_address(self, via_host: str | None = None) -> str:
         """host:port of the DNS server as a client should be told it."""
         host = self.dns.listen[0] if self.dns is not None else "127.0.0.1"
-        if host in _WILDCARDS:
+        if host in WILDCARDS:
             host = via_host or "127.0.0.1"
-        return _host_port(host, self.dns_port)
+        return host_port(host, self.dns_port)
 
     async def dns_at(self, local: str | None) -> str:
         """host:port of the DNS server for a client that reaches this machine at ``local``
@@ -192,12 +146,12 @@ class MeshServices:
         if dns is None or local is None:
             return self.dns_address()
         bound = dns.listen[0]
-        if bound in _WILDCARDS:
-            return _host_port(local, dns.port)
-        if not _is_loopback(bound) or _is_loopback(local):
+        if bound in WILDCARDS:
+            return host_port(local, dns.port)
+        if not is_loopback(bound) or is_loopback(local):
             return self.dns_address()  # pinned by --dns-listen, or a client on this machine
         try:
-            return _host_port(local, await dns.listen_also(local))
+            return host_port(local, await dns.listen_also(local))
         except OSError as e:
             log.warning("dns: cannot listen on %s (%s); advertising %s", local, e, bound)
             return self.dns_address()
@@ -370,7 +324,8 @@ class MeshServices:
             raise Unavailable(f"device/{team}/{name} has no mesh address yet; try again shortly")
         team_doc = await self.store.find(Key("Team", "", "", team))
         zone = self.controller.zone_of((team_doc or {}).get("spec") or {})
-        peers = [(p.id, wg_peer(p)) for p in self.controller.netmap.device_map(team)]
+        device_map = self.controller.netmap.device_map(team)
+        peers = [p for p in (peer_json(peer, local) for peer in device_map) if p is not None]
         return {
             "team": team,
             "device": name,
@@ -381,19 +336,7 @@ class MeshServices:
             "dns": await self.dns_at(local) if local else self.dns_address(via_host),
             "zone": f"{team}.{zone}",
             "searchDomains": [f"{team}.{zone}"],
-            "peers": [
-                {
-                    "id": peer_id,
-                    "publicKey": p.public_key,
-                    "endpoint": _reachable_endpoint(p.endpoint, local),
-                    "allowedIPs": list(p.allowed_ips),
-                    # Keep the device's mapping open and let the gateways see it alive
-                    # (they judge a silent device offline after 15 s).
-                    "persistentKeepalive": min(p.persistent_keepalive or 5, 5),
-                }
-                for peer_id, p in peers
-                if p is not None
-            ],
+            "peers": peers,
         }
 
 
@@ -425,12 +368,6 @@ async def team_ips(request: Request, team: str, user: UserInfo = User) -> Respon
 async def device_wireguard(
     request: Request, team: str, name: str, user: UserInfo = User
 ) -> Response:
-    via = request.url.hostname
-    if via in ("localhost", "kled"):  # the Unix socket's placeholder host
-        via = "127.0.0.1"
-    # The socket's own address, not the Host header: a client must not be able to make
-    # the DNS server listen on an address of its choosing.
-    server = request.scope.get("server")
-    local = str(server[0]) if isinstance(server, tuple) and _is_ip(str(server[0])) else None
+    via, local = request_addresses(request)
     config = await _mesh(request).device_config(service(request), user, team, name, via, local)
     return JSONResponse(config)

@@ -6,6 +6,10 @@ registered, in a ``Device`` owned by the current user. ``join`` (root) brings th
 interface up with the configuration the control plane serves
 (``GET /teams/{team}/devices/{name}/wireguard``) and points the resolver at the team's DNS;
 ``config`` prints the same as a ``wg-quick`` file for any ordinary WireGuard client.
+A joined interface keeps the peers of that moment: ``sync`` (root) brings it in line with
+the team's current peers, and ``join --follow`` stays in the foreground applying each
+change the control plane streams (``GET .../wireguard/watch``), a whole config again after
+any reconnection; both change only what differs, with one ``wg set``.
 ``revoke`` (an admin) deletes the device, which removes it from every peer.
 """
 
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +27,7 @@ import typer
 
 from kled.agent.net import device as net
 from kled.agent.net import liveness
-from kled.cli.client import Client
+from kled.cli.client import Client, WatchEvent
 from kled.cli.output import align, check_format, note, out, show, warn
 from kled.cli.state import STATE, TeamOption
 from kled.errors import Forbidden, InvalidInput, NotFound, Unavailable
@@ -70,7 +75,12 @@ def register(client: Client, team: str, name: str, kind: str) -> str:
 
 
 def mesh_config(
-    client: Client, team: str, name: str, *, wait_for_peers: bool = False
+    client: Client,
+    team: str,
+    name: str,
+    *,
+    wait_for_peers: bool = False,
+    warn_no_peers: bool = True,
 ) -> dict[str, Any]:
     """The device's mesh configuration, waiting briefly for a new device's address (and,
     for ``join``, for a node to peer with: an interface without peers reaches nothing)."""
@@ -85,7 +95,7 @@ def mesh_config(
             continue
         # A team whose nodes have not reported their keys yet has no peers to offer.
         if config.get("peers") or not wait_for_peers or time.monotonic() > deadline:
-            if not config.get("peers"):
+            if not config.get("peers") and warn_no_peers:
                 warn(f"team {team} has no node with a WireGuard key yet: run this again later")
             return config
         time.sleep(0.5)
@@ -117,25 +127,174 @@ def device_network(team: str, name: str, config: dict[str, Any]) -> net.DeviceNe
     )
 
 
+def _short(peer_id: str) -> str:
+    """``acme/node/n1`` → ``node/n1``: the team is the device's own."""
+    _, kind, rest = peer_id.split("/", 2) if peer_id.count("/") >= 2 else ("", "", "")
+    return f"{kind}/{rest}" if kind in ("node", "device") else peer_id
+
+
+def describe_changes(
+    name: str, changes: net.PeerChanges, names: dict[str, str] | None = None
+) -> str:
+    """``device/laptop: 1 peer added, 0 removed (+node/n2)``; ``names`` maps keys to ids."""
+
+    def called(key: str) -> str:
+        peer_id = (names or {}).get(key)
+        return _short(peer_id) if peer_id else f"{key[:8]}…"
+
+    added, removed, updated = changes.added, changes.removed, changes.updated
+    line = f"device/{name}: {len(added)} peer{'' if len(added) == 1 else 's'} added"
+    line += f", {len(removed)} removed"
+    if updated:
+        line += f", {len(updated)} updated"
+    which = [
+        *(f"+{called(k)}" for k in added),
+        *(f"-{called(k)}" for k in removed),
+        *(f"~{called(k)}" for k in updated),
+    ]
+    return line + (f" ({', '.join(which)})" if which else "")
+
+
+def _peer_names(*peer_sets: list[dict[str, Any]]) -> dict[str, str]:
+    """Public key → peer id, over the configs' peer lists (later ones win)."""
+    return {
+        str(p["publicKey"]): str(p["id"])
+        for peers in peer_sets
+        for p in peers
+        if p.get("publicKey") and p.get("id")
+    }
+
+
+def _interface_of(team: str, name: str) -> str:
+    """The device's interface here; bad input (exit 2) when it was not joined here."""
+    ifname = net.device_ifname(team, name)
+    if not os.path.exists(f"/sys/class/net/{ifname}"):
+        raise InvalidInput(
+            f"device/{name} of team {team} is not joined on this machine (no interface "
+            f"{ifname}): run `kled device join {name}` first"
+        )
+    return ifname
+
+
+def _apply(team: str, name: str, ifname: str, config: dict[str, Any]) -> net.PeerChanges:
+    dev = device_network(team, name, config)
+    try:
+        return asyncio.run(net.sync(dev, ifname=ifname))
+    except NotFound:
+        raise NotFound(
+            f"device/{name}: its interface {ifname} is gone from this machine: "
+            f"run `kled device join {name}` again"
+        ) from None
+
+
+def _apply_delta(peers: dict[str, dict[str, Any]], delta: dict[str, Any]) -> None:
+    """A ``delta`` event on the peers by id: removed first, then added, then updated."""
+    for peer_id in delta.get("removed") or []:
+        peers.pop(str(peer_id), None)
+    for peer in [*(delta.get("added") or []), *(delta.get("updated") or [])]:
+        peers[str(peer.get("id") or peer["publicKey"])] = peer
+
+
+def _device_events(
+    client: Client, team: str, name: str, ifname: str, on_retry: Callable[[str], None]
+) -> Iterator[WatchEvent]:
+    try:
+        yield from client.watch(f"{_path(team, name)}/wireguard/watch", on_retry=on_retry)
+    except NotFound as e:
+        raise NotFound(
+            f"device/{name} is no longer in team {team} ({e}); its interface {ifname} stays"
+            f" up until `kled device leave {name}`"
+        ) from None
+
+
+def follow(client: Client, team: str, name: str, ifname: str) -> None:
+    """Apply the device's peer changes as the control plane streams them, until Ctrl-C;
+    one line per change. A reconnection starts with a whole config, so nothing missed
+    while away is lost. The interface stays up when this stops."""
+    note(f"following device/{name}'s peers (Ctrl-C stops; the interface stays up)")
+    config: dict[str, Any] | None = None
+    peers: dict[str, dict[str, Any]] = {}
+    lost = False
+
+    def on_retry(why: str) -> None:
+        nonlocal lost
+        if not lost:
+            warn(f"device/{name}: {why}; reconnecting (the interface keeps its peers)")
+        lost = True
+
+    try:
+        for event in _device_events(client, team, name, ifname, on_retry):
+            if lost:
+                note(f"device/{name}: reconnected")
+                lost = False
+            before = list(peers.values())
+            if event.type == "config":
+                config = event.object
+                peers = {str(p.get("id") or p["publicKey"]): p for p in config.get("peers") or []}
+            elif event.type == "delta" and config is not None:
+                _apply_delta(peers, event.object)
+            else:
+                continue
+            current = list(peers.values())
+            changes = _apply(team, name, ifname, {**config, "peers": current})
+            if changes:
+                out(describe_changes(name, changes, _peer_names(before, current)))
+    except KeyboardInterrupt:
+        note(f"device/{name}: stopped following; {ifname} stays up with its peers")
+
+
 KindOption = Annotated[str, typer.Option("--kind", help="laptop, phone, workspace or server.")]
+FollowOption = Annotated[
+    bool,
+    typer.Option(
+        "--follow",
+        "-f",
+        help="Stay in the foreground and apply the team's peer changes as they happen "
+        "(nodes joining, leaving, moving); Ctrl-C stops, the interface stays up.",
+    ),
+]
 
 
 @app.command()
-def join(name: str, kind: KindOption = "laptop", team: TeamOption = None) -> None:
+def join(
+    name: str, kind: KindOption = "laptop", team: TeamOption = None, follow_: FollowOption = False
+) -> None:
     """Join this machine to the team mesh as device NAME (needs root)."""
     if os.geteuid() != 0:
         raise Forbidden("joining needs root (it creates a network interface): use sudo")
     chosen_team = STATE.team_for(team)
     with STATE.client() as client:
         register(client, chosen_team, name, kind)
-        config = mesh_config(client, chosen_team, name, wait_for_peers=True)
-    dev = device_network(chosen_team, name, config)
-    ifname = net.device_ifname(chosen_team, name)
-    asyncio.run(net.bring_up(dev, ifname=ifname))
-    out(f"device/{name} joined team {chosen_team} as {dev.ip} on {ifname}, routing {dev.block}")
-    if dev.dns and config.get("zone"):
-        setup = asyncio.run(net.configure_resolver(ifname, dev.dns, [str(config["zone"])]))
-        (out if setup.applied else note)(setup.message)
+        # A follower hears of nodes as they come: no need to wait for one.
+        config = mesh_config(
+            client, chosen_team, name, wait_for_peers=not follow_, warn_no_peers=not follow_
+        )
+        dev = device_network(chosen_team, name, config)
+        ifname = net.device_ifname(chosen_team, name)
+        asyncio.run(net.bring_up(dev, ifname=ifname))
+        out(f"device/{name} joined team {chosen_team} as {dev.ip} on {ifname}, routing {dev.block}")
+        if dev.dns and config.get("zone"):
+            setup = asyncio.run(net.configure_resolver(ifname, dev.dns, [str(config["zone"])]))
+            (out if setup.applied else note)(setup.message)
+        if follow_:
+            follow(client, chosen_team, name, ifname)
+
+
+@app.command()
+def sync(name: str, team: TeamOption = None) -> None:
+    """Bring device NAME's interface up to date with the team's peers (needs root).
+
+    The device must have been joined on this machine (`kled device join NAME`). Prints what
+    changed; `kled device join NAME --follow` keeps it up to date instead.
+    """
+    chosen_team = STATE.team_for(team)
+    ifname = _interface_of(chosen_team, name)
+    if os.geteuid() != 0:
+        raise Forbidden(f"changing {ifname} needs root: use sudo")
+    with STATE.client() as client:
+        config = mesh_config(client, chosen_team, name)
+    changes = _apply(chosen_team, name, ifname, config)
+    out(describe_changes(name, changes, _peer_names(config.get("peers") or [])))
 
 
 @app.command()
@@ -148,6 +307,8 @@ def config(name: str, kind: KindOption = "laptop", team: TeamOption = None) -> N
     dev = device_network(chosen_team, name, config_doc)
     private, _ = net.local_keypair(key_file(chosen_team, name))
     out(net.render_wg_quick(dev, private).rstrip("\n"))
+    if dev.dns and net.dns_host_port(dev.dns)[1] != 53:
+        warn(net.wg_quick_dns_note(dev.dns))
 
 
 @app.command("list")
