@@ -91,7 +91,35 @@ def test_up_runs_a_local_agent_that_runs_apps(cli: Cli) -> None:
         psutil.wait_procs(agent, timeout=20)
         assert not agent[0].is_running() or agent[0].status() == psutil.STATUS_ZOMBIE
         assert len(_sleepers()) == 1  # replicas outlive the agent, by design
+
+        # `kled down` takes down what stayed, and keeps what the server stored.
+        down = cli.ok("down")
+        assert "local agent: stopped 1 replica, removed" in down, down
+        assert f"data kept in {data_dir}" in down
+        assert _sleepers() == []
+        assert (data_dir / "kled.db").exists()
     finally:
         up.stop(signal.SIGKILL)
         for p in _sleepers():
             p.kill()
+
+
+@pytest.mark.slow
+def test_down_stops_a_running_up(cli: Cli) -> None:
+    port = free_port()
+    data_dir = cli.home / ".local" / "share" / "kled"
+    up = ServerProcess(cli, data_dir, port)
+    up.proc = cli.popen("up", "--listen", f"127.0.0.1:{port}", "--agent-network", "off")
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(up.proc.stdout or []), daemon=True).start()
+    try:
+        _until(lambda: any("Next:" in line for line in lines), "kled up announced itself")
+        assert (data_dir / "up.pid").read_text().strip() == str(up.proc.pid)
+        down = cli.ok("down")
+        assert f"kled up (pid {up.proc.pid}) stopped" in down
+        assert up.proc.wait(30) == 0
+        assert not (data_dir / "up.pid").exists()
+        # Nothing left to stop: says so, and succeeds.
+        assert "kled up" not in cli.ok("down")
+    finally:
+        up.stop(signal.SIGKILL)

@@ -11,14 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import shutil
 import signal
 import socket
-from pathlib import Path
 
-from kled.agent.agent import Agent, detect_capabilities, host_capacity
-from kled.agent.net import gateway
-from kled.agent.net.host import HostNetworkLayer, LinuxHostNetwork
+from kled.agent.agent import Agent, default_network, detect_capabilities, host_capacity
+from kled.agent.net.host import HostNetworkLayer
 from kled.agent.registration import Registration, load_registration, register
 from kled.bus.office import ConnectOptions, MessageOffice
 from kled.bus.subjects import Subjects, check_node_name
@@ -87,17 +84,15 @@ async def _credentials(args: argparse.Namespace, name: str, labels: dict[str, st
 
 
 def _network(args: argparse.Namespace, node: str) -> HostNetworkLayer | None:
-    caps = detect_capabilities()
-    able = "netns" in caps and "wireguard" in caps and shutil.which("nft") is not None
-    if args.network == "off" or (args.network == "auto" and not able):
+    if args.network == "off":
         return None
-    if not able:
+    # The agent runs in the host's own namespace, where the underlay is.
+    layer = default_network(args.data_dir, node, args.host_id)
+    if layer is None and args.network == "on":
         raise InvalidInput(
             "--network on needs root, wireguard-go (or the kernel module) and nft", field="network"
         )
-    # The agent runs in the host's own namespace (None), where the underlay is.
-    host_id = gateway.check_host_id(args.host_id) if args.host_id else gateway.default_host_id(node)
-    return LinuxHostNetwork(None, host_id=host_id, state_dir=Path(args.data_dir) / "net")
+    return layer
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -28,7 +28,8 @@ from pathlib import Path
 import psutil
 
 from kled.agent.mesh import MeshKeeper
-from kled.agent.net.host import HostNetworkLayer
+from kled.agent.net import gateway
+from kled.agent.net.host import HostNetworkLayer, LinuxHostNetwork
 from kled.agent.reconcile import Action, ActionKind, Observed, Reconciler, plan
 from kled.agent.runtime.base import Runtime
 from kled.agent.runtime.container import ContainerRuntime, container_engine
@@ -86,6 +87,18 @@ def default_runtimes(data_dir: Path) -> list[Runtime]:
     if container_engine() is not None:
         runtimes.append(ContainerRuntime(data_dir / "containers"))
     return runtimes
+
+
+def default_network(
+    data_dir: str | Path, node: str, host_id: str | None = None
+) -> HostNetworkLayer | None:
+    """The host's network layer for the agent of ``node`` (its state under ``data_dir``);
+    None where this host cannot have one (not root, no WireGuard or nft)."""
+    caps = detect_capabilities()
+    if "netns" not in caps or "wireguard" not in caps or shutil.which("nft") is None:
+        return None
+    chosen = gateway.check_host_id(host_id) if host_id else gateway.default_host_id(node)
+    return LinuxHostNetwork(None, host_id=chosen, state_dir=Path(data_dir) / "net")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from kled.resources.meta import is_dns_label
 from kled.resources.registry import kind_info
 from kled.settings import ServerSettings
 from kled.store.credentials import Credentials
-from kled.store.objects import Key, Store
+from kled.store.follow import follow_events
+from kled.store.objects import Event, Key, Store
 
 log = logging.getLogger(__name__)
 CONSUMER = "kled-control-plane"
@@ -126,7 +127,13 @@ class HostServices:
         )
         await self.workloads.start()
         self._tasks.append(asyncio.create_task(self._consume(), name="status-consumer"))
-        self._tasks.append(asyncio.create_task(self._follow_nodes(), name="node-feed"))
+        after = await self.store.revision()
+        self._tasks.append(
+            asyncio.create_task(
+                follow_events(self.store, after, self._node_event, what="node feed"),
+                name="node-feed",
+            )
+        )
         if self.embedded is not None:
             self._tasks.append(asyncio.create_task(self._supervise_nats(), name="nats-watch"))
 
@@ -179,17 +186,10 @@ class HostServices:
                 log.warning("status consumer: %s; retrying", e)
                 await asyncio.sleep(1)
 
-    async def _follow_nodes(self) -> None:
+    async def _node_event(self, event: Event) -> None:
         """A deleted node loses its NATS credentials and its desired state."""
-        after = await self.store.revision()
-        while not self._stop.is_set():
-            batch = await self.store.events_after(after)
-            for event in batch:
-                after = event.seq
-                if event.kind == "Node" and event.type == "DELETED":
-                    await self._forget_node(event.name)
-            if len(batch) < 500:
-                await self.store.wait_for_change(1.0)
+        if event.kind == "Node" and event.type == "DELETED":
+            await self._forget_node(event.name)
 
     async def _forget_node(self, node: str) -> None:
         if self.embedded is not None:

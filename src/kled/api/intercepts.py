@@ -38,6 +38,7 @@ from kled.api import authz
 from kled.api.service import Service
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
 from kled.resources.netstate import PersonalIntercept
+from kled.store.follow import follow_events
 from kled.store.objects import Event, Key, Store
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,10 @@ class InterceptServices:
     async def start(self) -> None:
         self.service.chain.add_validating(self.admit)
         after = await self.store.revision()
-        self._task = asyncio.create_task(self._follow(after), name="intercept-feed")
+        self._task = asyncio.create_task(
+            follow_events(self.store, after, self.on_event, what="intercept feed"),
+            name="intercept-feed",
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -237,22 +241,6 @@ class InterceptServices:
                 )
 
     # ---- ending and reporting --------------------------------------------------------
-
-    async def _follow(self, after: int) -> None:
-        while True:
-            try:
-                batch = await self.store.events_after(after)
-                for event in batch:
-                    after = event.seq
-                    await self.on_event(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("intercept feed: following the event log failed; retrying")
-                await asyncio.sleep(1)
-                continue
-            if len(batch) < 500:
-                await self.store.wait_for_change(1.0)
 
     async def on_event(self, event: Event) -> None:
         gone = event.type == "DELETED" or _deleting(event.object)

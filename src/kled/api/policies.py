@@ -25,7 +25,8 @@ from kled.api.service import Service
 from kled.errors import InvalidInput
 from kled.resources.registry import kind_info, resolve_kind
 from kled.resources.selectors import parse_selector
-from kled.store.objects import Key, Store
+from kled.store.follow import follow_events
+from kled.store.objects import Event, Key, Store
 from kled.store.violations import ViolationLog
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,10 @@ class PolicyFeed:
 
     async def start(self) -> None:
         after = await self.store.revision()
-        self._task = asyncio.create_task(self._run(after), name="policy-feed")
+        self._task = asyncio.create_task(
+            follow_events(self.store, after, self._on_event, what="policy feed"),
+            name="policy-feed",
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -151,30 +155,11 @@ class PolicyFeed:
             self._seen[uid] = fingerprint
         return True
 
-    async def _run(self, after: int) -> None:
-        while True:
-            try:
-                batch = await self.store.events_after(after)
-            except Exception:
-                log.exception("policy feed: reading the event log failed; retrying")
-                await asyncio.sleep(1)
-                continue
-            for event in batch:
-                after = event.seq
-                if event.kind == "Policy":
-                    self.source.forget(event.team)
-                if event.team and self.changed(event.type, event.object):
-                    try:
-                        await self.engine.on_change(event.type, event.object)
-                    except Exception:
-                        log.exception(
-                            "policy feed: re-checking %s/%s/%s failed",
-                            event.kind.lower(),
-                            event.team,
-                            event.name,
-                        )
-            if len(batch) < 500:
-                await self.store.wait_for_change(1.0)
+    async def _on_event(self, event: Event) -> None:
+        if event.kind == "Policy":
+            self.source.forget(event.team)
+        if event.team and self.changed(event.type, event.object):
+            await self.engine.on_change(event.type, event.object)
 
 
 router = APIRouter(prefix="/api/v1")

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -25,10 +26,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
+import psutil
 import typer
 
 from kled.cli.config import Context
-from kled.cli.output import out
+from kled.cli.output import note, out
 from kled.cli.state import STATE
 from kled.errors import InvalidInput, Unavailable
 
@@ -374,7 +376,74 @@ def up(
         ]
         out("\n".join(lines))
 
-    asyncio.run(_serve(settings, announce, [*UP_PARTS, *([local] if agent else [])]))
+    pid_file = up_pid_file(settings.data_dir)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        asyncio.run(_serve(settings, announce, [*UP_PARTS, *([local] if agent else [])]))
+    finally:
+        with contextlib.suppress(OSError):
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+
+
+def up_pid_file(data_dir: Path) -> Path:
+    return Path(data_dir) / "up.pid"
+
+
+def down(data_dir: DataDir = None, log_level: LogLevel = "warning") -> None:
+    """Stop `kled up` and everything its local agent runs: replicas and team networks.
+
+    What the server stores (teams, apps, secrets) is kept: the next `kled up` starts the
+    same apps again."""
+    setup_logging(log_level, False)
+    settings = settings_from(data_dir, None, None, None, False)
+    pid_file = up_pid_file(settings.data_dir)
+    stopped = _stop_up(pid_file)
+    if stopped:
+        out(f"kled up (pid {stopped}) stopped")
+    agent_dir = Path(settings.data_dir) / "agent"
+    if not agent_dir.is_dir():
+        out("no local agent state here: nothing else to stop")
+        return
+    from kled.agent.agent import default_network
+    from kled.agent.teardown import teardown
+
+    network = default_network(agent_dir, local_node_name())
+    if network is None and os.geteuid() != 0:
+        note("not root: team networks (if any) are left; run `sudo kled down` to remove them")
+    done = asyncio.run(teardown(agent_dir, network))
+    out(f"local agent: {done.summary()}; data kept in {settings.data_dir}")
+
+
+def _exited(proc: psutil.Process, wait: float) -> bool:
+    """Whether ``proc`` ends within ``wait`` seconds (a zombie has: its parent reaps it)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _stop_up(pid_file: Path, wait: float = 30.0) -> int | None:
+    """SIGINT the `kled up` of this data dir, if it runs; its pid once it has exited."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        proc = psutil.Process(pid)
+        if "kled" not in " ".join(proc.cmdline()):
+            return None  # a stale file whose pid now belongs to something else
+    except (OSError, ValueError, psutil.Error):
+        return None
+    proc.send_signal(signal.SIGINT)
+    if not _exited(proc, wait):
+        proc.terminate()
+        if not _exited(proc, 10):
+            raise Unavailable(f"kled up (pid {pid}) does not stop; kill it and run this again")
+    return pid
 
 
 def local_node_name() -> str:
@@ -469,3 +538,4 @@ UP_PARTS: list[Part] = []
 def register(root: typer.Typer) -> None:
     root.command("server")(server)
     root.command()(up)
+    root.command()(down)
