@@ -180,6 +180,28 @@ async def test_heartbeats_make_nodes_ready_with_capacity(world: World) -> None:
     assert after == version
 
 
+async def test_quiet_heartbeats_do_not_rewrite_the_node_every_time(world: World) -> None:
+    await world.nodes("n1")
+    events_before = await world.store.revision()
+    for _ in range(10):  # 10 heartbeats, 1 s apart, with nothing new in them
+        world.clock.now += 1
+        await world.beat("n1")
+    node_events = [e for e in await world.store.events_after(events_before) if e.kind == "Node"]
+    assert len(node_events) <= 1  # lastHeartbeat written at most every 15 s
+    assert (await world.node_status("n1"))["phase"] == "Ready"
+    # Something new in a heartbeat is written at once.
+    world.hb_time += 1
+    await world.ctl.on_heartbeat(
+        hb("n1", world.hb_time).model_copy(update={"agent_version": "0.2.0"})
+    )
+    assert (await world.node_status("n1"))["agentVersion"] == "0.2.0"
+    # And the time, once 15 s have passed.
+    world.clock.now += 16
+    await world.beat("n1")
+    shown = (await world.node_status("n1"))["lastHeartbeat"]
+    assert shown.startswith((T0 + timedelta(seconds=world.hb_time)).isoformat()[:19])
+
+
 async def test_replicas_are_placed_sent_and_reported_running(world: World) -> None:
     await world.nodes("n1", "n2")
     await world.store.create(app_doc(replicas=2, env={"A": "1"}))

@@ -85,6 +85,22 @@ def _app_inputs(doc: Mapping[str, Any]) -> tuple[Any, ...]:
     return (doc.get("spec"), meta.get("annotations"), meta.get("generation"), meta.get("uid"))
 
 
+#: seconds between two writes of a node's lastHeartbeat when nothing else changed
+HEARTBEAT_WRITE_EVERY = 15.0
+
+
+def _version(doc: dict[str, Any]) -> int:
+    try:
+        return int((doc.get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _only_time_moved(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    rest = {k: v for k, v in after.items() if k != "lastHeartbeat"}
+    return rest == {k: v for k, v in before.items() if k != "lastHeartbeat"}
+
+
 def _name(ref: Ref) -> str:
     return f"app/{ref[0]}/{ref[1]}.{ref[2]}"
 
@@ -121,6 +137,13 @@ class WorkloadController:
         self._dirty_apps: set[Ref] = set()
         self._dirty = False
         self._generation = 0
+        #: the newest document seen of each Node and App (by resourceVersion): a status
+        #: that would not change against it needs no read of the store
+        self._latest: dict[Key, dict[str, Any]] = {}
+        #: node → when its lastHeartbeat was last written (our clock)
+        self._heartbeat_written: dict[str, float] = {}
+        #: node → the newest heartbeat handled (its own time), written or not
+        self._heartbeat_seen: dict[str, datetime] = {}
 
     # ---- lifetime ------------------------------------------------------------------
 
@@ -218,7 +241,21 @@ class WorkloadController:
             doc = found
         self._remember(ev.kind, doc)
 
+    def _keep_latest(self, key: Key, doc: dict[str, Any] | None) -> None:
+        if doc is None or deleting(doc):
+            self._latest.pop(key, None)
+            return
+        held = self._latest.get(key)
+        if held is None or _version(held) <= _version(doc):
+            self._latest[key] = doc
+
     def _remember(self, kind: str, doc: dict[str, Any]) -> None:
+        if kind in ("Node", "App"):
+            m = doc["metadata"]
+            self._keep_latest(
+                Key(kind, str(m.get("team") or ""), str(m.get("environment") or ""), m["name"]),
+                doc,
+            )
         if deleting(doc):
             return
         meta = doc["metadata"]
@@ -251,6 +288,7 @@ class WorkloadController:
             self._touch_environment(ref[0], ref[1])
 
     def _forget(self, kind: str, ref: Ref) -> None:
+        self._latest.pop(Key(kind, *ref), None)
         if kind == "Node":
             if self._nodes.pop(ref[2], None) is not None:
                 self.tracker.forget(ref[2])
@@ -400,7 +438,14 @@ class WorkloadController:
     async def _set_status(
         self, key: Key, change: Callable[[dict[str, Any]], dict[str, Any]]
     ) -> dict[str, Any] | None:
-        """Write a new status computed from the current document; retry on a race."""
+        """Write a new status computed from the current document; retry on a race.
+
+        Nothing is read when the status would not change against the newest document we
+        hold: the store's copy is at least as new, and only we write the fields that
+        ``change`` computes (other writers' fields are carried over, not compared)."""
+        held = self._latest.get(key)
+        if held is not None and change(held) == (held.get("status") or {}):
+            return held
         for _ in range(_STATUS_TRIES):
             doc = await self.store.find(key)
             if doc is None or deleting(doc):
@@ -409,9 +454,11 @@ class WorkloadController:
             if status == (doc.get("status") or {}):
                 return doc
             try:
-                return await self.store.update_status(
+                written = await self.store.update_status(
                     key, status, expected_version=doc["metadata"]["resourceVersion"]
                 )
+                self._keep_latest(key, written)
+                return written
             except NotFound:
                 return None
             except Conflict:
@@ -422,21 +469,33 @@ class WorkloadController:
     # ---- what agents report -------------------------------------------------------------
 
     async def on_heartbeat(self, hb: NodeHeartbeat) -> None:
-        """A node is alive: refresh ``Node.status``, and the replicas it lists."""
+        """A node is alive: refresh ``Node.status``, and the replicas it lists.
+
+        A heartbeat that changes nothing but the time is written at most every
+        ``HEARTBEAT_WRITE_EVERY`` seconds: liveness is judged on our own clock
+        (``NodeTracker``), so the store need not take a write per node every 2 s."""
         async with self._lock:
             key = Key("Node", "", "", hb.node)
-            doc = await self.store.find(key)
+            doc = self._latest.get(key) or await self.store.find(key)
             if doc is None or deleting(doc):
                 log.warning("node//%s: heartbeat from a node that is not registered", hb.node)
                 return
-            if not is_newer(doc.get("status") or {}, hb):
+            status = doc.get("status") or {}
+            seen = self._heartbeat_seen.get(hb.node)
+            if not is_newer(status, hb) or (seen is not None and hb.time < seen):
                 return  # a late or redelivered heartbeat says nothing new
-            self.tracker.heartbeat(hb.node, self._clock())
-            written = await self._set_status(
-                key, lambda d: apply_heartbeat(d.get("status") or {}, hb)
-            )
-            if written is not None:
-                self._remember("Node", written)
+            self._heartbeat_seen[hb.node] = hb.time
+            now = self._clock()
+            self.tracker.heartbeat(hb.node, now)
+            quiet = _only_time_moved(status, apply_heartbeat(status, hb))
+            due = now - self._heartbeat_written.get(hb.node, -HEARTBEAT_WRITE_EVERY)
+            if not quiet or due >= HEARTBEAT_WRITE_EVERY:
+                written = await self._set_status(
+                    key, lambda d: apply_heartbeat(d.get("status") or {}, hb)
+                )
+                if written is not None:
+                    self._heartbeat_written[hb.node] = now
+                    self._remember("Node", written)
             if self._dirty:
                 # First the node's readiness, so the replicas it lists are read as fresh news.
                 await self._reconcile()
