@@ -123,21 +123,27 @@ def run_backend(name: str, database: str | None, args: argparse.Namespace) -> di
             "KLED_DATABASE": db_url,
             "KLED_LISTEN": f"127.0.0.1:{port}",
         }
+        server_log = (Path(tmp) / "server.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, __file__, "--serve"],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.time() + 60
-            while time.time() < deadline:
+            # A first start gives every seeded app its service IP before it serves.
+            started = time.time()
+            while True:
                 try:
                     if httpx.get(url + "/readyz", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
-                    time.sleep(0.1)
+                    time.sleep(0.2)
+                if proc.poll() is not None or time.time() - started > 900:
+                    tail = (Path(tmp) / "server.log").read_text(errors="replace")[-2000:]
+                    raise SystemExit(f"the {name} server did not become ready:\n{tail}")
+            seconds_to_ready = round(time.time() - started, 1)
             token = (data / "admin.token").read_text().strip()
             base = "/api/v1/teams/bench/environments"
             n_res = args.resources
@@ -169,11 +175,13 @@ def run_backend(name: str, database: str | None, args: argparse.Namespace) -> di
                 "backend": name,
                 "resources": args.resources,
                 "concurrency": args.concurrency,
+                "first_start_seconds_to_ready": seconds_to_ready,
                 **results,
             }
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+            server_log.close()
 
 
 def serve() -> None:
