@@ -373,13 +373,13 @@ def test_the_plan_holds_only_the_differences() -> None:
         # No endpoint given: the one the interface learned stays; the order of IPs is moot.
         Peer(public_key=key(2), allowed_ips=("100.64.0.2/32", "100.64.16.0/24")),
     ]  # fmt: skip
-    assert device.plan_peers(have, same) == ([], device.PeerChanges())
+    assert wireguard.plan_peers(have, same) == ([], wireguard.PeerChanges())
     wider = [same[0], same[1].model_copy(update={"allowed_ips": ("100.64.0.0/16",)})]
-    args, changes = device.plan_peers(have, wider)
+    args, changes = wireguard.plan_peers(have, wider)
     assert args == [
         "peer", key(2), "allowed-ips", "100.64.0.0/16", "persistent-keepalive", "off"
     ]  # fmt: skip
-    assert changes == device.PeerChanges(updated=(key(2),))
+    assert changes == wireguard.PeerChanges(updated=(key(2),))
 
 
 # ---- the CLI ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import typer
 
 from kled.agent.net import device as net
-from kled.agent.net import liveness
+from kled.agent.net import liveness, wireguard
 from kled.cli.client import Client, WatchEvent
 from kled.cli.output import align, check_format, note, out, show, warn
 from kled.cli.state import STATE, TeamOption
@@ -134,7 +134,7 @@ def _short(peer_id: str) -> str:
 
 
 def describe_changes(
-    name: str, changes: net.PeerChanges, names: dict[str, str] | None = None
+    name: str, changes: wireguard.PeerChanges, names: dict[str, str] | None = None
 ) -> str:
     """``device/laptop: 1 peer added, 0 removed (+node/n2)``; ``names`` maps keys to ids."""
 
@@ -176,7 +176,7 @@ def _interface_of(team: str, name: str) -> str:
     return ifname
 
 
-def _apply(team: str, name: str, ifname: str, config: dict[str, Any]) -> net.PeerChanges:
+def _apply(team: str, name: str, ifname: str, config: dict[str, Any]) -> wireguard.PeerChanges:
     dev = device_network(team, name, config)
     try:
         return asyncio.run(net.sync(dev, ifname=ifname))

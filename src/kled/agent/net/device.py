@@ -4,7 +4,7 @@ A device (a laptop, a workspace) is a WireGuard peer of its team's nodes. Its pr
 generated here, on the device, and never leaves it: only the public key is registered with
 the control plane. ``bring_up`` starts the interface with ``wireguard-go`` (and a route for
 the whole team block), ``sync`` brings an interface that is up in line with a newer
-configuration by changing only what differs (``plan_peers``), ``render_wg_quick`` writes
+configuration by changing only what differs (``wireguard.plan_peers``), ``render_wg_quick`` writes
 the same thing as a standard ``wg-quick`` file for any ordinary WireGuard client, and
 ``configure_resolver`` points the machine's resolver for the team zone at Kled's DNS —
 through systemd-resolved when it runs, otherwise by returning instructions for the user.
@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives.serialization import (
 
 from kled.agent.net import links, wireguard
 from kled.agent.net.command import run
-from kled.agent.net.wireguard import PeerStatus
 from kled.errors import InvalidInput, NotFound
 from kled.resources.netstate import Peer
 
@@ -133,90 +132,20 @@ async def bring_down(ifname: str, *, netns: str | None = None) -> None:
     await wireguard.wait_gone(ifname)
 
 
-@dataclass(frozen=True)
-class PeerChanges:
-    """What a ``sync`` changed on the interface: public keys added, removed, updated."""
-
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    updated: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.updated)
-
-
-def plan_peers(
-    current: Sequence[PeerStatus], wanted: Sequence[Peer]
-) -> tuple[list[str], PeerChanges]:
-    """The ``wg set`` arguments (after the interface name) that turn the ``current`` peers
-    into ``wanted``, holding only the differences, and what they change.
-
-    A peer listed without an endpoint keeps the one the interface learned from it
-    (WireGuard roaming); allowed IPs are compared as sets of networks.
-    """
-    keys = [p.public_key for p in wanted]
-    if len(keys) != len(set(keys)):
-        raise InvalidInput("a peer public key appears twice", field="peers")
-    have = {p.public_key: p for p in current}
-    args: list[str] = []
-    removed = tuple(key for key in have if key not in keys)
-    for key in removed:
-        args += ["peer", key, "remove"]
-    added: list[str] = []
-    updated: list[str] = []
-    for peer in wanted:
-        old = have.get(peer.public_key)
-        if old is not None and _same_peer(old, peer):
-            continue
-        (added if old is None else updated).append(peer.public_key)
-        args += _peer_args(peer)
-    return args, PeerChanges(tuple(added), removed, tuple(updated))
-
-
-def _peer_args(peer: Peer) -> list[str]:
-    args = ["peer", peer.public_key]
-    if peer.endpoint:
-        args += ["endpoint", peer.endpoint]
-    args += ["allowed-ips", ",".join(peer.allowed_ips)]
-    keepalive = peer.persistent_keepalive
-    return [*args, "persistent-keepalive", str(keepalive) if keepalive else "off"]
-
-
-def _same_peer(have: PeerStatus, want: Peer) -> bool:
-    if want.endpoint and _endpoint(want.endpoint) != _endpoint(have.endpoint):
-        return False
-    if _networks(want.allowed_ips) != _networks(have.allowed_ips):
-        return False
-    return (want.persistent_keepalive or None) == (have.persistent_keepalive or None)
-
-
-def _endpoint(text: str | None) -> tuple[str, str] | str | None:
-    """``host:port`` as (address, port), so that ``[::1]:5`` and wg's spelling compare."""
-    if text is None:
-        return None
-    host, _, port = text.rpartition(":")
-    try:
-        return str(ipaddress.ip_address(host.strip("[]"))), port
-    except ValueError:
-        return text
-
-
-def _networks(cidrs: Sequence[str]) -> set[str]:
-    return {str(ipaddress.ip_network(c, strict=False)) for c in cidrs}
-
-
-async def set_peers(ifname: str, peers: Sequence[Peer]) -> PeerChanges:
+async def set_peers(ifname: str, peers: Sequence[Peer]) -> wireguard.PeerChanges:
     """Make the interface's peers ``peers`` with one ``wg set`` holding only the
     differences: peers that stay unchanged are not touched, so their sessions and learned
     endpoints are kept (``wireguard.configure`` restates every peer instead)."""
     current = await wireguard.status(ifname)
-    args, changes = plan_peers(current.peers, peers)
+    args, changes = wireguard.plan_peers(current.peers, peers)
     if args:
         await run(["wg", "set", ifname, *args])
     return changes
 
 
-async def sync(dev: DeviceNetwork, *, ifname: str, netns: str | None = None) -> PeerChanges:
+async def sync(
+    dev: DeviceNetwork, *, ifname: str, netns: str | None = None
+) -> wireguard.PeerChanges:
     """Bring the device's interface, which must be up, in line with ``dev``: its peers (only
     the differences), its address and the route to the team block."""
     if not (wireguard.is_alive(ifname) and await links.exists(netns, ifname)):

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -209,37 +210,76 @@ async def status(ifname: str) -> InterfaceStatus:
     return parse_dump(await run(["wg", "show", ifname, "dump"]))
 
 
+@dataclass(frozen=True)
+class PeerChanges:
+    """What a ``sync`` changed on the interface: public keys added, removed, updated."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.updated)
+
+
+def plan_peers(
+    current: Sequence[PeerStatus], wanted: Sequence[Peer]
+) -> tuple[list[str], PeerChanges]:
+    """The ``wg set`` arguments (after the interface name) that turn the ``current`` peers
+    into ``wanted``, holding only the differences, and what they change.
+
+    A peer listed without an endpoint keeps the one the interface learned from it
+    (WireGuard roaming); allowed IPs are compared as sets of networks.
+    """
+    keys = [p.public_key for p in wanted]
+    if len(keys) != len(set(keys)):
+        raise InvalidInput("a peer public key appears twice", field="peers")
+    have = {p.public_key: p for p in current}
+    args: list[str] = []
+    removed = tuple(key for key in have if key not in keys)
+    for key in removed:
+        args += ["peer", key, "remove"]
+    added: list[str] = []
+    updated: list[str] = []
+    for peer in wanted:
+        old = have.get(peer.public_key)
+        if old is not None and _same_peer(old, peer):
+            continue
+        (added if old is None else updated).append(peer.public_key)
+        args += _peer_args(peer)
+    return args, PeerChanges(tuple(added), removed, tuple(updated))
+
+
 def _peer_args(peer: Peer) -> list[str]:
     args = ["peer", peer.public_key]
     if peer.endpoint:
         args += ["endpoint", peer.endpoint]
     args += ["allowed-ips", ",".join(peer.allowed_ips)]
     keepalive = peer.persistent_keepalive
-    args += ["persistent-keepalive", str(keepalive) if keepalive else "off"]
-    return args
+    return [*args, "persistent-keepalive", str(keepalive) if keepalive else "off"]
 
 
-def _configured(current: PeerStatus | None, peer: Peer) -> bool:
-    """Whether the interface already has ``peer`` as wanted (an endpoint it was not given
-    is whatever the peer last came from, left alone)."""
-    if current is None:
+def _same_peer(have: PeerStatus, want: Peer) -> bool:
+    if want.endpoint and _endpoint(want.endpoint) != _endpoint(have.endpoint):
         return False
-    if {_network(a) for a in current.allowed_ips} != {_network(a) for a in peer.allowed_ips}:
+    if _networks(want.allowed_ips) != _networks(have.allowed_ips):
         return False
-    if (current.persistent_keepalive or 0) != (peer.persistent_keepalive or 0):
-        return False
-    return peer.endpoint is None or _endpoint(current.endpoint) == _endpoint(peer.endpoint)
+    return (want.persistent_keepalive or None) == (have.persistent_keepalive or None)
 
 
-def _network(cidr: str) -> str:
-    return str(ipaddress.ip_network(cidr, strict=False))
-
-
-def _endpoint(value: str | None) -> str | None:
-    if value is None:
+def _endpoint(text: str | None) -> tuple[str, str] | str | None:
+    """``host:port`` as (address, port), so that ``[::1]:5`` and wg's spelling compare."""
+    if text is None:
         return None
-    host, _, port = value.rpartition(":")
-    return f"{ipaddress.ip_address(host.strip('[]'))}:{port}"
+    host, _, port = text.rpartition(":")
+    try:
+        return str(ipaddress.ip_address(host.strip("[]"))), port
+    except ValueError:
+        return text
+
+
+def _networks(cidrs: Sequence[str]) -> set[str]:
+    return {str(ipaddress.ip_network(c, strict=False)) for c in cidrs}
 
 
 async def configure(
@@ -257,21 +297,12 @@ async def configure(
     """
     if not is_alive(ifname):
         raise Unavailable(f"WireGuard interface {ifname} is not running")
-    keys = [p.public_key for p in peers]
-    if len(keys) != len(set(keys)):
-        raise InvalidInput("a peer public key appears twice", field="peers")
     current = await status(ifname)
     args = ["wg", "set", ifname]
     if listen_port is not None and listen_port != current.listen_port:
         args += ["listen-port", str(listen_port)]
     if private_key_file is not None:
         args += ["private-key", str(private_key_file)]
-    have = {p.public_key: p for p in current.peers}
-    for old in current.peers:
-        if old.public_key not in keys:
-            args += ["peer", old.public_key, "remove"]
-    for peer in peers:
-        if not _configured(have.get(peer.public_key), peer):
-            args += _peer_args(peer)
+    args += plan_peers(current.peers, peers)[0]
     if len(args) > 3:
         await run(args)
