@@ -234,6 +234,25 @@ async def test_a_restart_changes_no_address_and_frees_what_vanished(world: World
     assert beta is not None and beta.devices == {"phone": "100.70.0.2"}
     assert beta.nodes == {"n1": "100.70.0.1"}
 
+    # Restarted again with everything in place: not one status is written.
+    revision = await s.revision()
+    again = World(world.store, Ipam(world.store.db), world.db_url)
+    await again.ctl.rebuild()
+    await again.settle()
+    assert await s.revision() == revision
+    # An address freed at start is free: a new app may take it, and the app that had it,
+    # back again, gets another (never the same address twice).
+    await s.create(app("fresh"))
+    await restarted.settle()
+    fresh = (await restarted.status("App", "fresh", "acme", "dev"))["ip"]
+    assert fresh not in after.values()
+    await s.create(app("web"))
+    await restarted.settle()
+    assert (await restarted.status("App", "web", "acme", "dev"))["ip"] not in (
+        fresh,
+        *after.values(),
+    )
+
 
 async def test_bad_blocks_and_full_ranges_are_reported_in_status(world: World) -> None:
     s = world.store
