@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from kled.admission.request import UserInfo
 from kled.api import authz
 from kled.api.mesh import MeshServices
+from kled.api.observability import AGENT_MESSAGES
 from kled.api.rest import User, _body, service
 from kled.api.service import ADMIN, Service, parse_duration
 from kled.bus.embedded import EmbeddedNats
@@ -174,10 +175,14 @@ class HostServices:
         async def handle(message: StatusMessage) -> None:
             if isinstance(message, NodeHeartbeat):
                 await workloads.on_heartbeat(message)
+                kind = "heartbeat"
             elif isinstance(message, AgentEvent):
                 await workloads.on_event(message)
+                kind = "event"
             else:
                 await workloads.on_replica_status(message)
+                kind = "status"
+            AGENT_MESSAGES.labels(kind).inc()
 
         while not self._stop.is_set():
             try:

@@ -16,6 +16,11 @@ REQUESTS = Counter(
     "API requests by method, route and status",
     ["method", "route", "code"],
 )
+AGENT_MESSAGES = Counter(
+    "kled_agent_messages_total",
+    "Messages from agents the control plane has handled, by kind",
+    ["kind"],
+)
 LATENCY = Histogram(
     "kled_api_request_duration_seconds",
     "API request latency by method and route",
