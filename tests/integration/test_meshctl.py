@@ -269,6 +269,17 @@ async def test_bad_blocks_and_full_ranges_are_reported_in_status(world: World) -
         "service range of team tiny is full (2 addresses)"
     )
     assert "ip" not in await world.status("App", "c", "tiny", "dev")
+    # Another app in the full range is refused too; once one is deleted, the next takes
+    # the freed address.
+    await s.create(app("d", team="tiny"))
+    await world.settle()
+    assert "ip" not in await world.status("App", "d", "tiny", "dev")
+    freed = (await world.status("App", "a", "tiny", "dev"))["ip"]
+    await s.delete(Key("App", "tiny", "dev", "a"))
+    await world.settle()
+    await s.create(app("e", team="tiny"))
+    await world.settle()
+    assert (await world.status("App", "e", "tiny", "dev"))["ip"] == freed
 
 
 async def test_team_deleted_frees_its_block(world: World) -> None:

@@ -109,6 +109,8 @@ class MeshController:
         self._rebuilding = False
         # What IPAM gave, so that a resource's every status write costs no query.
         self._given: dict[tuple[str, str, str, str], str] = {}
+        # (team, pool) → why it is full, until something in it is released
+        self._full: dict[tuple[str, str], str] = {}
 
     def zone_of(self, spec: dict[str, Any]) -> str:
         """A team's zone: its own, or the server's (``--zone``) when it sets none."""
@@ -160,6 +162,7 @@ class MeshController:
         self._teams.clear()
         self._nodes.clear()
         self._given.clear()
+        self._full.clear()
         self.netmap = Netmap()
         # Every address given out, in one query rather than one per resource.
         for a in await self.ipam.list():
@@ -271,6 +274,7 @@ class MeshController:
         self.netmap.set_service_range(name, None)
         await self.ipam.release_team(name)
         self._given = {k: v for k, v in self._given.items() if k[0] != name}
+        self._full = {k: v for k, v in self._full.items() if k[0] != name}
 
         def drop(status: dict[str, Any]) -> None:
             mesh = status.get("mesh") or {}
@@ -395,12 +399,22 @@ class MeshController:
         key = (team, pool, kind, owner)
         ip = self._given.get(key)
         if ip is None:
-            ip = self._given[key] = await self.ipam.allocate(team, pool, kind, owner)
+            full = self._full.get((team, pool))
+            if full is not None:
+                # Nothing was released in this range since it was found full: asking IPAM
+                # again (a locked scan per event) would only slow every write down.
+                raise Conflict(full)
+            try:
+                ip = self._given[key] = await self.ipam.allocate(team, pool, kind, owner)
+            except Conflict as e:
+                self._full[(team, pool)] = str(e)
+                raise
         return ip
 
     async def _release(self, team: str, kind: str, owner: str) -> None:
         for pool in ("mesh", "service", "pods"):
             self._given.pop((team, pool, kind, owner), None)
+            self._full.pop((team, pool), None)
         await self.ipam.release(team, kind, owner)
 
     async def _team_state(self, team: str) -> _Team:
