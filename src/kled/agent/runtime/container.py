@@ -42,6 +42,9 @@ from kled.resources.hoststate import (
 
 log = logging.getLogger(__name__)
 
+#: seconds a cancelled engine command may take to finish before it is killed
+_CLI_GRACE = 30.0
+
 _NANOS = re.compile(r"(\.\d{6})\d+")
 _NPROC_CAP = 32768  # runc on hybrid-cgroup hosts refuses more (measured on the test hosts)
 
@@ -389,8 +392,13 @@ class ContainerRuntime:
         try:
             out, err = await proc.communicate()
         except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            # Let the engine finish (a `run` killed halfway leaves its conmon and a
+            # `runc init` behind, in no list `rm -f` consults); kill it only if it hangs.
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), _CLI_GRACE)
+            except (TimeoutError, asyncio.CancelledError):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
             raise
         return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
