@@ -37,15 +37,21 @@ def _until(check: object, what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-@pytest.mark.slow
-def test_up_runs_a_local_agent_that_runs_apps(cli: Cli) -> None:
+def start_up(cli: Cli) -> tuple[ServerProcess, list[str]]:
+    """`kled up` on a free port, and the lines it prints as they come."""
     port = free_port()
-    data_dir = cli.home / ".local" / "share" / "kled"
-    up = ServerProcess(cli, data_dir, port)
-    # no team meshes: this test is about the agent's part in `kled up`, not the network
+    up = ServerProcess(cli, cli.home / ".local" / "share" / "kled", port)
+    # no team meshes: these tests are about `kled up` and its agent, not the network
     up.proc = cli.popen("up", "--listen", f"127.0.0.1:{port}", "--agent-network", "off")
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(up.proc.stdout or []), daemon=True).start()
+    return up, lines
+
+
+@pytest.mark.slow
+def test_up_runs_a_local_agent_that_runs_apps(cli: Cli) -> None:
+    up, lines = start_up(cli)
+    port, data_dir = up.port, up.data_dir
     node = local_node_name()
     try:
         _until(lambda: any("Next:" in line for line in lines), "kled up announced itself")
@@ -106,12 +112,8 @@ def test_up_runs_a_local_agent_that_runs_apps(cli: Cli) -> None:
 
 @pytest.mark.slow
 def test_down_stops_a_running_up(cli: Cli) -> None:
-    port = free_port()
-    data_dir = cli.home / ".local" / "share" / "kled"
-    up = ServerProcess(cli, data_dir, port)
-    up.proc = cli.popen("up", "--listen", f"127.0.0.1:{port}", "--agent-network", "off")
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(up.proc.stdout or []), daemon=True).start()
+    up, lines = start_up(cli)
+    data_dir = up.data_dir
     try:
         _until(lambda: any("Next:" in line for line in lines), "kled up announced itself")
         assert (data_dir / "up.pid").read_text().strip() == str(up.proc.pid)

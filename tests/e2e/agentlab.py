@@ -174,8 +174,8 @@ class LabServer(RunningServer):
     namespace, so concurrent labs on one machine never compete for an address there.
     """
 
-    def __init__(self, netns: str, data_dir: Path, ip: str) -> None:
-        super().__init__(data_dir, None, embedded_nats=True, dns_listen=f"{ip}:0")
+    def __init__(self, netns: str, data_dir: Path, ip: str, dns_port: int = 0) -> None:
+        super().__init__(data_dir, None, embedded_nats=True, dns_listen=f"{ip}:{dns_port}")
         self.settings = self.settings.model_copy(update={"listen": f"{ip}:0"})
         self.plane = ControlPlane(self.settings)
         self.netns = netns
@@ -202,8 +202,9 @@ class LabServer(RunningServer):
 
 
 @contextlib.contextmanager
-def lab_mesh(root: Path, hosts: int, prefix: str) -> Iterator[Mesh]:
-    """``hosts`` hosts for agents (and laptops), and one more for the control plane.
+def lab_mesh(root: Path, hosts: int, prefix: str, *, dns_port: int = 0) -> Iterator[Mesh]:
+    """``hosts`` hosts for agents (and laptops), and one more for the control plane
+    (its DNS on ``dns_port``, a free one by default).
 
     The server's host is the last one, ``hosts + 1``: its sockets live there, on the
     underlay at ``Mesh.server_ip``, so that labs running at once never share an address
@@ -213,7 +214,7 @@ def lab_mesh(root: Path, hosts: int, prefix: str) -> Iterator[Mesh]:
     marker = f"{prefix}-{secrets.token_hex(6)}"
     with make_lab(hosts + 1, root / "lab") as lab:
         server_ip = lab.underlay_ip(hosts + 1)
-        server = LabServer(lab.host(hosts + 1), root / "server", server_ip)
+        server = LabServer(lab.host(hosts + 1), root / "server", server_ip, dns_port)
         m = Mesh(lab, root, server, marker)
         m.server_ip = server_ip
         try:

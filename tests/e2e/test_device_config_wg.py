@@ -13,16 +13,13 @@ wg-quick ``DNS =`` line holds addresses only, so that is the set-up plain client
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentlab import LabServer, Mesh, eventually, laptop_kled, serve_cmd
-from netlab import make_lab, sh
-
-from kled.api.server import ControlPlane
+from agentlab import Mesh, eventually, lab_mesh, laptop_kled, serve_cmd
+from netlab import sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("netns")]
 
@@ -30,30 +27,11 @@ TEAM_A_BLOCK = "100.91.0.0/16"
 NODE, PHONE, LAPTOP, SERVER = 1, 2, 3, 4
 
 
-class Port53Server(LabServer):
-    """The lab's control plane, its DNS answering on the standard port."""
-
-    def __init__(self, netns: str, data_dir: Path, ip: str) -> None:
-        super().__init__(netns, data_dir, ip)
-        self.settings = self.settings.model_copy(update={"dns_listen": f"{ip}:53"})
-        self.plane = ControlPlane(self.settings)
-
-
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    # As agentlab.lab_mesh, but with the DNS on port 53; torn down even on failure.
-    with make_lab(SERVER, tmp_path / "lab") as lab:
-        server_ip = lab.underlay_ip(SERVER)
-        server = Port53Server(lab.host(SERVER), tmp_path / "server", server_ip)
-        m = Mesh(lab, tmp_path, server, f"s8a-{secrets.token_hex(6)}")
-        m.server_ip = server_ip
-        try:
-            server.start()
-            m.token = m.api("POST", "/api/v1/node-tokens", {"ttl": "1h"})["token"]
-            yield m
-        finally:
-            m.close()
-            server.stop()
+    # The DNS on the standard port: a wg-quick DNS line cannot name another.
+    with lab_mesh(tmp_path, SERVER - 1, "s8a", dns_port=53) as m:
+        yield m
 
 
 def wg_quick_values(text: str) -> dict[str, list[str]]:
