@@ -10,6 +10,8 @@ CLI handle one family of errors:
       Forbidden          (403)     authenticated, not allowed (also a policy denial)
       NotFound           (404)     absent, or not visible to the caller (other teams)
       Conflict           (409)     stale resourceVersion, name taken, second intercept...
+        Unreadable       (409)     a stored document outside the bounds (an older version's);
+                                   only deleting it works
       TooLarge           (413)     body over the limit
       Unavailable        (503)     a dependency is down; retrying may help
       TemporaryError               retried by reconcilers after ``delay`` seconds
@@ -67,6 +69,14 @@ class NotFound(KledError):
 class Conflict(KledError):
     status = 409
     reason = "Conflict"
+
+
+class Unreadable(Conflict):
+    """A stored document that breaks the bounds every document keeps (``resources.bounds``).
+
+    Only a store written by an older version can hold one; readers skip it, and the store
+    lets it be deleted and nothing else.
+    """
 
 
 class TooLarge(KledError):

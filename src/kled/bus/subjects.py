@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from kled.errors import InvalidInput
 
-_NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_PREFIX = re.compile(r"^[a-z0-9-]*$")
+_NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+_PREFIX = re.compile(r"^[a-z0-9-]*\Z")
 
 
 def check_node_name(node: str) -> str:

@@ -192,6 +192,13 @@ class MeshController:
             log.warning(
                 "meshctl: %s/%s/%s: %s", kind.lower(), meta.get("team", ""), meta.get("name"), e
             )
+        except Exception:
+            # A document no code path expected must not keep the control plane from
+            # starting: name it, skip it, go on with the rest.
+            meta = doc.get("metadata") or {}
+            log.exception(
+                "meshctl: %s/%s/%s: skipped", kind.lower(), meta.get("team", ""), meta.get("name")
+            )
 
     async def step(self, limit: int = 500) -> int:
         """Handle the events after ``seq``; returns how many there were."""

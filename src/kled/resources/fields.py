@@ -28,9 +28,11 @@ from kled.resources.meta import (
 )
 from kled.resources.quantities import parse_cpu, parse_memory
 
-_DURATION = re.compile(r"^(?:[0-9]+[smhdw])+$")
+_DURATION = re.compile(r"^(?:[0-9]+[smhdw])+\Z")
 _DURATION_PART = re.compile(r"([0-9]+)([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: the longest duration taken: past it, a ttl is a typo (and past ~2.7e15 s an overflow)
+MAX_DURATION_SECONDS = 100 * 365 * 86400
 
 
 def _quantity_text(value: Any) -> Any:
@@ -69,8 +71,11 @@ def duration_seconds(text: str) -> int:
 
 def _check_duration(value: str) -> str:
     try:
-        if duration_seconds(value) <= 0:
+        seconds = duration_seconds(value)
+        if seconds <= 0:
             raise problem("must be longer than zero")
+        if seconds > MAX_DURATION_SECONDS:
+            raise problem("must be at most 100 years")
     except InvalidInput as exc:
         raise problem(exc.message) from exc
     return value

@@ -45,7 +45,7 @@ from kled.resources.specs import (
     WorkspaceSpec,
 )
 
-_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+\Z")
 
 
 class Resource(KledModel):

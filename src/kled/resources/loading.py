@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from kled.errors import InvalidInput, KledError
+from kled.resources import bounds
 from kled.resources.kinds import validate
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,58 @@ def translate(doc: dict[str, Any]) -> dict[str, Any]:
     return translated
 
 
+#: how many nodes a YAML document may stand for once its aliases are expanded; a
+#: "billion laughs" document of a few hundred bytes stands for billions
+MAX_YAML_NODES = 100_000
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """YAML that refuses a key written twice, which silently drops data otherwise."""
+    """YAML that refuses a key written twice, which silently drops data otherwise, and
+    aliases that expand past :data:`MAX_YAML_NODES` nodes or refer to themselves."""
+
+    def get_node(self) -> yaml.Node | None:
+        node = super().get_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes ``root`` expands to, each alias counted in full, without expanding."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children = _children(node)
+        if done:
+            on_path.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)",
+                    node.start_mark,
+                )
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in on_path:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to the node that contains it", node.start_mark
+            )
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -109,7 +160,7 @@ def _describe(doc: Any) -> str:
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     if isinstance(name, str) and name:
-        return f" ({doc['kind']}/{name})"
+        return f" ({doc['kind']}/{name if name.isprintable() else repr(name)})"
     return f" ({doc['kind']})"
 
 
@@ -123,6 +174,8 @@ def _yaml_documents(text: str, source: str) -> Iterator[Any]:
         raise DocumentError(f"{source}: {where}{what}", source=source) from None
     except yaml.YAMLError as exc:
         raise DocumentError(f"{source}: not valid YAML: {exc}", source=source) from None
+    except RecursionError:
+        raise DocumentError(f"{source}: YAML nested too deep", source=source) from None
 
 
 def _json_documents(text: str, source: str) -> list[Any]:
@@ -143,6 +196,7 @@ def _load_one(raw: Any, source: str, number: int) -> dict[str, Any]:
         )
     described = f"{where}{_describe(raw)}"
     try:
+        bounds.check(raw)
         try:
             translated = translate(raw)
         except KledError:

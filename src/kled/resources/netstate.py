@@ -83,7 +83,7 @@ class Intercept(_Model):
 
 
 #: an HTTP field name (RFC 9110 token), compared case-insensitively, so kept lower-case
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+\Z")
 #: request headers that route HTTP itself; matching on them would misroute ordinary traffic
 _RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"}

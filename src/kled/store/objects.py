@@ -7,6 +7,10 @@ concurrency: an update that names a ``resourceVersion`` other than the stored on
 resource, the same number as that change's event sequence. Deletion is graceful: while
 ``metadata.finalizers`` is not empty a delete only sets ``deletionTimestamp``; removing the
 last finalizer then deletes the record.
+
+Every document written keeps the bounds of ``kled.resources.bounds`` (size, depth, UTF-8),
+whoever writes it. One stored before those bounds existed is skipped by every reader,
+listed in ``problems`` (for ``/readyz`` and ``kled server doctor``), and can be deleted.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import base64
 import copy
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +30,14 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kled.errors import Conflict, InvalidInput, NotFound
+from kled.errors import Conflict, InvalidInput, NotFound, Unreadable
+from kled.resources import bounds
 from kled.resources.registry import API_VERSION, Scope, kind_info
 from kled.store.cipher import SecretCipher, redact
 from kled.store.database import Database
 from kled.store.schema import events, resources, revision
+
+log = logging.getLogger(__name__)
 
 LabelMatcher = Callable[[dict[str, str]], bool]
 METADATA_DEFAULTS: tuple[tuple[str, Any], ...] = (
@@ -128,13 +136,15 @@ class Store:
         self.db = db
         self._cipher = cipher
         self._changes = _Changes()
+        #: stored documents that break the bounds, by key, with what is wrong: skipped
+        self.problems: dict[str, str] = {}
 
     # ---- reading -------------------------------------------------------------------
 
     async def find(self, key: Key) -> dict[str, Any] | None:
         async with self.db.read() as conn:
             row = await self._row(conn, key)
-        return None if row is None else self._load(row.doc)
+        return None if row is None else self._readable(row.doc)
 
     async def get(self, key: Key) -> dict[str, Any]:
         doc = await self.find(key)
@@ -188,7 +198,10 @@ class Store:
                 for row in rows:
                     after = (row.team, row.environment, row.name)
                     if matches is None or matches(row.labels or {}):
-                        items.append(self._load(row.doc))
+                        doc = self._readable(row.doc)
+                        if doc is None:
+                            continue
+                        items.append(doc)
                         if limit and len(items) >= limit:
                             more = await self._has_more(conn, kind, team, environment, after)
                             token = _encode_continue(after) if more else None
@@ -303,7 +316,10 @@ class Store:
                 row = await self._row(conn, key)
                 if row is None:
                     raise NotFound(f"{key} not found")
-                current = self._load(row.doc)
+                try:
+                    current = self._load(row.doc)
+                except Unreadable:
+                    return await self._purge(conn, rev, key)
                 self._check_version(key, current, expected_version)
                 new = copy.deepcopy(current)
                 new["metadata"]["resourceVersion"] = str(rev)
@@ -321,6 +337,36 @@ class Store:
         self._notify()
         return Written(written, result)
 
+    # ---- unreadable documents ------------------------------------------------------
+
+    async def scan(self) -> dict[str, str]:
+        """Check every stored resource; those that break the bounds, by key, with why."""
+        async with self.db.read() as conn:
+            for row in (await conn.execute(select(resources.c.doc))).all():
+                self._readable(row.doc)
+        return dict(self.problems)
+
+    async def purge_unreadable(self) -> int:
+        """Delete every resource :meth:`scan` found unreadable; how many went."""
+        gone = 0
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        resources.c.kind,
+                        resources.c.team,
+                        resources.c.environment,
+                        resources.c.name,
+                        resources.c.doc,
+                    )
+                )
+            ).all()
+        for row in rows:
+            if self._readable(row.doc) is None:
+                await self.delete(Key(row.kind, row.team, row.environment, row.name))
+                gone += 1
+        return gone
+
     # ---- the event log -------------------------------------------------------------
 
     async def events_after(self, seq: int, limit: int = 500) -> Events:
@@ -330,7 +376,15 @@ class Store:
                     select(events).where(events.c.seq > seq).order_by(events.c.seq).limit(limit)
                 )
             ).all()
-        return [Event(r.seq, r.type, r.kind, r.team, r.environment, r.name, r.object) for r in rows]
+        out: Events = []
+        for r in rows:
+            if bounds.problem(r.object, max_bytes=_NO_SIZE_CHECK) is not None:
+                self.problems.setdefault(
+                    f"event {r.seq}", f"{r.kind.lower()}/{r.team}/{r.name}: skipped"
+                )
+                continue  # written by an older version: its followers never see it
+            out.append(Event(r.seq, r.type, r.kind, r.team, r.environment, r.name, r.object))
+        return out
 
     async def revision(self) -> int:
         async with self.db.read() as conn:
@@ -392,6 +446,7 @@ class Store:
         return int((await conn.execute(select(revision.c.value))).scalar_one())
 
     def _columns(self, key: Key, doc: dict[str, Any]) -> dict[str, Any]:
+        bounds.check(doc)
         meta = doc["metadata"]
         stored = self._cipher.seal(doc) if key.kind == "Secret" else doc
         deleted = meta.get("deletionTimestamp")
@@ -412,7 +467,46 @@ class Store:
         }
 
     def _load(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """The stored document, opened; Unreadable if it breaks the bounds."""
+        found = bounds.problem(stored, max_bytes=_NO_SIZE_CHECK)
+        if found is None and not isinstance(stored.get("metadata"), dict):
+            found = ("metadata", "must be a mapping")
+        if found is not None:
+            where = _describe(stored)
+            field, message = found
+            reason = f"{field}: {message}" if field else message
+            if where not in self.problems:
+                log.error("store: %s is unreadable and skipped: %s", where, reason)
+            self.problems[where] = reason
+            raise Unreadable(
+                f"{where} is stored outside the bounds ({reason}); it can only be deleted"
+            )
         return self._cipher.open(stored) if stored.get("kind") == "Secret" else stored
+
+    def _readable(self, stored: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored document, or None (noted in ``problems``) where it is unreadable."""
+        try:
+            return self._load(stored)
+        except Unreadable:
+            return None
+
+    async def _purge(self, conn: AsyncConnection, rev: int, key: Key) -> Written:
+        """Remove an unreadable record outright; its event names it and no more."""
+        stub = {
+            "apiVersion": API_VERSION,
+            "kind": key.kind,
+            "metadata": {
+                "name": key.name,
+                "team": key.team or None,
+                "environment": key.environment or None,
+                "resourceVersion": str(rev),
+                "deletionTimestamp": _iso(_now()),
+            },
+        }
+        await conn.execute(delete(resources).where(_key_clause(key)))
+        await self._event(conn, rev, "DELETED", key, stub)
+        self.problems.pop(str(key), None)
+        return Written(stub, "deleted")
 
     @staticmethod
     def _stamp_new(doc: dict[str, Any], uid: str, rev: int, now: datetime) -> dict[str, Any]:
@@ -439,6 +533,19 @@ class Store:
                 f"{key} was changed by someone else: resourceVersion {expected} is stale "
                 f"(now {now}); get it again and retry"
             )
+
+
+#: stored documents were measured when written; reading them checks only shape and text
+_NO_SIZE_CHECK = None
+
+
+def _describe(stored: dict[str, Any]) -> str:
+    meta = stored.get("metadata")
+    if not isinstance(meta, dict):
+        return f"{str(stored.get('kind', '?')).lower()}/?"
+    parts = [str(stored.get("kind", "?")).lower()]
+    parts += [str(meta.get(k) or "") for k in ("team", "environment", "name")]
+    return "/".join(p for p in parts if p)
 
 
 class _Unchanged(Exception):

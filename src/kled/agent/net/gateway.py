@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: the pods' bridge inside every team namespace (names there are private to the team)
 BRIDGE = "kbr0"
 DEFAULT_STATE_DIR = Path("/var/lib/kled/net")
-_HOST_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+_HOST_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?\Z")
 
 
 def default_host_id(host_ns: str | None) -> str:
