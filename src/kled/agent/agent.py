@@ -34,6 +34,7 @@ from kled.agent.reconcile import Action, ActionKind, Observed, Reconciler, plan
 from kled.agent.runtime.base import Runtime
 from kled.agent.runtime.container import ContainerRuntime, container_engine
 from kled.agent.runtime.process import ProcessRuntime
+from kled.agent.runtime.records import private_dir
 from kled.bus.office import MessageOffice
 from kled.errors import Forbidden, KledError, PermanentError, TemporaryError, Unavailable
 from kled.resources.hoststate import (
@@ -125,7 +126,7 @@ class Agent:
         network_recheck: float = 5.0,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # its keys, tokens and records are the host's business only
         self.office = office
         self.node = node_name
         self.labels = dict(labels or {})

@@ -38,7 +38,7 @@ def load_registration(data_dir: str | Path) -> Registration | None:
 
 def save_registration(data_dir: str | Path, reg: Registration) -> None:
     path = Path(data_dir) / _FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

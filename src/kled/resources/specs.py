@@ -203,6 +203,14 @@ class AppSpec(KledModel):
     node_selector: Labels = {}
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
 
+    @field_validator("working_dir")
+    @classmethod
+    def _check_working_dir(cls, value: str | None) -> str | None:
+        # Relative to what? The agent's own folder is never a replica's working directory.
+        if value is not None and (not value.startswith("/") or "\x00" in value):
+            raise problem("must be an absolute path like /srv/app")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> AppSpec:
         if self.runtime == "process" and not self.command:

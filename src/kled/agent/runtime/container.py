@@ -2,7 +2,8 @@
 
 The engine's CLI is the seam: no engine library, no socket API. A replica is the container
 ``kled-<replica id>``; beside it, ``<state_dir>/<replica id>/record.json`` keeps the spec it
-was started with and its restart count, so a restarted agent adopts it. The agent
+was started with (its environment sealed, see ``records``) and its restart count, so a
+restarted agent adopts it. The agent
 supervises restarts itself (``<engine> wait``, then ``<engine> start`` after a backoff), as
 the process runtime does, so both report restarts and exit codes alike.
 
@@ -10,6 +11,13 @@ Host quirks are detected, not hard-coded: on a host without a unified cgroup v2 
 rootful podman needs ``--runtime runc --cgroup-manager cgroupfs``; runc there cannot raise
 the ``nofile`` or ``nproc`` limits past what the host allows, so both are set explicitly
 at or under the host's hard limits.
+
+A replica's environment may hold Secrets, so it never appears in the engine's command line
+(which any user of the host sees in ``ps``): single-line values go through an env file
+(0600, in the replica's private folder, removed as soon as ``run`` returns), multi-line
+ones (which an env file cannot carry) through the engine's own environment as ``--env
+KEY``. Deleting a replica stops its container within ``stop_grace`` seconds: the commands
+that only watch it (``wait``) are ended at once, not waited for.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from kled.agent.runtime import records
 from kled.agent.runtime.base import IGNORE_LOG, IGNORE_STATUS, LogSink, StatusSink
 from kled.errors import NotFound, Unavailable
 from kled.resources.hoststate import (
@@ -47,6 +56,13 @@ _CLI_GRACE = 30.0
 
 _NANOS = re.compile(r"(\.\d{6})\d+")
 _NPROC_CAP = 32768  # runc on hybrid-cgroup hosts refuses more (measured on the test hosts)
+#: names the engine, its libraries or the dynamic loader read from their own environment:
+#: an app's variable never reaches the engine's environment under one of these names
+_ENGINE_ENV = re.compile(
+    r"(LD_|GO|CONTAINERS_|XDG_|DOCKER_|BUILDAH_|STORAGE_|PODMAN_|CONMON_|SSL_CERT_|LC_).*"
+    r"|PATH|HOME|TMPDIR|TZ|LANG|NOTIFY_SOCKET|REGISTRY_AUTH_FILE|container"
+    r"|.*_(PROXY|proxy)"
+)
 
 
 def container_engine() -> str | None:
@@ -121,7 +137,7 @@ class ContainerRuntime:
         self.engine = found
         self.global_flags, self.run_flags = engine_flags(found)
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.records = records.RecordBook(self.state_dir)
         self.on_status = on_status
         self.on_log = on_log
         self.backoff_base = backoff_base
@@ -145,8 +161,7 @@ class ContainerRuntime:
             return rep.status.model_copy()
         if rep is not None:
             await self.stop(spec.id)
-        directory = self.state_dir / spec.id
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = self.records.folder(spec.id)
         status = ReplicaStatus(id=spec.id, state=ReplicaState.STARTING, generation=spec.generation)
         rep = _Replica(spec=spec, directory=directory, status=status)
         self._replicas[spec.id] = rep
@@ -157,14 +172,18 @@ class ContainerRuntime:
         return rep.status.model_copy()
 
     async def stop(self, replica_id: str) -> None:
-        rep = self._replicas.pop(replica_id, None)
+        rep = self._replicas.get(replica_id)
         if rep is None:
             return
         if rep.supervisor is not None:
             rep.supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await rep.supervisor
-        await self._cli("rm", "-f", "-t", str(self.stop_grace), self.container_name(replica_id))
+        # Listed (as the node reports it) until its container is gone.
+        name = self.container_name(replica_id)
+        await self._cli("rm", "-f", "-t", str(self.stop_grace), name)
+        if self._replicas.get(replica_id) is rep:
+            del self._replicas[replica_id]
         if rep.follower is not None:
             self._forward(rep)
             rep.follower.cancel()
@@ -193,11 +212,11 @@ class ContainerRuntime:
 
     async def adopt(self) -> builtins.list[str]:
         adopted: builtins.list[str] = []
-        for record in sorted(self.state_dir.glob("*/record.json")):
+        for record in self.records.records():
             try:
-                raw = json.loads(record.read_text())
+                spec, raw = self.records.read(record)
                 rep = _Replica(
-                    spec=ReplicaSpec.model_validate(raw["spec"]),
+                    spec=spec,
                     directory=record.parent,
                     status=ReplicaStatus.model_validate(raw["status"]),
                     log_seq=int(raw.get("log_seq", 0)),
@@ -208,6 +227,7 @@ class ContainerRuntime:
             if rep.spec.id in self._replicas:
                 continue
             rep.first_attempt.set()
+            self._persist(rep)  # sealed, if an older version left its environment in clear
             with contextlib.suppress(OSError):
                 rep.log_offset = (rep.directory / "container.log").stat().st_size
             self._replicas[rep.spec.id] = rep
@@ -321,8 +341,19 @@ class ContainerRuntime:
             resolv = Path("/etc/netns", os.path.basename(spec.pod_netns), "resolv.conf")
             if resolv.exists():
                 args += ["--volume", f"{resolv}:/etc/resolv.conf:ro"]
+        env_file = rep.directory / "run.env"
+        lines, engine_env = [], {}
         for key, value in sorted(spec.env.items()):
-            args += ["--env", f"{key}={value}"]
+            if "\n" not in value and "\r" not in value:
+                lines.append(f"{key}={value}\n")
+            elif _ENGINE_ENV.fullmatch(key):
+                args += ["--env", f"{key}={value}"]  # never a secret's name: keep the engine's
+            else:
+                args += ["--env", key]
+                engine_env[key] = value
+        if lines:
+            records.write_private(env_file, "".join(lines).encode())
+            args += ["--env-file", str(env_file)]
         for port in spec.ports:
             args += ["--expose", f"{port.target_port or port.port}/{port.protocol.lower()}"]
         if spec.resources.memory_bytes:
@@ -334,7 +365,10 @@ class ContainerRuntime:
         if spec.command:
             args += ["--entrypoint", json.dumps(spec.command)]
         args += [spec.image, *spec.args]
-        rc, _, err = await self._cli(*args)
+        try:
+            rc, _, err = await self._cli(*args, env=engine_env)
+        finally:
+            env_file.unlink(missing_ok=True)
         if rc != 0:
             raise _classify(err, spec)
         log.info("replica/%s container started image=%s", spec.id, spec.image)
@@ -373,14 +407,18 @@ class ContainerRuntime:
         return state
 
     async def _wait(self, name: str) -> int | None:
-        rc, out, _ = await self._cli("wait", name)
+        rc, out, _ = await self._cli("wait", name, watch_only=True)
         if rc != 0:
             return None
         with contextlib.suppress(ValueError):
             return int(out.strip().splitlines()[-1])
         return None
 
-    async def _cli(self, *args: str) -> tuple[int, str, str]:
+    async def _cli(
+        self, *args: str, env: dict[str, str] | None = None, watch_only: bool = False
+    ) -> tuple[int, str, str]:
+        """Run the engine; ``env`` adds to its environment, ``watch_only`` marks a command
+        that changes nothing (``wait``), which a cancellation ends at once."""
         proc = await asyncio.create_subprocess_exec(
             self.engine,
             *self.global_flags,
@@ -388,10 +426,15 @@ class ContainerRuntime:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **env} if env else None,
         )
         try:
             out, err = await proc.communicate()
         except asyncio.CancelledError:
+            if watch_only:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                raise
             # Let the engine finish (a `run` killed halfway leaves its conmon and a
             # `runc init` behind, in no list `rm -f` consults); kill it only if it hangs.
             try:
@@ -441,17 +484,14 @@ class ContainerRuntime:
         self.on_status(new.model_copy())
 
     def _persist(self, rep: _Replica) -> None:
-        record = {
-            "spec": rep.spec.model_dump(mode="json"),
-            "status": rep.status.model_dump(mode="json"),
-            "log_seq": rep.log_seq,
-        }
-        path = rep.directory / "record.json"
         if not rep.directory.is_dir():
             return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        self.records.write(
+            rep.directory,
+            rep.spec,
+            status=rep.status.model_dump(mode="json"),
+            log_seq=rep.log_seq,
+        )
 
 
 def _classify(stderr: str, spec: ReplicaSpec) -> _StartFailed:

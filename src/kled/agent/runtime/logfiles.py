@@ -35,8 +35,8 @@ def log_path(directory: Path, stream: Stream) -> Path:
 
 def open_for_child(directory: Path, stream: Stream) -> int:
     """A file descriptor the child writes its ``stream`` to (append mode)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    return os.open(log_path(directory, stream), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return os.open(log_path(directory, stream), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
 def rotate(path: Path, keep: int) -> None:
@@ -49,7 +49,10 @@ def rotate(path: Path, keep: int) -> None:
         older = path.with_name(f"{path.name}.{i}")
         if older.exists():
             os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    # the copy is as private as the file: a replica's output may hold what it was given
+    fd = os.open(path.with_name(f"{path.name}.1"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as dst, path.open("rb") as src:
+        shutil.copyfileobj(src, dst)
     os.truncate(path, 0)
 
 

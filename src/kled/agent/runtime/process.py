@@ -2,8 +2,12 @@
 
 A replica runs in its own session (so it outlives the agent), with its stdout and stderr
 in files under ``<state_dir>/<replica id>/``, beside ``record.json``: the spec it was
-started with, its pid and that pid's start time (a recycled pid is never mistaken for the
-replica), its restart count and its last status. A restarted agent reads those records and
+started with (its environment sealed, see ``records``), its pid and that pid's start time
+(a recycled pid is never mistaken for the replica), its restart count and its last status.
+That folder is the agent's, private, and never the replica's working directory: a replica
+runs in its app's ``workingDir``, or else in an empty folder of its own under
+``work_root``, so that a replica serving its working directory (``python3 -m
+http.server``) serves nothing of the agent's. A restarted agent reads those records and
 re-attaches to what still runs: no duplicate, no orphan. Exits are noticed through a pidfd,
 which also works for processes the agent adopted and is not the parent of; the exit code
 of an adopted process is unknown to the agent and reported as such.
@@ -14,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from kled.agent.runtime import records
 from kled.agent.runtime.base import IGNORE_LOG, IGNORE_STATUS, LogSink, StatusSink
 from kled.agent.runtime.cgroups import Cgroups, join_cgroup
 from kled.agent.runtime.logfiles import LogFollower, open_for_child, tail_lines
@@ -85,9 +89,13 @@ class ProcessRuntime:
         log_keep: int = 3,
         log_poll: float = 0.5,
         cgroups: Cgroups | None = None,
+        work_root: str | Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.records = records.RecordBook(self.state_dir)
+        #: where replicas without a ``workingDir`` run, each in an empty folder of its own
+        default_work = self.state_dir.with_name(f"{self.state_dir.name}-work")
+        self.work_root = Path(work_root) if work_root else default_work
         self.on_status = on_status
         self.on_log = on_log
         self.backoff_base = backoff_base
@@ -107,8 +115,7 @@ class ProcessRuntime:
             return rep.status.model_copy()
         if rep is not None:
             await self.stop(spec.id)
-        directory = self.state_dir / spec.id
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = self.records.folder(spec.id)
         status = ReplicaStatus(id=spec.id, state=ReplicaState.STARTING, generation=spec.generation)
         rep = _Replica(spec=spec, directory=directory, status=status)
         self._replicas[spec.id] = rep
@@ -119,7 +126,7 @@ class ProcessRuntime:
         return rep.status.model_copy()
 
     async def stop(self, replica_id: str) -> None:
-        rep = self._replicas.pop(replica_id, None)
+        rep = self._replicas.get(replica_id)
         if rep is None:
             return
         if rep.supervisor is not None:
@@ -128,12 +135,15 @@ class ProcessRuntime:
                 await rep.supervisor
         if rep.pid is not None:
             await self._terminate(rep)
+        if self._replicas.get(replica_id) is rep:
+            del self._replicas[replica_id]  # listed (as the node reports it) until it ended
         if rep.follower is not None:
             rep.follower.poll(flush=True)
         if rep.follower_task is not None:
             rep.follower_task.cancel()
         self.cgroups.remove(replica_id)
         shutil.rmtree(rep.directory, ignore_errors=True)
+        shutil.rmtree(self.work_root / replica_id, ignore_errors=True)
         log.info("replica/%s stopped", replica_id)
         self.on_status(rep.status.model_copy(update={"state": ReplicaState.STOPPED, "pid": None}))
 
@@ -158,7 +168,7 @@ class ProcessRuntime:
 
     async def adopt(self) -> builtins.list[str]:
         adopted: builtins.list[str] = []
-        for record in sorted(self.state_dir.glob("*/record.json")):
+        for record in self.records.records():
             try:
                 rep = self._load(record)
             except (OSError, ValueError) as err:
@@ -166,6 +176,7 @@ class ProcessRuntime:
                 continue
             if rep.spec.id in self._replicas:
                 continue
+            self._persist(rep)  # sealed, if an older version left its environment in clear
             self._replicas[rep.spec.id] = rep
             adopted.append(rep.spec.id)
             alive = rep.pid is not None and _same_process(rep.pid, rep.create_time)
@@ -277,7 +288,10 @@ class ProcessRuntime:
             # /etc/resolv.conf, then execs the command: the pid stays the replica's.
             argv = [shutil.which("ip") or "ip", "netns", "exec", os.path.basename(spec.pod_netns),
                     *argv]  # fmt: skip
-        cwd = spec.working_dir or str(rep.directory)
+        if spec.working_dir:
+            cwd = spec.working_dir
+        else:
+            cwd = str(records.private_dir(records.private_dir(self.work_root) / spec.id))
         if not os.path.isdir(cwd):
             raise _StartFailed(
                 "WorkingDirNotFound", f"working directory {cwd!r} does not exist on the node"
@@ -348,22 +362,19 @@ class ProcessRuntime:
     def _persist(self, rep: _Replica) -> None:
         if rep.follower is not None:
             rep.log_seq = rep.follower.seq
-        record = {
-            "spec": rep.spec.model_dump(mode="json"),
-            "status": rep.status.model_dump(mode="json"),
-            "pid": rep.pid,
-            "create_time": rep.create_time,
-            "log_seq": rep.log_seq,
-        }
-        path = rep.directory / "record.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        self.records.write(
+            rep.directory,
+            rep.spec,
+            status=rep.status.model_dump(mode="json"),
+            pid=rep.pid,
+            create_time=rep.create_time,
+            log_seq=rep.log_seq,
+        )
 
     def _load(self, path: Path) -> _Replica:
-        raw = json.loads(path.read_text())
+        spec, raw = self.records.read(path)
         rep = _Replica(
-            spec=ReplicaSpec.model_validate(raw["spec"]),
+            spec=spec,
             directory=path.parent,
             status=ReplicaStatus.model_validate(raw["status"]),
             pid=raw.get("pid"),
