@@ -377,7 +377,7 @@ def up(
         out("\n".join(lines))
 
     pid_file = up_pid_file(settings.data_dir)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pid_file.write_text(f"{os.getpid()}\n")
     try:
         asyncio.run(_serve(settings, announce, [*UP_PARTS, *([local] if agent else [])]))
@@ -508,15 +508,19 @@ class LocalAgent:
             prefix="kledjoin",
         )
         data_dir = self.data_dir(plane)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileNotFoundError):
             (data_dir / "registration.json").unlink()
         args = [sys.executable, "-m", "kled.agent", "--data-dir", str(data_dir)]
-        args += ["--name", self.name, "--server", plane.url, "--token", token]
-        args += ["--network", self.network]
+        args += ["--name", self.name, "--server", plane.url, "--network", self.network]
+        env = {**os.environ, "KLED_AGENT_TOKEN": token}
         with self.logfile(plane).open("ab") as log_out:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                args, stdout=log_out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                args,
+                stdout=log_out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_die_with_parent,
             )
         log.info("node/%s: local agent started pid=%s", self.name, self.proc.pid)
 

@@ -6,11 +6,18 @@ timeout for SQLite, runs Alembic migrations at start, and translates driver erro
 ``kled.errors``. Every write goes through ``Database.write()``: one transaction that first
 takes the next revision from the ``revision`` row — which also serialises writers, so
 the event log's sequence is gap-free and becomes visible in order.
+
+A SQLite database holds every team's documents (Secrets encrypted, the rest in clear), so
+its files are the server's alone: created 0600 (SQLite gives its ``-wal`` and ``-shm``
+files the mode of the database file), and those an older version left readable are made
+0600 at every start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,8 +57,12 @@ class Database:
     @classmethod
     async def open(cls, url: str) -> Database:
         kwargs: dict[str, Any] = {}
+        sqlite_file: Path | None = None
         if make_url(url).get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}
+            sqlite_file = _sqlite_file(url)
+            if sqlite_file is not None:
+                _private_sqlite_files(sqlite_file, create=True)
         else:
             kwargs.update(pool_size=20, max_overflow=10, pool_pre_ping=True)
         engine = create_async_engine(async_url(url), **kwargs)
@@ -64,6 +75,8 @@ class Database:
         except (OperationalError, DBAPIError, OSError) as e:
             await engine.dispose()
             raise Unavailable(f"cannot open database {make_url(url)!r}: {e}") from e
+        if sqlite_file is not None:
+            _private_sqlite_files(sqlite_file, create=False)  # the -wal and -shm just made
         return db
 
     async def close(self) -> None:
@@ -105,6 +118,27 @@ class Database:
         async with self.read() as conn:
             value = (await conn.execute(select(revision.c.value))).scalar_one()
             return int(value)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database."""
+    name = make_url(url).database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name)
+
+
+def _private_sqlite_files(path: Path, *, create: bool) -> None:
+    """Make the database file (created 0600 if ``create``) and its companions 0600."""
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            companion = path.with_name(path.name + suffix)
+            if companion.stat().st_mode & 0o777 != 0o600:
+                os.chmod(companion, 0o600)
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:
