@@ -120,6 +120,14 @@ def _check_labels(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def _check_annotation_keys(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        error = label_key_problem(key)
+        if error:
+            raise problem(error.replace("label key", "annotation key", 1), at=(key,))
+    return value
+
+
 def _check_env(value: dict[str, str]) -> dict[str, str]:
     for key in value:
         error = env_name_problem(key)
@@ -160,6 +168,7 @@ Bool = Annotated[bool, Strict()]
 DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
 DnsName = Annotated[str, AfterValidator(_check_dns_name)]
 Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+Annotations = Annotated[dict[str, str], AfterValidator(_check_annotation_keys)]
 EnvVars = Annotated[dict[str, str], BeforeValidator(_mapping_not_list), AfterValidator(_check_env)]
 VersionText = Annotated[str, BeforeValidator(_scalar_to_str)]
 Timestamp = Annotated[str, BeforeValidator(_timestamp_to_str)]
@@ -217,7 +226,7 @@ class ObjectMeta(KledModel):
     environment: DnsLabel | None = None
     """The environment of App, ManagedService, Config, Secret and Intercept."""
     labels: Labels = {}
-    annotations: dict[str, str] = {}
+    annotations: Annotations = {}
     finalizers: list[NonEmptyStr] = []
     uid: str | None = None
     resource_version: Annotated[str | None, BeforeValidator(_scalar_to_str)] = None

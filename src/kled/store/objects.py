@@ -21,7 +21,7 @@ import copy
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -144,7 +144,7 @@ class Store:
     async def find(self, key: Key) -> dict[str, Any] | None:
         async with self.db.read() as conn:
             row = await self._row(conn, key)
-        return None if row is None else self._readable(row.doc)
+        return None if row is None else self._readable(row.doc, key)
 
     async def get(self, key: Key) -> dict[str, Any]:
         doc = await self.find(key)
@@ -198,7 +198,9 @@ class Store:
                 for row in rows:
                     after = (row.team, row.environment, row.name)
                     if matches is None or matches(row.labels or {}):
-                        doc = self._readable(row.doc)
+                        doc = self._readable(
+                            row.doc, Key(kind, row.team, row.environment, row.name)
+                        )
                         if doc is None:
                             continue
                         items.append(doc)
@@ -271,7 +273,7 @@ class Store:
                 row = await self._row(conn, key)
                 if row is None:
                     raise NotFound(f"{key} not found")
-                current = self._load(row.doc)
+                current = self._load(row.doc, key)
                 self._check_version(key, current, expected_version)
                 merged, changed = _merge_desired(current, doc, rev)
                 if not changed:
@@ -290,7 +292,7 @@ class Store:
                 row = await self._row(conn, key)
                 if row is None:
                     raise NotFound(f"{key} not found")
-                current = self._load(row.doc)
+                current = self._load(row.doc, key)
                 self._check_version(key, current, expected_version)
                 if current.get("status") == status:
                     raise _Unchanged(current)
@@ -317,7 +319,7 @@ class Store:
                 if row is None:
                     raise NotFound(f"{key} not found")
                 try:
-                    current = self._load(row.doc)
+                    current = self._load(row.doc, key)
                 except Unreadable:
                     return await self._purge(conn, rev, key)
                 self._check_version(key, current, expected_version)
@@ -341,31 +343,24 @@ class Store:
 
     async def scan(self) -> dict[str, str]:
         """Check every stored resource; those that break the bounds, by key, with why."""
-        async with self.db.read() as conn:
-            for row in (await conn.execute(select(resources.c.doc))).all():
-                self._readable(row.doc)
+        for key, doc in await self._all_rows():
+            self._readable(doc, key)
         return dict(self.problems)
 
     async def purge_unreadable(self) -> int:
         """Delete every resource :meth:`scan` found unreadable; how many went."""
         gone = 0
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        resources.c.kind,
-                        resources.c.team,
-                        resources.c.environment,
-                        resources.c.name,
-                        resources.c.doc,
-                    )
-                )
-            ).all()
-        for row in rows:
-            if self._readable(row.doc) is None:
-                await self.delete(Key(row.kind, row.team, row.environment, row.name))
+        for key, doc in await self._all_rows():
+            if self._readable(doc, key) is None:
+                await self.delete(key)
                 gone += 1
         return gone
+
+    async def _all_rows(self) -> Sequence[tuple[Key, Any]]:
+        columns = (resources.c.kind, resources.c.team, resources.c.environment, resources.c.name)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(*columns, resources.c.doc))).all()
+        return [(Key(r.kind, r.team, r.environment, r.name), r.doc) for r in rows]
 
     # ---- the event log -------------------------------------------------------------
 
@@ -466,13 +461,15 @@ class Store:
             "doc": stored,
         }
 
-    def _load(self, stored: dict[str, Any]) -> dict[str, Any]:
+    def _load(self, stored: Any, key: Key) -> dict[str, Any]:
         """The stored document, opened; Unreadable if it breaks the bounds."""
         found = bounds.problem(stored, max_bytes=_NO_SIZE_CHECK)
-        if found is None and not isinstance(stored.get("metadata"), dict):
+        if found is None and not isinstance(stored, dict):
+            found = ("", "must be a mapping")
+        elif found is None and not isinstance(stored.get("metadata"), dict):
             found = ("metadata", "must be a mapping")
         if found is not None:
-            where = _describe(stored)
+            where = str(key)
             field, message = found
             reason = f"{field}: {message}" if field else message
             if where not in self.problems:
@@ -483,10 +480,10 @@ class Store:
             )
         return self._cipher.open(stored) if stored.get("kind") == "Secret" else stored
 
-    def _readable(self, stored: dict[str, Any]) -> dict[str, Any] | None:
+    def _readable(self, stored: Any, key: Key) -> dict[str, Any] | None:
         """The stored document, or None (noted in ``problems``) where it is unreadable."""
         try:
-            return self._load(stored)
+            return self._load(stored, key)
         except Unreadable:
             return None
 
@@ -537,15 +534,6 @@ class Store:
 
 #: stored documents were measured when written; reading them checks only shape and text
 _NO_SIZE_CHECK = None
-
-
-def _describe(stored: dict[str, Any]) -> str:
-    meta = stored.get("metadata")
-    if not isinstance(meta, dict):
-        return f"{str(stored.get('kind', '?')).lower()}/?"
-    parts = [str(stored.get("kind", "?")).lower()]
-    parts += [str(meta.get(k) or "") for k in ("team", "environment", "name")]
-    return "/".join(p for p in parts if p)
 
 
 class _Unchanged(Exception):
