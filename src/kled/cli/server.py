@@ -512,15 +512,11 @@ class LocalAgent:
         with contextlib.suppress(FileNotFoundError):
             (data_dir / "registration.json").unlink()
         args = [sys.executable, "-m", "kled.agent", "--data-dir", str(data_dir)]
-        args += ["--name", self.name, "--server", plane.url, "--network", self.network]
-        env = {**os.environ, "KLED_AGENT_TOKEN": token}
+        args += ["--name", self.name, "--server", plane.url, "--token", token]
+        args += ["--network", self.network]
         with self.logfile(plane).open("ab") as log_out:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                args,
-                stdout=log_out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=_die_with_parent,
+                args, stdout=log_out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
             )
         log.info("node/%s: local agent started pid=%s", self.name, self.proc.pid)
 
