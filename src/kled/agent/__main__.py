@@ -2,7 +2,8 @@
 
 The ``kled agent`` command of the CLI is the user's way in; this entry point exists so the
 agent can run (and be killed with -9, and restarted) without the CLI, as the integration
-tests do. It registers with ``--server``/``--token`` once, or takes NATS credentials
+tests do. It registers with ``--server`` and a join token once (``--token-file`` or
+``$KLED_AGENT_TOKEN``, which stay out of ``ps``; ``--token``), or takes NATS credentials
 directly, and runs until SIGTERM or SIGINT; the replicas keep running after it exits.
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
+from pathlib import Path
 
 from kled.agent.agent import Agent, default_network, detect_capabilities, host_capacity
 from kled.agent.net.host import HostNetworkLayer
@@ -20,6 +23,9 @@ from kled.agent.registration import Registration, load_registration, register
 from kled.bus.office import ConnectOptions, MessageOffice
 from kled.bus.subjects import Subjects, check_node_name
 from kled.errors import InvalidInput, KledError
+
+#: the environment variable that may carry the join token instead of ``--token``
+TOKEN_ENV = "KLED_AGENT_TOKEN"
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -38,7 +44,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="node name (default: host name)")
     p.add_argument("--labels", action="append", default=[], help="k=v, repeatable")
     p.add_argument("--server", help="Kled server URL to register with")
-    p.add_argument("--token", help="join token from `kled node token create`")
+    p.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"join token from `kled node token create` (or ${TOKEN_ENV}; visible in ps)",
+    )
+    p.add_argument("--token-file", help="read the join token from this file")
     p.add_argument("--nats-url")
     p.add_argument("--nats-user")
     p.add_argument("--nats-password")
@@ -56,7 +67,26 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="prefix of this host's namespaces and interfaces (default: from the node name)",
     )
     p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Read once, then gone from our environment: replicas must not inherit a join token.
+    os.environ.pop(TOKEN_ENV, None)
+    if args.token_file:
+        args.token = read_token(args.token_file)
+    return args
+
+
+def read_token(path: str) -> str:
+    """The join token in ``path``, its first line: a file (mode 0600) or the environment
+    keeps the token out of the process list, where anyone on the host could read it."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or e
+        message = f"cannot read the join token in {path}: {reason}"
+        raise InvalidInput(message, field="token-file") from None
+    if not lines:
+        raise InvalidInput(f"{path} holds no join token", field="token-file")
+    return lines[0]
 
 
 async def _credentials(args: argparse.Namespace, name: str, labels: dict[str, str]) -> Registration:
@@ -130,7 +160,11 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+    try:
+        args = parse(argv)
+    except InvalidInput as err:
+        print(f"error: {err}")
+        return 2
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

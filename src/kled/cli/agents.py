@@ -3,8 +3,9 @@
 A thin wrapper over ``python -m kled.agent`` (kled.agent's own entry point), so that the
 agent's flags read like the rest of the CLI and its failures end like every other command:
 one line, ``2`` for bad input (a bad label, a missing flag), ``1`` for a failure (the server
-unreachable, a refused token). The agent keeps its registration in the data dir, so a
-restart needs neither ``--server`` nor ``--token``.
+unreachable, a refused token). The join token comes from ``--token-file`` or
+``$KLED_AGENT_TOKEN`` (or ``--token``, which every user of the host sees in ``ps``). The
+agent keeps its registration in the data dir, so a restart needs neither server nor token.
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ def agent(
         str | None, typer.Option("--server", help="Kled server URL to join (first start).")
     ] = None,
     token: Annotated[
-        str | None, typer.Option("--token", help="Join token from `kled node token create`.")
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="KLED_AGENT_TOKEN",
+            help="Join token from `kled node token create` (shows in `ps`: prefer the file).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="Read the join token from this file (mode 0600)."),
     ] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="Node name (default: the host name).")
@@ -53,10 +63,18 @@ def agent(
     import logging
 
     from kled.agent.__main__ import main as agent_main
-    from kled.agent.__main__ import parse
+    from kled.agent.__main__ import parse, read_token
 
+    if token and token_file:
+        raise InvalidInput("give --token or --token-file, not both", field="--token-file")
+    if token_file is not None:
+        token = read_token(str(token_file))
     if (server is None) != (token is None) and not (data_dir / "registration.json").exists():
-        raise InvalidInput("give both --server and --token to join", field="--token")
+        raise InvalidInput(
+            "give both --server and a join token (--token-file, $KLED_AGENT_TOKEN or --token) "
+            "to join",
+            field="--token",
+        )
     if network not in NETWORK_MODES:
         raise InvalidInput(f"must be one of {', '.join(NETWORK_MODES)}", field="--network")
     if heartbeat <= 0:

@@ -465,9 +465,18 @@ class LocalAgent:
 
     A child process rather than a task, so that the agent can be killed and restarted on its
     own and its replicas outlive it. It joins with a node token made here, once the API
-    answers; its registration is made afresh at every start, because the embedded NATS may
-    listen on another port than last time.
+    answers, handed over in its environment (``KLED_AGENT_TOKEN``), never on its command
+    line, where every user of the machine could read it in ``ps``; its registration is made
+    afresh at every start, because the embedded NATS may listen on another port than last
+    time. ``kled up`` supervises it: an agent that exits is reported in one line with its
+    exit code and started again, after 1 s, then twice as long each time it dies within a
+    minute (at most ``MAX_BACKOFF``).
     """
+
+    #: the longest wait before starting a dead agent again, in seconds
+    MAX_BACKOFF = 30.0
+    #: an agent that ran this long before it died is restarted after the shortest wait
+    STABLE_AFTER = 60.0
 
     def __init__(self, name: str | None = None, network: str = "auto") -> None:
         self.name = name or local_node_name()
@@ -486,7 +495,7 @@ class LocalAgent:
         if plane.hosts is None or plane.hosts.office is None:
             yield self
             return
-        self._task = asyncio.create_task(self._start(plane), name="local-agent")
+        self._task = asyncio.create_task(self._supervise(plane), name="local-agent")
         try:
             yield self
         finally:
@@ -495,9 +504,34 @@ class LocalAgent:
                 await self._task
             await asyncio.to_thread(self.stop)
 
-    async def _start(self, plane: Any) -> None:
+    async def _supervise(self, plane: Any) -> None:
+        """Start the agent; whenever it exits, say so and start it again, backing off."""
         while not (plane.bound and plane.server is not None and plane.server.started):
             await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        delay = 1.0
+        while True:
+            await self._start(plane)
+            proc, since = self.proc, loop.time()
+            assert proc is not None
+            while (code := proc.poll()) is None:
+                await asyncio.sleep(0.2)
+            if loop.time() - since >= self.STABLE_AFTER:
+                delay = 1.0
+            log.warning(
+                "node/%s: local agent (pid %s) exited with code %s%s; restarting in %.0f s "
+                "(log %s)",
+                self.name,
+                proc.pid,
+                code,
+                f" ({signal.Signals(-code).name})" if code < 0 else "",
+                delay,
+                self.logfile(plane),
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.MAX_BACKOFF)
+
+    async def _start(self, plane: Any) -> None:
         expires = datetime.now(UTC) + timedelta(minutes=10)
         token = await plane.service.credentials.issue(
             purpose="join",
@@ -512,11 +546,15 @@ class LocalAgent:
         with contextlib.suppress(FileNotFoundError):
             (data_dir / "registration.json").unlink()
         args = [sys.executable, "-m", "kled.agent", "--data-dir", str(data_dir)]
-        args += ["--name", self.name, "--server", plane.url, "--token", token]
-        args += ["--network", self.network]
+        args += ["--name", self.name, "--server", plane.url, "--network", self.network]
+        env = {**os.environ, "KLED_AGENT_TOKEN": token}
         with self.logfile(plane).open("ab") as log_out:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                args, stdout=log_out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                args,
+                stdout=log_out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_die_with_parent,
             )
         log.info("node/%s: local agent started pid=%s", self.name, self.proc.pid)
 
