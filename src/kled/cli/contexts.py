@@ -6,6 +6,7 @@ anything, so a context in the file is one that worked when it was written.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -14,7 +15,7 @@ import typer
 from kled.cli.client import Client
 from kled.cli.config import Context
 from kled.cli.output import align, out
-from kled.cli.state import STATE
+from kled.cli.state import STATE, read_token_file
 from kled.errors import InvalidInput
 
 app = typer.Typer(no_args_is_help=True)
@@ -28,6 +29,10 @@ def _default_name(server: str) -> str:
 def login(
     server: Annotated[str | None, typer.Option("--server", help="Server URL.")] = None,
     token: Annotated[str | None, typer.Option("--token", help="Bearer token.")] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="Read the token from this file.", show_default=False),
+    ] = None,
     team: Annotated[str | None, typer.Option("--team", "-t", help="Default team.")] = None,
     env: Annotated[str | None, typer.Option("--env", "-e", help="Default environment.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Context name.")] = None,
@@ -37,11 +42,13 @@ def login(
 ) -> None:
     """Check a token with a server and save them as a context, made current."""
     url = server or STATE.server
-    secret = token or STATE.token
+    if token and token_file:
+        raise InvalidInput("give --token or --token-file, not both", field="--token-file")
+    secret = token or (read_token_file(token_file) if token_file else None) or STATE.token
     if not url:
         raise InvalidInput("pass --server URL (e.g. http://127.0.0.1:7080)")
     if not secret:
-        raise InvalidInput("pass --token TOKEN")
+        raise InvalidInput("pass --token-file PATH, --token TOKEN or set KLED_TOKEN")
     if "//" not in url:
         url = f"http://{url}"
     with Client(url, secret, socket=socket) as client:

@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -32,8 +33,19 @@ from kled.cli import (
     users,
 )
 from kled.cli.output import err_console, out
-from kled.cli.state import STATE
+from kled.cli.state import STATE, read_token_file
 from kled.errors import InvalidInput, KledError
+
+
+def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    """A flag takes no value, so its help shows no ``<bool>`` type (Typer has no setting)."""
+    if self.is_flag and not self.count:
+        return None
+    return _option_type(self, ctx)
+
+
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="kled",
@@ -61,12 +73,23 @@ def _global_options(
         str | None,
         typer.Option("--token", envvar="KLED_TOKEN", help="Bearer token (overrides the context)."),
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            envvar="KLED_TOKEN_FILE",
+            help="Read the bearer token from this file (keeps it out of `ps`).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     STATE.debug = STATE.debug or debug
     STATE.team = team or None
     STATE.context = context or None
     STATE.server = server_url or None
-    STATE.token = token or None
+    if token and token_file:
+        raise InvalidInput("give --token or --token-file, not both", field="--token-file")
+    STATE.token = token or (read_token_file(token_file) if token_file else None)
     if STATE.debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
 
@@ -112,7 +135,7 @@ def _mount_policy(args: list[str]) -> None:
     app.add_typer(policy.app, name="policy", help="Test and report kPolicy policies.")
 
 
-_VALUED_GLOBALS = frozenset({"--team", "-t", "--context", "--server", "--token"})
+_VALUED_GLOBALS = frozenset({"--team", "-t", "--context", "--server", "--token", "--token-file"})
 
 
 def _may_need_policy(args: list[str]) -> bool:
@@ -149,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         # Typer carries its own copy of click: its usage errors are known by shape.
         ctx = getattr(e, "ctx", None)
         if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            out(ctx.get_help())
+            # Building the error rendered the help already (Rich prints as it formats and
+            # leaves the message empty); asking again would print it a second time.
+            if e.format_message().strip():
+                out(e.format_message())
             return 0
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         return fail(_escape(e.format_message()) + hint, e.exit_code)

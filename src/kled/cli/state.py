@@ -9,6 +9,7 @@ environment, so the rules of precedence are written once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,6 +18,20 @@ from kled.cli.client import Client
 from kled.cli.config import CliConfig, Context
 from kled.errors import InvalidInput
 from kled.resources.registry import KindInfo, Scope
+
+
+def read_token_file(path: Path, flag: str = "--token-file") -> str:
+    """The token in ``path`` (its first line, stripped): a token given this way stays out of
+    the process list and the shell history."""
+    try:
+        token = path.read_text(encoding="utf-8").strip().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise InvalidInput(f"cannot read the token in {path}: {reason}", field=flag) from None
+    if not token or not token[0].strip():
+        raise InvalidInput(f"{path} holds no token", field=flag)
+    return token[0].strip()
+
 
 #: the ``--team`` every command takes, on top of the global one
 TeamOption = Annotated[
