@@ -40,6 +40,7 @@ def test_config_is_a_wg_quick_file_whose_key_stays_here(
 ) -> None:
     admin.ok("team", "create", "dv-a")
     alice = _person(admin, server, "dv-a", "alice", "member")
+    alice.ok("device", "register", "laptop")
     text = alice.ok("device", "config", "laptop")
     sections = _sections(text)
     assert [s for s, _ in sections] == ["Interface", *["Peer"] * (len(sections) - 1)]
@@ -74,8 +75,8 @@ def test_list_and_revoke(admin: Cli, server: RunningServer) -> None:
     alice = _person(admin, server, "dv-b", "alice", "member")
     bob = _person(admin, server, "dv-b", "bob", "member")
     carol = _person(admin, server, "dv-b", "carol", "admin")
-    alice.ok("device", "config", "laptop-a")
-    bob.ok("device", "config", "phone-b", "--kind", "phone")
+    alice.ok("device", "register", "laptop-a")
+    bob.ok("device", "register", "phone-b", "--kind", "phone")
     rows = _rows(alice.ok("device", "list"))
     assert rows[0] == ["NAME", "OWNER", "KIND", "IP", "LOCAL-KEY"]
     by_name = {r[0]: r for r in rows[1:]}
@@ -96,7 +97,7 @@ def test_leave_without_an_interface_deletes_the_device_and_key(
 ) -> None:
     admin.ok("team", "create", "dv-c")
     alice = _person(admin, server, "dv-c", "alice", "member")
-    alice.ok("device", "config", "laptop")
+    alice.ok("device", "register", "laptop")
     key_file = alice.home / ".local" / "share" / "kled" / "devices" / "dv-c" / "laptop.key"
     assert key_file.exists()
     assert alice.ok("device", "leave", "laptop").strip() == "device/laptop left team dv-c"

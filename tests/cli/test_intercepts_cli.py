@@ -56,8 +56,8 @@ def people(admin: Cli, server: RunningServer, request: pytest.FixtureRequest) ->
     alice = _person(admin, server, team, "alice", "member")
     carol = _person(admin, server, team, "carol", "admin")
     alice.ok("apply", "-f", "-", "-e", "dev", stdin=APP_YAML)
-    alice.ok("device", "config", "laptop-a")
-    carol.ok("device", "config", "laptop-c")
+    alice.ok("device", "register", "laptop-a")
+    carol.ok("device", "register", "laptop-c")
     return {"alice": alice, "carol": carol, "admin": admin}
 
 

@@ -73,6 +73,9 @@ def test_config_file_with_plain_wg_reaches_the_app_until_revoked(
     try:
         # Made on the member's laptop; a team whose node has no key yet gets a file
         # without peers and is told to run it again.
+        registered = laptop_kled(mesh, home, token, "device", "register", "phone", host=LAPTOP)
+        assert registered.returncode == 0, registered.stderr
+
         def made() -> str:
             done = laptop_kled(mesh, home, token, "device", "config", "phone", host=LAPTOP)
             assert done.returncode == 0, done.stderr

@@ -1,11 +1,13 @@
-"""``kled device join|config|list|leave|revoke``: this machine (or a phone) on the team mesh.
+"""``kled device join|register|config|list|leave|revoke``: a laptop or phone on the mesh.
 
 The private key is made here, on the device, and kept in the user's data folder
 (``$XDG_DATA_HOME/kled/devices/<team>/<name>.key``, mode 0600); only its public key is
 registered, in a ``Device`` owned by the current user. ``join`` (root) brings the WireGuard
 interface up with the configuration the control plane serves
 (``GET /teams/{team}/devices/{name}/wireguard``) and points the resolver at the team's DNS;
-``config`` prints the same as a ``wg-quick`` file for any ordinary WireGuard client.
+``config`` prints the same as a ``wg-quick`` file for any ordinary WireGuard client, for a
+device registered before (``register`` makes the key and the Device without joining);
+``config`` never creates a device, so a mistyped name is an error, not a new peer.
 A joined interface keeps the peers of that moment: ``sync`` (root) brings it in line with
 the team's current peers, and ``join --follow`` stays in the foreground applying each
 change the control plane streams (``GET .../wireguard/watch``), a whole config again after
@@ -48,13 +50,20 @@ def _path(team: str, name: str = "") -> str:
     return f"/api/v1/teams/{team}/devices" + (f"/{name}" if name else "")
 
 
-def register(client: Client, team: str, name: str, kind: str) -> str:
-    """Make sure the Device exists with this machine's public key; return the public key."""
-    _, public = net.local_keypair(key_file(team, name))
+def register(client: Client, team: str, name: str, kind: str, *, create: bool = True) -> str:
+    """Make sure the Device exists with this machine's public key; return the public key.
+    With ``create=False`` a device that does not exist is bad input, and nothing is made."""
     try:
         current: dict[str, Any] | None = client.get(_path(team, name))
     except NotFound:
         current = None
+    if current is None and not create:
+        raise InvalidInput(
+            f"device/{name} not found in team {team}: register it with "
+            f"`sudo kled device join {name}` (see `kled device list`)",
+            field="NAME",
+        )
+    _, public = net.local_keypair(key_file(team, name))
     if current is None:
         who = client.get("/api/v1/whoami")
         doc = {
@@ -297,12 +306,25 @@ def sync(name: str, team: TeamOption = None) -> None:
     out(describe_changes(name, changes, _peer_names(config.get("peers") or [])))
 
 
-@app.command()
-def config(name: str, kind: KindOption = "laptop", team: TeamOption = None) -> None:
-    """Print a wg-quick file for device NAME (its private key stays on this machine)."""
+@app.command("register")
+def register_device(name: str, kind: KindOption = "laptop", team: TeamOption = None) -> None:
+    """Register device NAME with a key made on this machine, without joining (no root): for
+    a WireGuard client configured with `kled device config NAME`."""
     chosen_team = STATE.team_for(team)
     with STATE.client() as client:
         register(client, chosen_team, name, kind)
+    out(f"device/{name} is registered: `kled device config {name}` prints its wg-quick file")
+
+
+@app.command()
+def config(name: str, team: TeamOption = None) -> None:
+    """Print a wg-quick file for device NAME (its private key stays on this machine).
+
+    NAME must be registered (`kled device register NAME` or `join`): config creates nothing.
+    """
+    chosen_team = STATE.team_for(team)
+    with STATE.client() as client:
+        register(client, chosen_team, name, "laptop", create=False)
         config_doc = mesh_config(client, chosen_team, name)
     dev = device_network(chosen_team, name, config_doc)
     private, _ = net.local_keypair(key_file(chosen_team, name))
