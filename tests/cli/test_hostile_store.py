@@ -119,3 +119,23 @@ def test_the_server_starts_over_hostile_documents_and_names_them(
             assert "unreadable" not in c.get("/readyz").json()
     finally:
         server.stop()
+
+
+def test_kled_apply_refuses_an_alias_bomb_in_one_line(admin: Cli, tmp_path: Path) -> None:
+    lines = [
+        "apiVersion: kled.io/v1",
+        "kind: ManagedService",
+        "metadata: {name: db, team: t, environment: dev}",
+        "spec:",
+        "  template: postgres",
+        "  parameters:",
+        "    a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]",
+    ]
+    for i in range(1, 10):
+        lines.append(f"    a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    result = admin("apply", "-f", str(bomb))
+    assert result.code == 2, result
+    assert "aliases expand to more than 100000 values" in result.err
+    assert len(result.err.strip().splitlines()) == 1
