@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,18 +353,18 @@ class Agent:
         return status.model_copy(update={"pod_ip": self.mesh.place(spec).pod_ip})
 
     async def statuses(self) -> list[ReplicaStatus]:
-        observed = (await self.observe()).values()
-        with_ip = (o.status.model_copy(update={"pod_ip": o.spec.pod_ip}) for o in observed)
-        return sorted(with_ip, key=lambda s: s.id)
+        return _statuses((await self.observe()).values())
 
     async def heartbeat(self) -> NodeHeartbeat:
+        observed = (await self.observe()).values()
         return NodeHeartbeat(
             mesh=await self.mesh.reports() if self.mesh is not None else {},
             node=self.node,
             capacity=self.capacity,
             labels=self.labels,
             capabilities=self.capabilities,
-            replicas=await self.statuses(),
+            replicas=_statuses(observed),
+            apps=sorted({o.spec.app_uid for o in observed if o.spec.app_uid}),
             agent_version=agent_version(),
         )
 
@@ -423,6 +423,11 @@ class Agent:
                     await asyncio.sleep(1.0)
                     continue
                 self._logs.popleft()
+
+
+def _statuses(observed: Iterable[Observed]) -> list[ReplicaStatus]:
+    with_ip = (o.status.model_copy(update={"pod_ip": o.spec.pod_ip}) for o in observed)
+    return sorted(with_ip, key=lambda s: s.id)
 
 
 def _in_netns(pid: int, netns_path: str) -> bool:

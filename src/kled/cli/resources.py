@@ -8,6 +8,8 @@ environments first, and stops at the first refusal.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -26,7 +28,7 @@ from kled.cli.output import (
     warn,
 )
 from kled.cli.state import STATE, EnvOption, TeamOption
-from kled.errors import InvalidInput, NotFound
+from kled.errors import InvalidInput, KledError, NotFound
 from kled.resources.registry import KindInfo, Scope, kind_info, resolve_kind
 
 #: kinds applied before the rest (and deleted after it), containers first
@@ -267,6 +269,15 @@ def delete(
     ignore_not_found: Annotated[
         bool, typer.Option("--ignore-not-found", help="Absent resources are not an error.")
     ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Return when it is gone: for an app, when its replicas have stopped."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="How long --wait waits, in seconds.", min=0)
+    ] = 120.0,
     env: EnvOption = None,
     team: TeamOption = None,
 ) -> None:
@@ -288,7 +299,9 @@ def delete(
             info = kind_info(str(doc["kind"]))
             meta = doc["metadata"]
             path = item_path(info, meta.get("team"), meta.get("environment"), meta["name"])
+            started = time.monotonic()
             try:
+                before = dict(client.get(path)) if wait else None
                 answer = client.delete(path)
             except NotFound:
                 if not ignore_not_found:
@@ -298,6 +311,52 @@ def delete(
             for text in answer.get("warnings") or []:
                 warn(text)
             out(f"{ref(doc)} {answer.get('result') or 'deleted'}")
+            if before is not None:
+                what = _wait_gone(client, path, before, started + timeout)
+                out(f"{ref(doc)} {what} after {time.monotonic() - started:.1f}s")
+
+
+def _wait_gone(client: Client, path: str, before: dict[str, Any], deadline: float) -> str:
+    """Poll until the record is gone and, for an app, its uid has left every node that ran
+    one of its replicas (the agents report the apps they still run in ``Node.status.apps``);
+    returns what it waited for."""
+    uid = (before.get("metadata") or {}).get("uid")
+    what = ref(before)
+
+    def record_gone() -> bool:
+        try:
+            now = client.get(path)
+        except NotFound:
+            return True
+        return bool((now.get("metadata") or {}).get("uid") != uid)  # made anew meanwhile
+
+    _poll(record_gone, f"{what} is still there (finalizers?)", deadline)
+    if before.get("kind") != "App":
+        return "gone"
+    placed = (before.get("status") or {}).get("replicas") or []
+    nodes = sorted({str(e["node"]) for e in placed if e.get("node")})
+    node_info = kind_info("Node")
+    for node in nodes:
+
+        def stopped(node: str = node) -> bool:
+            try:
+                status = client.get(item_path(node_info, None, None, node)).get("status") or {}
+            except NotFound:
+                return True
+            if status.get("phase") != "Ready" or "apps" not in status:
+                warn(f"node/{node} cannot tell whether {what}'s replicas stopped there")
+                return True
+            return uid not in status["apps"]
+
+        _poll(stopped, f"{what}'s replicas still run on node/{node}", deadline)
+    return f"gone, its replicas stopped on {len(nodes)} node(s)," if nodes else "gone"
+
+
+def _poll(check: Callable[[], bool], failure: str, deadline: float) -> None:
+    while not check():
+        if time.monotonic() >= deadline:
+            raise KledError(f"{failure}; gave up waiting (--timeout)")
+        time.sleep(0.25)
 
 
 def register(root: typer.Typer) -> None:

@@ -78,6 +78,8 @@ def apply_heartbeat(status: Mapping[str, Any], hb: NodeHeartbeat) -> dict[str, A
     }
     out["capabilities"] = sorted(set(hb.capabilities))
     out["agentVersion"] = hb.agent_version
+    # uids only: Nodes are read by every team, and a uid names nothing
+    out["apps"] = sorted(set(hb.apps))
     merge_mesh_reports(out, hb)
     if out.get("phase") != READY:
         out["phase"] = READY

@@ -181,6 +181,9 @@ class NodeHeartbeat(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
     capabilities: list[str] = Field(default_factory=list)
     replicas: list[ReplicaStatus] = Field(default_factory=list)
+    #: uids of the apps with a replica on this node, one still stopping included
+    #: (``kled delete app --wait`` waits until its app's uid has left every node)
+    apps: list[str] = Field(default_factory=list)
     agent_version: str = ""
     #: team → this node's WireGuard key and port there (teams whose gateway is up)
     mesh: dict[str, TeamMeshReport] = Field(default_factory=dict)
