@@ -262,7 +262,9 @@ async def heartbeat_rate(bench: Bench, agents: int, per_agent: int) -> dict[str,
 
     def handled() -> float:
         """Heartbeats the control plane has handled (its /metrics counter)."""
-        for line in bench.http.get("/metrics").text.splitlines():
+        scraped = bench.http.get("/metrics")  # as the server administrator: every series
+        scraped.raise_for_status()
+        for line in scraped.text.splitlines():
             if line.startswith('kled_agent_messages_total{kind="heartbeat"}'):
                 return float(line.split()[-1])
         return 0.0

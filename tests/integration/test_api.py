@@ -351,10 +351,10 @@ def test_health_metrics_and_openapi(server: RunningServer) -> None:
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
     with server.client() as c:
         c.get("/api/v1/teams")
-    metrics = httpx.get(server.url + "/metrics").text
+        metrics = c.get("/metrics").text
     assert "kled_api_requests_total" in metrics
     paths = httpx.get(server.url + "/openapi.json").json()["paths"]
-    assert "/api/v1/teams/{team}/environments/{env}/{plural}" in paths
+    assert "/api/v1/teams/{team}/environments/{env}/apps" in paths
 
 
 def test_the_unix_socket_serves_the_same_api(server: RunningServer) -> None:

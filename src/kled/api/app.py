@@ -7,12 +7,19 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import kled
 from kled.admission.request import UserInfo
-from kled.api import observability, rest
-from kled.api.errors import kled_error_handler, status_body, validation_error_handler
+from kled.api import observability, openapi, rest
+from kled.api.errors import (
+    allowed_methods,
+    http_error_handler,
+    kled_error_handler,
+    status_body,
+    validation_error_handler,
+)
 from kled.api.rest import User, _body, _outcome, service
 from kled.api.service import Service
 from kled.errors import KledError
@@ -22,7 +29,29 @@ DEFAULT_MAX_BODY = 1024 * 1024
 extra = APIRouter(prefix="/api/v1")
 
 
-@extra.get("/whoami")
+@extra.get(
+    "/whoami",
+    summary="Who the token is",
+    responses={
+        200: {
+            "description": "the token's user",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["username", "role", "serverAdmin"],
+                        "properties": {
+                            "username": {"type": "string"},
+                            "team": {"type": ["string", "null"]},
+                            "role": {"type": ["string", "null"]},
+                            "serverAdmin": {"type": "boolean"},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
 async def whoami(user: UserInfo = User) -> Response:
     return JSONResponse(
         {
@@ -34,11 +63,35 @@ async def whoami(user: UserInfo = User) -> Response:
     )
 
 
-@extra.post("/apply")
+@extra.post(
+    "/apply",
+    summary="Create or update a resource of any kind (201 when created)",
+    responses={**openapi.responses(200, "Outcome"), **openapi.responses(201, "Outcome")},
+    openapi_extra=openapi.write_body(None),
+)
 async def apply(request: Request, user: UserInfo = User, dryRun: bool = False) -> Response:
     doc = await _body(request)
     outcome = await service(request).apply(user, doc, dry_run=dryRun)
     return _outcome(outcome, 201 if outcome.result == "created" else 200)
+
+
+class Options:
+    """Answer ``OPTIONS`` on any route with 204 and the ``Allow`` of its path."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        allowed = allowed_methods(self.app.router.routes, scope)
+        if allowed:
+            response = Response(status_code=204, headers={"Allow": ", ".join(allowed)})
+        else:
+            message = f"OPTIONS {scope['path']}: Not Found"
+            response = JSONResponse(status_body(404, "NotFound", message), status_code=404)
+        await response(scope, receive, send)
 
 
 class BodyLimit:
@@ -105,6 +158,7 @@ def create_app(
         setattr(app.state, name, value)
     app.add_exception_handler(KledError, kled_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
     app.middleware("http")(observability.measure)
     app.include_router(observability.router)
     app.include_router(extra)
@@ -114,4 +168,5 @@ def create_app(
 
     app.include_router(graphql_router(), prefix="/graphql")
     app.include_router(rest.router)
-    return BodyLimit(app, max_body)
+    openapi.install(app)
+    return BodyLimit(Options(app), max_body)

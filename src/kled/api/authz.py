@@ -3,7 +3,12 @@
 Roles, from most to least: owner, admin, member, viewer. The server administrator (the
 bootstrap token) manages teams and nodes and may act in any team. A user of one team gets
 ``NotFound`` for anything of another team — never ``Forbidden``, which would tell them it
-exists. Every denial is logged with who asked and for what.
+exists. Every denial is logged, at INFO on one line, with who asked and for what: a
+denial is the system working, not an error of the server.
+
+Roles are also a ceiling: nobody but the server administrator acts on a user whose role is
+above their own — grants it, changes or deletes that user, or issues or touches that user's
+tokens (``check_ceiling``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ def check_team(user: UserInfo, team: str, what: str) -> None:
     """A user sees only their own team; anything else does not exist for them."""
     if user.server_admin or user.team == team:
         return
-    _deny(user, "see", what)
+    deny(user, "see", what)
     raise NotFound(f"{what} not found")
 
 
@@ -46,7 +51,7 @@ def authorize(user: UserInfo, verb: str, info: KindInfo, team: str, what: str) -
     if info.scope is Scope.SERVER:
         if verb in READ_VERBS:
             return
-        _deny(user, verb, what)
+        deny(user, verb, what)
         raise Forbidden(f"only the server administrator may {verb} {info.plural}")
     check_team(user, team, what)
     role = user.role
@@ -62,12 +67,31 @@ def authorize(user: UserInfo, verb: str, info: KindInfo, team: str, what: str) -
             return
     elif info.kind in MEMBER_WRITABLE and rank(role) >= rank("member"):
         return
-    _deny(user, verb, what)
+    deny(user, verb, what)
     raise Forbidden(f"role {role or 'none'} in team {team} may not {verb} {info.plural}")
 
 
-def _deny(user: UserInfo, verb: str, what: str) -> None:
-    log.warning(
+def check_ceiling(user: UserInfo, role: str | None, verb: str, what: str) -> None:
+    """Refuse to ``verb`` ``what`` (a user, or their tokens) whose ``role`` is above ``user``'s."""
+    if user.server_admin or rank(role) <= rank(user.role):
+        return
+    deny(user, verb, what)
+    raise Forbidden(
+        f"role {user.role or 'none'} may not {verb} {what}: its role {role} is above yours"
+    )
+
+
+def check_grant(user: UserInfo, role: str | None, what: str) -> None:
+    """Refuse to give ``what`` (a user) a ``role`` above ``user``'s own."""
+    if user.server_admin or rank(role) <= rank(user.role):
+        return
+    deny(user, f"grant-{role}", what)
+    raise Forbidden(f"role {user.role or 'none'} may not grant the role {role}, above its own")
+
+
+def deny(user: UserInfo, verb: str, what: str) -> None:
+    """Log a refusal: one line at INFO (a denial is an answer, not a fault of the server)."""
+    log.info(
         "denied user=%s team=%s role=%s verb=%s resource=%s",
         user.username,
         user.team or "-",

@@ -3,19 +3,43 @@
 Resources travel as JSON (the same documents REST returns). Errors carry
 ``extensions.code`` (``NOT_FOUND``, ``FORBIDDEN``, ``CONFLICT``, ``INVALID``...) and
 ``extensions.status`` (the HTTP status REST would have answered).
+
+A query is bounded before it runs, so that one request cannot hold the server: at most
+``MAX_DEPTH`` levels, ``MAX_ALIASES`` aliases, ``MAX_TOKENS`` tokens and a cost of
+``MAX_COST`` (each top-level field — one call of the service — costs ``ROOT_FIELD_COST``,
+any other field 1). Kled's own errors (a denial, a missing resource) are answers, not
+faults of the server: they are not logged as errors; ``authz`` logs a denial once, at INFO.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import strawberry
 from fastapi import Request
-from graphql import GraphQLError
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValidationContext,
+    ValidationRule,
+)
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+)
 from strawberry.fastapi import GraphQLRouter
 from strawberry.scalars import JSON
-from strawberry.types import Info
+from strawberry.types import ExecutionContext, Info
 
 from kled.admission.request import UserInfo
 from kled.api.service import Outcome, Service
@@ -24,6 +48,13 @@ from kled.resources.registry import Scope, resolve_kind
 from kled.store.objects import Key
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+MAX_DEPTH = 10
+MAX_ALIASES = 30
+MAX_TOKENS = 5000
+MAX_COST = 100
+ROOT_FIELD_COST = 10
 
 
 async def _context(request: Request) -> dict[str, Any]:
@@ -43,7 +74,9 @@ async def _call(info: Info, fn: Callable[[Service, UserInfo], Awaitable[T]]) -> 
     except KledError as e:
         code = e.reason.upper() if e.reason != "NotFound" else "NOT_FOUND"
         raise GraphQLError(
-            str(e), extensions={"code": code, "status": e.status, "field": e.field}
+            str(e),
+            original_error=e,
+            extensions={"code": code, "status": e.status, "field": e.field},
         ) from e
 
 
@@ -193,7 +226,93 @@ class Mutation:
         return await _call(info, run)
 
 
-schema = strawberry.Schema(query=Query, mutation=Mutation)
+class CostLimit(ValidationRule):
+    """Refuse an operation whose fields, fragments expanded, cost more than ``MAX_COST``."""
+
+    def __init__(self, context: ValidationContext) -> None:
+        super().__init__(context)
+        document = context.document
+        fragments = {
+            d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+        }
+        for operation in document.definitions:
+            if not isinstance(operation, OperationDefinitionNode):
+                continue
+            cost = _cost(operation.selection_set, fragments, root=True, seen=set())
+            if cost > MAX_COST:
+                name = operation.name.value if operation.name else "anonymous"
+                self.report_error(
+                    GraphQLError(
+                        f"operation {name!r} costs {cost}, over the limit of {MAX_COST} "
+                        f"(a top-level field costs {ROOT_FIELD_COST}, any other 1): "
+                        "split it into smaller requests",
+                        operation,
+                        extensions={"code": "TOO_COMPLEX", "status": 400},
+                    )
+                )
+
+
+def _cost(
+    selections: SelectionSetNode | None,
+    fragments: dict[str, FragmentDefinitionNode],
+    *,
+    root: bool,
+    seen: set[str],
+) -> int:
+    if selections is None:
+        return 0
+    total = 0
+    for node in selections.selections:
+        if isinstance(node, FieldNode):
+            total += ROOT_FIELD_COST if root else 1
+            total += _cost(node.selection_set, fragments, root=False, seen=seen)
+        elif isinstance(node, InlineFragmentNode):
+            total += _cost(node.selection_set, fragments, root=root, seen=seen)
+        elif isinstance(node, FragmentSpreadNode):
+            fragment = fragments.get(node.name.value)
+            if fragment is not None and node.name.value not in seen:
+                # A cycle is reported by graphql's own rule; count each spread once here.
+                seen.add(node.name.value)
+                total += _cost(fragment.selection_set, fragments, root=root, seen=seen)
+                seen.discard(node.name.value)
+    return total
+
+
+def _kled_error(error: GraphQLError) -> KledError | None:
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, KledError):
+            return cause
+        cause = getattr(cause, "original_error", None) or cause.__cause__
+    return None
+
+
+class KledSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        """Log faults of the server as errors; answers (denials, limits, bad input) are not."""
+        faults = []
+        for error in errors:
+            if _kled_error(error) is not None:
+                continue  # a denial is logged by authz; a NotFound or Invalid is an answer
+            if error.original_error is None:
+                log.info("graphql request refused: %s", error.message)
+                continue
+            faults.append(error)
+        super().process_errors(faults, execution_context)
+
+
+schema = KledSchema(
+    query=Query,
+    mutation=Mutation,
+    extensions=[
+        partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
+        partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+        partial(AddValidationRules, [CostLimit]),
+    ],
+)
 
 
 def graphql_router() -> GraphQLRouter[Any, Any]:

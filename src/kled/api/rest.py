@@ -4,23 +4,29 @@ Server-wide kinds live at ``/api/v1/{plural}``, team kinds at
 ``/api/v1/teams/{team}/{plural}``, environment kinds at
 ``/api/v1/teams/{team}/environments/{env}/{plural}`` (and listed across environments at the
 team path). A ``GET`` on a collection with ``watch=true`` streams Server-Sent Events.
+
+Each kind gets routes of its own (``/api/v1/teams/{team}/environments/{env}/apps``) rather
+than one route per scope with ``{plural}`` in the path, so that the OpenAPI document names
+every path, parameter and request body; a kind named by an alias or at the wrong scope
+reaches a catch-all that says which path is right.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from kled.admission.request import UserInfo
+from kled.api import openapi
 from kled.api.authz import check_team
 from kled.api.service import Outcome, Service
 from kled.errors import InvalidInput, NotFound, Unauthorized
-from kled.resources.registry import API_VERSION, KindInfo, Scope, resolve_kind
+from kled.resources.registry import API_VERSION, KINDS, KindInfo, Scope, resolve_kind
 from kled.store.objects import Key
 
 router = APIRouter(prefix="/api/v1")
@@ -182,7 +188,16 @@ async def _require_team(request: Request, user: UserInfo, team: str) -> None:
         raise NotFound(f"team {team} not found")
 
 
-@router.post("/teams/{team}/environments/{env}/clone", status_code=201)
+@router.post(
+    "/teams/{team}/environments/{env}/clone",
+    status_code=201,
+    summary="Clone an environment with its apps, configs and secrets",
+    tags=["Environment"],
+    responses=openapi.responses(201, "Outcome"),
+    openapi_extra=openapi.json_body(
+        {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+    ),
+)
 async def clone_env(request: Request, team: str, env: str, user: UserInfo = User) -> Response:
     body = await _body(request)
     target = body.get("name")
@@ -191,7 +206,7 @@ async def clone_env(request: Request, team: str, env: str, user: UserInfo = User
     return _outcome(await service(request).clone_environment(user, team, env, target), 201)
 
 
-# ---- the routes of every kind, per scope -------------------------------------------------
+# ---- the routes of every kind, at its own path -------------------------------------------
 
 
 @dataclass
@@ -211,9 +226,48 @@ class WriteQuery:
     resourceVersion: str | None = None
 
 
-def _where(request: Request) -> tuple[str, str]:
-    params = request.path_params
-    return str(params.get("team", "")), str(params.get("env", ""))
+@dataclass(frozen=True)
+class Place:
+    """What a route's path names: a team, an environment, an object ("" where it names none)."""
+
+    team: str = ""
+    env: str = ""
+    name: str = ""
+
+
+TeamName = Annotated[str, Path(description="the team's name")]
+EnvName = Annotated[str, Path(description="the environment's name")]
+ObjectName = Annotated[str, Path(description="the resource's metadata.name")]
+
+
+def _at_server() -> Place:
+    return Place()
+
+
+def _at_team(team: TeamName) -> Place:
+    return Place(team)
+
+
+def _at_environment(team: TeamName, env: EnvName) -> Place:
+    return Place(team, env)
+
+
+def _server_object(name: ObjectName) -> Place:
+    return Place(name=name)
+
+
+def _team_object(team: TeamName, name: ObjectName) -> Place:
+    return Place(team, name=name)
+
+
+def _environment_object(team: TeamName, env: EnvName, name: ObjectName) -> Place:
+    return Place(team, env, name)
+
+
+def _the_team(team: TeamName) -> Place:
+    # A Team is server-wide, named in the path as {team} like everywhere else, so that
+    # current_user's check (another team's paths do not exist) covers it too.
+    return Place(name=team)
 
 
 PREFIXES = {
@@ -221,35 +275,38 @@ PREFIXES = {
     Scope.TEAM: "/teams/{team}",
     Scope.ENVIRONMENT: "/teams/{team}/environments/{env}",
 }
+COLLECTIONS: dict[Scope, Callable[..., Place]] = {
+    Scope.SERVER: _at_server,
+    Scope.TEAM: _at_team,
+    Scope.ENVIRONMENT: _at_environment,
+}
+OBJECTS: dict[Scope, Callable[..., Place]] = {
+    Scope.SERVER: _server_object,
+    Scope.TEAM: _team_object,
+    Scope.ENVIRONMENT: _environment_object,
+}
 
 
-def _routes(scope: Scope) -> None:
-    """Register list, create, get, replace, status and delete for kinds under ``scope``'s path.
-
-    The team path also lists environment kinds across the team's environments.
-    """
-    prefix = PREFIXES[scope]
-    listable = (scope, Scope.ENVIRONMENT) if scope is Scope.TEAM else (scope,)
+def _list_route(info: KindInfo, scope: Scope) -> None:
+    """``GET`` of ``info``'s collection at ``scope``'s path (environment kinds also at the
+    team's, across its environments)."""
+    at = COLLECTIONS[scope]
 
     async def list_kind(
         request: Request,
-        plural: str,
         user: UserInfo = User,
+        where: Place = Depends(at),
         q: ListQuery = Depends(),
         last_event_id: str | None = Header(default=None),
     ) -> Response:
-        info = _info(plural)
-        if info.scope not in listable:
-            _info(plural, scope)  # raises, naming where the kind lives
-        team, env = _where(request)
-        if team:
-            await _require_team(request, user, team)
+        if where.team:
+            await _require_team(request, user, where.team)
         return await _collection(
             request,
             user,
             info,
-            team or None,
-            env or None,
+            where.team or None,
+            where.env or None,
             q.labelSelector,
             q.limit,
             q.continue_,
@@ -258,40 +315,53 @@ def _routes(scope: Scope) -> None:
             last_event_id,
         )
 
+    across = " across the team's environments" if scope is not info.scope else ""
+    router.add_api_route(
+        f"{PREFIXES[scope]}/{info.plural}",
+        list_kind,
+        methods=["GET"],
+        name=f"list_{info.kind}" + ("_in_team" if across else ""),
+        summary=f"List {info.plural}{across} (watch=true streams Server-Sent Events)",
+        tags=[info.kind],
+        responses=openapi.responses(200, "List", stream="text/event-stream"),
+    )
+
+
+def _kind_routes(info: KindInfo) -> None:
+    """Register create, get, replace, status and delete of ``info`` at its own path."""
+    at = COLLECTIONS[info.scope]
+    this = _the_team if info.kind == "Team" else OBJECTS[info.scope]
+
     async def create(
-        request: Request, plural: str, user: UserInfo = User, q: WriteQuery = Depends()
+        request: Request,
+        user: UserInfo = User,
+        where: Place = Depends(at),
+        q: WriteQuery = Depends(),
     ) -> Response:
-        info = _info(plural, scope)
-        team, env = _where(request)
         doc = await _body(request)
-        _place(doc, info, team, env)
+        _place(doc, info, where.team, where.env)
         return _outcome(await service(request).create(user, doc, dry_run=q.dryRun), 201)
 
     async def get(
-        request: Request, plural: str, name: str, user: UserInfo = User, reveal: bool = False
+        request: Request, user: UserInfo = User, it: Place = Depends(this), reveal: bool = False
     ) -> Response:
-        team, env = _where(request)
-        key = Key(_info(plural, scope).kind, team, env, name)
+        key = Key(info.kind, it.team, it.env, it.name)
         return JSONResponse(await service(request).get(user, key, reveal=reveal))
 
     async def replace(
         request: Request,
-        plural: str,
-        name: str,
         user: UserInfo = User,
+        it: Place = Depends(this),
         q: WriteQuery = Depends(),
     ) -> Response:
-        info = _info(plural, scope)
-        team, env = _where(request)
         doc = await _body(request)
-        _place(doc, info, team, env, name)
+        _place(doc, info, it.team, it.env, it.name)
         return _outcome(await service(request).update(user, doc, dry_run=q.dryRun))
 
     async def replace_status(
-        request: Request, plural: str, name: str, user: UserInfo = User
+        request: Request, user: UserInfo = User, it: Place = Depends(this)
     ) -> Response:
-        team, env = _where(request)
-        key = Key(_info(plural, scope).kind, team, env, name)
+        key = Key(info.kind, it.team, it.env, it.name)
         body = await _body(request)
         status = body.get("status", body)
         if not isinstance(status, dict):
@@ -301,36 +371,79 @@ def _routes(scope: Scope) -> None:
 
     async def remove(
         request: Request,
-        plural: str,
-        name: str,
         user: UserInfo = User,
+        it: Place = Depends(this),
         q: WriteQuery = Depends(),
     ) -> Response:
-        team, env = _where(request)
-        key = Key(_info(plural, scope).kind, team, env, name)
+        key = Key(info.kind, it.team, it.env, it.name)
         outcome = await service(request).delete(
             user, key, dry_run=q.dryRun, expected_version=q.resourceVersion
         )
         return _outcome(outcome)
 
-    collection = f"{prefix}/{{plural}}"
-    item = f"{collection}/{{name}}"
-    for path, handler, method, status in (
-        (collection, list_kind, "GET", 200),
-        (collection, create, "POST", 201),
-        (item, get, "GET", 200),
-        (item, replace, "PUT", 200),
-        (f"{item}/status", replace_status, "PUT", 200),
-        (item, remove, "DELETE", 200),
+    collection = f"{PREFIXES[info.scope]}/{info.plural}"
+    item = "/teams/{team}" if info.kind == "Team" else f"{collection}/{{name}}"
+    body = openapi.write_body(info.kind)
+    for path, handler, method, status, model, extra, summary in (
+        (collection, create, "POST", 201, "Outcome", body, f"Create a {info.kind}"),
+        (item, get, "GET", 200, "Object", None, f"Read a {info.kind}"),
+        (item, replace, "PUT", 200, "Outcome", body, f"Replace a {info.kind}"),
+        (
+            f"{item}/status",
+            replace_status,
+            "PUT",
+            200,
+            "Object",
+            openapi.json_body(openapi.ref("StatusWrite")),
+            f"Replace a {info.kind}'s status",
+        ),
+        (item, remove, "DELETE", 200, "Outcome", None, f"Delete a {info.kind}"),
     ):
         router.add_api_route(
             path,
             handler,
             methods=[method],
             status_code=status,
-            name=f"{handler.__name__}_{scope.value}",
+            name=f"{handler.__name__}_{info.kind}",
+            summary=summary,
+            tags=[info.kind],
+            responses=openapi.responses(status, model),
+            openapi_extra=extra,
         )
 
 
+def _misplaced_routes(scope: Scope) -> None:
+    """Answer a path that names a kind by an alias, an unknown word or at another scope.
+
+    Every kind has routes at its own path (above, registered first); a request that reaches
+    these made a mistake, and is told which path is right.
+    """
+    prefix = PREFIXES[scope]
+
+    async def misplaced(request: Request, plural: str, user: UserInfo = User) -> Response:
+        _info(plural, scope)  # raises, naming the plural or the path the kind lives at
+        raise NotFound(f"no route for {request.method} {request.url.path}")
+
+    collection = f"{prefix}/{{plural}}"
+    item = f"{collection}/{{name}}"
+    for path, methods in (
+        (collection, ["GET", "POST"]),
+        (item, ["GET", "PUT", "DELETE"]),
+        (f"{item}/status", ["PUT"]),
+    ):
+        router.add_api_route(
+            path,
+            misplaced,
+            methods=methods,
+            name=f"misplaced_{scope.value}",
+            include_in_schema=False,
+        )
+
+
+for _info_of_kind in KINDS:
+    _list_route(_info_of_kind, _info_of_kind.scope)
+    if _info_of_kind.scope is Scope.ENVIRONMENT:
+        _list_route(_info_of_kind, Scope.TEAM)
+    _kind_routes(_info_of_kind)
 for _scope in Scope:
-    _routes(_scope)
+    _misplaced_routes(_scope)

@@ -12,7 +12,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +23,7 @@ from kled.api import authz
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
 from kled.resources.registry import KindInfo, Scope, kind_info
 from kled.store.cipher import redact
-from kled.store.credentials import ADMIN_USER, Credentials
+from kled.store.credentials import ADMIN_USER, Credential, Credentials
 from kled.store.objects import Event, Key, Page, Store, Written
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,8 @@ class Service:
             authz.authorize(user, "reveal", info, key.team, str(key))
         doc = await self.store.get(key)
         self._check_visible(user, info, doc, str(key))
+        if key.kind == "Token":
+            [doc] = await self._token_truth([doc])
         return doc if reveal else self.present(doc)
 
     async def list(
@@ -125,6 +127,8 @@ class Service:
             continue_token=continue_token,
         )
         page.items = [self.present(d) for d in page.items if self._visible(user, info, d)]
+        if info.kind == "Token":
+            page.items = [*await self._token_truth(page.items)]
         return page
 
     async def watch(
@@ -284,8 +288,7 @@ class Service:
         admitted = await self.chain.admit(
             self._request(Operation.DELETE, key, None, current, user, dry_run)
         )
-        if not dry_run:
-            await self._before_delete(user, key)
+        await self._before_delete(user, key, dry_run)
         written: Written = await self.store.delete(
             key, expected_version=expected_version, dry_run=dry_run
         )
@@ -395,9 +398,8 @@ class Service:
     async def _before_create(
         self, user: UserInfo, key: Key, obj: dict[str, Any], dry_run: bool
     ) -> tuple[dict[str, Any], str | None]:
-        if key.kind == "User" and (obj.get("spec") or {}).get("role") == "owner":
-            if not user.server_admin and user.role != "owner":
-                raise Forbidden("only an owner may make another owner")
+        if key.kind == "User":
+            authz.check_grant(user, (obj.get("spec") or {}).get("role"), f"user {key.name}")
         if key.kind != "Token":
             return obj, None
         spec = obj.setdefault("spec", {})
@@ -406,8 +408,13 @@ class Service:
         if target != user.username and authz.rank(user.role) < authz.rank("admin"):
             if not user.server_admin:
                 raise Forbidden("only an admin may create tokens for other users")
-        if await self.store.find(Key("User", key.team, "", target)) is None:
+        holder = await self.store.find(Key("User", key.team, "", target))
+        if holder is None:
             raise InvalidInput(f"user {target!r} not found in team {key.team}", field="spec.user")
+        # A token acts with its user's role: issuing one for a higher role would be a grant.
+        authz.check_ceiling(user, _role(holder), "issue tokens for", f"user {target}")
+        if spec.get("revoked"):
+            raise InvalidInput("a new token cannot be revoked already", field="spec.revoked")
         expires = _expiry(spec)
         if expires is not None:
             spec["expiresAt"] = expires.isoformat().replace("+00:00", "Z")
@@ -423,11 +430,15 @@ class Service:
         self, user: UserInfo, key: Key, current: dict[str, Any], obj: dict[str, Any]
     ) -> None:
         if key.kind == "User":
-            old_role = (current.get("spec") or {}).get("role")
-            new_role = (obj.get("spec") or {}).get("role")
-            if "owner" in (old_role, new_role) and old_role != new_role:
-                if not user.server_admin and user.role != "owner":
-                    raise Forbidden("only an owner may grant or take away the owner role")
+            old_role = _role(current)
+            new_role = _role(obj)
+            authz.check_ceiling(user, old_role, "change", f"user {key.name}")
+            authz.check_grant(user, new_role, f"user {key.name}")
+            if old_role == "owner" and new_role != "owner":
+                await self._keep_an_owner(key, "demote")
+        elif key.kind == "Token":
+            await self._check_token_holder(user, key, current)
+            _keep_token_facts(current, obj)
 
     async def _after_update(
         self, key: Key, current: dict[str, Any], written: Written, dry_run: bool
@@ -438,8 +449,19 @@ class Service:
         if (written.object.get("spec") or {}).get("revoked"):
             await self._revoke_quietly(key.team, key.name)
 
-    async def _before_delete(self, user: UserInfo, key: Key) -> None:
+    async def _before_delete(self, user: UserInfo, key: Key, dry_run: bool) -> None:
         """Deleting a container deletes what it holds, as a namespace does in Kubernetes."""
+        if key.kind == "User":
+            role = _role(await self.store.find(key))
+            authz.check_ceiling(user, role, "delete", f"user {key.name}")
+            if role == "owner":
+                await self._keep_an_owner(key, "delete")
+        elif key.kind == "Token":
+            token = await self.store.find(key)
+            if token is not None:
+                await self._check_token_holder(user, key, token)
+        if dry_run:
+            return
         if key.kind == "Environment":
             for kind in ("Intercept", "App", "ManagedService", "Config", "Secret"):
                 for doc in (await self.store.list(kind, key.team, key.name)).items:
@@ -466,10 +488,110 @@ class Service:
             await self.credentials.revoke_user(key.team, key.name)
         self.forget_credentials()
 
+    async def _keep_an_owner(self, key: Key, verb: str) -> None:
+        """A team always keeps an owner: its last one can be neither demoted nor deleted."""
+        users = (await self.store.list("User", key.team)).items
+        owners = {u["metadata"]["name"] for u in users if _role(u) == "owner"}
+        if owners == {key.name}:
+            raise Conflict(
+                f"user {key.name} is the last owner of team {key.team} and cannot be {verb}d: "
+                "make another user owner first"
+            )
+
+    async def _check_token_holder(self, user: UserInfo, key: Key, token: dict[str, Any]) -> None:
+        """A token is its user's: only those at or above that user's role may touch it."""
+        holder = (token.get("spec") or {}).get("user")
+        if holder and holder != user.username:
+            role = _role(await self.store.find(Key("User", key.team, "", str(holder))))
+            authz.check_ceiling(user, role, "manage the tokens of", f"user {holder}")
+
+    async def _token_truth(self, docs: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+        """Tokens with ``revoked`` and ``expiresAt`` as the credentials store knows them.
+
+        The store, not the document, decides whether a token works; a document written
+        before these fields were the system's, or a token of a deleted user, could say
+        otherwise. Documents are copied, never changed in place (they may be cached).
+        """
+        known: dict[tuple[str, str], Credential] = {}
+        for team in {d["metadata"].get("team") or "" for d in docs}:
+            for stored in await self.credentials.listed("api", team):
+                known[(team, stored.name)] = stored
+        shown = []
+        for doc in docs:
+            cred = known.get((doc["metadata"].get("team") or "", doc["metadata"]["name"]))
+            spec = doc.get("spec") or {}
+            if cred is None or (
+                bool(spec.get("revoked")) == cred.revoked
+                and _instant(spec.get("expiresAt")) == cred.expires
+            ):
+                shown.append(doc)
+                continue
+            doc = copy.deepcopy(doc)
+            spec = doc.setdefault("spec", {})
+            spec["revoked"] = cred.revoked
+            if cred.expires is None:
+                spec.pop("expiresAt", None)
+            else:
+                spec["expiresAt"] = _timestamp(cred.expires)
+            shown.append(doc)
+        return shown
+
     async def _revoke_quietly(self, team: str, name: str) -> None:
         self.forget_credentials()
         with contextlib.suppress(NotFound):
             await self.credentials.revoke("api", team, name)
+
+
+def _role(user_doc: dict[str, Any] | None) -> str | None:
+    return None if user_doc is None else (user_doc.get("spec") or {}).get("role", "viewer")
+
+
+def _instant(value: Any) -> datetime | None:
+    if not value:
+        return None
+    ts = (
+        value
+        if isinstance(value, datetime)
+        else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    )
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _timestamp(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _keep_token_facts(current: dict[str, Any], obj: dict[str, Any]) -> None:
+    """A Token's user, expiry and revocation are the system's: an update may not change them.
+
+    ``revoked`` goes from false to true (that is ``kled token revoke``), never back; the
+    expiry is fixed at creation. Refusing says so at once, where keeping the stored value
+    would answer ``configured`` for a change that did not happen.
+    """
+    old = current.get("spec") or {}
+    new = obj.setdefault("spec", {})
+    if new.get("user") != old.get("user"):
+        raise InvalidInput(
+            "a token's user is fixed at creation: create a new token", field="spec.user"
+        )
+    if old.get("revoked") and not new.get("revoked"):
+        raise InvalidInput(
+            "a revoked token stays revoked: create a new one (kled token create)",
+            field="spec.revoked",
+        )
+    if new.get("ttl"):
+        raise InvalidInput(
+            "a token's lifetime is fixed at creation: create a new token with --ttl",
+            field="spec.ttl",
+        )
+    if new.get("expiresAt") is None:
+        if old.get("expiresAt"):
+            new["expiresAt"] = old["expiresAt"]  # not sent: kept, as the token keeps it
+    elif _instant(new["expiresAt"]) != _instant(old.get("expiresAt")):
+        raise InvalidInput(
+            "a token's expiry is fixed at creation: create a new token with --ttl",
+            field="spec.expiresAt",
+        )
 
 
 def _expiry(spec: dict[str, Any]) -> datetime | None:

@@ -1,8 +1,10 @@
-"""Bearer credentials: API tokens and node join tokens, stored only as SHA-256 hashes.
+"""Bearer credentials: API, node join and metrics tokens, stored only as SHA-256 hashes.
 
 A token is ``kled_<random>``; the database keeps its hash, so a copy of the database does
 not let anyone in. Each credential names who it speaks for (the server administrator, or a
-user of one team) and may expire or be revoked.
+user of one team) and may expire or be revoked. This table, not a Token document, is the
+truth about whether a token works: the API shows a Token's ``revoked`` and ``expiresAt``
+from here. A ``metrics`` credential reads ``/metrics`` and nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ ADMIN_USER = "admin"
 
 @dataclass(frozen=True)
 class Credential:
-    purpose: str  # api | join
+    purpose: str  # api | join | metrics
     team: str  # "" for the server administrator and for node joins
     name: str
     username: str
@@ -32,11 +34,17 @@ class Credential:
     revoked: bool
     created_at: datetime
 
-    def usable(self, now: datetime | None = None) -> bool:
-        now = now or datetime.now(UTC)
+    @property
+    def expires(self) -> datetime | None:
+        """``expires_at`` in UTC (SQLite hands timestamps back without a zone)."""
         expires = self.expires_at
         if expires is not None and expires.tzinfo is None:
             expires = expires.replace(tzinfo=UTC)
+        return expires
+
+    def usable(self, now: datetime | None = None) -> bool:
+        now = now or datetime.now(UTC)
+        expires = self.expires
         return not self.revoked and (expires is None or expires > now)
 
 
@@ -101,6 +109,29 @@ class Credentials:
             row.revoked,
             row.created_at,
         )
+
+    async def listed(self, purpose: str, team: str) -> list[Credential]:
+        """Every credential of ``purpose`` in ``team``, revoked and expired ones included."""
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(credentials)
+                    .where(and_(credentials.c.purpose == purpose, credentials.c.team == team))
+                    .order_by(credentials.c.name)
+                )
+            ).all()
+        return [
+            Credential(
+                row.purpose,
+                row.team,
+                row.name,
+                row.username,
+                row.expires_at,
+                row.revoked,
+                row.created_at,
+            )
+            for row in rows
+        ]
 
     async def revoke(self, purpose: str, team: str, name: str) -> None:
         async with self.db.read() as conn:
