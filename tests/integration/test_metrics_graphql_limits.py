@@ -104,6 +104,8 @@ def test_a_metrics_token_reads_metrics_and_nothing_else(server: RunningServer, t
         }
         assert root.delete("/api/v1/metrics-tokens/nosuch").status_code == 404
     assert scrape(server, token).status_code == 401
+    paths = httpx.get(server.url + "/openapi.json").json()["paths"]
+    assert paths["/api/v1/metrics-tokens"]["post"]["requestBody"]["required"] is True
 
 
 # --- GraphQL limits ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from prometheus_client import (
 
 from kled.admission.request import UserInfo
 from kled.api import authz
+from kled.api.openapi import json_body
 from kled.api.rest import User, _body, service
 from kled.api.service import parse_duration
 from kled.errors import Forbidden, InvalidInput, NotFound, Unauthorized
@@ -67,7 +68,12 @@ async def readyz(request: Request) -> Response:
         revision = await request.app.state.service.store.revision()
     except Exception as e:  # any failure to reach the database means not ready
         return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503)
-    return JSONResponse({"status": "ready", "revision": revision})
+    body: dict[str, Any] = {"status": "ready", "revision": revision}
+    problems = request.app.state.service.store.problems
+    if problems:
+        # skipped, not fatal: the server serves everything else (kled server doctor)
+        body["unreadable"] = [{"resource": k, "problem": v} for k, v in sorted(problems.items())]
+    return JSONResponse(body)
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -121,23 +127,48 @@ class TeamSeries:
 
 # ---- metrics tokens --------------------------------------------------------------------
 
-_TOKEN_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {
-                        "name": {"type": "string", "description": "a DNS label"},
-                        "ttl": {"type": "string", "description": "lifetime: 30m, 24h, 7d"},
-                    },
-                }
-            }
+_TIME = {"type": ["string", "null"], "description": "RFC 3339, UTC"}
+_TOKEN_BODY = json_body(
+    {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "description": "a DNS label"},
+            "ttl": {"type": "string", "description": "lifetime: 30m, 24h, 7d (default: none)"},
         },
     }
+)
+_CREATED = {
+    "type": "object",
+    "required": ["name", "token"],
+    "properties": {"name": {"type": "string"}, "token": {"type": "string"}, "expiresAt": _TIME},
 }
+_LISTED = {
+    "type": "object",
+    "required": ["items"],
+    "properties": {
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "expiresAt": _TIME,
+                    "revoked": {"type": "boolean"},
+                    "createdAt": _TIME,
+                },
+            },
+        }
+    },
+}
+_REVOKED = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "revoked": {"type": "boolean"}},
+}
+
+
+def _answer(code: int, schema: dict[str, Any], why: str) -> dict[int | str, dict[str, Any]]:
+    return {code: {"description": why, "content": {"application/json": {"schema": schema}}}}
 
 
 def _admin_only(user: UserInfo, verb: str) -> None:
@@ -153,7 +184,12 @@ def _timestamp(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
-@router.post("/api/v1/metrics-tokens", status_code=201, openapi_extra=_TOKEN_BODY)
+@router.post(
+    "/api/v1/metrics-tokens",
+    status_code=201,
+    openapi_extra=_TOKEN_BODY,
+    responses=_answer(201, _CREATED, "the new metrics token, its secret shown this once"),
+)
 async def create_metrics_token(request: Request, user: UserInfo = User) -> Response:
     """A server-wide token that reads ``/metrics`` and nothing else; its secret, once."""
     _admin_only(user, "create")
@@ -170,7 +206,7 @@ async def create_metrics_token(request: Request, user: UserInfo = User) -> Respo
     return JSONResponse(answer, status_code=201)
 
 
-@router.get("/api/v1/metrics-tokens")
+@router.get("/api/v1/metrics-tokens", responses=_answer(200, _LISTED, "every metrics token"))
 async def list_metrics_tokens(request: Request, user: UserInfo = User) -> Response:
     """The metrics tokens, revoked and expired ones included (never their secrets)."""
     _admin_only(user, "list")
@@ -187,7 +223,9 @@ def _shown(cred: Credential) -> dict[str, Any]:
     }
 
 
-@router.delete("/api/v1/metrics-tokens/{name}")
+@router.delete(
+    "/api/v1/metrics-tokens/{name}", responses=_answer(200, _REVOKED, "the token, revoked")
+)
 async def revoke_metrics_token(request: Request, name: str, user: UserInfo = User) -> Response:
     """Revoke a metrics token: it stops working at once; its record stays, marked revoked."""
     _admin_only(user, "revoke")
