@@ -72,7 +72,7 @@ def test_start_list_stop(people: dict[str, Cli]) -> None:
     )
     assert "intercept/api-laptop-a-alice created: requests with x-dev: alice" in out
     rows = _rows(alice.ok("intercept", "list", "-e", "dev"))
-    assert rows[0] == ["NAME", "ENV", "APP", "DEVICE", "PORTS", "HEADER", "PHASE"]
+    assert rows[0] == ["NAME", "ENV", "APP", "DEVICE", "PORTS", "HEADER", "PHASE", "GATEWAYS"]
     assert [r[:6] for r in rows[1:]] == [
         ["api-laptop-a", "dev", "api", "laptop-a", "80:8080", "-"],
         ["api-laptop-a-alice", "dev", "api", "laptop-a", "all", "x-dev=alice"],
@@ -90,9 +90,9 @@ def test_start_list_stop(people: dict[str, Cli]) -> None:
     assert not_hers.code == 1 and "belongs to 'carol'" in not_hers.err
 
     out = alice.ok("intercept", "stop", "api", "-e", "dev", "--header", "x-dev=alice")
-    assert out.strip() == "intercept/api-laptop-a-alice deleted"
+    assert out.splitlines()[0] == "intercept/api-laptop-a-alice deleted"
     out = alice.ok("intercept", "stop", "api", "-e", "dev")
-    assert out.strip() == "intercept/api-laptop-a deleted"
+    assert out.splitlines()[0] == "intercept/api-laptop-a deleted"
     assert "no intercepts" in alice("intercept", "list", "-e", "dev").err
     again = alice("intercept", "stop", "api", "-e", "dev")
     assert again.code == 1 and "no intercept of app/api" in again.err

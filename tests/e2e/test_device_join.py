@@ -88,7 +88,8 @@ def test_join_reaches_an_app_by_name_and_leave_undoes_it(mesh: Mesh, tmp_path: P
 
 def test_intercept_to_a_joined_laptop_and_back(mesh: Mesh, tmp_path: Path) -> None:
     """Issue 5 end to end: a pod calls the app by service IP; `kled intercept start` sends
-    it to the laptop's process; `stop` (and the laptop leaving) returns it to the replica."""
+    it to the laptop's process; `stop` (and the laptop leaving) returns it to the replica.
+    Both return only once the gateway applied them (issue 10): no call in between misses."""
     mesh.start_agent(1)
     mesh.team("a", TEAM_A_BLOCK)
     mesh.api("POST", "/api/v1/teams/a/users", {"metadata": {"name": "alice"}, "spec": {}})
@@ -128,8 +129,11 @@ def test_intercept_to_a_joined_laptop_and_back(mesh: Mesh, tmp_path: Path) -> No
             "--port", "80:7070",
         )  # fmt: skip
         assert started.returncode == 0, started.stderr
-        assert eventually(lambda: lands("laptop"), "the laptop answering instead")
+        # `start` returns once every gateway applied it: the very next calls land there.
+        assert "intercept/dev/api-laptop: active on 1/1 gateways in " in started.stdout
+        assert lands("laptop"), "a replica answered right after `intercept start` returned"
         assert eventually(lambda: phase() == "Active", "the intercept Active")
+        assert intercept()["status"]["gateways"] == "1/1"
 
         # The laptop drops off the network: node1's gateway misses its keepalives, sends
         # the calls back to the replica, and the Intercept says so; back online, resumed.
@@ -157,7 +161,8 @@ def test_intercept_to_a_joined_laptop_and_back(mesh: Mesh, tmp_path: Path) -> No
 
         stopped = laptop_kled(mesh, home, token, "intercept", "stop", "api", "-e", "dev")
         assert stopped.returncode == 0, stopped.stderr
-        assert eventually(lambda: lands("api-"), "the replica answering again")
+        assert "intercept/dev/api-laptop: removed from 1/1 gateways in " in stopped.stdout
+        assert lands("api-"), "the laptop answered right after `intercept stop` returned"
     except BaseException:
         print(mesh.dump_logs())
         raise

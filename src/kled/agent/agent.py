@@ -371,6 +371,8 @@ class Agent:
     # -- sending ----------------------------------------
     async def _heartbeats(self) -> None:
         while True:
+            if self.mesh is not None:
+                self.mesh.intercepts_changed.clear()  # this heartbeat carries them
             try:
                 hb = await self.heartbeat()
                 await asyncio.wait_for(
@@ -382,7 +384,15 @@ class Agent:
                 await self.reconcile()  # also catches drift nobody reported
             except KledError as err:
                 log.warning("node/%s reconcile failed: %s", self.node, err)
+            await self._next_heartbeat()
+
+    async def _next_heartbeat(self) -> None:
+        """Wait one interval, or less once the gateways applied other intercepts."""
+        if self.mesh is None:
             await asyncio.sleep(self.heartbeat_interval)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.mesh.intercepts_changed.wait(), self.heartbeat_interval)
 
     async def _publish_loop(self) -> None:
         while True:

@@ -9,7 +9,9 @@ private keys must never leave the host: each team's key is generated
 here, in the agent's data dir (mode 0600), and its file is named in the ``TeamNetwork``
 before the network layer applies it. The public key and listen port of every ready gateway
 go back in heartbeats (``NodeHeartbeat.mesh``), from which the control plane builds the
-team's peer sets.
+team's peer sets, with the intercepts each gateway has applied: a pass that changes those
+asks for a heartbeat at once (``intercepts_changed``), since `kled intercept start|stop`
+wait for it.
 
 ``MeshKeeper`` serialises every change of the host's network (two passes at once would race
 to start the same wireguard-go), applies the newest desired network when it changes and
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kled.agent.dnsrelay import DnsRelays
-from kled.agent.net import netns, wireguard
+from kled.agent.net import liveness, netns, wireguard
 from kled.agent.net.host import HostNetworkLayer, HostReport
 from kled.errors import KledError
 from kled.resources.hoststate import ReplicaSpec, TeamMeshReport
@@ -76,6 +78,11 @@ class MeshKeeper:
         #: the desired network (hosts driven without an office, as in the layer's tests)
         self._peers: dict[str, dict[str, WgPeer]] | None = None
         self._peers_known = False
+        #: team → the intercepts its gateway applied in the last pass (``intercepts_of``)
+        self._intercepts: dict[str, list[str]] = {}
+        #: set when those change, so that the agent reports them at once rather than at
+        #: its next heartbeat: `kled intercept start` waits for that report
+        self.intercepts_changed = asyncio.Event()
 
     # -- peers ----------------------------------------------------------------------------
     def follow_peers(self) -> None:
@@ -158,6 +165,14 @@ class MeshKeeper:
                 )
             self._report = report
             self._applied = desired
+            applied = {
+                t.team: liveness.intercepts_of(t)
+                for t in desired.teams
+                if t.team in report.gateways
+            }
+            if applied != self._intercepts:
+                self._intercepts = applied
+                self.intercepts_changed.set()
             return report
 
     async def _relay_dns(self, report: HostReport) -> None:
@@ -251,5 +266,6 @@ class MeshKeeper:
                 listen_port=gw.listen_port,
                 handshakes=handshakes,
                 fallback=sorted(self._fallen.get(team, [])),
+                intercepts=self._intercepts.get(team, []),
             )
         return out

@@ -31,13 +31,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from kled.admission.request import AdmissionRequest, HookResult, Operation, UserInfo
 from kled.api import authz
+from kled.api.rest import User, service
 from kled.api.service import Service
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
 from kled.resources.netstate import PersonalIntercept
+from kled.resources.registry import kind_info
 from kled.store.follow import follow_events
 from kled.store.objects import Event, Key, Store
 
@@ -106,6 +110,35 @@ def falling_back_at(
     )
 
 
+def team_gateways(nodes: list[dict[str, Any]], team: str) -> list[dict[str, Any]]:
+    """The team's gateways as their nodes report them: each node whose gateway for the team
+    is up (its WireGuard key reported), whether it is Ready, the intercepts it has applied
+    and those it falls back on (named as ``agent/net/liveness.intercept_entry`` does)."""
+    out = []
+    for doc in nodes:
+        status = doc.get("status") or {}
+        entry = (status.get("mesh") or {}).get(team)
+        if _deleting(doc) or not isinstance(entry, dict) or not entry.get("publicKey"):
+            continue
+        out.append(
+            {
+                "node": str((doc.get("metadata") or {}).get("name")),
+                "ready": status.get("phase") == "Ready",
+                "intercepts": sorted(str(i) for i in entry.get("intercepts") or []),
+                "fallback": sorted(str(i) for i in entry.get("fallback") or []),
+            }
+        )
+    return sorted(out, key=lambda g: g["node"])
+
+
+def applied_at(doc: dict[str, Any], device_ip: str, gateways: list[dict[str, Any]]) -> list[str]:
+    """The gateways (nodes) that have applied this Intercept."""
+    meta = doc.get("metadata") or {}
+    spec = _spec(doc)
+    mine = (meta.get("environment"), spec.get("app"), header_key(spec.get("header")), device_ip)
+    return [g["node"] for g in gateways if any(fallback_key(i) == mine for i in g["intercepts"])]
+
+
 def may_use_device(user: UserInfo, device: dict[str, Any]) -> bool:
     """Only the device's owner, a team admin or owner, or the server admin."""
     if user.server_admin or authz.rank(user.role) >= authz.rank("admin"):
@@ -122,6 +155,8 @@ class InterceptServices:
         self._task: asyncio.Task[None] | None = None
         #: node → team → what its gateway there falls back on (from Node.status.mesh)
         self._fallback: dict[str, dict[str, frozenset[str]]] = {}
+        #: team → its gateways, as ``team_gateways`` reads them from the Nodes
+        self._gateways: dict[str, list[dict[str, Any]]] = {}
 
     async def start(self) -> None:
         self.service.chain.add_validating(self.admit)
@@ -279,8 +314,19 @@ class InterceptServices:
                 await self._report(doc, device)
 
     async def _node_fallback(self, node: str, doc: dict[str, Any] | None) -> None:
-        """Take a node's fallback report; re-judge the intercepts of the teams it changed."""
+        """Take a node's fallback and applied reports; re-judge the intercepts of the teams
+        whose reports it changed."""
         mesh = ((doc or {}).get("status") or {}).get("mesh") or {}
+        touched = set(mesh) | {
+            t for t, gws in self._gateways.items() if any(g["node"] == node for g in gws)
+        }
+        nodes = (await self.store.list("Node")).items if touched else []
+        regated = set()
+        for team in touched:
+            gateways = team_gateways(nodes, team)
+            if gateways != self._gateways.get(team, []):
+                self._gateways[team] = gateways
+                regated.add(team)
         now = {
             team: frozenset(str(i) for i in entry.get("fallback") or [])
             for team, entry in mesh.items()
@@ -297,7 +343,7 @@ class InterceptServices:
             self._fallback.pop(node, None)
         else:
             self._fallback[node] = now
-        for team in sorted(changed):
+        for team in sorted(changed | regated):
             for intercept in (await self.store.list("Intercept", team)).items:
                 if _deleting(intercept):
                     continue
@@ -310,6 +356,9 @@ class InterceptServices:
         ip = ((device or {}).get("status") or {}).get("ip")
         spec = _spec(doc)
         nodes = falling_back_at(doc, str(ip), self._fallback) if ip else []
+        gateways = self._gateways.get(str((doc.get("metadata") or {}).get("team")), [])
+        ready = [g["node"] for g in gateways if g["ready"]]
+        applied = [n for n in applied_at(doc, str(ip), gateways) if n in ready] if ip else []
         if nodes:
             status = {
                 "phase": "Fallback",
@@ -330,6 +379,8 @@ class InterceptServices:
                 "phase": "Pending",
                 "message": f"waiting for device {spec.get('device')} to get a mesh address",
             }
+        # How many of the team's (Ready) gateways apply it: `kled intercept list` shows it.
+        status["gateways"] = f"{len(applied)}/{len(ready)}"
         current = doc.get("status") or {}
         if all(current.get(k) == v for k, v in status.items()):
             return
@@ -343,3 +394,18 @@ class InterceptServices:
             meta["name"],
             status["phase"],
         )
+
+
+router = APIRouter(prefix="/api/v1")
+
+
+@router.get("/teams/{team}/gateways")
+async def gateways(request: Request, team: str, user: UserInfo = User) -> Response:
+    """The team's gateways and the intercepts each has applied: what `kled intercept
+    start|stop` wait on (every Ready gateway applied it, or none still has it)."""
+    authz.authorize(user, "get", kind_info("Intercept"), team, f"team/{team}/gateways")
+    svc = service(request)
+    if await svc.store.find(Key("Team", "", "", team)) is None:
+        raise NotFound(f"team/{team} not found")
+    nodes = (await svc.store.list("Node")).items
+    return JSONResponse({"items": team_gateways(nodes, team)})

@@ -21,7 +21,7 @@ import uvicorn
 
 from kled.admission.chain import AdmissionChain
 from kled.admission.policy import PolicyEngine, compile_check
-from kled.api import device_feed, hosts, mesh, policies
+from kled.api import device_feed, hosts, intercepts, mesh, policies
 from kled.api.app import create_app
 from kled.api.hosts import HostServices
 from kled.api.intercepts import InterceptServices
@@ -142,7 +142,13 @@ class ControlPlane:
         app = create_app(
             self.service,
             max_body=self.settings.max_body_bytes,
-            extra_routers=[policies.router, hosts.router, mesh.router, device_feed.router],
+            extra_routers=[
+                policies.router,
+                hosts.router,
+                mesh.router,
+                device_feed.router,
+                intercepts.router,
+            ],
             state={"violations": self.violations, "hosts": self.hosts, "mesh": self.mesh},
         )
         config = uvicorn.Config(

@@ -17,15 +17,18 @@ import os
 import re
 import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from kled.agent.net import liveness
 from kled.cli.client import Client
 from kled.cli.output import align, check_format, note, out, show, warn
 from kled.cli.state import STATE, EnvOption, TeamOption
-from kled.errors import Forbidden, InvalidInput, NotFound
+from kled.errors import Forbidden, InvalidInput, NotFound, Unavailable
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -37,6 +40,18 @@ HeaderOption = Annotated[
     str | None,
     typer.Option("--header", help="NAME=VALUE: only requests with this header (personal)."),
 ]
+
+
+NoWaitOption = Annotated[
+    bool,
+    typer.Option("--no-wait", help="Return at once, before the gateways have applied it."),
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option("--timeout", help="Seconds to wait for every gateway of the team.", min=0.0),
+]
+#: how often the gateways' reports are read while waiting
+POLL = 0.05
 
 
 def parse_ports(items: list[str]) -> list[dict[str, int]]:
@@ -65,6 +80,56 @@ def intercept_name(app_name: str, device: str, header_value: str | None = None) 
     parts = [app_name, device] + ([header_value] if header_value else [])
     slug = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
     return re.sub(r"-+", "-", slug)[:63].rstrip("-")
+
+
+def gateway_entry(doc: dict[str, Any]) -> str | None:
+    """How the gateways name this Intercept in their reports; None while its device has
+    no mesh address (no gateway can apply it before)."""
+    meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
+    ip = (doc.get("status") or {}).get("deviceIP")
+    if not ip:
+        return None
+    header = spec.get("header")
+    match = (str(header["name"]), str(header["value"])) if header else None
+    return liveness.intercept_entry(str(meta.get("environment")), str(spec["app"]), ip, match)
+
+
+def wait_for_gateways(
+    client: Client,
+    team: str,
+    what: str,
+    entry: str | Callable[[], str | None],
+    *,
+    applied: bool,
+    timeout: float,
+    started: float,
+) -> tuple[int, int, list[str]]:
+    """Wait until every Ready gateway of ``team`` lists ``entry`` (``applied``), or none
+    does; ``entry`` is read again each time when it is a function. Returns how many do as
+    asked, how many gateways there are, and those falling back on it. A gateway that does
+    not within ``timeout`` seconds is named in the error."""
+    deadline = started + timeout
+    while True:
+        current = entry if isinstance(entry, str) else entry()
+        gateways = [g for g in client.get(f"/api/v1/teams/{team}/gateways")["items"] if g["ready"]]
+        if current is None:
+            late = [g["node"] for g in gateways]
+        else:
+            late = [g["node"] for g in gateways if (current in g["intercepts"]) != applied]
+        if current is not None and not late:
+            fallback = [g["node"] for g in gateways if current in g["fallback"]]
+            return len(gateways), len(gateways), fallback
+        if time.monotonic() >= deadline:
+            done = len(gateways) - len(late)
+            if current is None:
+                why = "its device has no mesh address yet (see `kled device list`)"
+            else:
+                why = f"not yet {'applied' if applied else 'removed'} by {', '.join(late)}"
+            raise Unavailable(
+                f"{what}: {done}/{len(gateways)} gateways after {timeout:g} s; {why} "
+                "(see `kled node list`; --timeout waits longer)"
+            )
+        time.sleep(POLL)
 
 
 def _decode(value: str) -> str:
@@ -148,11 +213,15 @@ def start(
     env_file: Annotated[
         Path | None, typer.Option("--env-file", help="Write the app's environment here.")
     ] = None,
+    no_wait: NoWaitOption = False,
+    timeout: TimeoutOption = 30.0,
     env: EnvOption = None,
     team: TeamOption = None,
 ) -> None:
     """Point APP's traffic (or only requests with --header) at a device; `-- CMD` runs a
-    command with the app's environment and ends the intercept when it exits."""
+    command with the app's environment and ends the intercept when it exits.
+
+    Returns once every gateway of the team has applied it (--no-wait: at once)."""
     if on_device_offline not in ("fallback", "keep"):
         raise InvalidInput("must be fallback or keep", field="--on-device-offline")
     command = list(ctx.args)
@@ -182,9 +251,12 @@ def start(
             if env_file or command
             else {}
         )
+        started = time.monotonic()
         client.post(path, doc)
         what = f"requests with {match['name']}: {match['value']}" if match else "all traffic"
         out(f"intercept/{name} created: {what} to app/{app_name} goes to device/{to}")
+        if not no_wait:
+            _wait_started(client, chosen_team, chosen_env, name, timeout, started)
         if env_file is not None:
             write_env_file(env_file, variables)
             note(f"wrote {len(variables)} variables to {env_file}")
@@ -198,15 +270,40 @@ def start(
             raise typer.Exit(_run_then_stop(command, variables, stop))
 
 
+def _wait_started(
+    client: Client, team: str, env: str, name: str, timeout: float, started: float
+) -> None:
+    what = f"intercept/{env}/{name}"
+
+    def entry() -> str | None:
+        return gateway_entry(
+            client.get(f"/api/v1/teams/{team}/environments/{env}/intercepts/{name}")
+        )
+
+    done, total, fallback = wait_for_gateways(
+        client, team, what, entry, applied=True, timeout=timeout, started=started
+    )
+    out(f"{what}: active on {done}/{total} gateways in {time.monotonic() - started:.2f} s")
+    if fallback:
+        warn(
+            f"the device is silent at {', '.join(fallback)}: their traffic goes to the "
+            "replicas until it answers (docs/intercept.md)"
+        )
+
+
 @app.command()
 def stop(
     app_name: Annotated[str, typer.Argument(metavar="APP", help="The intercepted app.")],
     to: Annotated[str | None, typer.Option("--to", help="Only intercepts to this device.")] = None,
     header: HeaderOption = None,
+    no_wait: NoWaitOption = False,
+    timeout: TimeoutOption = 30.0,
     env: EnvOption = None,
     team: TeamOption = None,
 ) -> None:
-    """End the intercepts of APP (all, or those to --to DEVICE / with --header)."""
+    """End the intercepts of APP (all, or those to --to DEVICE / with --header).
+
+    Returns once every gateway of the team has removed them (--no-wait: at once)."""
     chosen_team, chosen_env = STATE.team_for(team), STATE.env_for(env)
     match = parse_header(header) if header else None
     path = f"/api/v1/teams/{chosen_team}/environments/{chosen_env}/intercepts"
@@ -222,13 +319,32 @@ def stop(
                 or str(mine.get("value", "")).strip() != match["value"]
             ):
                 continue
-            chosen.append(doc["metadata"]["name"])
+            chosen.append(doc)
         if not chosen:
             raise NotFound(f"no intercept of app/{app_name} matches: see `kled intercept list`")
-        for name in chosen:
+        started = time.monotonic()
+        for doc in chosen:
             with contextlib.suppress(NotFound):
-                client.delete(f"{path}/{name}")
-            out(f"intercept/{name} deleted")
+                client.delete(f"{path}/{doc['metadata']['name']}")
+            out(f"intercept/{doc['metadata']['name']} deleted")
+        if no_wait:
+            return
+        for doc in chosen:
+            entry = gateway_entry(doc)
+            if entry is None:
+                continue  # never applied anywhere: its device had no address
+            what = f"intercept/{chosen_env}/{doc['metadata']['name']}"
+            done, total, _ = wait_for_gateways(
+                client,
+                chosen_team,
+                what,
+                entry,
+                applied=False,
+                timeout=timeout,
+                started=started,
+            )
+            took = time.monotonic() - started
+            out(f"{what}: removed from {done}/{total} gateways in {took:.2f} s")
 
 
 @app.command("list")
@@ -253,7 +369,7 @@ def list_intercepts(
     if output not in ("table", "wide"):
         out(show("Intercept", docs, output, single=False))
         return
-    rows = [["NAME", "ENV", "APP", "DEVICE", "PORTS", "HEADER", "PHASE"]]
+    rows = [["NAME", "ENV", "APP", "DEVICE", "PORTS", "HEADER", "PHASE", "GATEWAYS"]]
     for doc in docs:
         spec, status = doc.get("spec") or {}, doc.get("status") or {}
         ports = ",".join(f"{p['port']}:{p.get('localPort') or p['port']}" for p in spec["ports"])
@@ -267,6 +383,7 @@ def list_intercepts(
                 ports or "all",
                 f"{header['name']}={header['value']}" if header else "-",
                 str(status.get("phase") or "-"),
+                str(status.get("gateways") or "-"),
             ]
         )
     out(align(rows))

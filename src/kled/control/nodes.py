@@ -112,6 +112,11 @@ def merge_mesh_reports(status: dict[str, Any], hb: NodeHeartbeat) -> None:
             entry["fallback"] = sorted(report.fallback)
         else:
             entry.pop("fallback", None)
+        # What this gateway has applied: what `kled intercept start|stop` wait for.
+        if report.intercepts:
+            entry["intercepts"] = sorted(report.intercepts)
+        else:
+            entry.pop("intercepts", None)
 
 
 def mark_not_ready(status: Mapping[str, Any], silent_for: float, now: datetime) -> dict[str, Any]:

@@ -171,6 +171,10 @@ class TeamMeshReport(_Model):
     #: ``env/app→ip`` (global) or ``env/app[header=value]→ip`` (personal); the control
     #: plane shows them as the Intercepts' ``Fallback`` phase
     fallback: list[str] = Field(default_factory=list)
+    #: every intercept this gateway has applied, named the same way (those it falls back
+    #: on included): ``kled intercept start|stop`` wait until every gateway of the team
+    #: lists theirs, or no longer does
+    intercepts: list[str] = Field(default_factory=list)
 
 
 class NodeHeartbeat(_Model):

@@ -105,16 +105,38 @@ def effective_team(team: TeamNetwork, alive: Callable[[str], bool]) -> TeamNetwo
     return team.model_copy(update={"services": services})
 
 
+def intercept_entry(env: str, app: str, ip: str, header: tuple[str, str] | None = None) -> str:
+    """How gateways name an intercept in their reports: ``env/app→ip`` (global) or
+    ``env/app[header=value]→ip`` (personal; the header lower-case, the value stripped)."""
+    if header is None:
+        return f"{env}/{app}→{ip}"
+    return f"{env}/{app}[{header[0].strip().lower()}={header[1].strip()}]→{ip}"
+
+
 def fallen_back(desired: TeamNetwork, effective: TeamNetwork) -> list[str]:
     """``env/app→ip`` of every intercept left out, for logs and status reports."""
     out: list[str] = []
     for want, have in zip(desired.services, effective.services, strict=True):
         if want.intercept is not None and have.intercept is None:
-            out.append(f"{want.env}/{want.name}→{want.intercept.target_ip}")
+            out.append(intercept_entry(want.env, want.name, want.intercept.target_ip))
         kept = {(p.header, p.value) for p in have.personal}
         out.extend(
-            f"{want.env}/{want.name}[{p.header}={p.value}]→{p.target_ip}"
+            intercept_entry(want.env, want.name, p.target_ip, (p.header, p.value))
             for p in want.personal
             if (p.header, p.value) not in kept
         )
     return out
+
+
+def intercepts_of(team: TeamNetwork) -> list[str]:
+    """Every intercept ``team`` asks its gateway for, named as ``intercept_entry`` does:
+    what a gateway that applied ``team`` reports (falling back on some of them or not)."""
+    out: list[str] = []
+    for service in team.services:
+        if service.intercept is not None:
+            out.append(intercept_entry(service.env, service.name, service.intercept.target_ip))
+        out.extend(
+            intercept_entry(service.env, service.name, p.target_ip, (p.header, p.value))
+            for p in service.personal
+        )
+    return sorted(out)
