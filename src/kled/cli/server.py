@@ -483,12 +483,18 @@ class LocalAgent:
         self.network = network
         self.proc: subprocess.Popen[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pid_file: Path | None = None
 
     def data_dir(self, plane: Any) -> Path:
         return Path(plane.settings.data_dir) / "agent"
 
     def logfile(self, plane: Any) -> Path:
         return Path(plane.settings.data_dir) / "agent.log"
+
+    def pid_file(self, plane: Any) -> Path:
+        """The running agent's pid, for scripts (the README's tour) that must signal
+        exactly this agent and no other process."""
+        return Path(plane.settings.data_dir) / "agent.pid"
 
     @contextlib.asynccontextmanager
     async def __call__(self, plane: Any) -> AsyncIterator[LocalAgent]:
@@ -556,9 +562,14 @@ class LocalAgent:
                 env=env,
                 preexec_fn=_die_with_parent,
             )
+        self._pid_file = self.pid_file(plane)
+        self._pid_file.write_text(f"{self.proc.pid}\n")
         log.info("node/%s: local agent started pid=%s", self.name, self.proc.pid)
 
     def stop(self) -> None:
+        if self._pid_file is not None:
+            with contextlib.suppress(OSError):
+                self._pid_file.unlink()
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()
