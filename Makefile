@@ -14,7 +14,7 @@ PYTEST_WORKERS ?= 2
 # extra flags for kled up, e.g. UP_FLAGS="--listen 0.0.0.0:7080 --dns-listen 0.0.0.0:53"
 UP_FLAGS ?=
 
-.PHONY: up test lint bench deps apt venv clean help
+.PHONY: up test lint bench deps apt venv oracle clean help
 
 help:
 	@echo "make up     install what is missing, start Kled on this machine"
@@ -22,7 +22,7 @@ help:
 	@echo "make lint   ruff, mypy --strict and the import layering contract"
 	@echo "make bench  run the benchmarks in bench/ (JSON on stdout)"
 
-deps: apt venv
+deps: apt venv oracle
 
 # Debian packages: only when root and only those not yet installed.
 apt: $(APT_STAMP)
@@ -47,6 +47,21 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
+# The reference devcontainer CLI, pinned, that the workspace tests compare Kled against.
+# Without npm it is skipped (those tests then skip, saying why).
+ORACLE_VERSION := 0.89.0
+TOOLS := .tools
+ORACLE_STAMP := $(TOOLS)/.oracle-$(ORACLE_VERSION)
+oracle: $(ORACLE_STAMP)
+$(ORACLE_STAMP):
+	@if command -v npm >/dev/null 2>&1; then \
+		mkdir -p $(TOOLS) && \
+		npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --loglevel=error \
+			@devcontainers/cli@$(ORACLE_VERSION) >/dev/null && touch $@; \
+	else \
+		echo "warning: npm not found, cannot install @devcontainers/cli (oracle tests will skip)"; \
+	fi
+
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -66,4 +81,4 @@ bench: deps
 	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(APT_STAMP) .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(APT_STAMP) $(TOOLS) .mypy_cache .ruff_cache
