@@ -160,6 +160,8 @@ def test_up_hides_the_join_token_and_restarts_a_dead_agent(cli: Cli) -> None:
         (first,) = _agents(data_dir)
         assert not any(arg.startswith("kledjoin") for arg in first.cmdline()), first.cmdline()
         assert "--token" not in first.cmdline()
+        # The tour signals exactly this agent through its pid file, not by a pattern.
+        assert (data_dir / "agent.pid").read_text().strip() == str(first.pid)
 
         def node_ready() -> bool:
             nodes = json.loads(cli.ok("node", "list", "-o", "json"))["items"]
@@ -179,6 +181,7 @@ def test_up_hides_the_join_token_and_restarts_a_dead_agent(cli: Cli) -> None:
         )
         (second,) = _agents(data_dir)
         assert "--token" not in second.cmdline()
+        assert (data_dir / "agent.pid").read_text().strip() == str(second.pid)
         # It joined again (with a fresh token, in its environment) and runs.
         _until(
             lambda: (data_dir / "agent.log").read_text().count("agent running") == 2,
@@ -187,8 +190,52 @@ def test_up_hides_the_join_token_and_restarts_a_dead_agent(cli: Cli) -> None:
         assert up.stop(signal.SIGINT) == 0
         psutil.wait_procs([second], timeout=20)
         assert _agents(data_dir) == []
+        assert not (data_dir / "agent.pid").exists()
         assert len([e for e in errors if "exited with code" in e]) == 1  # a stop is no death
     finally:
         up.stop(signal.SIGKILL)
         for p in _agents(data_dir):
             p.kill()
+
+
+# ---- the README's process commands ------------------------------------------------------
+
+
+def _readme_commands() -> list[str]:
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+
+
+def test_the_readme_signals_only_the_tours_own_processes(tmp_path: Path) -> None:
+    commands = _readme_commands()
+    signals = [c for c in commands if re.match(r"(p?kill|killall)\b", c)]
+    assert signals, "the tour kills a replica and freezes the agent"
+    for command in signals:
+        # The agent by its pid file; a replica by a pattern anchored on its own arguments.
+        assert "agent.pid" in command or command.startswith("pkill -o -f '"), command
+    (pkill,) = [c for c in signals if c.startswith("pkill")]
+    pattern = pkill.split("'")[1]
+    code = "import time\nwhile True:\n    time.sleep(1)"
+    procs = {
+        "replica": ["python3", "-u", "-c", code, "kled-tour-hello"],
+        "editor": ["python3", "-c", "import time; time.sleep(60)", "kled-tour-hello.yaml"],
+        "grep": ["sh", "-c", "sleep 60", "grep kled-tour-hello"],
+        "agent": ["python3", "-c", "import time; time.sleep(60)", "-m", "kled.agent"],
+    }
+    started = {name: psutil.Popen(argv, cwd=tmp_path) for name, argv in procs.items()}
+    try:
+        time.sleep(0.5)
+        matched = {p.pid for p in psutil.process_iter(["cmdline"]) if _pgrep(pattern, p)}
+        assert started["replica"].pid in matched
+        assert not matched & {started[n].pid for n in ("editor", "grep", "agent")}
+    finally:
+        for proc in started.values():
+            proc.kill()
+            proc.wait()
+
+
+def _pgrep(pattern: str, proc: psutil.Process) -> bool:
+    """Whether ``pgrep -f PATTERN`` would pick ``proc``: its arguments joined by spaces."""
+    cmdline = proc.info["cmdline"] or []
+    return re.search(pattern, " ".join(cmdline), flags=re.S) is not None
