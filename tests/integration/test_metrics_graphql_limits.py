@@ -148,6 +148,15 @@ def test_graphql_refuses_a_costly_query(server: RunningServer, team: str) -> Non
     assert r.json() == {"data": {"a": {"items": []}}}
 
 
+def test_graphql_introspection_stays_open(server: RunningServer) -> None:
+    """The query GraphiQL and code generators send is within every limit."""
+    from graphql import get_introspection_query
+
+    r = graphql(server, get_introspection_query(descriptions=True))
+    assert "errors" not in r.json(), r.json()["errors"]
+    assert r.json()["data"]["__schema"]["queryType"]["name"] == "Query"
+
+
 def test_graphql_denials_are_logged_at_info_on_one_line(
     server: RunningServer, team: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -38,12 +38,14 @@ from strawberry.extensions import (
     QueryDepthLimiter,
 )
 from strawberry.fastapi import GraphQLRouter
+from strawberry.http.exceptions import HTTPException as BadGraphQLRequest
 from strawberry.scalars import JSON
 from strawberry.types import ExecutionContext, Info
 
 from kled.admission.request import UserInfo
 from kled.api.service import Outcome, Service
-from kled.errors import KledError, Unauthorized
+from kled.errors import InvalidInput, KledError, Unauthorized
+from kled.resources import bounds
 from kled.resources.registry import Scope, resolve_kind
 from kled.store.objects import Key
 
@@ -264,6 +266,8 @@ def _cost(
     total = 0
     for node in selections.selections:
         if isinstance(node, FieldNode):
+            if node.name.value.startswith("__"):
+                continue  # introspection reads the schema, not the store (graphql bounds it)
             total += ROOT_FIELD_COST if root else 1
             total += _cost(node.selection_set, fragments, root=False, seen=seen)
         elif isinstance(node, InlineFragmentNode):
@@ -315,5 +319,21 @@ schema = KledSchema(
 )
 
 
+class _Router(GraphQLRouter[Any, Any]):
+    """Strawberry's router, refusing with 400 JSON it cannot use rather than failing on it."""
+
+    def parse_json(self, data: str | bytes) -> Any:
+        # Strawberry answers 500 to a body that is JSON but not an object, is not UTF-8, or
+        # nests past the recursion limit; a request, its variables and extensions are
+        # objects, bounded as every other body of the API.
+        try:
+            value = bounds.loads(data)
+        except InvalidInput as e:
+            raise BadGraphQLRequest(400, str(e)) from None
+        if not isinstance(value, dict):
+            raise BadGraphQLRequest(400, "a GraphQL request (and its variables) is a JSON object")
+        return value
+
+
 def graphql_router() -> GraphQLRouter[Any, Any]:
-    return GraphQLRouter(schema, context_getter=_context)
+    return _Router(schema, context_getter=_context)
