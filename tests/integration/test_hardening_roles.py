@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_api import make_team, make_user
+from test_api import make_team, make_user, read_events
 
 from servers import RunningServer
 
@@ -186,8 +186,14 @@ def test_a_put_cannot_move_a_tokens_expiry_or_user(server: RunningServer, team: 
 def test_tokens_of_a_deleted_user_show_revoked(server: RunningServer, team: str) -> None:
     make_user(server, team, "mia", "member")
     with server.client() as root:
+        since = root.get(tokens(team)).json()["metadata"]["resourceVersion"]
         assert root.delete(f"{users(team)}/mia").status_code == 200
         [token] = root.get(tokens(team)).json()["items"]
         assert token["metadata"]["name"] == "mia-token"
         assert token["spec"]["revoked"] is True
         assert root.get(f"{tokens(team)}/mia-token").json()["spec"]["revoked"] is True
+    # A watcher sees it too: the document itself is marked.
+    events = read_events(
+        server, f"{tokens(team)}?watch=true&resourceVersion={since}", lambda e: True
+    )
+    assert [(e["type"], e["object"]["spec"]["revoked"]) for e in events] == [("MODIFIED", True)]

@@ -486,6 +486,7 @@ class Service:
                     await self.store.delete(Key.of(doc))
         elif key.kind == "User":
             await self.credentials.revoke_user(key.team, key.name)
+            await self._mark_revoked(key.team, key.name)
         self.forget_credentials()
 
     async def _keep_an_owner(self, key: Key, verb: str) -> None:
@@ -504,6 +505,19 @@ class Service:
         if holder and holder != user.username:
             role = _role(await self.store.find(Key("User", key.team, "", str(holder))))
             authz.check_ceiling(user, role, "manage the tokens of", f"user {holder}")
+
+    async def _mark_revoked(self, team: str, username: str) -> None:
+        """A deleted user's Token documents say what their credentials are: revoked.
+
+        So that watchers and policies, which see documents, see the truth too.
+        """
+        for doc in (await self.store.list("Token", team)).items:
+            spec = doc.get("spec") or {}
+            if spec.get("user") == username and not spec.get("revoked"):
+                marked = copy.deepcopy(doc)
+                marked["spec"]["revoked"] = True
+                with contextlib.suppress(Conflict, NotFound):
+                    await self.store.update(marked)
 
     async def _token_truth(self, docs: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
         """Tokens with ``revoked`` and ``expiresAt`` as the credentials store knows them.
