@@ -154,6 +154,15 @@ def test_intercept_to_a_joined_laptop_and_back(mesh: Mesh, tmp_path: Path) -> No
         mesh.kill_agent("node1")
         before = beat()
         assert lands("laptop"), "traffic moved while node1's agent was down"
+        # Nobody applies a new intercept meanwhile (node1 is still Ready for a few
+        # seconds): `start` says which gateway is late, and fails.
+        late = laptop_kled(
+            mesh, home, token, "intercept", "start", "api", "-e", "dev", "--to", "laptop",
+            "--port", "80:7070", "--header", "x-dev=me", "--timeout", "1",
+        )  # fmt: skip
+        assert late.returncode == 1, late.stdout + late.stderr
+        assert "0/1 gateways after 1 s; not yet applied by node1" in late.stderr, late.stderr
+        assert late.stderr.count("\n") == 1, late.stderr
         mesh.start_agent(1)
         eventually(lambda: beat() != before, "a heartbeat of node1's new agent")
         time.sleep(6)  # past its first full network pass (every 5 s)
