@@ -139,6 +139,8 @@ _TRUE = ("", "1", "true")
 class Mount(_Model):
     """One ``--mount``: a bind of a host path, a named volume, or a tmpfs."""
 
+    model_config = ConfigDict(validate_by_name=True)
+
     type: str = "volume"
     source: str | None = None
     target: str
@@ -182,7 +184,7 @@ def parse_mount(text: str) -> Mount:
             values["options"][key] = value if eq else "true"
     if not values.get("target"):
         raise problem(f"mount {text!r} has no target")
-    return Mount.model_validate(values, by_name=True)
+    return Mount.model_validate(values)
 
 
 def _to_mount(value: Any) -> Any:
