@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kled.errors import InvalidInput
-from kled.workspace.discovery import find_configs, select_config
+from kled.workspace.discovery import find_configs, git_root, select_config
 
 
 def put(root: Path, rel: str) -> Path:
@@ -62,3 +62,16 @@ def test_no_config_at_all_is_none(tmp_path: Path) -> None:
     (tmp_path / ".devcontainer").mkdir()
     assert find_configs(tmp_path) == []
     assert select_config(tmp_path) is None
+
+
+def test_git_root_is_the_nearest_folder_with_dot_git(tmp_path: Path) -> None:
+    repo = tmp_path / "mono"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "services" / "api").mkdir(parents=True)
+    assert git_root(repo / "services" / "api") == repo
+    assert git_root(repo) == repo
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    (worktree / ".git").write_text("gitdir: ../mono/.git/worktrees/wt\n")  # a worktree
+    assert git_root(worktree) == worktree
+    assert git_root(tmp_path) is None

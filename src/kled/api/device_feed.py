@@ -37,6 +37,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from kled.admission.request import UserInfo
+from kled.api import openapi
 from kled.api.addresses import reachable_endpoint, request_addresses
 from kled.api.rest import User, service
 from kled.api.service import Service
@@ -195,7 +196,11 @@ def _event(seq: int, kind: str, obj: dict[str, Any]) -> bytes:
 # ---- the route ---------------------------------------------------------------------------
 
 
-@router.get("/teams/{team}/devices/{name}/wireguard/watch")
+@router.get(
+    "/teams/{team}/devices/{name}/wireguard/watch",
+    tags=["Device"],
+    responses=openapi.stream("text/event-stream", "the device's config, then its changes"),
+)
 async def device_wireguard_watch(
     request: Request, team: str, name: str, user: UserInfo = User
 ) -> Response:

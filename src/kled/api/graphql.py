@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import strawberry
+from cross_web import HTTPException as BadGraphQLRequest
 from fastapi import Request
 from graphql import (
     FieldNode,
@@ -38,7 +39,6 @@ from strawberry.extensions import (
     QueryDepthLimiter,
 )
 from strawberry.fastapi import GraphQLRouter
-from strawberry.http.exceptions import HTTPException as BadGraphQLRequest
 from strawberry.scalars import JSON
 from strawberry.types import ExecutionContext, Info
 

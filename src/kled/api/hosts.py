@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from kled.admission.request import UserInfo
-from kled.api import authz
+from kled.api import authz, openapi
 from kled.api.mesh import MeshServices
 from kled.api.observability import AGENT_MESSAGES
 from kled.api.rest import User, _body, service
@@ -257,7 +257,22 @@ def _hosts(request: Request) -> HostServices:
     return hosts
 
 
-@router.post("/nodes/register")
+@router.post(
+    "/nodes/register",
+    summary="An agent joins with a join token and learns where the Message Office is",
+    openapi_extra=openapi.json_body(
+        {
+            "type": "object",
+            "required": ["token", "name"],
+            "properties": {
+                "token": {"type": "string"},
+                "name": {"type": "string"},
+                "address": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        }
+    ),
+)
 async def register_node(request: Request) -> Response:
     body = await _body(request)
     client = request.client.host if request.client else None
@@ -267,7 +282,12 @@ async def register_node(request: Request) -> Response:
     return JSONResponse(await _hosts(request).register(body, client, via))
 
 
-@router.post("/node-tokens", status_code=201)
+@router.post(
+    "/node-tokens",
+    status_code=201,
+    summary="A join token for a new node (server administrator only)",
+    openapi_extra=openapi.json_body({"type": "object", "properties": {"ttl": {"type": "string"}}}),
+)
 async def create_node_token(request: Request, user: UserInfo = User) -> Response:
     if not user.server_admin:
         raise Forbidden("only the server administrator may create node tokens")
@@ -284,7 +304,11 @@ async def create_node_token(request: Request, user: UserInfo = User) -> Response
     )
 
 
-@router.get("/teams/{team}/environments/{env}/apps/{name}/logs")
+@router.get(
+    "/teams/{team}/environments/{env}/apps/{name}/logs",
+    tags=["App"],
+    responses=openapi.stream("application/x-ndjson", "log lines, one JSON object a line"),
+)
 async def app_logs(
     request: Request,
     team: str,

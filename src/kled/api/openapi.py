@@ -34,6 +34,7 @@ ERRORS: dict[int, str] = {
     409: "a conflict: the resource exists, or the resourceVersion is stale",
     413: "the body is over the server's limit",
     422: "the request or the document is invalid (Status.field names the path)",
+    503: "the server cannot do this now (no Message Office, or the database is unreachable)",
 }
 
 _STRING_OR_NULL: dict[str, Any] = {"type": ["string", "null"]}
@@ -154,6 +155,11 @@ def responses(
     return {code: {"description": description or model, "content": content}}
 
 
+def stream(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route whose success is a stream (``text/event-stream``…)."""
+    return {200: {"description": description, "content": {media_type: {"schema": {}}}}}
+
+
 @cache
 def kind_schemas() -> dict[str, dict[str, Any]]:
     """One validation schema per kind (``App``…) and what they refer to, as components."""
@@ -213,12 +219,20 @@ def _complete(doc: dict[str, Any]) -> None:
 
 def _graphql(method: str, op: dict[str, Any]) -> None:
     op["summary"] = "GraphQL (the schema is at the same path, by introspection)"
-    op["responses"]["200"] = {"description": "a GraphQL result", "content": _json(_GRAPHQL_RESULT)}
+    result = _json(_GRAPHQL_RESULT)
+    if method == "get":
+        # a GET with no query is a person in a browser: GraphiQL
+        result["text/html"] = {"schema": {"type": "string"}}
+    op["responses"]["200"] = {"description": "a GraphQL result", "content": result}
+    op["responses"]["400"] = {
+        "description": "no query, or one that is not GraphQL",
+        "content": {**_json(ref("Status")), "text/plain": {"schema": {"type": "string"}}},
+    }
     if method == "post":
         op["requestBody"] = {"required": True, "content": _json(_GRAPHQL_BODY)}
     else:
         op["parameters"] = [
-            {"name": "query", "in": "query", "required": True, "schema": {"type": "string"}},
+            {"name": "query", "in": "query", "required": False, "schema": {"type": "string"}},
             {"name": "variables", "in": "query", "required": False, "schema": {"type": "string"}},
             {"name": "operationName", "in": "query", "schema": {"type": "string"}},
         ]

@@ -103,7 +103,7 @@ def _info(plural: str, scope: Scope | None = None) -> KindInfo:
             Scope.SERVER: "/api/v1/{plural}",
             Scope.TEAM: "/api/v1/teams/{team}/{plural}",
             Scope.ENVIRONMENT: "/api/v1/teams/{team}/environments/{env}/{plural}",
-        }[info.scope]
+        }[info.scope].replace("{plural}", info.plural)
         raise InvalidInput(f"{info.plural} live at {where}", field="path")
     return info
 

@@ -70,3 +70,17 @@ def select_config(workspace: Path, config: str | Path | None = None) -> Path | N
             field="config",
         )
     return None
+
+
+def git_root(folder: Path) -> Path | None:
+    """The top of the git work tree holding ``folder``, or None outside one.
+
+    By default the folder mounted into the container is this root, so that a project
+    inside a monorepo sees the whole repository (the reference's
+    ``--mount-workspace-git-root``). Symlinks in ``folder`` are kept, as the reference
+    keeps them (``git rev-parse --show-cdup``).
+    """
+    for candidate in (folder, *folder.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None

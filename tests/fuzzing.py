@@ -1,0 +1,256 @@
+"""Schemathesis over the whole OpenAPI document of a running control plane.
+
+Shared by ``tests/integration/test_openapi_fuzz.py`` and ``bench/fuzz.py``. It seeds one team
+with an object of every kind (so that paths resolve and writes reach admission, not only
+404), then, for every operation of ``/openapi.json``, draws positive and negative cases with
+hypothesis — once with the seeded names in the path, once with any — sends each with the
+server administrator's token, and checks the answer: never 5xx, status code, content type
+and body as documented. Streams are asked for as plain answers (``watch``/``follow`` off):
+a fuzzer cannot tell a stream that never ends from a hung server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import hypothesis
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+TEAM = "fuzz"
+ENV = "dev"
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+#: the name of the seeded object of each kind, by plural
+SEEDED = {
+    "teams": TEAM,
+    "users": "ann",
+    "tokens": "ci",
+    "devices": "laptop",
+    "environments": ENV,
+    "workspaces": "ws",
+    "policies": "no-latest",
+    "clusters": "c1",
+    "apps": "api",
+    "managedservices": "db",
+    "configs": "cfg",
+    "secrets": "pw",
+    "intercepts": "icpt",
+}
+#: query parameters that turn an answer into an endless stream
+STREAMS = {"watch": "false", "follow": "false"}
+
+
+def _doc(kind: str, name: str, spec: dict[str, Any], env: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "team": TEAM}
+    if env:
+        meta["environment"] = ENV
+    return {"apiVersion": "kled.io/v1", "kind": kind, "metadata": meta, "spec": spec}
+
+
+def seed(base_url: str, token: str) -> None:
+    """One object of each kind in team ``fuzz`` (environment ``dev``)."""
+    app = {"runtime": "process", "command": ["sleep", "60"], "ports": [{"port": 80}]}
+    docs = [
+        {"apiVersion": "kled.io/v1", "kind": "Team", "metadata": {"name": TEAM}, "spec": {}},
+        _doc("Environment", ENV, {}),
+        _doc("User", "ann", {"role": "member"}),
+        _doc("Token", "ci", {"user": "ann", "ttl": "1h"}),
+        _doc("Device", "laptop", {"owner": "ann"}),
+        _doc("Workspace", "ws", {"source": {"path": "/tmp"}}),
+        _doc("Cluster", "c1", {}),
+        _doc(
+            "Policy",
+            "no-latest",
+            {"resources": ["clusters"], "javascript": "allow()"},
+        ),
+        _doc("App", "api", app, env=True),
+        _doc("ManagedService", "db", {"template": "postgres"}, env=True),
+        _doc("Intercept", "icpt", {"app": "api", "device": "laptop"}, env=True),
+    ]
+    cfg = {"apiVersion": "kled.io/v1", "kind": "Config", "data": {"a": "1"}}
+    cfg["metadata"] = {"name": "cfg", "team": TEAM, "environment": ENV}
+    secret = {"apiVersion": "kled.io/v1", "kind": "Secret", "stringData": {"pw": "x"}}
+    secret["metadata"] = {"name": "pw", "team": TEAM, "environment": ENV}
+    docs += [cfg, secret]
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}) as c:
+        for doc in docs:
+            r = c.post("/api/v1/apply", json=doc)
+            if r.status_code >= 300:
+                # a seed refused is a missing path, not a failure of the fuzz: say so
+                print(f"seed {doc['kind']}/{doc['metadata']['name']}: {r.status_code} {r.text}")
+
+
+@dataclass
+class Finding:
+    operation: str
+    status: int | None
+    problem: str
+    request: str
+
+
+@dataclass
+class Report:
+    operations: int = 0
+    covered: set[str] = field(default_factory=set)
+    requests: int = 0
+    server_errors: int = 0
+    violations: int = 0
+    transport_errors: int = 0
+    seconds: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "operations_covered": len(self.covered),
+            "operations_total": self.operations,
+            "coverage_percent": round(100 * len(self.covered) / max(self.operations, 1), 1),
+            "requests": self.requests,
+            "responses_5xx": self.server_errors,
+            "schema_violations": self.violations,
+            "transport_errors": self.transport_errors,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _order(label: str) -> tuple[int, str]:
+    # Deletes last, the team's own last of all, so that the writes before them find the
+    # seeded objects still there.
+    method, path = label.split(" ", 1)
+    return (2 if path == "/api/v1/teams/{team}" else 1 if method == "DELETE" else 0, label)
+
+
+def _seeded_path(path: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if "{team}" in path:
+        values["team"] = TEAM
+    if "{env}" in path:
+        values["env"] = ENV
+    if "{name}" in path:
+        plural = path.split("/{name}")[0].rsplit("/", 1)[-1]
+        if plural in SEEDED:
+            values["name"] = SEEDED[plural]
+    return values
+
+
+def run(
+    base_url: str,
+    token: str,
+    *,
+    max_examples: int = 10,
+    budget_seconds: float = 240.0,
+    seed_value: int = 0,
+    on_operation: Callable[[str], None] | None = None,
+) -> Report:
+    """Fuzz every operation of ``base_url``'s OpenAPI document; never raises on a finding."""
+    report = Report()
+    started = time.monotonic()
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    operations.sort(key=lambda op: _order(op.label))
+    report.operations = len(operations)
+    session = requests.Session()
+    headers = {"Authorization": f"Bearer {token}"}
+    per_operation = budget_seconds / max(len(operations), 1)
+
+    for operation in operations:
+        if on_operation:
+            on_operation(operation.label)
+        op_start = time.monotonic()
+        label = operation.label
+        streams = {
+            p.name: STREAMS[p.name]
+            for p in operation.query
+            if p.name in STREAMS  # type: ignore[attr-defined]
+        }
+        seeded = _seeded_path(operation.path)
+        variants: list[tuple[GenerationMode, dict[str, Any]]] = [
+            (GenerationMode.POSITIVE, {}),
+            (GenerationMode.NEGATIVE, {}),
+        ]
+        if seeded and not operation.path.endswith("/wireguard/watch"):
+            variants.insert(0, (GenerationMode.POSITIVE, seeded))
+            variants.insert(1, (GenerationMode.NEGATIVE, seeded))
+        for mode, path_parameters in variants:
+            if time.monotonic() - op_start > per_operation * 2:
+                break
+            kwargs: dict[str, Any] = {"query": streams} if streams else {}
+            if path_parameters:
+                kwargs["path_parameters"] = path_parameters
+            try:
+                strategy = operation.as_strategy(generation_mode=mode, **kwargs)
+            except Exception as e:  # e.g. nothing negative to generate for this operation
+                report.findings.append(Finding(operation.label, None, f"strategy: {e}", ""))
+                continue
+
+            @hypothesis.settings(
+                max_examples=max_examples,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+                verbosity=hypothesis.Verbosity.quiet,
+            )
+            @hypothesis.seed(seed_value)
+            @hypothesis.given(case=strategy)
+            def one(case: schemathesis.Case) -> None:
+                if time.monotonic() - op_start > per_operation * 2:
+                    return
+                report.requests += 1
+                try:
+                    response = case.call(
+                        base_url=base_url, session=session, headers=headers, timeout=15
+                    )
+                except requests.RequestException as e:
+                    report.transport_errors += 1
+                    report.findings.append(Finding(label, None, f"transport: {e}", ""))
+                    return
+                report.covered.add(label)
+                if response.status_code >= 500:
+                    report.server_errors += 1
+                try:
+                    case.validate_response(response, checks=CHECKS, headers=headers)
+                except BaseExceptionGroup as group:
+                    for failure in group.exceptions:
+                        _record(report, label, response.status_code, failure, case)
+                except AssertionError as failure:
+                    _record(report, label, response.status_code, failure, case)
+
+            try:
+                one()
+            except hypothesis.errors.Unsatisfiable:
+                pass  # e.g. nothing to make negative with the seeded path fixed
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _record(
+    report: Report, label: str, status: int, failure: BaseException, case: schemathesis.Case
+) -> None:
+    title = getattr(failure, "title", type(failure).__name__)
+    if title != "Server error":
+        report.violations += 1
+    request = f"{case.method} {case.formatted_path} query={case.query} body={_short(case.body)}"
+    report.findings.append(Finding(label, status, f"{title}: {failure}"[:600], request))
+
+
+def _short(body: Any) -> str:
+    text = repr(body)
+    return text if len(text) < 300 else text[:300] + "…"

@@ -1,0 +1,389 @@
+"""Kled's reading of devcontainer.json beside the reference CLI's, on the same configs.
+
+The oracle is ``@devcontainers/cli`` (pinned in the Makefile, installed into ``.tools/``
+by ``make deps``). For each config below, written into a fresh folder, the test runs
+``devcontainer read-configuration`` and compares what it resolved with what Kled
+resolved: the workspace folder and mount, every substituted value of the file, and the
+install order of local features. ``read-configuration`` needs no container, so nothing
+runs but the two readers.
+
+The CLI asks the engine whether the workspace already has a container (``ps --filter
+label=…``); its ``--docker-path`` here is a stub that answers "none", the state being
+compared. A real podman would add only the chance of finding a stray container, and
+it cannot take a folder with a comma in a label filter (the reference then fails).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kled.workspace.devcontainer import load_config
+from kled.workspace.discovery import git_root, select_config
+from kled.workspace.features import resolve_features
+from kled.workspace.jsonc import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+ORACLE = REPO / ".tools" / "node_modules" / ".bin" / "devcontainer"
+
+
+def _why_skip() -> str | None:
+    if not ORACLE.exists():
+        return f"{ORACLE} is missing: run `make oracle` (needs npm)"
+    if shutil.which("node") is None:
+        return "node is not installed"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_skip() is not None, reason=_why_skip() or "")
+
+#: the client environment both readers see
+ENV_EXTRA = {"KLED_ORACLE_USER": "ann", "KLED_ORACLE_EMPTY": "", "KLED_ORACLE_PY": "3.11"}
+
+
+@dataclass
+class Case:
+    name: str
+    files: dict[str, str]
+    #: the workspace folder, relative to the case's folder
+    workspace: str = "ws"
+    config: str | None = None
+    features: bool = False
+    prepare: Callable[[Path], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _feature(name: str, **meta: Any) -> dict[str, str]:
+    base = f"ws/.devcontainer/{name}"
+    return {
+        f"{base}/devcontainer-feature.json": json.dumps({"id": name, "version": "1.0.0", **meta}),
+        f"{base}/install.sh": "#!/bin/sh\necho installing\n",
+    }
+
+
+def _git_init(root: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(root / "repo")], check=True)
+
+
+CASES = [
+    Case(
+        "jsonc-image",
+        {
+            "ws/.devcontainer/devcontainer.json": """// comments and trailing commas
+{
+  "name": "plain", /* block */
+  "image": "debian:12",
+  "runArgs": ["--init",],
+  "customizations": {"vscode": {"extensions": ["a.b",],},},
+}
+"""
+        },
+    ),
+    Case(
+        "build-context-args",
+        {
+            "ws/.devcontainer/devcontainer.json": json.dumps(
+                {
+                    "build": {
+                        "dockerfile": "Dockerfile",
+                        "context": "..",
+                        "args": {
+                            "PY": "${localEnv:KLED_ORACLE_PY:3.12}",
+                            "NODE": "${localEnv:KLED_ORACLE_NODE:20}",
+                        },
+                        "target": "dev",
+                        "options": ["--network=host"],
+                    }
+                }
+            ),
+            "ws/.devcontainer/Dockerfile": "FROM debian:12\n",
+        },
+    ),
+    Case(
+        "root-dot-devcontainer-json",
+        {"ws/.devcontainer.json": '{"image": "alpine:3", "workspaceFolder": "/code"}'},
+    ),
+    Case(
+        "local-features-order",
+        {
+            "ws/.devcontainer/devcontainer.json": json.dumps(
+                {
+                    "image": "debian:12",
+                    "features": {
+                        "./zeta": {"flavour": "full"},
+                        "./alpha": True,
+                        "./beta": "2.0",
+                        "./gamma": {},
+                    },
+                    "overrideFeatureInstallOrder": ["./gamma"],
+                }
+            ),
+            **_feature(
+                "zeta",
+                installsAfter=["./alpha"],
+                options={"flavour": {"type": "string", "default": "slim"}},
+            ),
+            **_feature("alpha"),
+            **_feature(
+                "beta",
+                dependsOn={"./delta": {}},
+                options={"version": {"type": "string", "default": "1"}},
+            ),
+            **_feature("gamma"),
+            **_feature("delta"),
+        },
+        features=True,
+    ),
+    Case(
+        "mounts-both-forms",
+        {
+            "ws/.devcontainer/devcontainer.json": json.dumps(
+                {
+                    "image": "debian:12",
+                    "mounts": [
+                        "source=cache-${localEnv:KLED_ORACLE_USER},target=/cache,type=volume",
+                        {
+                            "type": "bind",
+                            "source": "${localWorkspaceFolder}/data",
+                            "target": "/data",
+                        },
+                        {
+                            "type": "volume",
+                            "source": "${localWorkspaceFolderBasename}-home",
+                            "target": "/home/dev",
+                        },
+                        "type=bind,src=/etc/hosts,dst=/etc/hosts2,readonly",
+                    ],
+                }
+            )
+        },
+    ),
+    Case(
+        "forward-ports",
+        {
+            "ws/.devcontainer/devcontainer.json": json.dumps(
+                {
+                    "image": "debian:12",
+                    "forwardPorts": [3000, "db:5432", 8080],
+                    "portsAttributes": {"3000": {"label": "web", "onAutoForward": "notify"}},
+                    "appPort": [9000],
+                }
+            )
+        },
+    ),
+    Case(
+        "lifecycle-forms",
+        {
+            "ws/.devcontainer/devcontainer.json": json.dumps(
+                {
+                    "image": "debian:12",
+                    "initializeCommand": "echo ${localWorkspaceFolderBasename}",
+                    "onCreateCommand": ["echo", "${containerWorkspaceFolder}"],
+                    "updateContentCommand": "make deps",
+                    "postCreateCommand": {"a": "echo a", "b": ["echo", "b"]},
+                    "postStartCommand": "echo ${localEnv:KLED_ORACLE_USER}",
+                    "postAttachCommand": "",
+                    "waitFor": "postCreateCommand",
+                }
+            )
+        },
+    ),
+    Case(
+        "variables",
+        {
+            "ws/.devcontainer/devcontainer.json": json.dumps(
+                {
+                    "image": "debian:12",
+                    "containerEnv": {
+                        "USER_ON_HOST": "${localEnv:KLED_ORACLE_USER}",
+                        "ALIAS": "${env:KLED_ORACLE_USER}",
+                        "DEFAULTED": "${localEnv:KLED_ORACLE_UNSET:fallback}",
+                        "EMPTY_NOT_DEFAULTED": "${localEnv:KLED_ORACLE_EMPTY:fallback}",
+                        "UNSET": "${localEnv:KLED_ORACLE_UNSET}",
+                        "FOLDER": "${localWorkspaceFolder}",
+                        "BASENAME": "${localWorkspaceFolderBasename}",
+                        "CFOLDER": "${containerWorkspaceFolder}",
+                        "CBASENAME": "${containerWorkspaceFolderBasename}",
+                        "ID": "${devcontainerId}",
+                        "UNKNOWN": "${notAVariable}",
+                    },
+                    "remoteEnv": {
+                        "PATH": "${containerEnv:PATH}:/opt/bin",
+                        "WITH_DEFAULT": "${containerEnv:NOPE:dflt}",
+                        "DROPPED": None,
+                    },
+                    "remoteUser": "${localEnv:KLED_ORACLE_USER}",
+                }
+            )
+        },
+    ),
+    Case(
+        "monorepo-subfolder-config",
+        {
+            "ws/.devcontainer/devcontainer.json": '{"image": "debian:12", "name": "top"}',
+            "ws/.devcontainer/api/devcontainer.json": json.dumps(
+                {
+                    "name": "api",
+                    "build": {"dockerfile": "Dockerfile"},
+                    "workspaceFolder": "/workspaces/${localWorkspaceFolderBasename}/services/api",
+                }
+            ),
+            "ws/.devcontainer/api/Dockerfile": "FROM debian:12\n",
+            "ws/.devcontainer/web/devcontainer.json": '{"image": "node:20", "name": "web"}',
+        },
+        config=".devcontainer/api/devcontainer.json",
+    ),
+    Case(
+        "workspace-mount-override",
+        {
+            "ws/.devcontainer/devcontainer.json": json.dumps(
+                {
+                    "image": "debian:12",
+                    "workspaceMount": "source=${localWorkspaceFolder},"
+                    "target=/src/${localWorkspaceFolderBasename},type=bind",
+                    "workspaceFolder": "/src/${localWorkspaceFolderBasename}",
+                    "containerEnv": {"WS": "${containerWorkspaceFolder}"},
+                }
+            )
+        },
+    ),
+    Case(
+        "git-root-mounted",
+        {
+            "repo/services/api/.devcontainer/devcontainer.json": (
+                '{"image": "debian:12", "containerEnv": {"W": "${containerWorkspaceFolder}"}}'
+            )
+        },
+        workspace="repo/services/api",
+        prepare=_git_init,
+    ),
+    Case(
+        "comma-in-folder-name",
+        {"a,b/.devcontainer/devcontainer.json": '{"image": "debian:12"}'},
+        workspace="a,b",
+    ),
+    Case(
+        "host-requirements-and-more",
+        {
+            "ws/.devcontainer/devcontainer.json": json.dumps(
+                {
+                    "image": "debian:12",
+                    "hostRequirements": {
+                        "cpus": 2,
+                        "memory": "4gb",
+                        "storage": "32gb",
+                        "gpu": "optional",
+                    },
+                    "overrideCommand": False,
+                    "containerUser": "root",
+                    "remoteUser": "dev",
+                    "capAdd": ["SYS_PTRACE"],
+                    "securityOpt": ["seccomp=unconfined"],
+                    "unknownProperty": {"kept": True},
+                }
+            )
+        },
+    ),
+]
+
+
+def _write(root: Path, case: Case) -> Path:
+    if case.prepare:
+        case.prepare(root)
+    for rel, text in case.files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root / case.workspace
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLED_ORACLE_")}
+    env.update(ENV_EXTRA)
+    env["TMPDIR"] = str(tmp)  # the CLI caches features under the temp folder
+    return env
+
+
+def _no_engine(tmp: Path) -> Path:
+    """A container engine with no containers: ``ps`` lists nothing."""
+    stub = tmp / "no-containers"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    return stub
+
+
+def _oracle(workspace: Path, case: Case, env: dict[str, str]) -> dict[str, Any]:
+    args = [
+        str(ORACLE),
+        "read-configuration",
+        "--workspace-folder",
+        str(workspace),
+        "--docker-path",
+        str(_no_engine(Path(env["TMPDIR"]))),
+        "--log-level",
+        "info",
+    ]
+    if case.config:
+        args += ["--config", str(workspace / case.config)]
+    if case.features:
+        args.append("--include-features-configuration")
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_kled_resolves_like_the_reference(tmp_path: Path, case: Case) -> None:
+    workspace = _write(tmp_path / "case", case)
+    env = _env(tmp_path)
+    expected = _oracle(workspace, case, env)
+
+    config_file = select_config(workspace, case.config)
+    assert config_file is not None
+    got = load_config(workspace, config_file, env=env, host_mount_folder=git_root(workspace))
+
+    reference = expected["configuration"]
+    assert Path(reference.pop("configFilePath")["fsPath"]) == config_file
+    assert got.substituted == reference
+    assert got.workspace_folder == expected["workspace"]["workspaceFolder"]
+    assert got.workspace_mount == expected["workspace"]["workspaceMount"]
+    if case.features:
+        sets = expected["featuresConfiguration"]["featureSets"]
+        features = resolve_features(got)
+        assert [f.user_id for f in features] == [
+            s["sourceInformation"]["userFeatureId"] for s in sets
+        ]
+        assert [f.path for f in features] == [
+            Path(s["sourceInformation"]["resolvedFilePath"]) for s in sets
+        ]
+        assert [f.value for f in features] == [s["features"][0]["value"] for s in sets]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field"),
+    [
+        ('{\n "image": "debian:12"\n "name": "no comma before me"\n}', 3, None),
+        ('{\n "image": "debian:12",\n "containerEnv": {"PORT": 8080}\n}', 3, "containerEnv.PORT"),
+    ],
+)
+def test_where_kled_refuses_what_the_reference_lets_through(
+    tmp_path: Path, text: str, line: int, field: str | None
+) -> None:
+    """An intentional difference: the reference's tolerant parser makes what it can of a
+    broken file and passes wrong types on; Kled stops at the first problem, in one line."""
+    case = Case("broken", {"ws/.devcontainer/devcontainer.json": text})
+    workspace = _write(tmp_path / "case", case)
+    env = _env(tmp_path)
+    assert _oracle(workspace, case, env)["configuration"]["image"] == "debian:12"
+    with pytest.raises(ConfigError) as caught:
+        load_config(workspace, workspace / ".devcontainer" / "devcontainer.json", env=env)
+    assert (caught.value.line, caught.value.field) == (line, field)
