@@ -313,8 +313,15 @@ async def test_a_deleted_containers_replica_is_gone_within_its_grace_period(
     spec = container_spec(image, ["/bin/sleep", "600"])
     await containers.start(spec)
     name = containers.container_name(spec.id)
-    await eventually(lambda: podman("ps", "-q", "--filter", f"name={name}").stdout.strip() != "",
-                     "running")  # fmt: skip
+
+    def watched() -> bool:  # the runtime's `podman wait` on it runs: the supervisor waits
+        return any(
+            (p.info["cmdline"] or [])[-2:] == ["wait", name]
+            for p in psutil.process_iter(["cmdline"])
+        )
+
+    await eventually(watched, "the runtime waiting on the container")
+    await asyncio.sleep(1)  # as an app is: deleted a while after it started, not at once
     started = time.monotonic()
     await containers.stop(spec.id)
     took = time.monotonic() - started
