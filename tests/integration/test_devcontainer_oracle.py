@@ -15,11 +15,12 @@ it cannot take a folder with a comma in a label filter (the reference then fails
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,3 +388,141 @@ def test_where_kled_refuses_what_the_reference_lets_through(
     with pytest.raises(ConfigError) as caught:
         load_config(workspace, workspace / ".devcontainer" / "devcontainer.json", env=env)
     assert (caught.value.line, caught.value.field) == (line, field)
+
+
+# --- with a container: ${devcontainerId} and ${containerEnv:…} -------------------------
+#
+# Two variables resolve only once a container exists. Here the reference runs ``up`` on
+# real podman, from an image made on the spot of busybox (no registry), and Kled's
+# resolution of the same file, given that container's environment, must match what the
+# reference then reads back.
+
+
+def _static_busybox() -> Path | None:
+    found = shutil.which("busybox")
+    if found is None:
+        return None
+    data = Path(found).read_bytes()
+    return None if b".interp" in data else Path(found)  # a dynamic one needs its libc
+
+
+@pytest.fixture(scope="module")
+def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    busybox = _static_busybox()
+    if shutil.which("podman") is None or busybox is None:
+        pytest.skip("needs podman and a static busybox (Debian busybox-static)")
+    root = tmp_path_factory.mktemp("rootfs")
+    for folder in ("bin", "etc", "root", "tmp"):
+        (root / folder).mkdir()
+    shutil.copy(busybox, root / "bin" / "busybox")
+    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True)
+    for applet in applets.stdout.split():
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\n")
+    (root / "etc" / "os-release").write_text("ID=busybox\nVERSION_ID=1\n")
+    image = f"localhost/kled-oracle-busybox:{os.getpid()}"
+    tar = subprocess.run(["tar", "-C", str(root), "-c", "."], capture_output=True, check=True)
+    subprocess.run(
+        [
+            "podman",
+            "import",
+            "-q",
+            "--change",
+            "ENV PATH=/bin:/usr/bin",
+            "--change",
+            "ENV GREETING=hello",
+            "-",
+            image,
+        ],
+        input=tar.stdout,
+        capture_output=True,
+        check=True,
+    )
+    try:
+        yield image
+    finally:
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True)
+
+
+def _seed_control_manifest(tmp: Path) -> None:
+    """``up`` fetches a control manifest from containers.dev unless a fresh copy is cached;
+    an empty one keeps the run offline."""
+    cache = tmp / f"devcontainercli-{getpass.getuser()}"
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "control-manifest.json").write_text('{"disallowedFeatures":[],"featureAdvisories":[]}')
+
+
+def test_container_variables_resolve_like_the_reference(tmp_path: Path, busybox_image: str) -> None:
+    config = {
+        "image": busybox_image,
+        # this sandbox refuses podman's default rlimits
+        "runArgs": ["--ulimit", "nofile=1024:20000", "--ulimit", "nproc=4096:32768"],
+        "containerEnv": {"ID": "${devcontainerId}", "MINE": "${localEnv:KLED_ORACLE_USER}"},
+        "remoteEnv": {
+            "P": "${containerEnv:PATH}:/opt/bin",
+            "G": "${containerEnv:GREETING}",
+            "D": "${containerEnv:NOPE:dflt}",
+            "M": "${containerEnv:MINE}",
+        },
+        "workspaceFolder": "/workspaces/${localWorkspaceFolderBasename}/sub",
+    }
+    case = Case("up", {"ws/.devcontainer/devcontainer.json": json.dumps(config)})
+    workspace = _write(tmp_path / "case", case)
+    env = _env(tmp_path)
+    _seed_control_manifest(tmp_path)
+    up = subprocess.run(
+        [str(ORACLE), "up", "--workspace-folder", str(workspace), "--docker-path", "podman"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    outcome = json.loads(up.stdout.strip().splitlines()[-1])
+    container = outcome.get("containerId")
+    try:
+        assert outcome["outcome"] == "success", up.stderr[-2000:]
+        inspect = subprocess.run(
+            ["podman", "inspect", "-f", "{{json .Config.Env}}", container],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        container_env = dict(item.split("=", 1) for item in json.loads(inspect.stdout))
+        done = subprocess.run(
+            [
+                str(ORACLE),
+                "read-configuration",
+                "--workspace-folder",
+                str(workspace),
+                "--docker-path",
+                "podman",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        reference = json.loads(done.stdout.strip().splitlines()[-1])["configuration"]
+
+        got = load_config(workspace, workspace / ".devcontainer" / "devcontainer.json", env=env)
+        live = got.for_container(container_env)
+        assert live.container_env == reference["containerEnv"]
+        assert (
+            live.remote_env
+            == reference["remoteEnv"]
+            == {
+                "P": "/bin:/usr/bin:/opt/bin",
+                "G": "hello",
+                "D": "dflt",
+                "M": "ann",
+            }
+        )
+        # the id Kled computes is the one the reference gave the container
+        assert container_env["ID"] == got.devcontainer_id
+        assert outcome["remoteWorkspaceFolder"] == got.workspace_folder
+    finally:
+        if container:
+            subprocess.run(["podman", "rm", "-f", container], capture_output=True)
