@@ -372,7 +372,7 @@ def test_kled_resolves_like_the_reference(tmp_path: Path, case: Case) -> None:
 @pytest.mark.parametrize(
     ("text", "line", "field"),
     [
-        ('{\n "image": "debian:12"\n "name": "no comma before me"\n}', 3, None),
+        ('{\n "image": "debian:12"\n "name": "no comma before me"\n}', 3, "image"),
         ('{\n "image": "debian:12",\n "containerEnv": {"PORT": 8080}\n}', 3, "containerEnv.PORT"),
     ],
 )

@@ -55,6 +55,7 @@ def test_every_value_knows_its_line() -> None:
         ('{\n  "build": {\n    "args": {"X": tru}\n  }\n}', 3, "build.args.X", "'tru'"),
         ('{\n  "image" "debian"\n}', 2, "image", "expected ':'"),
         ('{\n  "a": [1 2]\n}', 2, "a", "expected ',' or ']'"),
+        ('{\n  "image": "x"\n  "name": "y"\n}', 3, "image", "found '\"name\"' (a missing comma?)"),
         ('{\n  "a": "open\n}', 2, "a", "never closed"),
         ('{\n  "a": 01\n}', 2, "a", "invalid number '01'"),
         ('{\n  "a": 1\n}\n}', 4, None, "after the end of the document"),

@@ -114,8 +114,8 @@ class _Parser:
     def _found(self) -> str:
         if self.pos >= len(self.text):
             return "end of file"
-        word = re.match(r"[A-Za-z0-9_$]+", self.text[self.pos : self.pos + 40])
-        return repr(word.group() if word else self.text[self.pos])
+        token = re.match(r'"[^"\n]{0,30}"?|[A-Za-z0-9_$]+', self.text[self.pos : self.pos + 40])
+        return repr(token.group() if token else self.text[self.pos])
 
     # --- whitespace and comments ------------------------------------------------------
 
@@ -190,7 +190,11 @@ class _Parser:
             if self.text.startswith(",", self.pos):
                 self.pos += 1
             elif not self.text.startswith("}", self.pos):
-                raise self._fail(f"expected ',' or '}}', found {self._found()}", loc)
+                hint = " (a missing comma?)" if self.text.startswith('"', self.pos) else ""
+                raise self._fail(
+                    f"expected ',' or '}}' after the value, found {self._found()}{hint}",
+                    (*loc, key),
+                )
 
     def _array(self, loc: Loc) -> list[Any]:
         self.pos += 1
