@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kled.workspace.devcontainer import ResolvedConfig, ShellCommand, load_config
+from kled.workspace.devcontainer import ResolvedConfig, load_config
 from kled.workspace.features import (
     FeatureUnavailable,
     resolve_features,
@@ -17,6 +17,7 @@ from kled.workspace.features import (
     source_kind,
 )
 from kled.workspace.jsonc import ConfigError
+from kled.workspace.properties import ShellCommand
 
 
 def feature(ws: Path, name: str, **meta: Any) -> Path:

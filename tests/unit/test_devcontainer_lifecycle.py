@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kled.workspace.devcontainer import DevContainer, ExecCommand, ShellCommand
+from kled.workspace.devcontainer import DevContainer
 from kled.workspace.features import Feature
 from kled.workspace.lifecycle import (
     ContainerState,
@@ -16,6 +16,7 @@ from kled.workspace.lifecycle import (
     marker_path,
     plan,
 )
+from kled.workspace.properties import ExecCommand, ShellCommand
 
 ALL = DevContainer.model_validate(
     {

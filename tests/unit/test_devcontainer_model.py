@@ -6,18 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from kled.workspace.devcontainer import (
+from kled.workspace.devcontainer import ResolvedConfig, load_config
+from kled.workspace.jsonc import ConfigError
+from kled.workspace.properties import (
     ExecCommand,
     ForwardPort,
     Mount,
     ParallelCommands,
-    ResolvedConfig,
     ShellCommand,
-    load_config,
     parse_mount,
     size_bytes,
 )
-from kled.workspace.jsonc import ConfigError
 
 FULL = """{
   // everything the issue lists

@@ -29,15 +29,10 @@ from typing import Any, Literal
 
 from kled.errors import PermanentError
 from kled.workspace import jsonc
-from kled.workspace.devcontainer import (
-    LIFECYCLE_HOOKS,
-    Command,
-    FeatureOptions,
-    ResolvedConfig,
-    to_command,
-)
+from kled.workspace.devcontainer import ResolvedConfig
 from kled.workspace.discovery import DEVCONTAINER_DIR
 from kled.workspace.jsonc import Document
+from kled.workspace.properties import LIFECYCLE_HOOKS, Command, FeatureOptions, to_command
 
 METADATA_FILE = "devcontainer-feature.json"
 INSTALL_SCRIPT = "install.sh"

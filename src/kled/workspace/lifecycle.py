@@ -29,8 +29,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
-from kled.workspace.devcontainer import LIFECYCLE_HOOKS, Command, DevContainer
+from kled.workspace.devcontainer import DevContainer
 from kled.workspace.features import Feature
+from kled.workspace.properties import LIFECYCLE_HOOKS, Command
 
 CREATE_HOOKS = ("onCreateCommand", "updateContentCommand", "postCreateCommand")
 START_HOOK = "postStartCommand"
