@@ -5,6 +5,11 @@ its generated configuration, its JetStream storage directory and the users it ac
 one control-plane user with every right, and one user per node fenced by
 ``kled.bus.credentials.node_permissions``. Adding a node rewrites the configuration and
 reloads the server with SIGHUP, so existing connections are not dropped.
+
+The JetStream store is encrypted at rest (``cipher: chachapoly``, under a key generated
+into ``jetstream.key``, 0600): the nodes' desired states in it carry each replica's
+resolved environment, Secrets included. nats-server encrypts a store an older version
+left in clear the first time it starts with the key.
 """
 
 from __future__ import annotations
@@ -100,7 +105,8 @@ class EmbeddedNats:
         self.port = port or 0
         self.subjects = subjects or Subjects()
         self._proc: subprocess.Popen[bytes] | None = None
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.data_dir, 0o700)
         self._auth = self._load_auth()
 
     # -- identity ------------------------------------------------------------------------------
@@ -214,6 +220,13 @@ class EmbeddedNats:
         }
         _write_private(self._auth_path, json.dumps(raw, indent=2))
 
+    def _encryption(self) -> dict[str, str]:
+        """The JetStream store's encryption settings; its key is made on first use."""
+        path = self.data_dir / "jetstream.key"
+        if not path.exists():
+            _write_private(path, secrets.token_urlsafe(32))
+        return {"cipher": "chachapoly", "key": path.read_text().strip()}
+
     def _write_config(self) -> None:
         users: list[dict[str, Any]] = [
             {
@@ -235,7 +248,7 @@ class EmbeddedNats:
             "port": self.port,
             "server_name": f"kled-{self.port}",
             "max_payload": 4 * 1024 * 1024,
-            "jetstream": {"store_dir": str(self.data_dir / "jetstream")},
+            "jetstream": {"store_dir": str(self.data_dir / "jetstream"), **self._encryption()},
             "accounts": {"KLED": {"jetstream": "enabled", "users": users}},
         }
         # the nats-server configuration format accepts JSON
