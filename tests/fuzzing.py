@@ -11,6 +11,8 @@ a fuzzer cannot tell a stream that never ends from a hung server.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import hypothesis
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase
+from hypothesis.strategies import SearchStrategy
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
@@ -28,6 +31,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.result import Err
 
 TEAM = "fuzz"
 ENV = "dev"
@@ -162,18 +166,20 @@ def run(
     report = Report()
     started = time.monotonic()
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = []
+    for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()  # a document schemathesis cannot read is a failure of its own
+        operations.append(result.ok())
     operations.sort(key=lambda op: _order(op.label))
     report.operations = len(operations)
-    session = requests.Session()
-    headers = {"Authorization": f"Bearer {token}"}
+    sender = _Sender(base_url, token, report)
     per_operation = budget_seconds / max(len(operations), 1)
 
     for operation in operations:
         if on_operation:
             on_operation(operation.label)
-        op_start = time.monotonic()
-        label = operation.label
+        deadline = time.monotonic() + per_operation * 2
         streams = {
             p.name: STREAMS[p.name]
             for p in operation.query
@@ -185,10 +191,9 @@ def run(
             (GenerationMode.NEGATIVE, {}),
         ]
         if seeded and not operation.path.endswith("/wireguard/watch"):
-            variants.insert(0, (GenerationMode.POSITIVE, seeded))
-            variants.insert(1, (GenerationMode.NEGATIVE, seeded))
+            variants[:0] = [(GenerationMode.POSITIVE, seeded), (GenerationMode.NEGATIVE, seeded)]
         for mode, path_parameters in variants:
-            if time.monotonic() - op_start > per_operation * 2:
+            if time.monotonic() > deadline:
                 break
             kwargs: dict[str, Any] = {"query": streams} if streams else {}
             if path_parameters:
@@ -198,51 +203,75 @@ def run(
             except Exception as e:  # e.g. nothing negative to generate for this operation
                 report.findings.append(Finding(operation.label, None, f"strategy: {e}", ""))
                 continue
-
-            @hypothesis.settings(
-                max_examples=max_examples,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-                verbosity=hypothesis.Verbosity.quiet,
-            )
-            @hypothesis.seed(seed_value)
-            @hypothesis.given(case=strategy)
-            def one(case: schemathesis.Case) -> None:
-                if time.monotonic() - op_start > per_operation * 2:
-                    return
-                report.requests += 1
-                try:
-                    response = case.call(
-                        base_url=base_url, session=session, headers=headers, timeout=15
-                    )
-                except requests.RequestException as e:
-                    report.transport_errors += 1
-                    report.findings.append(Finding(label, None, f"transport: {e}", ""))
-                    return
-                report.covered.add(label)
-                if response.status_code >= 500:
-                    report.server_errors += 1
-                try:
-                    case.validate_response(response, checks=CHECKS, headers=headers)
-                except BaseExceptionGroup as group:
-                    for failure in group.exceptions:
-                        _record(report, label, response.status_code, failure, case)
-                except AssertionError as failure:
-                    _record(report, label, response.status_code, failure, case)
-
-            try:
-                one()
-            except hypothesis.errors.Unsatisfiable:
-                pass  # e.g. nothing to make negative with the seeded path fixed
+            send = functools.partial(sender.send, label=operation.label, deadline=deadline)
+            with contextlib.suppress(hypothesis.errors.Unsatisfiable):
+                # Unsatisfiable: e.g. nothing to make negative with the seeded path fixed
+                _draw(strategy, max_examples, seed_value, send)
     report.seconds = time.monotonic() - started
     return report
 
 
+def _draw(
+    strategy: SearchStrategy[schemathesis.Case[Any]],
+    max_examples: int,
+    seed_value: int,
+    send: Callable[[schemathesis.Case[Any]], None],
+) -> None:
+    """Send up to ``max_examples`` cases drawn from ``strategy``, without shrinking."""
+
+    @hypothesis.settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        verbosity=hypothesis.Verbosity.quiet,
+    )
+    @hypothesis.seed(seed_value)
+    @hypothesis.given(case=strategy)
+    def each(case: schemathesis.Case[Any]) -> None:
+        send(case)
+
+    each()
+
+
+class _Sender:
+    """Sends a case with the token, and counts and checks what came back."""
+
+    def __init__(self, base_url: str, token: str, report: Report) -> None:
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.session = requests.Session()
+        self.report = report
+
+    def send(self, case: schemathesis.Case[Any], *, label: str, deadline: float) -> None:
+        report = self.report
+        if time.monotonic() > deadline:
+            return
+        report.requests += 1
+        try:
+            response = case.call(
+                base_url=self.base_url, session=self.session, headers=self.headers, timeout=15
+            )
+        except requests.RequestException as e:
+            report.transport_errors += 1
+            report.findings.append(Finding(label, None, f"transport: {e}", ""))
+            return
+        report.covered.add(label)
+        if response.status_code >= 500:
+            report.server_errors += 1
+        try:
+            case.validate_response(response, checks=CHECKS, headers=self.headers)
+        except BaseExceptionGroup as group:
+            for failure in group.exceptions:
+                _record(report, label, response.status_code, failure, case)
+        except AssertionError as failure:
+            _record(report, label, response.status_code, failure, case)
+
+
 def _record(
-    report: Report, label: str, status: int, failure: BaseException, case: schemathesis.Case
+    report: Report, label: str, status: int, failure: BaseException, case: schemathesis.Case[Any]
 ) -> None:
     title = getattr(failure, "title", type(failure).__name__)
     if title != "Server error":

@@ -78,6 +78,12 @@ def test_a_bare_string_sets_the_version_option(tmp_path: Path) -> None:
         for f in resolve_features(config(tmp_path, features={"./node": "20", "./plain": "ignored"}))
     }
     assert by_id["node"].env() == {"VERSION": "20"}
+    # the reference's rule, to the letter: a bare true is the version too; {} is the default
+    as_true = resolve_features(config(tmp_path, features={"./node": True}))[0]
+    assert as_true.env() == {"VERSION": "true"}
+    assert resolve_features(config(tmp_path, features={"./node": {}}))[0].env() == {
+        "VERSION": "lts"
+    }
     assert by_id["plain"].env() == {"X": "true"}
 
 

@@ -308,3 +308,8 @@ def test_sizes_are_powers_of_1024() -> None:
     assert size_bytes("100") == 100
     with pytest.raises(ValueError):
         size_bytes("4g")
+
+
+def test_null_properties_are_unset(tmp_path: Path) -> None:
+    got = load(tmp_path, '{"image": "x", "containerEnv": null, "mounts": null, "name": null}')
+    assert (got.config.container_env, got.config.mounts, got.config.name) == ({}, [], None)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from kled.resources.meta import error_location, field_path, friendly_message
 from kled.workspace import jsonc
@@ -51,9 +51,6 @@ from kled.workspace.variables import (
 )
 
 WORKSPACES_ROOT = "/workspaces"
-
-
-# --- the whole file -------------------------------------------------------------------
 
 
 class DevContainer(SpecModel):
@@ -100,6 +97,15 @@ class DevContainer(SpecModel):
     post_start_command: LifecycleCommand = None
     post_attach_command: LifecycleCommand = None
     wait_for: HookName | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        # A property written as null is not set, as in the reference (JavaScript's
+        # ``config.x || default``); null keeps its meaning inside values (``remoteEnv``).
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
     def hook(self, name: str) -> Command | None:
         """The command of lifecycle hook ``name`` (``postCreateCommand``…), if any."""
