@@ -526,3 +526,125 @@ def test_container_variables_resolve_like_the_reference(tmp_path: Path, busybox_
     finally:
         if container:
             subprocess.run(["podman", "rm", "-f", container], capture_output=True)
+
+
+# --- features, built: the options' environment and the install order ------------------
+#
+# The reference's ``build`` installs local features into an image; each install.sh here
+# records its order and copies the env file the reference wrote for it
+# (``devcontainer-features.env``), which Kled's ``Feature.env()`` must equal.
+
+
+def _recording_feature(name: str, **meta: Any) -> dict[str, str]:
+    files = _feature(name, **meta)
+    files[f"ws/.devcontainer/{name}/install.sh"] = (
+        "#!/bin/sh\nset -e\nmkdir -p /kled-env\n"
+        f"echo {name} >> /kled-env/order\n"
+        # numbered: a feature asked for twice with different options installs twice
+        'cp ./devcontainer-features.env "/kled-env/$(wc -l < /kled-env/order).env"\n'
+    )
+    return files
+
+
+def test_features_build_with_the_env_and_order_kled_computes(
+    tmp_path: Path, busybox_image: str
+) -> None:
+    features = {
+        "./web": {"port-number": "8080", "tls": True},
+        "./base": True,
+        "./node": "20",
+        "./lint": {},
+    }
+    files = {
+        "ws/.devcontainer/devcontainer.json": json.dumps(
+            {
+                "image": busybox_image,
+                "features": features,
+                "overrideFeatureInstallOrder": ["./lint"],
+            }
+        ),
+        **_recording_feature(
+            "web",
+            installsAfter=["./node"],
+            dependsOn={"./base": {"level": "high"}},
+            options={
+                "port-number": {"type": "string", "default": "80"},
+                "tls": {"type": "boolean", "default": False},
+                "9th.option": {"type": "string", "default": "nine"},
+            },
+        ),
+        **_recording_feature("base", options={"level": {"type": "string", "default": "low"}}),
+        **_recording_feature("node", options={"version": {"type": "string", "default": "lts"}}),
+        **_recording_feature("lint", options={"strict": {"type": "boolean", "default": True}}),
+    }
+    case = Case("build", files)
+    workspace = _write(tmp_path / "case", case)
+    env = {**_env(tmp_path), "BUILDAH_LAYERS": "false"}  # no intermediate images left
+    _seed_control_manifest(tmp_path)
+    image = f"localhost/kled-oracle-built:{os.getpid()}"
+    try:
+        built = subprocess.run(
+            [
+                str(ORACLE),
+                "build",
+                "--workspace-folder",
+                str(workspace),
+                "--docker-path",
+                "podman",
+                "--image-name",
+                image,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert json.loads(built.stdout.strip().splitlines()[-1])["outcome"] == "success", (
+            built.stderr[-3000:]
+        )
+        got = load_config(workspace, workspace / ".devcontainer" / "devcontainer.json", env=env)
+        ours = resolve_features(got)
+        names = ["order", *(f"{i}.env" for i in range(1, len(ours) + 1))]
+        shown = subprocess.run(
+            [
+                "podman",
+                "run",
+                "--rm",
+                "--ulimit",
+                "nofile=1024:20000",
+                "--ulimit",
+                "nproc=4096:32768",
+                image,
+                "sh",
+                "-c",
+                " && ".join(f"cat /kled-env/{n} && echo ===" for n in names),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        parts = dict(zip(names, shown.stdout.split("===\n"), strict=False))
+
+        # lint first (overrideFeatureInstallOrder); base twice: as asked (true, defaults) and
+        # as web's dependency (level=high), true sorting first; web after node and base.
+        assert (
+            [f.id for f in ours]
+            == parts["order"].split()
+            == [
+                "lint",
+                "base",
+                "base",
+                "node",
+                "web",
+            ]
+        )
+        for index, feature in enumerate(ours, start=1):
+            written = parts[f"{index}.env"].splitlines()
+            reference = dict(line.split("=", 1) for line in written if line)
+            assert feature.env() == {k: json.loads(v) for k, v in reference.items()}, feature.id
+    finally:
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True)
+        subprocess.run(
+            ["podman", "rmi", "localhost/dev_container_feature_content_temp"], capture_output=True
+        )

@@ -19,7 +19,6 @@ anything is built. The runtime surfaces it as the workspace's failure.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
@@ -280,10 +279,21 @@ class _Node:
     def same(self, other: _Node) -> bool:
         return self.path == other.path and self.options == other.options
 
-    def sort_key(self) -> tuple[str, str, str]:
+    def sort_key(self) -> tuple[Any, ...]:
         # The reference sorts with localeCompare; case-folding first comes closest.
         path = self.path.as_posix()
-        return (path.casefold(), path, json.dumps(self.options, sort_keys=True))
+        return (path.casefold(), path, _options_key(self.options))
+
+
+def _options_key(options: FeatureOptions) -> tuple[Any, ...]:
+    """The reference's ``optionsCompareTo``: by type name (boolean < object < string),
+    false before true, fewer options first, then key by key."""
+    if isinstance(options, bool):
+        return (0, int(options))
+    if isinstance(options, dict):
+        items = tuple((key.casefold(), key, _options_key(options[key])) for key in sorted(options))
+        return (1, len(options), items)
+    return (2, options.casefold(), options)
 
 
 def _build_graph(roots: list[_Node], resolved: ResolvedConfig) -> list[_Node]:
