@@ -454,6 +454,7 @@ def _seed_control_manifest(tmp: Path) -> None:
     (cache / "control-manifest.json").write_text('{"disallowedFeatures":[],"featureAdvisories":[]}')
 
 
+@pytest.mark.slow
 def test_container_variables_resolve_like_the_reference(tmp_path: Path, busybox_image: str) -> None:
     config = {
         "image": busybox_image,
@@ -546,6 +547,7 @@ def _recording_feature(name: str, **meta: Any) -> dict[str, str]:
     return files
 
 
+@pytest.mark.slow
 def test_features_build_with_the_env_and_order_kled_computes(
     tmp_path: Path, busybox_image: str
 ) -> None:

@@ -1,6 +1,2 @@
-"""Workspaces: devcontainer.json read faithfully (JSONC, discovery, model, variables,
-features, lifecycle plan), the pure core the workspace runtime is built on.
-
-Sits beside ``kled.agent`` and ``kled.control``, which use it; it may import only
-``kled.resources`` and ``kled.errors``.
-"""
+"""Workspaces: devcontainer.json read as the reference CLI reads it, and the pure plans built on it.
+Used by kled.agent and kled.control; imports only kled.resources and kled.errors."""
