@@ -197,3 +197,20 @@ def test_local_feature_problems_name_the_property(tmp_path: Path) -> None:
     assert caught.value.line == 3
     assert caught.value.field == "options.x.type"
     assert str(caught.value).startswith(str(bad / "devcontainer-feature.json"))
+
+
+def test_one_feature_with_different_options_installs_once_per_options_in_the_references_order(
+    tmp_path: Path,
+) -> None:
+    feature(tmp_path, "x", options={"version": {"type": "string", "default": "1"}})
+    feature(tmp_path, "y", dependsOn={"./x": True})
+    feature(tmp_path, "z", dependsOn={"./x": {"version": "3"}})
+    feats = resolve_features(config(tmp_path, features={"./x": "2", "./y": {}, "./z": {}}))
+    # the three x's are ready together: boolean, then object, then string (optionsCompareTo)
+    assert [(f.user_id, f.env()) for f in feats] == [
+        ("./x", {"VERSION": "true"}),
+        ("./x", {"VERSION": "3"}),
+        ("./x", {"VERSION": "2"}),
+        ("./y", {}),
+        ("./z", {}),
+    ]
