@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fuzzing
 import httpx
 import pytest
 
+import fuzzing
 from servers import RunningServer
 
 
