@@ -225,6 +225,29 @@ async def test_records_an_older_version_left_open_are_sealed_at_start(tmp_path: 
         await new.stop(spec.id)
 
 
+async def test_a_replica_whose_record_key_is_lost_is_adopted_and_replaced(tmp_path: Path) -> None:
+    state = tmp_path / "agent" / "replicas"
+    old = ProcessRuntime(state)
+    spec = ReplicaSpec(
+        team="acme", environment="dev", app="lost", index=0, command=["sleep", "600"],
+        env={"TOKEN": secret_value()},
+    )  # fmt: skip
+    first = await old.start(spec)
+    await old.detach()
+    (state / "record.key").unlink()
+
+    new = ProcessRuntime(state)
+    try:
+        assert await new.adopt() == [spec.id]  # not orphaned: it is still this agent's
+        adopted = await new.spec_of(spec.id)
+        assert adopted is not None and adopted.env == {} and adopted != spec
+        replaced = await new.start(spec)  # what the reconciler does: the spec differs
+        assert replaced.pid != first.pid
+        assert first.pid is not None and not running(first.pid)
+    finally:
+        await new.stop(spec.id)
+
+
 # -- containers ------------------------------------------------------------------------------
 
 PODMAN = shutil.which("podman")

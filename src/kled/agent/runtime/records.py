@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 
 from kled.resources.hoststate import ReplicaSpec
+
+log = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -93,7 +96,9 @@ class RecordBook:
         """The spec (environment opened) and the other fields of a record.
 
         A record of an older version, with the environment in clear, is read as it is; the
-        runtime writes it again sealed at once. ValueError if it cannot be read."""
+        runtime writes it again sealed at once. An environment that does not open (its key
+        lost) is read as empty: the replica is still adopted, not orphaned, and replaced as
+        soon as the desired state shows its spec differs. ValueError if it cannot be read."""
         raw = json.loads(path.read_text())
         if not isinstance(raw, dict) or not isinstance(raw.get("spec"), dict):
             raise ValueError("not a replica record")
@@ -102,6 +107,7 @@ class RecordBook:
         if sealed is not None:
             try:
                 spec["env"] = json.loads(self._fernet.decrypt(str(sealed).encode()))
-            except InvalidToken as err:
-                raise ValueError(f"its environment does not open with {_KEY}") from err
+            except InvalidToken:
+                log.warning("%s: its environment does not open with %s; read as empty", path, _KEY)
+                spec["env"] = {}
         return ReplicaSpec.model_validate(spec), raw
