@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clikit import Cli
+
 from servers import RunningServer
 
 
@@ -71,9 +72,7 @@ def _seed(data_dir: Path) -> None:
         db.close()
 
 
-def test_the_server_starts_over_hostile_documents_and_names_them(
-    tmp_path: Path, cli: Cli
-) -> None:
+def test_the_server_starts_over_hostile_documents_and_names_them(tmp_path: Path, cli: Cli) -> None:
     data_dir = tmp_path / "data"
     _seed(data_dir)
     server = RunningServer(data_dir, None).start()  # raised RecursionError before

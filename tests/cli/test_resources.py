@@ -393,5 +393,7 @@ def test_apply_a_folder_recursively_and_an_oversized_body(admin: Cli, tmp_path: 
     }))  # fmt: skip
     result = admin("apply", "-f", str(huge), "-e", "dev")
     assert result.code == 2, result
-    assert result.err.strip() == "error: the body is over 1048576 bytes"
+    # refused before it is sent: a document is at most 256 KiB (the body limit is 1 MiB)
+    assert result.err.strip().startswith(f"error: {huge}: document 1 (Config/huge): the document")
+    assert result.err.strip().endswith("bytes, over the limit of 262144")
     assert admin.ok("get", "configs", "-e", "dev", "-o", "name").strip() == ""

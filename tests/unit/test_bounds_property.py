@@ -30,9 +30,7 @@ TEXT = st.one_of(
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), TEXT)
 JSON_VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(TEXT, inner, max_size=4)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(TEXT, inner, max_size=4)),
     max_leaves=40,
 )
 
@@ -106,9 +104,7 @@ ANCHORED = st.lists(st.integers(1, 12), min_size=1, max_size=9)
 
 @given(widths=ANCHORED, payload=JSON_VALUES)
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
-def test_yaml_aliases_load_or_are_refused_within_the_bound(
-    widths: list[int], payload: Any
-) -> None:
+def test_yaml_aliases_load_or_are_refused_within_the_bound(widths: list[int], payload: Any) -> None:
     """Chains of anchors, each level repeating the last: from harmless to a billion laughs."""
     lines = [
         "apiVersion: kled.io/v1",

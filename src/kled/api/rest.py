@@ -26,6 +26,7 @@ from kled.api import openapi
 from kled.api.authz import check_team
 from kled.api.service import Outcome, Service
 from kled.errors import InvalidInput, NotFound, Unauthorized
+from kled.resources import bounds
 from kled.resources.registry import API_VERSION, KINDS, KindInfo, Scope, resolve_kind
 from kled.store.objects import Key
 
@@ -72,11 +73,7 @@ def _matcher(label_selector: str | None) -> Any:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        doc = json.loads(raw or b"null")
-    except ValueError as e:
-        raise InvalidInput(f"the body is not JSON: {e}") from e
+    doc = bounds.loads(await request.body() or b"null")
     if not isinstance(doc, dict):
         raise InvalidInput("the body must be one resource as a JSON object")
     return doc

@@ -21,6 +21,8 @@ from kled.admission.chain import AdmissionChain
 from kled.admission.request import AdmissionRequest, Operation, UserInfo
 from kled.api import authz
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
+from kled.resources import bounds
+from kled.resources.fields import MAX_DURATION_SECONDS
 from kled.resources.registry import KindInfo, Scope, kind_info
 from kled.store.cipher import redact
 from kled.store.credentials import ADMIN_USER, Credential, Credentials
@@ -267,8 +269,15 @@ class Service:
     async def update_status(
         self, user: UserInfo, key: Key, status: dict[str, Any], expected_version: str | None
     ) -> dict[str, Any]:
+        """Replace ``status``: the system's part, written by controllers and agents.
+
+        Through the API only the server administrator may (as ``*/status`` is a
+        subresource of its own in Kubernetes); a member could otherwise claim that an app
+        runs, or store a status no reader can take.
+        """
         info = kind_info(key.kind)
-        authz.authorize(user, "update", info, key.team, str(key))
+        authz.authorize(user, "update-status", info, key.team, str(key))
+        bounds.check(status, prefix="status")
         return self.present(
             await self.store.update_status(key, status, expected_version=expected_version)
         )
@@ -283,7 +292,13 @@ class Service:
     ) -> Outcome:
         info = kind_info(key.kind)
         authz.authorize(user, "delete", info, key.team, str(key))
-        current = await self.store.get(key)
+        current = await self.store.find(key)
+        if current is None and str(key) in self.store.problems and not dry_run:
+            # stored outside the bounds by an older version: deleting is all it allows
+            purged = await self.store.delete(key)
+            return Outcome(purged.object, purged.result)
+        if current is None:
+            raise NotFound(f"{key} not found")
         self._check_visible(user, info, current, str(key), write=True)
         admitted = await self.chain.admit(
             self._request(Operation.DELETE, key, None, current, user, dry_run)
@@ -343,7 +358,10 @@ class Service:
         if "kind" not in doc:
             raise InvalidInput("kind is required", field="kind")
         kind_info(str(doc["kind"]))
-        return copy.deepcopy(doc)
+        bounds.check(doc)
+        # status is the system's: what a user sends (say, a document from ``get -o yaml``)
+        # is dropped, as Kubernetes does on create and update.
+        return {k: copy.deepcopy(v) for k, v in doc.items() if k != "status"}
 
     def _request(
         self,
@@ -638,6 +656,8 @@ def parse_duration(text: str, field_name: str) -> timedelta:
             raise InvalidInput(f"{text!r} is not a duration like 30m, 24h or 7d", field=field_name)
     if number or total <= 0:
         raise InvalidInput(f"{text!r} is not a duration like 30m, 24h or 7d", field=field_name)
+    if total > MAX_DURATION_SECONDS:
+        raise InvalidInput(f"{text!r} is longer than 100 years", field=field_name)
     return timedelta(seconds=total)
 
 

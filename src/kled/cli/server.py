@@ -263,6 +263,7 @@ def _token_lines(plane: Any) -> list[str]:
 
 
 def server(
+    ctx: typer.Context,
     data_dir: DataDir = None,
     listen: Listen = None,
     socket: Socket = None,
@@ -283,6 +284,8 @@ def server(
     zone: Zone = None,
 ) -> None:
     """Run the control plane (API on TCP and a Unix socket) until Ctrl-C."""
+    if ctx.invoked_subcommand is not None:
+        return
     setup_logging(log_level, log_json)
     flags = nats_flags(
         embedded_nats,
@@ -585,6 +588,11 @@ UP_PARTS: list[Part] = []
 
 
 def register(root: typer.Typer) -> None:
-    root.command("server")(server)
+    from kled.cli.doctor import doctor
+
+    group = typer.Typer(help="Run the control plane; check its store.")
+    group.callback(invoke_without_command=True)(server)
+    group.command()(doctor)
+    root.add_typer(group, name="server")
     root.command()(up)
     root.command()(down)

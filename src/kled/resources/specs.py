@@ -45,8 +45,8 @@ from kled.resources.meta import (
 from kled.resources.registry import resolve_kind
 
 TEAM_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
 
 
 class Resources(KledModel):
