@@ -598,10 +598,12 @@ def _keep_token_facts(current: dict[str, Any], obj: dict[str, Any]) -> None:
 
     ``revoked`` goes from false to true (that is ``kled token revoke``), never back; the
     expiry is fixed at creation. Refusing says so at once, where keeping the stored value
-    would answer ``configured`` for a change that did not happen.
+    would answer ``configured`` for a change that did not happen. A ``ttl`` is dropped: it
+    was read once, at creation.
     """
     old = current.get("spec") or {}
     new = obj.setdefault("spec", {})
+    new.setdefault("user", old.get("user"))  # not sent: the token's own, as at creation
     if new.get("user") != old.get("user"):
         raise InvalidInput(
             "a token's user is fixed at creation: create a new token", field="spec.user"
@@ -611,11 +613,10 @@ def _keep_token_facts(current: dict[str, Any], obj: dict[str, Any]) -> None:
             "a revoked token stays revoked: create a new one (kled token create)",
             field="spec.revoked",
         )
-    if new.get("ttl"):
-        raise InvalidInput(
-            "a token's lifetime is fixed at creation: create a new token with --ttl",
-            field="spec.ttl",
-        )
+    # ``ttl`` is an input of creation, never stored: the same file applied again (GitOps,
+    # ``kled apply`` twice) must stay "unchanged", so it is dropped, as the expiry it gave
+    # is kept below. To change a lifetime, create a new token.
+    new.pop("ttl", None)
     if new.get("expiresAt") is None:
         if old.get("expiresAt"):
             new["expiresAt"] = old["expiresAt"]  # not sent: kept, as the token keeps it
