@@ -128,3 +128,14 @@ def test_schemathesis_over_every_operation_finds_no_server_error(tmp_path: Path)
     assert report.violations == 0, summary + "\n" + "\n".join(findings)
     assert report.transport_errors == 0, summary + "\n" + "\n".join(findings)
     assert len(report.covered) == report.operations, summary
+
+
+def test_a_status_write_with_metadata_not_an_object_is_refused_with_422(
+    document_server: RunningServer,
+) -> None:
+    # found by the fuzz: the status route read metadata.resourceVersion off a list (500)
+    with document_server.client() as c:
+        c.post("/api/v1/teams", json={"metadata": {"name": "stat"}, "spec": {}})
+        r = c.put("/api/v1/teams/stat/status", json={"status": {}, "metadata": [1]})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "metadata"

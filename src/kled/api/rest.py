@@ -363,7 +363,10 @@ def _kind_routes(info: KindInfo) -> None:
         status = body.get("status", body)
         if not isinstance(status, dict):
             raise InvalidInput("must be an object", field="status")
-        version = (body.get("metadata") or {}).get("resourceVersion")
+        meta = body.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise InvalidInput("must be an object", field="metadata")
+        version = meta.get("resourceVersion")
         return JSONResponse(await service(request).update_status(user, key, status, version))
 
     async def remove(
