@@ -190,3 +190,15 @@ def test_pod_ip_stays_with_its_replica_and_podips_with_the_app() -> None:
     # A replica without a pod namespace (a plain process) has no podIP at all.
     plain = fold(app(), PLACED, node_ready=READY, reports={0: Report("a", running(0))})
     assert "podIP" not in plain["replicas"][0]
+
+
+def test_a_running_replica_its_agent_calls_not_ready_is_not_counted_ready() -> None:
+    reports = {0: Report("a", running(0, ready=False)), 1: Report("b", running(1, ready=True))}
+    status = fold(app(), PLACED, node_ready=READY, reports=reports)
+    assert status["phase"] == "Running"  # both run
+    assert status["readyReplicas"] == 1
+    assert status["replicas"][0]["ready"] is False and status["replicas"][1]["ready"] is True
+    restarted = running(0, ready=True, last_restart_reason="Liveness probe failed: HTTP 500")
+    status = fold(app(status=status), PLACED, node_ready=READY, reports={0: Report("a", restarted)})
+    assert status["readyReplicas"] == 2
+    assert status["replicas"][0]["lastRestartReason"] == "Liveness probe failed: HTTP 500"

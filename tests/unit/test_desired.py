@@ -209,3 +209,36 @@ def test_secret_values_are_decoded_bytes() -> None:
         secrets={("acme", "dev", "db"): doc},
     )
     assert out.nodes["a"].replicas[0].env["WORD"] == "naïve"
+
+
+def test_probes_and_graceful_stop_are_carried_with_named_ports_resolved() -> None:
+    doc = app(
+        ports=[{"name": "http", "port": 80, "targetPort": 8080}],
+        readinessProbe={
+            "httpGet": {"path": "/ready", "port": "http",
+                        "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
+            "periodSeconds": 2,
+        },
+        livenessProbe={"tcpSocket": {"port": 8080}, "failureThreshold": 5},
+        startupProbe={"exec": {"command": ["test", "-f", "/tmp/up"]}},
+        lifecycle={"preStop": {"exec": {"command": ["sleep", "1"]}}},
+        terminationGracePeriodSeconds=7,
+    )  # fmt: skip
+    r = run(doc, [Placement(0, "a")]).nodes["a"].replicas[0]
+    assert r.readiness_probe is not None and r.liveness_probe is not None
+    assert (r.readiness_probe.kind, r.readiness_probe.port, r.readiness_probe.path) == (
+        "httpGet", 8080, "/ready"
+    )  # fmt: skip
+    assert r.readiness_probe.headers == [("X-Probe", "1")]
+    assert (r.readiness_probe.period_seconds, r.readiness_probe.failure_threshold) == (2, 3)
+    assert (r.liveness_probe.kind, r.liveness_probe.port) == ("tcpSocket", 8080)
+    assert r.liveness_probe.failure_threshold == 5
+    assert r.startup_probe is not None and r.startup_probe.command == ["test", "-f", "/tmp/up"]
+    assert r.pre_stop is not None and r.pre_stop.command == ["sleep", "1"]
+    assert r.termination_grace_period_seconds == 7
+
+
+def test_an_app_without_probes_sends_the_spec_it_always_did() -> None:
+    r = run(app(), [Placement(0, "a")]).nodes["a"].replicas[0]
+    assert r.readiness_probe is None and r.liveness_probe is None and r.startup_probe is None
+    assert r.pre_stop is None and r.termination_grace_period_seconds is None

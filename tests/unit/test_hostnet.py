@@ -267,3 +267,36 @@ async def test_the_composer_leaves_networks_alone_until_it_knows_the_mesh() -> N
 @pytest.mark.parametrize("block", ["100.64.0.0/10", "100.127.255.0/24"])
 def test_listen_ports_stay_valid_at_both_ends_of_the_space(block: str) -> None:
     assert 16384 <= listen_port(block) <= 32767
+
+
+def test_only_ready_replicas_are_backends_and_old_reports_count_running_as_ready() -> None:
+    mesh = {"acme": {"ip": "100.65.0.1", "podSubnet": "100.65.8.0/24", "publicKey": key(1)}}
+    replicas = [
+        {"index": 0, "state": "Running", "ready": False},  # readiness failing, or stopping
+        {"index": 1, "state": "Running", "ready": True},
+        {"index": 2, "state": "Running"},  # an agent from before probes
+        {"index": 3, "state": "Starting", "ready": True},
+    ]
+    snap = snapshot_from_documents(
+        teams=[_doc("Team", "acme", status={"block": "100.65.0.0/16"})],
+        nodes=[_doc("Node", "n1", status={"mesh": mesh})],
+        services=[
+            _doc(
+                "App",
+                "api",
+                "acme",
+                "dev",
+                spec={"ports": [{"port": 80}]},
+                status={"ip": "100.65.4.1", "replicas": replicas},
+            )
+        ],
+        devices=[],
+        intercepts=[],
+        dns_server=None,
+    )
+    assert snap.running == {"acme.dev.api.1", "acme.dev.api.2"}
+    net = build_networks(snap, {"n1": [replica("api", i) for i in range(4)]}, PodAddressBook())
+    pods = {p.replica_id: p.ip for p in net["n1"].pods}
+    assert len(pods) == 4  # every placed replica keeps its pod
+    [svc] = net["n1"].teams[0].services
+    assert svc.backends == (pods["acme.dev.api.1"], pods["acme.dev.api.2"])

@@ -43,8 +43,16 @@ _OURS = frozenset(
 
 #: the fields of one replica entry that come from its agent
 _OBSERVED = (
-    "state", "restarts", "lastExitCode", "reason", "message", "startedAt", "generation", "podIP"
+    "state", "restarts", "lastExitCode", "reason", "message", "startedAt", "generation", "podIP",
+    "ready", "lastRestartReason",
 )  # fmt: skip
+
+
+def is_ready(entry: Mapping[str, Any]) -> bool:
+    """Whether a replica entry may serve: Running, and not reported not-ready by its agent
+    (a readiness probe failing, or the replica stopping); without a ``ready`` key (an older
+    agent, or no report yet) Running is ready, as before probes existed."""
+    return entry.get("state") == ReplicaState.RUNNING.value and entry.get("ready") is not False
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,15 @@ def _observe(entry: dict[str, Any], status: ReplicaStatus) -> None:
         entry["podIP"] = status.pod_ip
     else:
         entry.pop("podIP", None)
+    # Only agents that judge readiness say so; the key stays absent otherwise.
+    if status.ready is not None:
+        entry["ready"] = status.ready
+    else:
+        entry.pop("ready", None)
+    if status.last_restart_reason:
+        entry["lastRestartReason"] = status.last_restart_reason
+    else:
+        entry.pop("lastRestartReason", None)
 
 
 def is_stale(previous: Mapping[str, Any] | None, status: ReplicaStatus) -> bool:
@@ -212,9 +229,7 @@ def fold(
         bad=bad,
     )
     status["replicas"] = entries
-    status["readyReplicas"] = sum(
-        1 for e in entries if e.get("state") == ReplicaState.RUNNING.value
-    )
+    status["readyReplicas"] = sum(1 for e in entries if is_ready(e))
     status["phase"] = phase(wanted, entries, bad)
     status["observedGeneration"] = int((app.get("metadata") or {}).get("generation") or 0)
     if bad is not None:

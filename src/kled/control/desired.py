@@ -31,8 +31,10 @@ from pydantic import ValidationError
 from kled.control.scheduling import Placement
 from kled.errors import InvalidInput
 from kled.resources.hoststate import (
+    Handler,
     HostDesiredState,
     PortSpec,
+    ProbeSpec,
     ReplicaSpec,
     ResourceLimits,
     RestartPolicy,
@@ -171,9 +173,61 @@ def replica_spec(app: Mapping[str, Any], index: int, env: Mapping[str, str]) -> 
             resources=limits,
             restart_policy=RestartPolicy(spec.get("restartPolicy") or "Always"),
             generation=restart_generation(app),
+            readiness_probe=_probe(spec.get("readinessProbe"), spec),
+            liveness_probe=_probe(spec.get("livenessProbe"), spec),
+            startup_probe=_probe(spec.get("startupProbe"), spec),
+            pre_stop=_handler(((spec.get("lifecycle") or {}).get("preStop")), spec),
+            termination_grace_period_seconds=spec.get("terminationGracePeriodSeconds"),
         )
     except (ValidationError, ValueError, KeyError, TypeError) as e:
         raise InvalidInput(f"app {name} cannot be run: {e}", field="spec") from e
+
+
+def _port(wanted: Any, spec: Mapping[str, Any]) -> int:
+    """A probe's port as the number the replica listens on (a name is one of spec.ports)."""
+    if isinstance(wanted, str):
+        for p in spec.get("ports") or []:
+            if p.get("name") == wanted:
+                return int(p.get("targetPort") or p["port"])
+        raise ValueError(f"no port named {wanted!r} in spec.ports")
+    return int(wanted)
+
+
+def _handler(doc: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> Handler | None:
+    """A probe's or hook's action in the agent's terms; None when not set."""
+    if not doc:
+        return None
+    if doc.get("httpGet"):
+        get = doc["httpGet"]
+        return Handler(
+            kind="httpGet",
+            port=_port(get["port"], spec),
+            path=str(get.get("path") or "/"),
+            headers=[(str(h["name"]), str(h["value"])) for h in get.get("httpHeaders") or []],
+        )
+    if doc.get("tcpSocket"):
+        return Handler(kind="tcpSocket", port=_port(doc["tcpSocket"]["port"], spec))
+    if doc.get("exec"):
+        return Handler(kind="exec", command=[str(c) for c in doc["exec"]["command"]])
+    raise ValueError("a probe or hook without httpGet, tcpSocket or exec")
+
+
+def _probe(doc: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> ProbeSpec | None:
+    handler = _handler(doc, spec)
+    if handler is None or doc is None:
+        return None
+    timing = {
+        field: doc[key]
+        for field, key in (
+            ("initial_delay_seconds", "initialDelaySeconds"),
+            ("period_seconds", "periodSeconds"),
+            ("timeout_seconds", "timeoutSeconds"),
+            ("success_threshold", "successThreshold"),
+            ("failure_threshold", "failureThreshold"),
+        )
+        if doc.get(key) is not None
+    }
+    return ProbeSpec(**handler.model_dump(), **timing)
 
 
 def compute(

@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from kled.control.appstatus import is_ready
 from kled.control.netmap import Peer as MeshPeer
 from kled.resources.hoststate import HostDesiredState, ReplicaSpec
 from kled.resources.netstate import (
@@ -128,8 +129,9 @@ class MeshSnapshot:
     node_names: set[str] = field(default_factory=set)
     #: replica id → the pod IP it had (App.status.podIPs), to keep it across restarts
     pod_ip_seeds: dict[str, str] = field(default_factory=dict)
-    #: replicas an agent reported Running: only these are service backends, as only ready
-    #: endpoints are in Kubernetes; None means "not known", every placed replica serves
+    #: replicas an agent reported Running and ready (``appstatus.is_ready``): only these are
+    #: service backends, as only ready endpoints are in Kubernetes; None means "not known",
+    #: every placed replica serves
     running: set[str] | None = None
 
 
@@ -204,7 +206,7 @@ def snapshot_from_documents(
         if snap.running is None:
             snap.running = set()
         for replica in status.get("replicas") or []:
-            if replica.get("state") == "Running" and "index" in replica:
+            if is_ready(replica) and "index" in replica:
                 snap.running.add(f"{meta['team']}.{env}.{meta['name']}.{replica['index']}")
     device_ips = {
         (d["metadata"]["team"], d["metadata"]["name"]): str((d.get("status") or {})["ip"])

@@ -64,6 +64,26 @@ class ResourceLimits(_Model):
     memory_bytes: int | None = Field(default=None, ge=1)
 
 
+class Handler(_Model):
+    """A probe's or hook's action, resolved: the port is the number the replica listens on."""
+
+    kind: Literal["httpGet", "tcpSocket", "exec"]
+    port: int | None = Field(default=None, ge=1, le=65535)
+    path: str = "/"
+    headers: list[tuple[str, str]] = Field(default_factory=list)
+    command: list[str] = Field(default_factory=list)
+
+
+class ProbeSpec(Handler):
+    """A probe as the agent runs it (Kubernetes' defaults)."""
+
+    initial_delay_seconds: float = Field(default=0, ge=0)
+    period_seconds: float = Field(default=10, gt=0)
+    timeout_seconds: float = Field(default=1, gt=0)
+    success_threshold: int = Field(default=1, ge=1)
+    failure_threshold: int = Field(default=3, ge=1)
+
+
 class ReplicaSpec(_Model):
     """One replica of an app that should run on this host."""
 
@@ -84,6 +104,13 @@ class ReplicaSpec(_Model):
     restart_policy: RestartPolicy = RestartPolicy.ALWAYS
     #: bumped by ``kled app restart`` (a restart nonce): a change restarts the replica
     generation: int = 0
+    readiness_probe: ProbeSpec | None = None
+    liveness_probe: ProbeSpec | None = None
+    startup_probe: ProbeSpec | None = None
+    #: run before SIGTERM, once the replica has left the gateways' backends
+    pre_stop: Handler | None = None
+    #: seconds from SIGTERM to SIGKILL; None: the runtime's own (30 s by default)
+    termination_grace_period_seconds: int | None = Field(default=None, ge=0)
     #: Filled by the agent, never by the control plane: the network namespace (a path
     #: under /run/netns) the replica runs in and its pod IP, taken from the desired
     #: state's ``network.pods``. Keeping them in the spec a runtime records means a replica
@@ -139,6 +166,11 @@ class ReplicaStatus(_Model):
     generation: int = 0
     #: the replica's address in its team's mesh, when it runs in a pod namespace
     pod_ip: str | None = None
+    #: whether it may serve: Running, started, its readiness probe passing, not stopping.
+    #: None (an older agent) means "as Running says".
+    ready: bool | None = None
+    #: why the agent last restarted it itself (a failed liveness or startup probe)
+    last_restart_reason: str | None = None
 
     def same_as(self, other: ReplicaStatus | None) -> bool:
         return other is not None and self.model_dump() == other.model_dump()

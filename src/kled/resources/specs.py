@@ -188,6 +188,98 @@ class ServicePort(KledModel):
         return self
 
 
+NonNegative = Annotated[int, Strict(), in_range(0, 86400), range_schema(0, 86400)]
+AtLeastOne = Annotated[int, Strict(), in_range(1, 86400), range_schema(1, 86400)]
+ProbePort = Port | DnsLabel
+"""A port number, or the name of one of the app's ``spec.ports``."""
+
+
+class HttpHeader(KledModel):
+    name: NonEmptyStr
+    value: str
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _HEADER_NAME.match(value):
+            raise problem("must be an HTTP header name")
+        return value
+
+
+class HttpGetAction(KledModel):
+    """``GET http://<pod IP>:<port><path>``: a status from 200 to 399 is a success."""
+
+    path: str = "/"
+    port: ProbePort
+    http_headers: list[HttpHeader] = []
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() or ord(c) < 32 for c in value):
+            raise problem("must be a path like /healthz, without spaces")
+        return value
+
+
+class TcpSocketAction(KledModel):
+    """A TCP connection to ``<pod IP>:<port>`` that opens is a success."""
+
+    port: ProbePort
+
+
+class ExecAction(KledModel):
+    """A command run inside the replica (its namespace, working dir and env); exit 0 is a
+    success."""
+
+    command: Annotated[list[NonEmptyStr], Field(min_length=1)]
+
+
+_HANDLERS = ("httpGet", "tcpSocket", "exec")
+
+
+class Probe(KledModel):
+    """A check the agent runs against each replica, as in Kubernetes."""
+
+    http_get: HttpGetAction | None = None
+    tcp_socket: TcpSocketAction | None = None
+    exec: ExecAction | None = None
+    initial_delay_seconds: NonNegative = 0
+    period_seconds: AtLeastOne = 10
+    timeout_seconds: AtLeastOne = 1
+    success_threshold: AtLeastOne = 1
+    failure_threshold: AtLeastOne = 3
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> Probe:
+        given = [n for n, h in zip(_HANDLERS, self.handlers(), strict=True) if h is not None]
+        if not given:
+            raise problem("must set exactly one of httpGet, tcpSocket or exec")
+        if len(given) > 1:
+            raise problem(f"set only one of {', '.join(given)}", at=(given[1],))
+        return self
+
+    def handlers(self) -> tuple[HttpGetAction | None, TcpSocketAction | None, ExecAction | None]:
+        return (self.http_get, self.tcp_socket, self.exec)
+
+
+class LifecycleHandler(KledModel):
+    """A hook: an HTTP GET or a command, as a probe runs them."""
+
+    http_get: HttpGetAction | None = None
+    exec: ExecAction | None = None
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> LifecycleHandler:
+        if (self.http_get is None) == (self.exec is None):
+            raise problem("must set exactly one of httpGet or exec")
+        return self
+
+
+class Lifecycle(KledModel):
+    pre_stop: LifecycleHandler | None = None
+    """Run before a replica is sent SIGTERM, after it has left every gateway's backends."""
+
+
 class AppSpec(KledModel):
     runtime: Literal["process", "container", "kubernetes"] = "process"
     command: list[str] = []
@@ -202,6 +294,15 @@ class AppSpec(KledModel):
     resources: Resources = Field(default_factory=Resources)
     node_selector: Labels = {}
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+    readiness_probe: Probe | None = None
+    """Until it passes, a replica is not Ready and not a backend of the app's service IP."""
+    liveness_probe: Probe | None = None
+    """When it fails ``failureThreshold`` times in a row, the replica is restarted."""
+    startup_probe: Probe | None = None
+    """Holds the other probes back until it passes once; failing, it restarts the replica."""
+    lifecycle: Lifecycle | None = None
+    termination_grace_period_seconds: NonNegative | None = None
+    """Seconds between SIGTERM and SIGKILL when a replica stops (default 30)."""
 
     @field_validator("working_dir")
     @classmethod
@@ -230,7 +331,40 @@ class AppSpec(KledModel):
                     f"duplicate port {port.port}/{port.protocol}", at=("ports", index, "port")
                 )
             bindings.add(binding)
+        self._check_probe_ports()
         return self
+
+    def _check_probe_ports(self) -> None:
+        named = {p.name for p in self.ports if p.name is not None and p.protocol == "TCP"}
+        numbers = {p.target_port for p in self.ports if p.protocol == "TCP"}
+        where: list[tuple[tuple[str | int, ...], HttpGetAction | TcpSocketAction | None]] = []
+        probes = (
+            ("readinessProbe", self.readiness_probe),
+            ("livenessProbe", self.liveness_probe),
+            ("startupProbe", self.startup_probe),
+        )
+        for name, probe in probes:
+            if probe is None:
+                continue
+            where.append(((name, "httpGet", "port"), probe.http_get))
+            where.append(((name, "tcpSocket", "port"), probe.tcp_socket))
+            if name != "readinessProbe" and probe.success_threshold != 1:
+                raise problem("must be 1 for liveness and startup probes",
+                              at=(name, "successThreshold"))  # fmt: skip
+        if self.lifecycle is not None and self.lifecycle.pre_stop is not None:
+            where.append((("lifecycle", "preStop", "httpGet", "port"),
+                          self.lifecycle.pre_stop.http_get))  # fmt: skip
+        exposed = sorted(str(n) for n in numbers) + sorted(named)
+        offered = ", ".join(exposed) if exposed else "none"
+        for at, action in where:
+            if action is None:
+                continue
+            port = action.port
+            if (port not in named) if isinstance(port, str) else (port not in numbers):
+                raise problem(
+                    f"the app exposes no TCP port {port!r} in spec.ports (it has: {offered})",
+                    at=at,
+                )
 
 
 class ManagedServiceSpec(KledModel):
