@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kled.sync.index import Entry
-from kled.sync.plan import Conflict, Plan, Strategy, plan
+from kled.sync.plan import Conflict, Plan, Strategy, plan, settled
 
 
 def f(content: str, mtime: int = 1, mode: int = 0o644) -> Entry:
@@ -222,3 +222,28 @@ def test_initial_modes_follow_the_strategy() -> None:
 
 def test_mirror_local_removes_a_remote_only_tree() -> None:
     assert plan(None, {}, {"d": D, "d/x": f("x")}) == Plan(deletes_remote=("d/x", "d"))
+
+
+# --- the base after a plan ran ----------------------------------------------------------
+
+
+def test_settled_base_takes_the_winning_side() -> None:
+    base = {"a": f("1"), "gone": f("g"), "c": f("1")}
+    local = {"a": f("2"), "c": f("L"), "n": f("n")}
+    remote = {"a": f("1"), "gone": f("g"), "c": f("R"), "r": f("r")}
+    done = plan(base, local, remote, stamp="T")
+    assert settled(base, local, remote, done) == {
+        "a": f("2"),
+        "c": f("L"),
+        "c.conflict-T": f("R"),
+        "n": f("n"),
+        "r": f("r"),
+    }
+
+
+def test_settled_keeps_the_old_base_of_a_failed_path() -> None:
+    base = {"a": f("1")}
+    local = {"a": f("2")}
+    done = plan(base, local, base)
+    assert settled(base, local, base, done, {"a"}) == {"a": f("1")}
+    assert plan(settled(base, local, base, done, {"a"}), local, base) == done

@@ -293,3 +293,54 @@ def _find_moves(side: _Side, source: Mapping[str, Entry], target: Mapping[str, E
             writes.append(p)
     side.writes = writes
     side.deletes = [p for p in side.deletes if p not in moved]
+
+
+def settled(
+    base: Mapping[str, Entry],
+    local: Mapping[str, Entry],
+    remote: Mapping[str, Entry],
+    done: Plan,
+    failed: set[str] = frozenset(),  # type: ignore[assignment]
+) -> dict[str, Entry]:
+    """The new base for the paths of ``local``/``remote``/``base`` once ``done`` has run.
+
+    A path the plan made like the local side now holds the local entry, one made like the
+    remote side the remote entry; a path whose operation ``failed`` keeps its old base
+    entry, so that the next sync still sees it as changed.
+    """
+    pushed = {*done.uploads, *done.mkdirs_remote, *done.deletes_remote}
+    pushed |= {p for p, _ in done.links_remote} | {p for p, _ in done.chmods_remote}
+    pulled = {*done.downloads, *done.mkdirs_local, *done.deletes_local}
+    pulled |= {p for p, _ in done.links_local} | {p for p, _ in done.chmods_local}
+    for src, dst in done.moves_remote:
+        pushed |= {src, dst}
+    for src, dst in done.moves_local:
+        pulled |= {src, dst}
+    kept: dict[str, Entry | None] = {}
+    for c in done.conflicts:
+        if c.renamed_on == "remote":
+            kept[c.kept_as] = remote.get(c.path)
+            pushed.add(c.path)
+        else:
+            kept[c.kept_as] = local.get(c.path)
+            pulled.add(c.path)
+    out = dict(base)
+    for p in set(local) | set(remote) | set(base) | set(kept):
+        if p in failed:
+            continue
+        le, re_ = local.get(p), remote.get(p)
+        if p in kept:
+            final = kept[p]
+        elif p in pushed:
+            final = le
+        elif p in pulled:
+            final = re_
+        elif same(le, re_):
+            final = le
+        else:
+            continue
+        if final is None:
+            out.pop(p, None)
+        else:
+            out[p] = final
+    return out

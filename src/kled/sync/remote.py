@@ -1,0 +1,228 @@
+"""The remote end of a sync session: ``python3 -m kled.sync.remote ROOT``.
+
+It speaks the channel on its stdin/stdout (stderr is for its own log lines) and serves
+one session: a ``hello`` carrying the token it was given in ``KLED_SYNC_TOKEN`` first, then
+``index`` (entries of the whole tree or of some paths), ``put`` (a file written atomically:
+temporary name, fsync, mode, rename), ``get`` (a file streamed back), and ``batch`` (mkdir,
+move, symlink, chmod, delete — each refused if it leaves ROOT). Its own changes are sent
+back unasked as ``changed`` events: from ``watchfiles`` (inotify) when the image has it,
+otherwise from a stat walk every 100 ms, which the hello reply says (``watch: poll``). The
+changes it made itself are not reported. Standard library only, so it runs in any image
+with ``python3`` and this package on its path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from kled.sync.apply import Applier, Incoming, Sig, signature
+from kled.sync.channel import CHUNK, VERSION, Channel, ChannelError, Header
+from kled.sync.ignore import Ignore
+from kled.sync.index import Escape, Index, entry_at, remove_stale_temps, resolve, scan_paths
+from kled.sync.index import scan as scan_tree
+
+POLL_SECONDS = 0.1
+
+
+def _log(message: str) -> None:
+    print(f"kled-sync-remote: {message}", file=sys.stderr, flush=True)
+
+
+def _wire(index: Index) -> dict[str, list[Any]]:
+    return {p: e.to_wire() for p, e in index.items()}
+
+
+class Remote:
+    def __init__(self, root: str, token: str, channel: Channel) -> None:
+        self.root = os.path.realpath(root)
+        self.token = token
+        self.channel = channel
+        self.ignore = Ignore()
+        self.applier = Applier(self.root)
+        self.cache: Index = {}
+        self.incoming: dict[int, Incoming | str] = {}
+        self.watch_mode = "inotify"
+
+    async def serve(self) -> None:
+        rid, header, _ = await self.channel.recv()
+        if header.get("op") != "hello" or not hmac.compare_digest(
+            str(header.get("token", "")).encode(), self.token.encode()
+        ):
+            await self.channel.send(rid, {"op": "hello", "ok": False, "error": "bad token"})
+            return
+        if header.get("version") != VERSION:
+            err = f"protocol version {header.get('version')} (this remote speaks {VERSION})"
+            await self.channel.send(rid, {"op": "hello", "ok": False, "error": err})
+            return
+        self.ignore = Ignore([str(p) for p in header.get("exclude", [])])
+        os.makedirs(self.root, exist_ok=True)
+        remove_stale_temps(self.root)
+        try:
+            import watchfiles  # noqa: F401
+        except ImportError:
+            self.watch_mode = "poll"
+            _log(f"watchfiles is not installed here: polling {self.root} every 100 ms")
+        await self.channel.send(rid, {"op": "hello", "ok": True, "watch": self.watch_mode})
+        watcher = asyncio.create_task(self._watch())
+        try:
+            while True:
+                rid, header, data = await self.channel.recv()
+                await self._handle(rid, header, data)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+
+    async def _handle(self, rid: int, header: Header, data: bytes) -> None:
+        op = header.get("op")
+        if op == "index":
+            paths = header.get("paths")
+            if paths is None:
+                self.cache = scan_tree(self.root, self.ignore, self.cache)
+                found = self.cache
+            else:
+                found = scan_paths(self.root, self.ignore, [str(p) for p in paths], self.cache)
+                self.cache.update(found)
+            await self.channel.send(rid, {"op": "index", "entries": _wire(found)})
+        elif op == "put":
+            try:
+                mode, mtime = int(header.get("mode", 0o644)), int(header.get("mtime_ns", 0))
+                self.incoming[rid] = self.applier.begin(str(header["path"]), mode, mtime)
+            except (OSError, Escape, KeyError, ValueError) as e:
+                self.incoming[rid] = f"put {header.get('path')}: {e}"
+        elif op == "data":
+            inc = self.incoming.get(rid)
+            if isinstance(inc, Incoming):
+                try:
+                    self.applier.write(inc, data)
+                except OSError as e:
+                    self.applier.abort(inc)
+                    self.incoming[rid] = f"put {inc.rel}: {e}"
+        elif op == "end":
+            await self._finish_put(rid)
+        elif op == "get":
+            await self._send_file(rid, str(header.get("path", "")))
+        elif op == "batch":
+            results = [self.applier.run(list(o)) for o in header.get("ops", [])]
+            await self.channel.send(rid, {"op": "batch", "errors": results})
+        else:
+            await self.channel.send(rid, {"op": "error", "error": f"unknown op {op!r}"})
+
+    async def _finish_put(self, rid: int) -> None:
+        inc = self.incoming.pop(rid, None)
+        if not isinstance(inc, Incoming):
+            await self.channel.send(rid, {"op": "end", "ok": False, "error": inc or "no put"})
+            return
+        try:
+            entry = self.applier.finish(inc)
+        except OSError as e:
+            self.applier.abort(inc)
+            await self.channel.send(rid, {"op": "end", "ok": False, "error": f"{inc.rel}: {e}"})
+            return
+        wire = entry.to_wire() if entry else None
+        await self.channel.send(rid, {"op": "end", "ok": True, "entry": wire})
+
+    async def _send_file(self, rid: int, rel: str) -> None:
+        try:
+            full = resolve(self.root, rel)
+            entry = entry_at(full)
+            if entry is None or entry.kind != "file":
+                raise FileNotFoundError("not a file")
+            with open(full, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    await self.channel.send(rid, {"op": "data"}, chunk)
+        except (OSError, Escape) as e:
+            await self.channel.send(rid, {"op": "end", "ok": False, "error": f"{rel}: {e}"})
+            return
+        await self.channel.send(rid, {"op": "end", "ok": True, "entry": entry.to_wire()})
+
+    def _report(self, rels: set[str]) -> list[str]:
+        out = []
+        for rel in rels:
+            if not rel or self.ignore.excluded(rel, os.path.isdir(os.path.join(self.root, rel))):
+                continue
+            if self.applier.is_echo(rel):
+                continue
+            out.append(rel)
+        return sorted(out)
+
+    async def _watch(self) -> None:
+        source = self._inotify() if self.watch_mode == "inotify" else self._poll()
+        async for rels in source:
+            paths = self._report(rels)
+            if paths:
+                await self.channel.send(0, {"op": "changed", "paths": paths})
+
+    async def _inotify(self) -> AsyncIterator[set[str]]:
+        import watchfiles
+
+        prefix = self.root + os.sep
+        async for changes in watchfiles.awatch(
+            self.root, watch_filter=None, debounce=400, step=10, rust_timeout=60_000
+        ):
+            yield {p[len(prefix) :] for _, p in changes if p.startswith(prefix)}
+
+    def _snapshot(self) -> dict[str, Sig]:
+        out: dict[str, Sig] = {}
+        for dirpath, dirs, files in os.walk(self.root):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            rel_dir = "" if rel_dir == "." else rel_dir + "/"
+            keep = []
+            for d in dirs:
+                rel = rel_dir + d
+                if not self.ignore.matches(rel, True):
+                    keep.append(d)
+                    out[rel] = signature(os.path.join(dirpath, d))
+            dirs[:] = keep
+            for name in files:
+                rel = rel_dir + name
+                if not self.ignore.matches(rel, False):
+                    out[rel] = signature(os.path.join(dirpath, name))
+        return out
+
+    async def _poll(self) -> AsyncIterator[set[str]]:
+        before = self._snapshot()
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            now = self._snapshot()
+            changed = {p for p in before.keys() | now.keys() if before.get(p) != now.get(p)}
+            before = now
+            if changed:
+                yield changed
+
+
+async def _stdio() -> Channel:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**24)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
+    )
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0)
+    )
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return Channel(reader, writer)
+
+
+async def main(root: str) -> int:
+    token = os.environ.get("KLED_SYNC_TOKEN", "")
+    if not token:
+        _log("KLED_SYNC_TOKEN is not set; refusing to serve")
+        return 2
+    channel = await _stdio()
+    with contextlib.suppress(ChannelError):
+        await Remote(root, token, channel).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python3 -m kled.sync.remote ROOT", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(asyncio.run(main(sys.argv[1])))
