@@ -2,7 +2,9 @@
 
 Starts a control plane (with its embedded NATS, so that log and device routes answer for
 real) in a thread, seeds team ``fuzz`` with an object of every kind, and fuzzes every
-operation of ``/openapi.json`` with positive and negative cases (``tests/fuzzing.py``).
+operation of ``/openapi.json`` with positive and negative cases (``tests/fuzzing.py``),
+first with a team member's token, then with the server administrator's (half the budget
+each).
 Goal: 100 % of operations covered, 0 responses >= 500, 0 schema violations. Prints one JSON
 document on stdout; the findings, if any, go to stderr.
 
@@ -35,26 +37,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kled-fuzz-") as tmp:
         server = RunningServer(Path(tmp), None, embedded_nats=True).start()
         try:
-            fuzzing.seed(server.url, server.admin_token)
-            report = fuzzing.run(
-                server.url,
-                server.admin_token,
-                max_examples=args.examples,
-                budget_seconds=args.budget,
-                seed_value=args.seed,
-            )
+            member = fuzzing.seed(server.url, server.admin_token)
+            # The member first: the administrator's run ends by deleting the team.
+            tokens = [("member", member)] if member else []
+            tokens.append(("admin", server.admin_token))
+            reports = {
+                role: fuzzing.run(
+                    server.url,
+                    token,
+                    max_examples=args.examples,
+                    budget_seconds=args.budget / len(tokens),
+                    seed_value=args.seed,
+                )
+                for role, token in tokens
+            }
         finally:
             server.stop()
-    for finding in report.findings:
-        print(
-            f"{finding.operation} -> {finding.status}: {finding.problem} [{finding.request}]",
-            file=sys.stderr,
-        )
+    for role, report in reports.items():
+        for f in report.findings:
+            line = f"[{role}] {f.operation} -> {f.status}: {f.problem} [{f.request}]"
+            print(line, file=sys.stderr)
+    covered = set().union(*(r.covered for r in reports.values()))
+    total = max(r.operations for r in reports.values())
     result = {
         "bench": "fuzz",
         "tool": "schemathesis",
         "examples_per_operation_and_mode": args.examples,
-        **report.summary(),
+        "operations_covered": len(covered),
+        "operations_total": total,
+        "coverage_percent": round(100 * len(covered) / max(total, 1), 1),
+        **{
+            key: sum(r.summary()[key] for r in reports.values())
+            for key in ("requests", "responses_5xx", "schema_violations", "transport_errors")
+        },
+        "seconds": round(sum(r.seconds for r in reports.values()), 1),
+        "by_token": {role: r.summary() for role, r in reports.items()},
     }
     print(json.dumps(result, indent=2))
 

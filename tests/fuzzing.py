@@ -68,8 +68,11 @@ def _doc(kind: str, name: str, spec: dict[str, Any], env: bool = False) -> dict[
     return {"apiVersion": "kled.io/v1", "kind": kind, "metadata": meta, "spec": spec}
 
 
-def seed(base_url: str, token: str) -> None:
-    """One object of each kind in team ``fuzz`` (environment ``dev``)."""
+def seed(base_url: str, token: str) -> str | None:
+    """One object of each kind in team ``fuzz`` (environment ``dev``).
+
+    Returns the secret of Token ``ci``: user ``ann``'s, a member of the team.
+    """
     app = {"runtime": "process", "command": ["sleep", "60"], "ports": [{"port": 80}]}
     docs = [
         {"apiVersion": "kled.io/v1", "kind": "Team", "metadata": {"name": TEAM}, "spec": {}},
@@ -93,12 +96,16 @@ def seed(base_url: str, token: str) -> None:
     secret = {"apiVersion": "kled.io/v1", "kind": "Secret", "stringData": {"pw": "x"}}
     secret["metadata"] = {"name": "pw", "team": TEAM, "environment": ENV}
     docs += [cfg, secret]
+    member = None
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}) as c:
         for doc in docs:
             r = c.post("/api/v1/apply", json=doc)
+            if doc["kind"] == "Token" and r.status_code == 201:
+                member = r.json().get("token")
             if r.status_code >= 300:
                 # a seed refused is a missing path, not a failure of the fuzz: say so
                 print(f"seed {doc['kind']}/{doc['metadata']['name']}: {r.status_code} {r.text}")
+    return member
 
 
 @dataclass
@@ -276,7 +283,10 @@ def _record(
     title = getattr(failure, "title", type(failure).__name__)
     if title != "Server error":
         report.violations += 1
-    request = f"{case.method} {case.formatted_path} query={case.query} body={_short(case.body)}"
+    request = (
+        f"{case.method} {case.formatted_path} query={case.query} headers={case.headers}"
+        f" body={_short(case.body)}"
+    )
     report.findings.append(Finding(label, status, f"{title}: {failure}"[:600], request))
 
 

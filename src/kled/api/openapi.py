@@ -205,6 +205,9 @@ def _complete(doc: dict[str, Any]) -> None:
             answers = op.setdefault("responses", {})
             for status, why in ERRORS.items():
                 answers[str(status)] = {"description": why, "content": _json(ref("Status"))}
+            # a request the HTTP server cannot parse (a header with a bad byte) never
+            # reaches the application: the server answers it in plain text
+            answers["400"]["content"]["text/plain"] = {"schema": {"type": "string"}}
             if path == "/graphql":
                 _graphql(method, op)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
