@@ -138,13 +138,25 @@ async def test_a_file_is_streamed_in_chunks(tmp_path: Path) -> None:
         rid, header, data = await far.recv()
         if header["op"] == "end":
             break
-        if header["op"] == "data":
+        if header["op"] in ("put", "data"):
             sizes.append(len(data))
             got += data
     assert sizes == [CHUNK, CHUNK, CHUNK, 5]
     assert got == big.read_bytes()
     await far.send(rid, {"op": "end", "ok": True})
     assert (await reply)["ok"]
+    await client.close()
+
+
+async def test_a_small_file_is_one_frame(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.write_bytes(b"tiny")
+    near, far = memory_pair()
+    client = Client(near, lambda _: None)
+    client.start()
+    await client.put_file({"path": "small"}, str(small))
+    _, header, data = await far.recv()
+    assert (header["op"], header["last"], data) == ("put", True, b"tiny")
     await client.close()
 
 
@@ -166,7 +178,7 @@ async def test_a_reader_that_stops_reading_holds_the_writer_back(tmp_path: Path)
         if header["op"] == "end":
             break
     await task
-    assert frames == 10
+    assert frames == 9, "put with the first chunk, 7 data frames, end"
     writer.close()
 
 
@@ -200,6 +212,8 @@ async def test_remote_writes_atomically_and_refuses_escapes(tmp_path: Path) -> N
         put = await client.put_file({"path": "d/f", "mode": 0o750, "mtime_ns": 10**18}, str(src))
         reply = await put
         assert reply["ok"] and reply["entry"][0:2] == ["file", CHUNK + 1]
+        assert not (root / "d/f").exists(), "visible before the commit"
+        assert (await client.call({"op": "commit"}))["errors"] == []
         assert (root / "d/f").read_bytes() == src.read_bytes()
         assert (root / "d/f").stat().st_mode & 0o777 == 0o750
         assert not [p for p in (root / "d").iterdir() if p.name != "f"], "a temp file stayed"

@@ -1,8 +1,9 @@
 """Changes applied to one side's tree, safely, and remembered so that they do not echo.
 
 Both ends use it: the remote for what the session sends, the session for what it fetches.
-A file is written to a temporary name in its directory, fsynced, given its mode and mtime,
-then renamed over the old one, so a reader sees the old file or the new one, never half.
+A file is written to a temporary name in its directory, given its mode and mtime, made
+durable (fsync, or one sync for a large batch) and renamed over the old one at ``commit``,
+so a reader sees the old file or the new one, never half.
 Every path is checked with ``index.resolve`` (no ``..``, no symlinked parent leaving the
 root) and a symlink whose target leaves the root is refused. What was applied is recorded
 (``applied``) so that the watcher of this side can drop the event it causes: a change we
@@ -12,14 +13,15 @@ made must not bounce back to where it came from. Standard library only.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import os
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass, field
 
 from kled.sync.ignore import INTERNAL_PREFIX
-from kled.sync.index import Entry, Escape, entry_at, link_escapes, resolve
+from kled.sync.index import Entry, Escape, link_escapes, resolve
 
 Sig = tuple[str, int, int] | None
 
@@ -47,6 +49,10 @@ class Incoming:
     mode: int
     mtime_ns: int
     written: int = 0
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+
+_names = itertools.count()
 
 
 @dataclass
@@ -54,6 +60,8 @@ class Applier:
     root: str
     #: path → signature of what we wrote there (None: we deleted it)
     applied: dict[str, Sig] = field(default_factory=dict)
+    #: files received whole, waiting for ``commit``
+    parked: list[Incoming] = field(default_factory=list)
 
     def _remember(self, rel: str, full: str) -> None:
         if len(self.applied) > 200_000:
@@ -87,7 +95,10 @@ class Applier:
     def begin(self, rel: str, mode: int, mtime_ns: int) -> Incoming:
         full = resolve(self.root, rel)
         self._parents(full)
-        fd, tmp = tempfile.mkstemp(prefix=INTERNAL_PREFIX + "tmp-", dir=os.path.dirname(full))
+        tmp = os.path.join(
+            os.path.dirname(full), f"{INTERNAL_PREFIX}tmp-{os.getpid()}-{next(_names)}"
+        )
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return Incoming(fd, tmp, full, rel, mode, mtime_ns)
 
     def write(self, inc: Incoming, data: bytes) -> None:
@@ -95,21 +106,51 @@ class Applier:
         while view:
             n = os.write(inc.fd, view)
             view = view[n:]
+        inc.hasher.update(data)
         inc.written += len(data)
 
-    def finish(self, inc: Incoming) -> Entry | None:
+    def finish(self, inc: Incoming) -> Entry:
+        """The file is whole under its temporary name; it becomes visible at ``commit``."""
         try:
-            os.fsync(inc.fd)
             os.fchmod(inc.fd, inc.mode & 0o7777)
+            if inc.mtime_ns:
+                os.utime(inc.fd, ns=(inc.mtime_ns, inc.mtime_ns))
+            mtime_ns = os.fstat(inc.fd).st_mtime_ns
         finally:
             os.close(inc.fd)
-        if inc.mtime_ns:
-            os.utime(inc.tmp, ns=(inc.mtime_ns, inc.mtime_ns))
-        if os.path.isdir(inc.full) and not os.path.islink(inc.full):
-            shutil.rmtree(inc.full)
-        os.replace(inc.tmp, inc.full)
-        self._remember(inc.rel, inc.full)
-        return entry_at(inc.full)
+        self.parked.append(inc)
+        return Entry("file", inc.written, mtime_ns, inc.mode & 0o7777, inc.hasher.hexdigest())
+
+    def commit(self) -> list[tuple[str, str]]:
+        """Make the finished files durable, then rename each over its target.
+
+        A few files are fsynced one by one; a batch of many is flushed with one ``sync``,
+        which costs one journal commit instead of one per file (10,000 fsyncs take ~5 s
+        here). Either way no file is renamed into place before its bytes are on disk.
+        Returns (path, error) for the files that could not be put in place.
+        """
+        parked, self.parked = self.parked, []
+        errors: list[tuple[str, str]] = []
+        if len(parked) > 8:
+            os.sync()
+        for inc in parked:
+            try:
+                if len(parked) <= 8:
+                    fd = os.open(inc.tmp, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                if os.path.isdir(inc.full) and not os.path.islink(inc.full):
+                    shutil.rmtree(inc.full)
+                os.replace(inc.tmp, inc.full)
+                st = os.lstat(inc.full)
+                self.applied[inc.rel] = ("file", st.st_size, st.st_mtime_ns)
+            except OSError as e:
+                errors.append((inc.rel, str(e)))
+                with contextlib.suppress(OSError):
+                    os.unlink(inc.tmp)
+        return errors
 
     def abort(self, inc: Incoming) -> None:
         with contextlib.suppress(OSError):

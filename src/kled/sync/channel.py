@@ -192,12 +192,22 @@ class Client:
         return await (await self.request(header, data))
 
     async def put_file(self, header: Header, path: str) -> Awaitable[Header]:
-        """Stream a local file as ``put`` + ``data``… + ``end``; returns the awaitable reply."""
+        """Stream a local file as ``put`` + ``data``… + ``end`` (a small one as one ``put``
+        frame with ``last``); returns the awaitable reply."""
         rid, fut = self._new()
-        with open(path, "rb") as f:
-            await self.channel.send(rid, {**header, "op": "put"})
-            while chunk := f.read(CHUNK):
-                await self.channel.send(rid, {"op": "data"}, chunk)
+        try:
+            with open(path, "rb") as f:
+                first = f.read(CHUNK)
+                if len(first) < CHUNK:
+                    # a small file is one frame: header, bytes, done
+                    await self.channel.send(rid, {**header, "op": "put", "last": True}, first)
+                    return fut
+                await self.channel.send(rid, {**header, "op": "put"}, first)
+                while chunk := f.read(CHUNK):
+                    await self.channel.send(rid, {"op": "data"}, chunk)
+        except OSError:
+            self._pending.pop(rid, None)
+            raise
         await self.channel.send(rid, {"op": "end"})
         return fut
 

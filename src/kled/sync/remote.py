@@ -2,8 +2,9 @@
 
 It speaks the channel on its stdin/stdout (stderr is for its own log lines) and serves
 one session: a ``hello`` carrying the token it was given in ``KLED_SYNC_TOKEN`` first, then
-``index`` (entries of the whole tree or of some paths), ``put`` (a file written atomically:
-temporary name, fsync, mode, rename), ``get`` (a file streamed back), and ``batch`` (mkdir,
+``index`` (entries of the whole tree or of some paths), ``put`` (a file written under a
+temporary name) and ``commit`` (the files put so far made durable and renamed into place,
+each atomically), ``get`` (a file streamed back), and ``batch`` (mkdir,
 move, symlink, chmod, delete — each refused if it leaves ROOT). Its own changes are sent
 back unasked as ``changed`` events: from ``watchfiles`` (inotify) when the image has it,
 otherwise from a stat walk every 100 ms, which the hello reply says (``watch: poll``). The
@@ -96,6 +97,9 @@ class Remote:
                 self.incoming[rid] = self.applier.begin(str(header["path"]), mode, mtime)
             except (OSError, Escape, KeyError, ValueError) as e:
                 self.incoming[rid] = f"put {header.get('path')}: {e}"
+            await self._handle(rid, {"op": "data"}, data)
+            if header.get("last"):
+                await self._finish_put(rid)
         elif op == "data":
             inc = self.incoming.get(rid)
             if isinstance(inc, Incoming):
@@ -108,6 +112,9 @@ class Remote:
             await self._finish_put(rid)
         elif op == "get":
             await self._send_file(rid, str(header.get("path", "")))
+        elif op == "commit":
+            errors = self.applier.commit()
+            await self.channel.send(rid, {"op": "commit", "errors": errors})
         elif op == "batch":
             results = [self.applier.run(list(o)) for o in header.get("ops", [])]
             await self.channel.send(rid, {"op": "batch", "errors": results})
@@ -125,8 +132,7 @@ class Remote:
             self.applier.abort(inc)
             await self.channel.send(rid, {"op": "end", "ok": False, "error": f"{inc.rel}: {e}"})
             return
-        wire = entry.to_wire() if entry else None
-        await self.channel.send(rid, {"op": "end", "ok": True, "entry": wire})
+        await self.channel.send(rid, {"op": "end", "ok": True, "entry": entry.to_wire()})
 
     async def _send_file(self, rid: int, rel: str) -> None:
         try:

@@ -326,6 +326,8 @@ class SyncSession:
                 continue
             sent += e.size
             pending.append(([p], fut, None))
+        if done.uploads:
+            pending.append((["*commit*"], await client.request({"op": "commit"}), None))
         received = 0
         for p in done.downloads:
             e = source_remote[p]
@@ -352,12 +354,17 @@ class SyncSession:
                 else:
                     self.applier.abort(sink.inc)
                     self._problem(failed, paths[0], str(reply.get("error") or sink.error))
+            elif reply.get("op") == "commit":
+                for p, why in reply.get("errors", []):
+                    self._problem(failed, str(p), f"not put in place by the remote: {why}")
             elif reply.get("op") == "batch":
                 for p, why in zip(paths, reply.get("errors", []), strict=False):
                     if why:
                         self._problem(failed, p, f"refused by the remote: {why}")
             elif not reply.get("ok"):
                 self._problem(failed, paths[0], f"refused by the remote: {reply.get('error')}")
+        for p, why in self.applier.commit():
+            self._problem(failed, p, f"not put in place: {why}")
         for p, t in done.links_local:
             self._local(failed, p, partial(self.applier.symlink, p, t))
         for p, m in done.chmods_local:
