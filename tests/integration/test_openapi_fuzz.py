@@ -119,7 +119,7 @@ def test_schemathesis_over_every_operation_finds_no_server_error(tmp_path: Path)
     server = RunningServer(tmp_path, None, embedded_nats=True).start()
     try:
         fuzzing.seed(server.url, server.admin_token)
-        report = fuzzing.run(server.url, server.admin_token, max_examples=5, budget_seconds=150)
+        report = fuzzing.run(server.url, server.admin_token, max_examples=5, budget_seconds=120)
     finally:
         server.stop()
     findings = [f"{f.operation} → {f.status}: {f.problem} [{f.request}]" for f in report.findings]

@@ -57,12 +57,22 @@ LATENCY = Histogram(
 )
 
 
-@router.get("/healthz", include_in_schema=False)
+@router.get("/healthz", summary="The process is up", tags=["Health"])
 async def healthz() -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", include_in_schema=False)
+@router.get(
+    "/readyz",
+    summary="The store answers (and which stored documents were skipped as unreadable)",
+    tags=["Health"],
+    responses={
+        503: {
+            "description": "the database does not answer",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
 async def readyz(request: Request) -> Response:
     try:
         revision = await request.app.state.service.store.revision()
@@ -76,7 +86,12 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body)
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: all with an administrator or metrics token, a team's with its",
+    tags=["Health"],
+    responses={200: {"description": "Prometheus text", "content": {"text/plain": {"schema": {}}}}},
+)
 async def metrics(request: Request, authorization: str | None = Header(default=None)) -> Response:
     token = None
     if authorization and authorization.lower().startswith("bearer "):

@@ -12,6 +12,7 @@ and :func:`responses`; :func:`document` puts the shared schemas in ``components`
 from __future__ import annotations
 
 import copy
+import json
 from functools import cache
 from typing import Any, Literal
 
@@ -204,7 +205,13 @@ def _complete(doc: dict[str, Any]) -> None:
                 op.pop("parameters", None)
             answers = op.setdefault("responses", {})
             for status, why in ERRORS.items():
-                answers[str(status)] = {"description": why, "content": _json(ref("Status"))}
+                given = answers.get(str(status), {})
+                if "HTTPValidationError" in json.dumps(given) or not given.get("content"):
+                    # FastAPI's own 422 body is not what the API answers: a Status is
+                    answers[str(status)] = {
+                        "description": given.get("description", why),
+                        "content": _json(ref("Status")),
+                    }
             # a request the HTTP server cannot parse (a header with a bad byte) never
             # reaches the application: the server answers it in plain text
             answers["400"]["content"]["text/plain"] = {"schema": {"type": "string"}}
