@@ -55,3 +55,19 @@ def test_an_app_matters_for_its_ports_ips_and_running_replicas_not_restart_count
     assert docs.apply(app("Failed", 3))
     assert docs.apply(app("Failed", 3, ports=81))
     assert not docs.apply(event("Secret", "s", team="acme"))  # not a network kind
+
+
+def test_a_replica_turning_ready_or_not_ready_matters() -> None:
+    docs = NetworkDocs()
+
+    def app(ready: bool | None) -> Event:
+        entry: dict[str, Any] = {"index": 0, "state": "Running", "node": "n1"}
+        if ready is not None:
+            entry["ready"] = ready
+        return event("App", "api", team="acme", spec={"ports": [{"port": 80}]},
+                     status={"ip": "100.65.4.1", "replicas": [entry]})  # fmt: skip
+
+    assert docs.apply(app(None))
+    assert docs.apply(app(False))
+    assert not docs.apply(app(False))
+    assert docs.apply(app(True))

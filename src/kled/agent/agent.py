@@ -20,8 +20,9 @@ import importlib.metadata
 import logging
 import os
 import shutil
+import signal
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import psutil
 from kled.agent.mesh import MeshKeeper
 from kled.agent.net import gateway
 from kled.agent.net.host import HostNetworkLayer, LinuxHostNetwork
+from kled.agent.probing import ExecPlanner, Probers, run_handler
 from kled.agent.reconcile import Action, ActionKind, Observed, Reconciler, plan
 from kled.agent.runtime.base import Runtime
 from kled.agent.runtime.container import ContainerRuntime, container_engine
@@ -44,6 +46,7 @@ from kled.resources.hoststate import (
     HostDesiredState,
     LogLine,
     NodeHeartbeat,
+    ReplicaSpec,
     ReplicaState,
     ReplicaStatus,
     ReplicaStatusReport,
@@ -124,6 +127,8 @@ class Agent:
         workers: int = 8,
         network: HostNetworkLayer | None = None,
         network_recheck: float = 5.0,
+        drain_timeout: float = 10.0,
+        drain_settle: float = 1.0,
     ) -> None:
         self.data_dir = Path(data_dir)
         private_dir(self.data_dir)  # its keys, tokens and records are the host's business only
@@ -150,6 +155,15 @@ class Agent:
         self._reconcile_lock = asyncio.Lock()
         #: replicas told (once) to be Pending until their pod network is built
         self._network_waits: set[str] = set()
+        self.probers = Probers(self._exec_planner, self._ready_changed, self._probe_restart)
+        #: replica id → why the agent itself last restarted it (a failed probe)
+        self._restart_reasons: dict[str, str] = {}
+        self._probe_kick = asyncio.Event()
+        #: how long a stopping replica waits to leave this host's gateway, and then for the
+        #: other gateways of its team to apply the same change
+        self.drain_timeout = drain_timeout
+        self.drain_settle = drain_settle
+        self._background: set[asyncio.Task[None]] = set()
         #: the host's team gateways and pods; None on a host without the network layer
         self.mesh: MeshKeeper | None = None
         if network is not None:
@@ -170,6 +184,7 @@ class Agent:
             asyncio.create_task(self._heartbeats(), name="heartbeats"),
             asyncio.create_task(self._publish_loop(), name="publish"),
             asyncio.create_task(self._log_loop(), name="logs"),
+            asyncio.create_task(self._probe_loop(), name="probes"),
         ]
         if self.mesh is not None:
             tasks.append(asyncio.create_task(self._watch_peers(), name="peers"))
@@ -179,6 +194,8 @@ class Agent:
             await stop.wait()
         finally:
             await self.reconciler.close()
+            self.probers.close()
+            tasks += list(self._background)
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -203,6 +220,9 @@ class Agent:
                         state.revision,
                         len(state.replicas),
                     )
+                    if self.mesh is not None and self._desired is not None:
+                        # Replicas leaving keep their pods until they have stopped.
+                        self.mesh.hold(set(self._desired.by_id()) - set(state.by_id()))
                     self._desired = state
                     if self.mesh is not None:
                         self.mesh.want(state.network)
@@ -233,6 +253,8 @@ class Agent:
             return  # never act on "nothing desired" before the first value is known
         async with self._reconcile_lock:
             observed = await self.observe()
+            if self.mesh is not None:
+                self.mesh.release(self.mesh.held() - set(observed))
             desired = self._placed(self._desired)
             planned = plan(desired, observed)
             planned += self._outside_their_pods(desired, observed, {a.replica_id for a in planned})
@@ -287,7 +309,12 @@ class Agent:
             if self._refused_replicas.pop(action.replica_id, None) is None:
                 old = self.runtimes.get(action.current.runtime)
                 if old is not None:
+                    await self._drain(old, action.current)
                     await old.stop(action.replica_id)
+                    self.probers.stopped(action.replica_id)
+                    self._restart_reasons.pop(action.replica_id, None)
+                    if self.mesh is not None and action.kind == ActionKind.STOP:
+                        self.mesh.release({action.replica_id})
         if action.kind == ActionKind.STOP or action.spec is None:
             return
         spec = action.spec
@@ -313,6 +340,107 @@ class Agent:
         log.info("%s %s: %s", spec.resource_name, action.kind.value, action.reason)
         await rt.start(spec)
 
+    # -- graceful stop ----------------------------------------------------------------------
+    async def _drain(self, rt: Runtime, spec: ReplicaSpec) -> None:
+        """Take a replica out of service before it is stopped: not ready (reported, so the
+        control plane drops it from every gateway's backends), wait until this host's
+        gateway has dropped it and give the others a moment to do the same, then run its
+        preStop hook. SIGTERM comes after (the runtime's ``stop``)."""
+        rid = spec.id
+        try:
+            status = await rt.inspect(rid)
+        except KledError:
+            return
+        if status.state != ReplicaState.RUNNING:
+            return
+        self.probers.stopping(rid)
+        self._status_changed(status, event=False)  # ready: False
+        grace = float(spec.termination_grace_period_seconds or 30)
+        self._emit(AgentEvent(node=self.node, replica_id=rid, reason="Killing",
+                              message=f"stopping (grace {grace:g}s)"))  # fmt: skip
+        if self.mesh is not None and spec.pod_ip is not None and self.mesh.serving(spec.pod_ip):
+            loop = asyncio.get_running_loop()
+            until = loop.time() + self.drain_timeout
+            while self.mesh.serving(spec.pod_ip) and loop.time() < until:
+                await asyncio.sleep(0.1)
+            log.info("%s left this host's service backends", spec.resource_name)
+            await asyncio.sleep(self.drain_settle)
+        if spec.pre_stop is not None:
+            ok, what = await run_handler(spec, spec.pre_stop, grace, self._exec_planner(spec))
+            log.info("%s preStop hook: %s", spec.resource_name, what)
+            if not ok:
+                self._emit(AgentEvent(node=self.node, replica_id=rid, type=EventType.WARNING,
+                                      reason="FailedPreStopHook", message=what))  # fmt: skip
+
+    # -- probes -------------------------------------------------------------------------------
+    def _exec_planner(self, spec: ReplicaSpec) -> ExecPlanner:
+        rt = self.runtimes.get(spec.runtime)
+        if rt is None:
+            raise PermanentError(f"runtime {spec.runtime.value!r} is not available on this node")
+        return rt.exec_plan
+
+    async def _probe_loop(self) -> None:
+        """Keep a prober on every running replica with probes: on each status change
+        and every heartbeat interval."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._probe_kick.wait(), self.heartbeat_interval)
+            self._probe_kick.clear()
+            try:
+                observed = await self.observe()
+            except KledError as err:
+                log.debug("node/%s probes not synced: %s", self.node, err)
+                continue
+            self.probers.sync({rid: (o.spec, o.status) for rid, o in observed.items()})
+
+    def _ready_changed(self, replica_id: str) -> None:
+        self._spawn(self._report_now(replica_id))
+
+    async def _report_now(self, replica_id: str) -> None:
+        for rt in self.runtimes.values():
+            with contextlib.suppress(KledError):
+                self._status_changed(await rt.inspect(replica_id), event=False)
+                return
+
+    def _probe_restart(self, spec: ReplicaSpec, message: str) -> None:
+        """A liveness (or startup) probe gave up on the replica: restart it through its
+        runtime's restart policy, as a crash would, with the reason kept in its status."""
+        log.warning("%s %s; restarting", spec.resource_name, message)
+        self._restart_reasons[spec.id] = message
+        self._emit(AgentEvent(node=self.node, replica_id=spec.id, type=EventType.WARNING,
+                              reason="Unhealthy", message=f"{message}; restarting"))  # fmt: skip
+        self._spawn(self._kill(spec))
+
+    async def _kill(self, spec: ReplicaSpec) -> None:
+        rt = self.runtimes.get(spec.runtime)
+        if rt is None:
+            return
+        try:
+            status = await rt.inspect(spec.id)
+        except KledError:
+            return
+        pid = status.pid
+        if pid is None or status.state != ReplicaState.RUNNING:
+            return
+        self._status_changed(status.model_copy(update={"ready": False}), event=False)
+        kill = os.killpg if spec.runtime == RuntimeKind.PROCESS else os.kill
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + float(spec.termination_grace_period_seconds or 30)
+        while loop.time() < until and psutil.pid_exists(pid):
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGKILL)
+
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _emit(self, event: AgentEvent) -> None:
+        self._out.put_nowait(_Out("event", event, f"{self.node}.ev.{uuid.uuid4().hex}"))
+
     def _refused(self, action: Action, err: KledError) -> None:
         if action.spec is None:
             log.error("replica/%s %s failed: %s", action.replica_id, action.kind, err)
@@ -329,13 +457,17 @@ class Agent:
         self._status_changed(status)
 
     # -- what the agent observes ----------------------------------------
-    def _status_changed(self, status: ReplicaStatus) -> None:
-        status = self._with_pod_ip(status)
+    def _status_changed(self, status: ReplicaStatus, *, event: bool = True) -> None:
+        """Report a replica's status; ``event``: also the event its state calls for (a
+        change the runtime saw, not one of readiness alone)."""
+        status = self._judged(self._with_pod_ip(status))
+        if status.state == ReplicaState.RUNNING:
+            self._probe_kick.set()
         report = ReplicaStatusReport(node=self.node, replica=status)
         self._out.put_nowait(_Out("status", report, f"{self.node}.st.{uuid.uuid4().hex}"))
-        event = _event_for(self.node, status)
-        if event is not None:
-            self._out.put_nowait(_Out("event", event, f"{self.node}.ev.{uuid.uuid4().hex}"))
+        found = _event_for(self.node, status) if event else None
+        if found is not None:
+            self._emit(found)
 
     def _log_line(self, line: LogLine) -> None:
         if len(self._logs) == self._logs.maxlen:
@@ -352,8 +484,22 @@ class Agent:
             return status
         return status.model_copy(update={"pod_ip": self.mesh.place(spec).pod_ip})
 
+    def _judged(self, status: ReplicaStatus, spec: ReplicaSpec | None = None) -> ReplicaStatus:
+        """``status`` with what the agent adds: readiness, and why it restarted it."""
+        if spec is None and self._desired is not None:
+            spec = self._desired.by_id().get(status.id)
+        update: dict[str, object] = {}
+        if status.ready is None:
+            update["ready"] = self.probers.ready(spec, status)
+        if status.id in self._restart_reasons:
+            update["last_restart_reason"] = self._restart_reasons[status.id]
+        return status.model_copy(update=update) if update else status
+
+    def _statuses(self, observed: Iterable[Observed]) -> list[ReplicaStatus]:
+        return [self._judged(s, o.spec) for s, o in zip(_statuses(observed), observed, strict=True)]
+
     async def statuses(self) -> list[ReplicaStatus]:
-        return _statuses((await self.observe()).values())
+        return self._statuses(sorted((await self.observe()).values(), key=lambda o: o.id))
 
     async def heartbeat(self) -> NodeHeartbeat:
         observed = (await self.observe()).values()
@@ -363,7 +509,7 @@ class Agent:
             capacity=self.capacity,
             labels=self.labels,
             capabilities=self.capabilities,
-            replicas=_statuses(observed),
+            replicas=self._statuses(sorted(observed, key=lambda o: o.id)),
             apps=sorted({o.spec.app_uid for o in observed if o.spec.app_uid}),
             agent_version=agent_version(),
         )

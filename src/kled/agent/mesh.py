@@ -34,7 +34,7 @@ from kled.agent.net import liveness, netns, wireguard
 from kled.agent.net.host import HostNetworkLayer, HostReport
 from kled.errors import KledError
 from kled.resources.hoststate import ReplicaSpec, TeamMeshReport
-from kled.resources.netstate import HostNetwork
+from kled.resources.netstate import HostNetwork, PodNetwork
 from kled.resources.netstate import Peer as WgPeer
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,9 @@ class MeshKeeper:
         #: set when those change, so that the agent reports them at once rather than at
         #: its next heartbeat: `kled intercept start` waits for that report
         self.intercepts_changed = asyncio.Event()
+        #: pods of replicas no longer desired but still stopping: kept (without being
+        #: backends) until their replica has ended, so its last requests can finish
+        self._held: dict[str, PodNetwork] = {}
 
     # -- peers ----------------------------------------------------------------------------
     def follow_peers(self) -> None:
@@ -136,7 +139,42 @@ class MeshKeeper:
                 self._upstreams[team.team] = team.dns_server
                 update["dns_server"] = f"{team.bridge_ip}:53"
             teams.append(team.model_copy(update=update))
-        return network.model_copy(update={"teams": tuple(teams)})
+        used = {p.ip for p in network.pods} | {p.replica_id for p in network.pods}
+        names = {t.team for t in network.teams}
+        held = tuple(
+            p for p in self._held.values()
+            if p.replica_id not in used and p.ip not in used and p.team in names
+        )  # fmt: skip
+        return network.model_copy(update={"teams": tuple(teams), "pods": network.pods + held})
+
+    # -- stopping replicas ----------------------------------------------------------------
+    def hold(self, replica_ids: set[str]) -> None:
+        """Keep the pods of these replicas (desired until now) while they stop."""
+        desired = self._desired
+        for pod in desired.pods if desired is not None else ():
+            if pod.replica_id in replica_ids:
+                self._held[pod.replica_id] = pod
+
+    def held(self) -> set[str]:
+        return set(self._held)
+
+    def release(self, replica_ids: set[str]) -> None:
+        """Let go of the pods of these replicas (they have ended)."""
+        gone = [rid for rid in replica_ids if self._held.pop(rid, None) is not None]
+        if gone:
+            self._changed.set()
+
+    def serving(self, ip: str | None) -> bool:
+        """Whether ``ip`` is a service backend in the desired or the applied network."""
+        for network in (self._desired, self._applied):
+            for team in network.teams if network is not None else ():
+                if any(ip in service.backends for service in team.services):
+                    return True
+        return False
+
+    def applied(self) -> bool:
+        """Whether the newest desired network has been applied."""
+        return self._desired is not None and self._applied == self._desired
 
     # -- applying -----------------------------------------------------------------------
     def want(self, network: HostNetwork | None) -> None:

@@ -1,7 +1,7 @@
 """The resources host networks are built from, kept in memory from the event log.
 
 Host networks depend on a few fields of six kinds: a team's block and zone, a node's
-addresses in each team, an app's ports, service IP, pod IPs and running replicas, a
+addresses in each team, an app's ports, service IP, pod IPs and running (and ready) replicas, a
 device's mesh IP, an intercept's spec. Most writes touch none of them: every heartbeat
 rewrites ``Node.status`` (its time, its gateways' handshakes), and a replica's restart
 count changes an App's status. ``NetworkDocs`` keeps the latest document of each resource
@@ -44,7 +44,9 @@ def relevant(kind: str, doc: Doc | None) -> Any:
         return (deleting, spec.get("address"), addresses)
     if kind in ("App", "ManagedService"):
         running = sorted(
-            (int(r["index"]), r.get("state")) for r in status.get("replicas") or [] if "index" in r
+            (int(r["index"]), r.get("state"), r.get("ready"))
+            for r in status.get("replicas") or []
+            if "index" in r
         )
         return (
             deleting,

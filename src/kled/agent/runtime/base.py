@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from kled.resources.hoststate import LogLine, ReplicaSpec, ReplicaStatus, RuntimeKind
@@ -29,6 +30,23 @@ def _ignore_log(_: LogLine) -> None:
 
 IGNORE_STATUS: StatusSink = _ignore_status
 IGNORE_LOG: LogSink = _ignore_log
+
+
+@dataclass(frozen=True)
+class ExecPlan:
+    """How to run a command inside a replica (an exec probe, a preStop hook): the argv,
+    and for a process replica its working dir and environment."""
+
+    argv: list[str]
+    cwd: str | None = None
+    env: dict[str, str] | None = field(default=None, repr=False)
+
+
+def grace_of(spec: ReplicaSpec, default: float) -> float:
+    """Seconds from SIGTERM to SIGKILL for ``spec``'s replica: its
+    ``terminationGracePeriodSeconds``, else the runtime's ``default``."""
+    wanted = spec.termination_grace_period_seconds
+    return default if wanted is None else float(wanted)
 
 
 @runtime_checkable
@@ -66,6 +84,10 @@ class Runtime(Protocol):
 
     async def adopt(self) -> builtins.list[str]:
         """Re-attach to the replicas started before an agent restart; returns their ids."""
+        ...
+
+    def exec_plan(self, spec: ReplicaSpec, command: builtins.list[str]) -> ExecPlan:
+        """How to run ``command`` inside the replica of ``spec``."""
         ...
 
     async def detach(self) -> None:

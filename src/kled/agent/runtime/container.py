@@ -37,7 +37,14 @@ from datetime import datetime
 from pathlib import Path
 
 from kled.agent.runtime import records
-from kled.agent.runtime.base import IGNORE_LOG, IGNORE_STATUS, LogSink, StatusSink
+from kled.agent.runtime.base import (
+    IGNORE_LOG,
+    IGNORE_STATUS,
+    ExecPlan,
+    LogSink,
+    StatusSink,
+    grace_of,
+)
 from kled.errors import NotFound, Unavailable
 from kled.resources.hoststate import (
     LogLine,
@@ -125,7 +132,7 @@ class ContainerRuntime:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         stable_after: float = 10.0,
-        stop_grace: int = 10,
+        stop_grace: int = 30,
         pull: bool = True,
         pull_timeout: float = 120.0,
         log_max_bytes: int = 10 * 1024 * 1024,
@@ -149,6 +156,11 @@ class ContainerRuntime:
         self.log_max_bytes = log_max_bytes
         self.log_poll = log_poll
         self._replicas: dict[str, _Replica] = {}
+
+    def exec_plan(self, spec: ReplicaSpec, command: builtins.list[str]) -> ExecPlan:
+        """``podman exec`` of ``command`` in the replica's container."""
+        name = self.container_name(spec.id)
+        return ExecPlan(argv=[self.engine, *self.global_flags, "exec", name, *command])
 
     @staticmethod
     def container_name(replica_id: str) -> str:
@@ -181,7 +193,8 @@ class ContainerRuntime:
                 await rep.supervisor
         # Listed (as the node reports it) until its container is gone.
         name = self.container_name(replica_id)
-        await self._cli("rm", "-f", "-t", str(self.stop_grace), name)
+        grace = round(grace_of(rep.spec, self.stop_grace))
+        await self._cli("rm", "-f", "-t", str(grace), name)
         if self._replicas.get(replica_id) is rep:
             del self._replicas[replica_id]
         if rep.follower is not None:

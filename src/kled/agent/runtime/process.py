@@ -30,7 +30,14 @@ from pathlib import Path
 import psutil
 
 from kled.agent.runtime import records
-from kled.agent.runtime.base import IGNORE_LOG, IGNORE_STATUS, LogSink, StatusSink
+from kled.agent.runtime.base import (
+    IGNORE_LOG,
+    IGNORE_STATUS,
+    ExecPlan,
+    LogSink,
+    StatusSink,
+    grace_of,
+)
 from kled.agent.runtime.cgroups import Cgroups, join_cgroup
 from kled.agent.runtime.logfiles import LogFollower, open_for_child, tail_lines
 from kled.errors import NotFound
@@ -84,7 +91,7 @@ class ProcessRuntime:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         stable_after: float = 10.0,
-        stop_grace: float = 10.0,
+        stop_grace: float = 30.0,
         log_max_bytes: int = 10 * 1024 * 1024,
         log_keep: int = 3,
         log_poll: float = 0.5,
@@ -264,6 +271,17 @@ class ProcessRuntime:
         rep.status.restarts += 1
         return True
 
+    def exec_plan(self, spec: ReplicaSpec, command: builtins.list[str]) -> ExecPlan:
+        """``command`` in the replica's pod namespace, working dir and environment."""
+        env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+        env.update(spec.env)
+        argv = list(command)
+        if spec.pod_netns:
+            argv = [shutil.which("ip") or "ip", "netns", "exec", os.path.basename(spec.pod_netns),
+                    *argv]  # fmt: skip
+        cwd = spec.working_dir or str(records.private_dir(self.work_root) / spec.id)
+        return ExecPlan(argv=argv, cwd=cwd if os.path.isdir(cwd) else None, env=env)
+
     def _spawn(self, rep: _Replica) -> None:
         spec = rep.spec
         argv = [*spec.command, *spec.args]
@@ -342,7 +360,7 @@ class ProcessRuntime:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_wait_pid(pid), self.stop_grace)
+            await asyncio.wait_for(_wait_pid(pid), grace_of(rep.spec, self.stop_grace))
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)  # and whatever it left in its group
         await _wait_pid(pid)
