@@ -139,7 +139,7 @@ async def run_handler(
     except TimeoutError:
         return False, f"timed out after {timeout:g}s"
     except OSError as e:
-        return False, e.strerror or str(e)
+        return False, os.strerror(e.errno) if e.errno else str(e)
 
 
 @dataclass
