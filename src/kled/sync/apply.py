@@ -13,6 +13,7 @@ made must not bounce back to where it came from. Standard library only.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import itertools
 import os
@@ -50,9 +51,25 @@ class Incoming:
     mtime_ns: int
     written: int = 0
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+    entry: Entry | None = None
 
 
 _names = itertools.count()
+
+
+def _syncfs(root: str) -> None:
+    """Flush the filesystem that holds ``root`` (all of them where syncfs is missing)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(root, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
 
 
 @dataclass
@@ -118,24 +135,27 @@ class Applier:
             mtime_ns = os.fstat(inc.fd).st_mtime_ns
         finally:
             os.close(inc.fd)
+        inc.entry = Entry("file", inc.written, mtime_ns, inc.mode & 0o7777, inc.hasher.hexdigest())
         self.parked.append(inc)
-        return Entry("file", inc.written, mtime_ns, inc.mode & 0o7777, inc.hasher.hexdigest())
+        return inc.entry
 
-    def commit(self) -> list[tuple[str, str]]:
+    def commit(self) -> tuple[dict[str, Entry], list[tuple[str, str]]]:
         """Make the finished files durable, then rename each over its target.
 
-        A few files are fsynced one by one; a batch of many is flushed with one ``sync``,
-        which costs one journal commit instead of one per file (10,000 fsyncs take ~5 s
-        here). Either way no file is renamed into place before its bytes are on disk.
-        Returns (path, error) for the files that could not be put in place.
+        One file is fsynced; a batch is flushed with one ``syncfs`` of the root's
+        filesystem, which costs one journal commit instead of one per file (100 fsyncs take
+        ~170 ms here, one syncfs ~2-5 ms). Either way no file is renamed into place before
+        its bytes are on disk. Returns the entries now in place and (path, error) for the
+        files that could not be put there.
         """
         parked, self.parked = self.parked, []
+        done: dict[str, Entry] = {}
         errors: list[tuple[str, str]] = []
-        if len(parked) > 8:
-            os.sync()
+        if len(parked) > 1:
+            _syncfs(self.root)
         for inc in parked:
             try:
-                if len(parked) <= 8:
+                if len(parked) == 1:
                     fd = os.open(inc.tmp, os.O_RDONLY | os.O_CLOEXEC)
                     try:
                         os.fsync(fd)
@@ -146,11 +166,13 @@ class Applier:
                 os.replace(inc.tmp, inc.full)
                 st = os.lstat(inc.full)
                 self.applied[inc.rel] = ("file", st.st_size, st.st_mtime_ns)
+                if inc.entry is not None:
+                    done[inc.rel] = inc.entry
             except OSError as e:
                 errors.append((inc.rel, str(e)))
                 with contextlib.suppress(OSError):
                     os.unlink(inc.tmp)
-        return errors
+        return done, errors
 
     def abort(self, inc: Incoming) -> None:
         with contextlib.suppress(OSError):

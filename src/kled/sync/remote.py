@@ -113,7 +113,8 @@ class Remote:
         elif op == "get":
             await self._send_file(rid, str(header.get("path", "")))
         elif op == "commit":
-            errors = self.applier.commit()
+            done, errors = self.applier.commit()
+            self.cache.update(done)
             await self.channel.send(rid, {"op": "commit", "errors": errors})
         elif op == "batch":
             results = [self.applier.run(list(o)) for o in header.get("ops", [])]

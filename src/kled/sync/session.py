@@ -363,7 +363,9 @@ class SyncSession:
                         self._problem(failed, p, f"refused by the remote: {why}")
             elif not reply.get("ok"):
                 self._problem(failed, paths[0], f"refused by the remote: {reply.get('error')}")
-        for p, why in self.applier.commit():
+        placed, errors = self.applier.commit()
+        self.local_cache.update(placed)
+        for p, why in errors:
             self._problem(failed, p, f"not put in place: {why}")
         for p, t in done.links_local:
             self._local(failed, p, partial(self.applier.symlink, p, t))
