@@ -90,16 +90,20 @@ async def edits(local: Path, landed: Landed, count: int) -> list[float]:
     return out
 
 
-async def bursts(local: Path, landed: Landed, count: int, size: int = 100) -> list[float]:
-    out = []
+async def bursts(
+    local: Path, landed: Landed, count: int, size: int = 100
+) -> tuple[list[float], list[float]]:
+    """(write→all landed, how long the writes themselves took) per burst."""
+    out, writing = [], []
     for b in range(count):
         names = [f"burst/f{i:03}.py" for i in range(size)]
         t0 = time.monotonic()
         for name in names:
             (local / name).write_text(f"x = {b}\n" * 10)
+        writing.append(time.monotonic() - t0)
         out.append(await landed.wait(names, t0, timeout=20))
         await asyncio.sleep(0.1)
-    return out
+    return out, writing
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -122,7 +126,7 @@ async def measure_session(
     async with SyncSession(local, connect, token=token, on_batch=landed) as s:
         await s.wait_synced(timeout=60)
         one = await edits(local, landed, n_edits)
-        burst = await bursts(local, landed, n_bursts)
+        burst, writing = await bursts(local, landed, n_bursts)
         await s.wait_synced(timeout=30)
         me = psutil.Process()
         pid = remote_pid()
@@ -133,7 +137,7 @@ async def measure_session(
         return {
             "remote_watch": s.remote_watch,
             "one_file": stats(one),
-            "burst_100_files": stats(burst),
+            "burst_100_files": {**stats(burst), "of_which_writing_p50_ms": ms(writing, 0.5)},
             "idle_cpu_percent": {
                 "session": round((after[0] - before[0]) / 5 * 100, 2),
                 "remote": round((after[1] - before[1]) / 5 * 100, 2) if remote else None,
@@ -228,6 +232,16 @@ def start_container(work: Path) -> tuple[str, str] | str:
         podman("rmi", "-f", image)
         return f"podman run failed: {done.stderr.decode().strip()}"
     return name, image
+
+
+def container_remote_pid() -> int | None:
+    """The remote's python3 inside the container, as the host sees it (the newest one)."""
+    found = [
+        p
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if (p.info["cmdline"] or [])[-2:] == ["kled.sync.remote", "/app"]
+    ]
+    return max(found, key=lambda p: p.info["create_time"]).pid if found else None
 
 
 def tar_of(local: Path, names: list[str]) -> bytes:
@@ -339,7 +353,7 @@ async def main() -> None:
                         token,
                         args.edits,
                         args.bursts,
-                        lambda: None,
+                        container_remote_pid,
                     )
                     tar = peer(work / "p-local", name, args.edits, args.bursts)
                     result["container"] = {
