@@ -150,3 +150,8 @@ def _scenario(mesh: Mesh, state: Path) -> None:
     assert len(stopped) == 1, lines
     order = [what for what, pid, _ in lines if pid in stopped]
     assert order == ["prestop", "sigterm"], lines
+    # ... and the preStop hook came once this host's gateway had dropped the replica.
+    log = (mesh.root / "node1.log").read_text().splitlines()
+    drained = [i for i, line in enumerate(log) if "web.1 left this host's service backends" in line]
+    hooked = [i for i, line in enumerate(log) if "web.1 preStop hook" in line]
+    assert drained and hooked and drained[-1] < hooked[-1], (drained, hooked)

@@ -8,13 +8,16 @@ import random
 import shutil
 import subprocess
 import tarfile
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from kled.agent.probing import run_handler
 from kled.agent.runtime.container import ContainerRuntime, engine_flags
 from kled.resources.hoststate import (
+    Handler,
     LogLine,
     ReplicaSpec,
     ReplicaState,
@@ -190,3 +193,42 @@ async def test_a_new_runtime_adopts_running_containers(image: str, tmp_path: Pat
     finally:
         await new.stop(spec.id)
     assert not container_exists(new, spec.id)
+
+
+async def test_exec_probes_run_inside_the_container_and_its_grace_period_is_kept(
+    image: str, runtime: tuple[ContainerRuntime, Seen]
+) -> None:
+    rt, _ = runtime
+    spec = cspec(
+        image,
+        "probed",
+        [
+            "/bin/sh",
+            "-c",
+            'trap "" TERM; mkdir -p /tmp; touch /tmp/up; while true; do sleep 1; done',
+        ],
+        termination_grace_period_seconds=3,
+    )
+    await rt.start(spec)
+    inside = Handler(kind="exec", command=["/bin/sh", "-c", "test -f /tmp/up"])
+    await eventually_async(lambda: run_handler(spec, inside, 5, rt.exec_plan), "exec probe passes")
+    missing = Handler(kind="exec", command=["/bin/sh", "-c", "test -f /tmp/nope"])
+    assert await run_handler(spec, missing, 5, rt.exec_plan) == (False, "exit code 1")
+
+    began = time.monotonic()
+    await rt.stop(spec.id)  # SIGTERM is ignored: SIGKILL after the spec's 3 s, not the 1 s
+    assert time.monotonic() - began >= 2.5
+    assert not container_exists(rt, spec.id)
+
+
+async def eventually_async(
+    check: Callable[[], Awaitable[tuple[bool, str]]], what: str, timeout: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    last: tuple[bool, str] = (False, "never ran")
+    while time.monotonic() < deadline:
+        last = await check()
+        if last[0]:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"never happened: {what} (last: {last})")
