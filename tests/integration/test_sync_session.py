@@ -400,3 +400,27 @@ async def test_sync_into_a_podman_container(tmp_path: Path, container: str) -> N
         podman("exec", container, "sh", "-c", "echo made-inside > /app/api/out.txt")
         await eventually(lambda: (local / "api/out.txt").exists(), "change out", timeout=10)
         assert (local / "api/out.txt").read_text() == "made-inside\n"
+
+
+async def test_a_file_over_the_limit_is_named_and_skipped(dirs: tuple[Path, Path]) -> None:
+    local, remote = dirs
+    (local / "huge.bin").write_bytes(b"x" * 5000)
+    write(local / "small.txt", "s")
+    async with session(local, remote, max_file_size=4096) as (s, _, _b):
+        await s.wait_synced()
+        assert files(remote) == {"small.txt": b"s"}
+        assert s.problems == ["huge.bin: skipped: 5000 bytes is over the limit"]
+        write(local / "small.txt", "goes on")
+        await eventually(lambda: files(remote)["small.txt"] == b"goes on", "still syncing")
+
+
+async def test_a_remote_that_never_answers_does_not_hang_the_session(tmp_path: Path) -> None:
+    async def connect() -> Link:
+        return await open_process(["sh", "-c", "exit 3"])
+
+    s = SyncSession(tmp_path, connect, token=new_token())
+    await s.start()
+    await eventually(lambda: s.state == "disconnected", "gave up on a dead remote", timeout=10)
+    started = time.monotonic()
+    await s.stop()
+    assert time.monotonic() - started < 5 and s.state == "stopped"
