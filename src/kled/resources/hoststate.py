@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from kled.resources.netstate import HostNetwork
 
@@ -84,6 +84,12 @@ class ProbeSpec(Handler):
     failure_threshold: int = Field(default=3, ge=1)
 
 
+_LIFECYCLE_FIELDS = (
+    "readiness_probe", "liveness_probe", "startup_probe", "pre_stop",
+    "termination_grace_period_seconds",
+)  # fmt: skip
+
+
 class ReplicaSpec(_Model):
     """One replica of an app that should run on this host."""
 
@@ -117,6 +123,17 @@ class ReplicaSpec(_Model):
     #: whose pod network changed is restarted into the new one.
     pod_netns: str | None = None
     pod_ip: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_lifecycle(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An agent older than probes refuses keys it does not know: an app without probes
+        # or hooks sends exactly what it sent before, so agents can be upgraded after the
+        # control plane.
+        data: dict[str, Any] = handler(self)
+        for key in _LIFECYCLE_FIELDS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
     @property
     def id(self) -> str:
