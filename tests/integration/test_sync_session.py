@@ -59,8 +59,8 @@ async def eventually(check: Callable[[], bool], what: str, timeout: float = 20) 
 class Remote:
     """Starts ``python -m kled.sync.remote`` as the session asks; can be cut and held off."""
 
-    def __init__(self, root: Path, token: str) -> None:
-        self.root, self.token = root, token
+    def __init__(self, root: Path, token: str, watch: str = "") -> None:
+        self.root, self.token, self.watch = root, token, watch
         self.pids: list[int] = []
         self.allowed = asyncio.Event()
         self.allowed.set()
@@ -69,7 +69,7 @@ class Remote:
         await self.allowed.wait()
         link = await open_process(
             [sys.executable, "-m", "kled.sync.remote", str(self.root)],
-            {"KLED_SYNC_TOKEN": self.token, "PYTHONPATH": SRC},
+            {"KLED_SYNC_TOKEN": self.token, "PYTHONPATH": SRC, "KLED_SYNC_WATCH": self.watch},
         )
         assert link.pid is not None
         self.pids.append(link.pid)
@@ -90,10 +90,10 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 @contextlib.asynccontextmanager
 async def session(
-    local: Path, remote: Path, **kw: Any
+    local: Path, remote: Path, watch: str = "", **kw: Any
 ) -> AsyncIterator[tuple[SyncSession, Remote, list[Batch]]]:
     token = new_token()
-    peer = Remote(remote, token)
+    peer = Remote(remote, token, watch)
     batches: list[Batch] = []
     s = SyncSession(local, peer.connect, token=token, on_batch=batches.append, **kw)
     await s.start()
@@ -181,6 +181,34 @@ async def test_edits_deletes_dirs_modes_and_symlinks_flow_both_ways(
         await asyncio.sleep(0.5)
         assert len(batches) == before, f"changes bounced back: {batches[before:]}"
         assert s.problems == []
+
+
+@pytest.mark.parametrize("watch", ["watchfiles", "inotify", "poll"])
+async def test_remote_changes_come_back_whatever_the_remote_watches_with(
+    dirs: tuple[Path, Path], watch: str
+) -> None:
+    local, remote = dirs
+    async with session(local, remote, watch=watch, exclude=["cache"]) as (s, _, batches):
+        await s.wait_synced()
+        assert s.remote_watch == watch
+        write(remote / "a.txt", "1")
+        await eventually(lambda: files(local).get("a.txt") == b"1", "new file down")
+        write(remote / "a.txt", "2")
+        await eventually(lambda: files(local).get("a.txt") == b"2", "edit down")
+        staged = remote.parent / "staged"
+        for i in range(20):
+            write(staged / "deep" / f"{i}.txt", str(i))
+        staged.rename(remote / "pkg")
+        await eventually(lambda: len(files(local)) == 21, "a directory moved in, whole")
+        write(remote / "cache/x", "excluded")
+        (remote / "a.txt").unlink()
+        await eventually(lambda: not (local / "a.txt").exists(), "delete down")
+        await eventually(lambda: s.idle, "idle")
+        await asyncio.sleep(0.3)
+        assert not (local / "cache").exists()
+        quiet = len(batches)
+        await asyncio.sleep(0.4)
+        assert len(batches) == quiet, "the remote reported our own writes back"
 
 
 async def test_excludes_and_gitignore_are_not_synced(dirs: tuple[Path, Path]) -> None:
@@ -393,7 +421,7 @@ async def test_sync_into_a_podman_container(tmp_path: Path, container: str) -> N
 
     async with SyncSession(local, connect, token=token) as s:
         await s.wait_synced(timeout=60)
-        assert s.remote_watch == "poll", "the container has no watchfiles: it says it polls"
+        assert s.remote_watch == "inotify", "no watchfiles in the image: inotify via ctypes"
         assert in_container("/app/api/main.py") == "print('v1')"
         write(local / "api/main.py", "print('v2')")
         await eventually(lambda: in_container("/app/api/main.py") == "print('v2')", "edit in")

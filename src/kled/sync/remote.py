@@ -6,9 +6,10 @@ one session: a ``hello`` carrying the token it was given in ``KLED_SYNC_TOKEN`` 
 temporary name) and ``commit`` (the files put so far made durable and renamed into place,
 each atomically), ``get`` (a file streamed back), and ``batch`` (mkdir,
 move, symlink, chmod, delete — each refused if it leaves ROOT). Its own changes are sent
-back unasked as ``changed`` events: from ``watchfiles`` (inotify) when the image has it,
-otherwise from a stat walk every 100 ms, which the hello reply says (``watch: poll``). The
-changes it made itself are not reported. Standard library only, so it runs in any image
+back unasked as ``changed`` events: from ``watchfiles`` when the image has it, otherwise
+from inotify through ctypes (``inotify.py``), and where neither works from a stat walk
+every 100 ms; the hello reply says which (``watch``). The changes it made itself are not
+reported. Standard library only, so it runs in any image
 with ``python3`` and this package on its path.
 """
 
@@ -27,6 +28,7 @@ from kled.sync.channel import CHUNK, VERSION, Channel, ChannelError, Header
 from kled.sync.ignore import Ignore
 from kled.sync.index import Escape, Index, entry_at, remove_stale_temps, resolve, scan_paths
 from kled.sync.index import scan as scan_tree
+from kled.sync.inotify import Inotify
 
 POLL_SECONDS = 0.1
 
@@ -48,7 +50,8 @@ class Remote:
         self.applier = Applier(self.root)
         self.cache: Index = {}
         self.incoming: dict[int, Incoming | str] = {}
-        self.watch_mode = "inotify"
+        self.watch_mode = "poll"
+        self._inotify_watch = Inotify(self.root, self.ignore)
 
     async def serve(self) -> None:
         rid, header, _ = await self.channel.recv()
@@ -64,11 +67,7 @@ class Remote:
         self.ignore = Ignore([str(p) for p in header.get("exclude", [])])
         os.makedirs(self.root, exist_ok=True)
         remove_stale_temps(self.root)
-        try:
-            import watchfiles  # noqa: F401
-        except ImportError:
-            self.watch_mode = "poll"
-            _log(f"watchfiles is not installed here: polling {self.root} every 100 ms")
+        self.watch_mode = self._choose_watch()
         await self.channel.send(rid, {"op": "hello", "ok": True, "watch": self.watch_mode})
         watcher = asyncio.create_task(self._watch())
         try:
@@ -159,14 +158,43 @@ class Remote:
             out.append(rel)
         return sorted(out)
 
+    def _choose_watch(self) -> str:
+        """``watchfiles`` if the image has it, else inotify through ctypes, else polling.
+
+        ``KLED_SYNC_WATCH`` (watchfiles, inotify, poll) forces one, for tests."""
+        wanted = os.environ.get("KLED_SYNC_WATCH", "")
+        if wanted in ("", "watchfiles"):
+            try:
+                import watchfiles  # noqa: F401
+
+                return "watchfiles"
+            except ImportError:
+                pass
+        if wanted in ("", "watchfiles", "inotify"):
+            self._inotify_watch = Inotify(self.root, self.ignore)
+            try:
+                self._inotify_watch.open()
+                return "inotify"
+            except (OSError, AttributeError) as e:
+                self._inotify_watch.close()
+                _log(f"no inotify here ({e})")
+        _log(f"polling {self.root} every {POLL_SECONDS * 1000:.0f} ms")
+        return "poll"
+
     async def _watch(self) -> None:
-        source = self._inotify() if self.watch_mode == "inotify" else self._poll()
+        source: AsyncIterator[set[str]]
+        if self.watch_mode == "watchfiles":
+            source = self._watchfiles()
+        elif self.watch_mode == "inotify":
+            source = self._inotify_watch.batches()
+        else:
+            source = self._poll()
         async for rels in source:
             paths = self._report(rels)
             if paths:
                 await self.channel.send(0, {"op": "changed", "paths": paths})
 
-    async def _inotify(self) -> AsyncIterator[set[str]]:
+    async def _watchfiles(self) -> AsyncIterator[set[str]]:
         import watchfiles
 
         prefix = self.root + os.sep
