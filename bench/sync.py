@@ -9,7 +9,8 @@ that sees the host's ``/usr`` for ``python3``, through ``podman exec -i``. Measu
   that the file is renamed into place, taken from the session's ``on_batch``; the clock
   starts before the write, so the watcher's detection is included;
 - the initial sync of 10,000 files (100 dirs of 100 small files) into an empty remote;
-- CPU of the idle session (this process) and of the remote over 5 s;
+- CPU of the idle session (this process) and of the remote over 5 s, with a small tree
+  and with the 10,000-file tree;
 - the peer in the same run: one ``podman exec -i C tar -x`` per change into the same
   container (what Skaffold and Compose Watch do), timed from the write to tar's exit. It is
   given its change for free (no watcher), which favours it.
@@ -128,20 +129,12 @@ async def measure_session(
         one = await edits(local, landed, n_edits)
         burst, writing = await bursts(local, landed, n_bursts)
         await s.wait_synced(timeout=30)
-        me = psutil.Process()
-        pid = remote_pid()
-        remote = psutil.Process(pid) if pid else None
-        before = (cpu_seconds(me), cpu_seconds(remote) if remote else 0.0)
-        await asyncio.sleep(5)
-        after = (cpu_seconds(me), cpu_seconds(remote) if remote else 0.0)
+        idle = await idle_cpu(remote_pid())
         return {
             "remote_watch": s.remote_watch,
             "one_file": stats(one),
             "burst_100_files": {**stats(burst), "of_which_writing_p50_ms": ms(writing, 0.5)},
-            "idle_cpu_percent": {
-                "session": round((after[0] - before[0]) / 5 * 100, 2),
-                "remote": round((after[1] - before[1]) / 5 * 100, 2) if remote else None,
-            },
+            "idle_cpu_percent": idle,
         }
 
 
@@ -150,6 +143,7 @@ async def initial_sync(
     connect_for: Callable[[Path], Callable[[], Awaitable[Link]]],
     token: str,
     n_files: int,
+    remote_pid: Callable[[], int | None],
 ) -> dict[str, Any]:
     local, remote = base / "init-local", base / "init-remote"
     per = 100
@@ -165,13 +159,28 @@ async def initial_sync(
     t0 = time.monotonic()
     async with SyncSession(local, connect_for(remote), token=token) as s:
         await s.wait_synced(timeout=300)
-    took = time.monotonic() - t0
+        took = time.monotonic() - t0
+        idle = await idle_cpu(remote_pid())
     count = sum(len(files) for _, _, files in os.walk(remote))
     return {
         "files": count,
         "bytes": total,
         "seconds": round(took, 2),
         "files_per_second": round(count / took),
+        "idle_cpu_percent_with_this_tree": idle,
+    }
+
+
+async def idle_cpu(pid: int | None, seconds: float = 5) -> dict[str, float | None]:
+    """CPU of this process (the session) and of the remote, idle, over ``seconds``."""
+    me = psutil.Process()
+    remote = psutil.Process(pid) if pid else None
+    before = (cpu_seconds(me), cpu_seconds(remote) if remote else 0.0)
+    await asyncio.sleep(seconds)
+    after = (cpu_seconds(me), cpu_seconds(remote) if remote else 0.0)
+    return {
+        "session": round((after[0] - before[0]) / seconds * 100, 2),
+        "remote": round((after[1] - before[1]) / seconds * 100, 2) if remote else None,
     }
 
 
@@ -319,7 +328,9 @@ async def main() -> None:
                 args.bursts,
                 lambda: pids[-1] if pids else None,
             )
-            result["initial_sync"] = await initial_sync(work, local_remote, token, args.files)
+            result["initial_sync"] = await initial_sync(
+                work, local_remote, token, args.files, lambda: pids[-1] if pids else None
+            )
             made = start_container(work)
             if isinstance(made, str):
                 result["container"] = {"skipped": made}
