@@ -227,14 +227,18 @@ class Probers:
         assert probe is not None
         rid = run.spec.id
         await asyncio.sleep(probe.initial_delay_seconds)
+        last: tuple[bool, str] | None = None
         while run.state.restart is None and not run.state.stopping:
             if run.state.active(kind):
                 planner = self._exec_plan(run.spec)
                 ok, what = await run_handler(run.spec, probe, probe.timeout_seconds, planner)
                 before = run.state.ready
                 restart = run.state.record(kind, ok, what)
-                if not ok:
-                    log.info("%s %s probe failed: %s", run.spec.resource_name, kind, what)
+                if (ok, what) != last and (not ok or last is not None):
+                    # once per change, not every period
+                    log.info("%s %s probe %s: %s", run.spec.resource_name, kind,
+                             "passed" if ok else "failed", what)  # fmt: skip
+                last = (ok, what)
                 if run.state.ready != before:
                     log.info("%s ready=%s", run.spec.resource_name, run.state.ready)
                     self._on_ready_changed(rid)
