@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import struct
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kled.sync import remote as remote_module
 from kled.sync.channel import (
     CHUNK,
     HEADER,
@@ -203,7 +205,10 @@ async def test_a_wrong_token_is_refused(tmp_path: Path) -> None:
             await hello(client, "guess", [])
 
 
-async def test_remote_writes_atomically_and_refuses_escapes(tmp_path: Path) -> None:
+async def test_remote_writes_atomically_and_refuses_escapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote_module, "INDEX_PAGE", 3)
     src = tmp_path / "src"
     src.write_bytes(b"x" * (CHUNK + 1))
     root = tmp_path / "root"
@@ -233,5 +238,7 @@ async def test_remote_writes_atomically_and_refuses_escapes(tmp_path: Path) -> N
         assert [bool(e) for e in batch["errors"]] == [True, True, False, False]
         assert not (root / "evil").exists() and not (root / "d/up").is_symlink()
         (root / "skip.log").write_text("excluded")
-        index = await client.call({"op": "index", "paths": None})
-        assert sorted(index["entries"]) == ["d", "d/f", "e", "ok"]
+        reply, pages = await client.collect({"op": "index", "paths": None})
+        assert reply == {"op": "index", "pages": 2}, "the index comes in pages"
+        entries = {p for page in pages for p in json.loads(page)}
+        assert sorted(entries) == ["d", "d/f", "e", "ok"]

@@ -121,6 +121,14 @@ class Sink(Protocol):
     def write(self, data: bytes) -> None: ...
 
 
+class _Collected:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
 @dataclass
 class _Pending:
     future: asyncio.Future[Header]
@@ -190,6 +198,13 @@ class Client:
 
     async def call(self, header: Header, data: bytes = b"") -> Header:
         return await (await self.request(header, data))
+
+    async def collect(self, header: Header) -> tuple[Header, list[bytes]]:
+        """A request answered by ``data`` frames and a final reply: both, once all came."""
+        sink = _Collected()
+        rid, fut = self._new(sink)
+        await self.channel.send(rid, header)
+        return await fut, sink.parts
 
     async def put_file(self, header: Header, path: str) -> Awaitable[Header]:
         """Stream a local file as ``put`` + ``data``… + ``end`` (a small one as one ``put``

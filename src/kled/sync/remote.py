@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -31,6 +32,8 @@ from kled.sync.index import scan as scan_tree
 from kled.sync.inotify import Inotify
 
 POLL_SECONDS = 0.1
+#: index entries per frame (~110 bytes each before compression)
+INDEX_PAGE = 5000
 
 
 def _log(message: str) -> None:
@@ -89,7 +92,13 @@ class Remote:
             else:
                 found = scan_paths(self.root, self.ignore, [str(p) for p in paths], self.cache)
                 self.cache.update(found)
-            await self.channel.send(rid, {"op": "index", "entries": _wire(found)})
+            # pages as ``data`` frames, so that no tree is too big for one frame
+            items = list(found.items())
+            pages = range(0, len(items), INDEX_PAGE)
+            for start in pages:
+                page = _wire(dict(items[start : start + INDEX_PAGE]))
+                await self.channel.send(rid, {"op": "data"}, json.dumps(page).encode())
+            await self.channel.send(rid, {"op": "index", "pages": len(pages)})
         elif op == "put":
             try:
                 mode, mtime = int(header.get("mode", 0o644)), int(header.get("mtime_ns", 0))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 STEP_MS = 10
 DEBOUNCE_MS = 300
 MAX_FILE_SIZE = 1 << 30
+#: metadata operations per frame, and changed paths above which a batch re-reads both trees
+BATCH_OPS = 2000
+MANY_PATHS = 5000
 
 
 @dataclass(frozen=True)
@@ -246,9 +250,14 @@ class SyncSession:
     # --- syncing ----------------------------------------------------------------------
 
     async def _remote_index(self, client: Client, paths: list[str] | None) -> Index:
-        reply = await client.call({"op": "index", "paths": paths})
-        entries: dict[str, Any] = reply.get("entries", {})
-        return {p: Entry.from_wire(w) for p, w in entries.items() if valid_rel(p)}
+        reply, pages = await client.collect({"op": "index", "paths": paths})
+        if reply.get("op") != "index" or reply.get("pages") != len(pages):
+            raise ChannelError(f"a broken index reply: {reply}")
+        out: Index = {}
+        for page in pages:
+            entries: dict[str, Any] = json.loads(page)
+            out.update((p, Entry.from_wire(w)) for p, w in entries.items() if valid_rel(p))
+        return out
 
     async def _full_sync(self, client: Client) -> None:
         self.state = "syncing"
@@ -267,6 +276,11 @@ class SyncSession:
 
     async def _sync_paths(self, client: Client, paths: set[str], seen_at: float) -> None:
         assert self.base is not None
+        if len(paths) > MANY_PATHS:
+            # cheaper than naming them all, and no request grows past the frame limit
+            await self._full_sync(client)
+            self.state = "watching"
+            return
         local = scan_paths(self.root, self.ignore, paths, self.local_cache)
         for gone in set(under(self.local_cache, paths)) - set(local):
             del self.local_cache[gone]
@@ -311,7 +325,8 @@ class SyncSession:
             self._local(failed, d, partial(self.applier.move, s, d))
         pending: list[tuple[list[str], Awaitable[Header], _Download | None]] = []
         if pre:
-            pending.append(([str(o[1]) for o in pre], await client.request(_batch(pre)), None))
+            for ops in _pieces(pre):
+                pending.append(([str(o[1]) for o in ops], await client.request(_batch(ops)), None))
         sent = 0
         for p in done.uploads:
             e = source_local[p]
@@ -342,7 +357,8 @@ class SyncSession:
         post += [["chmod", p, m] for p, m in done.chmods_remote]
         post += [["delete", p] for p in done.deletes_remote]
         if post:
-            pending.append(([str(o[1]) for o in post], await client.request(_batch(post)), None))
+            for ops in _pieces(post):
+                pending.append(([str(o[1]) for o in ops], await client.request(_batch(ops)), None))
         for paths, fut, sink in pending:
             reply = await fut
             if sink is not None:
@@ -417,6 +433,11 @@ class SyncSession:
 
 def _batch(ops: list[list[Any]]) -> Header:
     return {"op": "batch", "ops": ops}
+
+
+def _pieces(ops: list[list[Any]], size: int = BATCH_OPS) -> list[list[list[Any]]]:
+    """Operations in frames of ``size``, so that a rename of 100,000 files fits the limit."""
+    return [ops[i : i + size] for i in range(0, len(ops), size)]
 
 
 def new_token() -> str:
