@@ -33,7 +33,16 @@ import watchfiles
 from kled.sync.apply import Applier, Incoming
 from kled.sync.channel import Channel, ChannelError, Client, Header, Link, hello
 from kled.sync.ignore import Ignore
-from kled.sync.index import Entry, Escape, Index, scan, scan_paths, under, valid_rel
+from kled.sync.index import (
+    Entry,
+    Escape,
+    Index,
+    remove_stale_temps,
+    scan,
+    scan_paths,
+    under,
+    valid_rel,
+)
 from kled.sync.plan import Plan, Strategy, plan, settled
 
 log = logging.getLogger(__name__)
@@ -123,6 +132,7 @@ class SyncSession:
     # --- lifetime ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        remove_stale_temps(self.root)
         self._tasks = [
             asyncio.create_task(self._watch_local(), name="sync-watch-local"),
             asyncio.create_task(self._supervise(), name="sync-supervisor"),
