@@ -28,19 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import socket
 import struct
-import threading
 from collections.abc import Callable
 
+from kled.agent.net import netns
 from kled.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-CLONE_NEWNET = 0x40000000
 _MAX_DNS = 4096
 _TCP_IDLE = 10.0
 _TCP_CLIENTS = 128
@@ -49,43 +47,26 @@ _TCP_CLIENTS = 128
 def sockets_in(netns_path: str, address: tuple[str, int]) -> tuple[socket.socket, socket.socket]:
     """A UDP socket and a listening TCP socket, both non-blocking, bound to ``address``
     inside the namespace ``netns_path``."""
-    result: list[tuple[socket.socket, socket.socket] | BaseException] = []
 
-    def enter_and_bind() -> None:
-        # This thread alone enters the namespace and ends right after, so no other code
-        # of the agent ever runs in it.
+    def bind() -> tuple[socket.socket, socket.socket]:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                for sock in (udp, tcp):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.bind(address)
-                    sock.setblocking(False)
-                tcp.listen(64)
-            except BaseException:
-                udp.close()
-                tcp.close()
-                raise
-            result.append((udp, tcp))
-        except BaseException as e:  # handed to the caller's thread
-            result.append(e)
+            for sock in (udp, tcp):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+                sock.setblocking(False)
+            tcp.listen(64)
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+        return udp, tcp
 
-    thread = threading.Thread(target=enter_and_bind, name="netns-socket", daemon=True)
-    thread.start()
-    thread.join()
-    got = result[0] if result else Unavailable(f"no socket made in {netns_path}")
-    if isinstance(got, BaseException):
-        raise Unavailable(f"DNS relay cannot listen in {netns_path}: {got}") from got
-    return got
+    try:
+        return netns.made_in(netns_path, bind)
+    except OSError as e:
+        raise Unavailable(f"DNS relay cannot listen in {netns_path}: {e}") from e
 
 
 def _inode(path: str) -> int | None:

@@ -14,58 +14,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from kled.agent.net import netns
 from kled.agent.probes import ProbeKind, ProbeState
 from kled.agent.runtime.base import ExecPlan
 from kled.resources.hoststate import Handler, ReplicaSpec, ReplicaState, ReplicaStatus
 
 log = logging.getLogger(__name__)
 
-CLONE_NEWNET = 0x40000000
 _MAX_STATUS_LINE = 1024
 
 ExecPlanner = Callable[[ReplicaSpec, list[str]], ExecPlan]
 
 
+def _tcp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    return sock
+
+
 def socket_in(netns_path: str | None) -> socket.socket:
     """A non-blocking TCP socket made inside ``netns_path`` (or here, when None)."""
     if netns_path is None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        return sock
-    result: list[socket.socket | BaseException] = []
-
-    def enter_and_make() -> None:
-        # This thread alone enters the namespace and ends right after.
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            result.append(sock)
-        except BaseException as e:  # handed to the caller's thread
-            result.append(e)
-
-    thread = threading.Thread(target=enter_and_make, name="probe-socket", daemon=True)
-    thread.start()
-    thread.join()
-    got = result[0] if result else OSError(f"no socket made in {netns_path}")
-    if isinstance(got, BaseException):
-        raise OSError(f"cannot enter {netns_path}: {got}") from got
-    return got
+        return _tcp_socket()
+    return netns.made_in(netns_path, _tcp_socket)
 
 
 async def _connect(spec: ReplicaSpec, port: int) -> socket.socket:

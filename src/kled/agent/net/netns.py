@@ -8,20 +8,59 @@ is gone are not errors.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import shutil
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from kled.agent.net.command import run
 from kled.errors import InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 #: files here are bind-mounted over /etc by ``ip netns exec`` (e.g. a pod's resolv.conf)
 ETC_NETNS_DIR = "/etc/netns"
 _MAX_NAME = 200
+
+
+def made_in(netns_path: str, make: Callable[[], T]) -> T:
+    """What ``make`` returns when called inside the namespace at ``netns_path``.
+
+    Sockets keep the namespace they were made in, so the agent makes them in a thread of
+    their own that alone enters the namespace (``setns``) and ends right after: no other
+    code of the agent ever runs there. ``make``'s exception is raised here, as an OSError.
+    """
+    result: list[T | BaseException] = []
+
+    def enter_and_make() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(make())
+        except BaseException as e:  # handed to the caller's thread
+            result.append(e)
+
+    thread = threading.Thread(target=enter_and_make, name="netns-socket", daemon=True)
+    thread.start()
+    thread.join()
+    got = result[0] if result else OSError(f"nothing made in {netns_path}")
+    if isinstance(got, BaseException):
+        raise OSError(f"cannot make a socket in {netns_path}: {got}") from got
+    return got
 
 
 def check_name(name: str) -> str:
