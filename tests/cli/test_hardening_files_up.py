@@ -6,7 +6,6 @@ replicas, processes or containers, are gone."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -14,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 import yaml
 from clikit import Cli, ServerProcess, free_port
 
+from imagekit import busybox_image
 from kled.agent.runtime.container import engine_flags
 from kled.cli.server import local_node_name
 
@@ -137,20 +136,7 @@ def podman(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def image(tmp_path: Path) -> Iterator[str]:
-    if PODMAN is None or BUSYBOX is None or os.geteuid() != 0:
-        pytest.skip("needs rootful podman and busybox")
-    root = tmp_path / "rootfs"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, root / "bin" / "busybox")
-    for applet in ("sh", "sleep"):
-        (root / "bin" / applet).symlink_to("busybox")
-    tarball = tmp_path / "rootfs.tar"
-    with tarfile.open(tarball, "w") as tar:
-        tar.add(root, arcname=".")
-    tag = f"localhost/kled-delete-wait:{MARKER}"
-    done = podman("import", str(tarball), tag)
-    if done.returncode != 0:
-        pytest.skip(f"podman import failed here: {done.stderr.strip()}")
+    tag = busybox_image(tmp_path, f"localhost/kled-delete-wait:{MARKER}", ("sh", "sleep"))
     try:
         yield tag
     finally:

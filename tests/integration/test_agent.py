@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from imagekit import busybox_image
 from kled.agent.agent import Agent
 from kled.agent.runtime.container import ContainerRuntime, engine_flags
 from kled.agent.runtime.process import ProcessRuntime
@@ -330,19 +330,7 @@ def _podman(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_agent_runs_a_process_app_and_a_container_app(
     tmp_path: Path, embedded: EmbeddedNats, control: ControlPlane
 ) -> None:
-    busybox = shutil.which("busybox")
-    assert busybox is not None
-    root = tmp_path / "rootfs"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(busybox, root / "bin" / "busybox")
-    for applet in ("sh", "sleep", "echo"):
-        (root / "bin" / applet).symlink_to("busybox")
-    with tarfile.open(tmp_path / "rootfs.tar", "w") as tar:
-        tar.add(root, arcname=".")
-    image = f"localhost/kled-test-busybox:{random.randint(10**6, 10**7)}"
-    imported = _podman("import", str(tmp_path / "rootfs.tar"), image)
-    if imported.returncode != 0:
-        pytest.skip(f"podman import failed here: {imported.stderr.strip()}")
+    image = busybox_image(tmp_path, f"localhost/kled-test-busybox:{random.randint(10**6, 10**7)}")
 
     m = str(random.randint(10**6, 10**7))
     proc = replica("api", 0, ["sleep", m])

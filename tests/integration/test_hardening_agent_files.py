@@ -17,7 +17,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import httpx
 import psutil
 import pytest
 
+from imagekit import busybox_image
 from kled.agent.runtime.container import ContainerRuntime, engine_flags
 from kled.agent.runtime.process import ProcessRuntime
 from kled.errors import InvalidInput
@@ -262,20 +262,11 @@ def podman(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if PODMAN is None or BUSYBOX is None or os.geteuid() != 0:
-        pytest.skip("needs rootful podman and busybox")
-    root = tmp_path_factory.mktemp("rootfs")
-    (root / "bin").mkdir()
-    shutil.copy(BUSYBOX, root / "bin" / "busybox")
-    for applet in ("sh", "sleep", "echo", "test", "["):
-        (root / "bin" / applet).symlink_to("busybox")
-    tarball = root.parent / "rootfs.tar"
-    with tarfile.open(tarball, "w") as tar:
-        tar.add(root, arcname=".")
-    tag = f"localhost/kled-hardening:{random.randint(10**6, 10**7)}"
-    done = podman("import", str(tarball), tag)
-    if done.returncode != 0:
-        pytest.skip(f"podman import failed here: {done.stderr.strip()}")
+    tag = busybox_image(
+        tmp_path_factory.mktemp("image"),
+        f"localhost/kled-hardening:{random.randint(10**6, 10**7)}",
+        ("sh", "sleep", "echo", "test", "["),
+    )
     try:
         yield tag
     finally:

@@ -13,13 +13,14 @@ import os
 import random
 import shutil
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from hostkit import Hosts, app_doc, eventually, marker, processes, sleepers
+
+from imagekit import busybox_image
 
 # in order, on one worker: each test starts from the state the previous one left
 pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("hosts")]
@@ -210,22 +211,7 @@ def _podman(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _busybox_image(root: Path) -> str:
     """A tiny image built here from the static busybox (no registry is reachable)."""
-    busybox = shutil.which("busybox")
-    if shutil.which("podman") is None or busybox is None or os.geteuid() != 0:
-        pytest.skip("needs root, podman and busybox-static")
-    rootfs = root / "rootfs"
-    (rootfs / "bin").mkdir(parents=True)
-    shutil.copy(busybox, rootfs / "bin" / "busybox")
-    for applet in ("sh", "sleep", "echo"):
-        (rootfs / "bin" / applet).symlink_to("busybox")
-    tarball = root / "rootfs.tar"
-    with tarfile.open(tarball, "w") as tar:
-        tar.add(rootfs, arcname=".")
-    tag = f"localhost/kled-hosts-box:{BOX}"
-    done = _podman("import", str(tarball), tag)
-    if done.returncode != 0:
-        pytest.skip(f"podman import failed here: {done.stderr.strip()}")
-    return tag
+    return busybox_image(root, f"localhost/kled-hosts-box:{BOX}")
 
 
 def test_a_container_app_runs_from_a_local_image(hosts: Hosts) -> None:

@@ -7,13 +7,13 @@ import os
 import random
 import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from imagekit import busybox_image
 from kled.agent.probing import run_handler
 from kled.agent.runtime.container import ContainerRuntime, engine_flags
 from kled.resources.hoststate import (
@@ -45,19 +45,11 @@ def podman(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """localhost/kled-test-busybox:<random>, imported from a busybox rootfs tarball."""
-    assert BUSYBOX is not None
-    root = tmp_path_factory.mktemp("rootfs")
-    (root / "bin").mkdir()
-    shutil.copy(BUSYBOX, root / "bin" / "busybox")
-    for applet in ("sh", "sleep", "echo", "cat", "env", "true"):
-        (root / "bin" / applet).symlink_to("busybox")
-    tarball = root.parent / "rootfs.tar"
-    with tarfile.open(tarball, "w") as tar:
-        tar.add(root, arcname=".")
-    tag = f"localhost/kled-test-busybox:{random.randint(10**6, 10**7)}"
-    done = podman("import", str(tarball), tag)
-    if done.returncode != 0:
-        pytest.skip(f"podman import failed here: {done.stderr.strip()}")
+    tag = busybox_image(
+        tmp_path_factory.mktemp("image"),
+        f"localhost/kled-test-busybox:{random.randint(10**6, 10**7)}",
+        ("sh", "sleep", "echo", "cat", "env", "true"),
+    )
     try:
         yield tag
     finally:

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from imagekit import busybox_image
 from kled.agent.runtime.container import engine_flags
 from kled.sync.channel import Link, open_process
 from kled.sync.plan import Strategy
@@ -347,25 +347,14 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def container(tmp_path: Path) -> Any:
     """A busybox container that sees the host's /usr (for python3) and Kled's source."""
-    if PODMAN is None:
-        pytest.skip("podman is not installed")
-    if BUSYBOX is None or os.geteuid() != 0:
-        pytest.skip("needs busybox (static) and root for rootful podman")
-    root = tmp_path / "rootfs"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, root / "bin" / "busybox")
-    for applet in ("sh", "sleep", "cat", "ls", "tar", "mkdir"):
-        (root / "bin" / applet).symlink_to("busybox")
-    for name, target in (("lib", "usr/lib"), ("lib64", "usr/lib64")):
-        (root / name).symlink_to(target)
-    for d in ("usr", "tmp", "app", "opt/kled"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    tarball = tmp_path / "rootfs.tar"
-    with tarfile.open(tarball, "w") as tar:
-        tar.add(root, arcname=".")
-    tag = f"localhost/kled-test-sync:{os.getpid()}-{time.monotonic_ns()}"
+    tag = busybox_image(
+        tmp_path,
+        f"localhost/kled-test-sync:{os.getpid()}-{time.monotonic_ns()}",
+        ("sh", "sleep", "cat", "ls", "tar", "mkdir"),
+        dirs=("usr", "tmp", "app", "opt/kled"),
+        links=(("lib", "usr/lib"), ("lib64", "usr/lib64")),
+    )
     name = f"kled-sync-test-{os.getpid()}-{time.monotonic_ns() % 10**6}"
-    podman("import", str(tarball), tag)
     _, run_flags = engine_flags(PODMAN)
     try:
         podman(
