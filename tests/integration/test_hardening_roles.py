@@ -8,6 +8,8 @@ store says of it. Each test works in its own team on the module's server.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -111,6 +113,31 @@ def test_the_last_owner_of_a_team_stays(server: RunningServer, team: str) -> Non
         r = root.delete(f"{users(team)}/olga")
         refused(r, 409, f"{last} and cannot be deleted: make another user owner first")
         assert root.get(f"{users(team)}/olga").json()["spec"]["role"] == "owner"
+
+
+def test_owners_removed_at_once_leave_one(server: RunningServer, team: str) -> None:
+    """Six owners deleted or demoted at the same moment: five go, one stays (issue 10)."""
+    names = [f"own{n}" for n in range(6)]
+    for name in names:
+        make_user(server, team, name, "owner")
+    barrier = threading.Barrier(len(names))
+
+    def remove(n: int) -> int:
+        with server.client() as c:
+            if n % 2:
+                me = c.get(f"{users(team)}/{names[n]}").json()
+                me["spec"]["role"] = "member"
+                barrier.wait()
+                return c.put(f"{users(team)}/{names[n]}", json=me).status_code
+            barrier.wait()
+            return c.delete(f"{users(team)}/{names[n]}").status_code
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        codes = list(pool.map(remove, range(len(names))))
+    assert sorted(codes) == [200] * 5 + [409], codes
+    with server.client() as c:
+        left = c.get(users(team)).json()["items"]
+    assert [u["spec"]["role"] for u in left].count("owner") == 1
 
 
 def test_a_put_cannot_revive_a_revoked_token(server: RunningServer, team: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from kled.errors import Conflict, NotFound
 from kled.store.cipher import SecretCipher
 from kled.store.database import Database
-from kled.store.objects import Key, Store
+from kled.store.objects import Invariant, Key, Store
 
 
 @pytest.fixture
@@ -164,3 +164,53 @@ async def test_secrets_are_encrypted_at_rest(store: Store, database_url: str) ->
 async def test_get_of_a_missing_resource_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.get(Key("App", "acme", "dev", "nope"))
+
+
+def owner(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kled.io/v1",
+        "kind": "User",
+        "metadata": {"name": name, "team": "acme"},
+        "spec": {"role": "owner"},
+    }
+
+
+def an_owner_remains(users: list[dict[str, Any]]) -> None:
+    if not any(u["spec"]["role"] == "owner" for u in users):
+        raise Conflict("the last owner stays")
+
+
+async def test_an_invariant_holds_across_two_processes_writing_at_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two stores on one database (two control-plane replicas): of six owners deleted or
+    demoted at once, half through each, five writes pass the check and one is undone."""
+    names = [f"o{n}" for n in range(6)]
+    dbs = [await Database.open(database_url) for _ in range(2)]
+    try:
+        stores = [Store(db, SecretCipher.from_data_dir(tmp_path)) for db in dbs]
+        for name in names:
+            await stores[0].create(owner(name))
+        rule = Invariant("User", "acme", an_owner_remains)
+
+        async def remove(n: int) -> str:
+            store, name = stores[n % 2], names[n]
+            try:
+                if n < 3:
+                    await store.delete(Key("User", "acme", "", name), invariant=rule)
+                else:
+                    demoted = {**owner(name), "spec": {"role": "admin"}}
+                    await store.update(demoted, invariant=rule)
+            except Conflict:
+                return "refused"
+            return "done"
+
+        results = await asyncio.gather(*(remove(n) for n in range(6)))
+        assert sorted(results) == ["done"] * 5 + ["refused"], results
+        users = (await stores[1].list("User", "acme")).items
+        assert [u["spec"]["role"] for u in users].count("owner") == 1
+        # the refused write was undone whole: its user is still there, still an owner
+        assert len(users) == 6 - results[:3].count("done")
+    finally:
+        for db in dbs:
+            await db.close()

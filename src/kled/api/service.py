@@ -8,6 +8,7 @@ two APIs cannot drift apart.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
@@ -26,7 +27,7 @@ from kled.resources.fields import MAX_DURATION_SECONDS
 from kled.resources.registry import KindInfo, Scope, kind_info
 from kled.store.cipher import redact
 from kled.store.credentials import ADMIN_USER, Credential, Credentials
-from kled.store.objects import Event, Key, Page, Store, Written
+from kled.store.objects import Event, Invariant, Key, Page, Store, Written
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Service:
         self.credentials = credentials
         self.chain = chain
         self._auth_cache: dict[str, tuple[float, UserInfo | None]] = {}
+        self._user_locks: dict[str, asyncio.Lock] = {}
 
     # ---- identity --------------------------------------------------------------------
 
@@ -247,8 +249,11 @@ class Service:
             self._request(Operation.UPDATE, key, doc, current, user, dry_run)
         )
         obj = admitted.object or doc
-        await self._before_update(user, key, current, obj)
-        written = await self.store.update(obj, expected_version=version, dry_run=dry_run)
+        async with self._users_of(key):
+            invariant = await self._before_update(user, key, current, obj)
+            written = await self.store.update(
+                obj, expected_version=version, dry_run=dry_run, invariant=invariant
+            )
         await self._after_update(key, current, written, dry_run)
         return Outcome(self.present(written.object), written.result, admitted.warnings)
 
@@ -303,12 +308,19 @@ class Service:
         admitted = await self.chain.admit(
             self._request(Operation.DELETE, key, None, current, user, dry_run)
         )
-        await self._before_delete(user, key, dry_run)
-        written: Written = await self.store.delete(
-            key, expected_version=expected_version, dry_run=dry_run
-        )
+        async with self._users_of(key):
+            invariant = await self._before_delete(user, key, dry_run)
+            written: Written = await self.store.delete(
+                key, expected_version=expected_version, dry_run=dry_run, invariant=invariant
+            )
         if not dry_run and key.kind == "Token":
             await self._revoke_quietly(key.team, key.name)
+        elif not dry_run and key.kind == "User":
+            # after the write, which may still be refused (the last owner); until then the
+            # user's tokens work, and after it they name no user, which refuses them anyway
+            await self.credentials.revoke_user(key.team, key.name)
+            await self._mark_revoked(key.team, key.name)
+            self.forget_credentials()
         return Outcome(self.present(written.object), written.result, admitted.warnings)
 
     async def clone_environment(
@@ -446,7 +458,7 @@ class Service:
 
     async def _before_update(
         self, user: UserInfo, key: Key, current: dict[str, Any], obj: dict[str, Any]
-    ) -> None:
+    ) -> Invariant | None:
         if key.kind == "User":
             old_role = _role(current)
             new_role = _role(obj)
@@ -454,9 +466,11 @@ class Service:
             authz.check_grant(user, new_role, f"user {key.name}")
             if old_role == "owner" and new_role != "owner":
                 await self._keep_an_owner(key, "demote")
+                return _an_owner_remains(key, "demote")
         elif key.kind == "Token":
             await self._check_token_holder(user, key, current)
             _keep_token_facts(current, obj)
+        return None
 
     async def _after_update(
         self, key: Key, current: dict[str, Any], written: Written, dry_run: bool
@@ -467,19 +481,21 @@ class Service:
         if (written.object.get("spec") or {}).get("revoked"):
             await self._revoke_quietly(key.team, key.name)
 
-    async def _before_delete(self, user: UserInfo, key: Key, dry_run: bool) -> None:
+    async def _before_delete(self, user: UserInfo, key: Key, dry_run: bool) -> Invariant | None:
         """Deleting a container deletes what it holds, as a namespace does in Kubernetes."""
+        invariant = None
         if key.kind == "User":
             role = _role(await self.store.find(key))
             authz.check_ceiling(user, role, "delete", f"user {key.name}")
             if role == "owner":
                 await self._keep_an_owner(key, "delete")
+                invariant = _an_owner_remains(key, "delete")
         elif key.kind == "Token":
             token = await self.store.find(key)
             if token is not None:
                 await self._check_token_holder(user, key, token)
         if dry_run:
-            return
+            return invariant
         if key.kind == "Environment":
             for kind in ("Intercept", "App", "ManagedService", "Config", "Secret"):
                 for doc in (await self.store.list(kind, key.team, key.name)).items:
@@ -502,10 +518,16 @@ class Service:
             ):
                 for doc in (await self.store.list(info_kind, key.name)).items:
                     await self.store.delete(Key.of(doc))
-        elif key.kind == "User":
-            await self.credentials.revoke_user(key.team, key.name)
-            await self._mark_revoked(key.team, key.name)
         self.forget_credentials()
+        return invariant
+
+    def _users_of(self, key: Key) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Writes to a team's users one at a time in this process: the last-owner check and
+        the write it allows cannot interleave with another's (``_an_owner_remains`` holds
+        the rule across control-plane replicas)."""
+        if key.kind != "User":
+            return contextlib.nullcontext()
+        return self._user_locks.setdefault(key.team, asyncio.Lock())
 
     async def _keep_an_owner(self, key: Key, verb: str) -> None:
         """A team always keeps an owner: its last one can be neither demoted nor deleted."""
@@ -572,6 +594,21 @@ class Service:
         self.forget_credentials()
         with contextlib.suppress(NotFound):
             await self.credentials.revoke("api", team, name)
+
+
+def _an_owner_remains(key: Key, verb: str) -> Invariant:
+    """The last-owner rule again, inside the write's transaction, after the write."""
+
+    def check(users: list[dict[str, Any]]) -> None:
+        if not any(
+            _role(u) == "owner" and not u["metadata"].get("deletionTimestamp") for u in users
+        ):
+            raise Conflict(
+                f"user {key.name} is the last owner of team {key.team} and cannot be {verb}d: "
+                "make another user owner first"
+            )
+
+    return Invariant("User", key.team, check)
 
 
 def _role(user_doc: dict[str, Any] | None) -> str | None:

@@ -105,6 +105,20 @@ class Written:
     result: str  # created | configured | unchanged | deleted | deleting
 
 
+@dataclass(frozen=True)
+class Invariant:
+    """A rule over a team's documents of one kind that a write must leave true.
+
+    ``check`` sees them as they are after the write, inside its transaction, and raises to
+    undo it. Every write transaction takes the revision row first, so writes run one at a
+    time, across processes too: none can slip in between the check and the commit.
+    """
+
+    kind: str
+    team: str
+    check: Callable[[list[dict[str, Any]]], None]
+
+
 @dataclass
 class _Changes:
     waiters: set[asyncio.Event] = field(default_factory=set)
@@ -258,6 +272,7 @@ class Store:
         *,
         expected_version: str | None = None,
         dry_run: bool = False,
+        invariant: Invariant | None = None,
     ) -> Written:
         """Replace the desired part, labels, annotations and finalizers; keep status."""
         key = Key.of(doc)
@@ -279,6 +294,7 @@ class Store:
                 if not changed:
                     raise _Unchanged(current)
                 written = await self._store_change(conn, rev, key, merged)
+                await self._hold(conn, invariant)
         except _Unchanged as same:
             return Written(same.current, "unchanged")
         self._notify()
@@ -306,7 +322,12 @@ class Store:
         return written
 
     async def delete(
-        self, key: Key, *, expected_version: str | None = None, dry_run: bool = False
+        self,
+        key: Key,
+        *,
+        expected_version: str | None = None,
+        dry_run: bool = False,
+        invariant: Invariant | None = None,
     ) -> Written:
         """Delete now, or mark for deletion while finalizers remain."""
         if dry_run:
@@ -334,6 +355,7 @@ class Store:
                     new["metadata"]["deletionTimestamp"] = _iso(_now())
                     result = "deleted"
                 written = await self._store_change(conn, rev, key, new)
+                await self._hold(conn, invariant)
         except _Unchanged as same:
             return Written(same.current, "deleting")
         self._notify()
@@ -433,6 +455,20 @@ class Store:
                 created_at=_now(),
             )
         )
+
+    async def _hold(self, conn: AsyncConnection, invariant: Invariant | None) -> None:
+        if invariant is None:
+            return
+        query = select(resources.c.environment, resources.c.name, resources.c.doc).where(
+            resources.c.kind == invariant.kind, resources.c.team == invariant.team
+        )
+        docs = []
+        for row in (await conn.execute(query)).all():
+            key = Key(invariant.kind, invariant.team, row.environment, row.name)
+            doc = self._readable(row.doc, key)
+            if doc is not None:
+                docs.append(doc)
+        invariant.check(docs)
 
     async def _row(self, conn: AsyncConnection, key: Key) -> Any:
         return (await conn.execute(select(resources).where(_key_clause(key)))).first()
