@@ -56,6 +56,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--subjects-prefix", default="", help="for test installations")
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats")
     p.add_argument(
+        "--usage-interval",
+        type=float,
+        default=10.0,
+        help="seconds between measurements of replicas' CPU, memory and network",
+    )
+    p.add_argument(
         "--network",
         choices=("auto", "on", "off"),
         default="auto",
@@ -151,6 +157,7 @@ async def main(args: argparse.Namespace) -> None:
         reg.node,
         labels=labels,
         heartbeat_interval=args.heartbeat,
+        usage_interval=args.usage_interval,
         network=_network(args, reg.node),
     )
     try:

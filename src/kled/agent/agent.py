@@ -37,6 +37,7 @@ from kled.agent.runtime.base import Runtime
 from kled.agent.runtime.container import ContainerRuntime, container_engine
 from kled.agent.runtime.process import ProcessRuntime
 from kled.agent.runtime.records import private_dir
+from kled.agent.usage import Running, UsageMeter
 from kled.bus.office import MessageOffice
 from kled.errors import Forbidden, KledError, PermanentError, TemporaryError, Unavailable
 from kled.resources.hoststate import (
@@ -129,6 +130,7 @@ class Agent:
         network_recheck: float = 5.0,
         drain_timeout: float = 10.0,
         drain_settle: float = 1.0,
+        usage_interval: float = 10.0,
     ) -> None:
         self.data_dir = Path(data_dir)
         private_dir(self.data_dir)  # its keys, tokens and records are the host's business only
@@ -163,6 +165,8 @@ class Agent:
         #: other gateways of its team to apply the same change
         self.drain_timeout = drain_timeout
         self.drain_settle = drain_settle
+        #: replicas' and the host's CPU, memory and network, sent with a heartbeat this often
+        self.usage = UsageMeter(usage_interval)
         self._background: set[asyncio.Task[None]] = set()
         #: the host's team gateways and pods; None on a host without the network layer
         self.mesh: MeshKeeper | None = None
@@ -503,7 +507,17 @@ class Agent:
 
     async def heartbeat(self) -> NodeHeartbeat:
         observed = (await self.observe()).values()
+        usage, node_usage = None, None
+        if self.usage.due():
+            running = [
+                Running(o.id, o.status.pid, in_pod=_own_netns(o.spec))
+                for o in observed
+                if o.status.state == ReplicaState.RUNNING and o.status.pid is not None
+            ]
+            usage, node_usage = await asyncio.to_thread(self.usage.measure, running)
         return NodeHeartbeat(
+            usage=usage,
+            node_usage=node_usage,
             mesh=await self.mesh.reports() if self.mesh is not None else {},
             node=self.node,
             capacity=self.capacity,
@@ -584,6 +598,11 @@ class Agent:
 def _statuses(observed: Iterable[Observed]) -> list[ReplicaStatus]:
     with_ip = (o.status.model_copy(update={"pod_ip": o.spec.pod_ip}) for o in observed)
     return sorted(with_ip, key=lambda s: s.id)
+
+
+def _own_netns(spec: ReplicaSpec) -> bool:
+    """Whether the replica's network namespace is its own: a pod's, or a container's."""
+    return spec.pod_netns is not None or spec.runtime == RuntimeKind.CONTAINER
 
 
 def _in_netns(pid: int, netns_path: str) -> bool:

@@ -50,6 +50,12 @@ def agent(
     heartbeat: Annotated[
         float, typer.Option("--heartbeat", help="Seconds between heartbeats.")
     ] = 2.0,
+    usage_interval: Annotated[
+        float,
+        typer.Option(
+            "--usage-interval", help="Seconds between measurements of replicas' CPU and memory."
+        ),
+    ] = 10.0,
     network: Annotated[
         str,
         typer.Option(
@@ -79,10 +85,13 @@ def agent(
         raise InvalidInput(f"must be one of {', '.join(NETWORK_MODES)}", field="--network")
     if heartbeat <= 0:
         raise InvalidInput("must be more than 0", field="--heartbeat")
+    if usage_interval <= 0:
+        raise InvalidInput("must be more than 0", field="--usage-interval")
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise InvalidInput("must be debug, info, warning or error", field="--log-level")
     argv = ["--data-dir", str(data_dir), "--heartbeat", str(heartbeat), "--network", network]
+    argv += ["--usage-interval", str(usage_interval)]
     argv += ["--name", name] if name else []
     argv += ["--server", server] if server else []
     argv += ["--token", token] if token else []

@@ -226,6 +226,34 @@ class TeamMeshReport(_Model):
     intercepts: list[str] = Field(default_factory=list)
 
 
+class ReplicaUsage(_Model):
+    """What one replica uses, measured by the agent (cgroup v2, else ``/proc``)."""
+
+    #: CPU time since the replica (its cgroup, or its process tree) started
+    cpu_seconds: float = Field(ge=0)
+    #: CPU rate over the last sampling interval; None on the first sample
+    cpu_millicores: int | None = Field(default=None, ge=0)
+    memory_bytes: int = Field(ge=0)
+    #: bytes through its pod namespace's interfaces (loopback excepted); None outside a pod
+    rx_bytes: int | None = Field(default=None, ge=0)
+    tx_bytes: int | None = Field(default=None, ge=0)
+    rx_bytes_per_second: float | None = Field(default=None, ge=0)
+    tx_bytes_per_second: float | None = Field(default=None, ge=0)
+    #: where the numbers come from: ``cgroup`` (the replica's own) or ``proc`` (its processes)
+    source: Literal["cgroup", "proc"] = "proc"
+
+
+class NodeUsage(_Model):
+    """What the whole host uses (``/proc/stat``, ``/proc/meminfo``)."""
+
+    cpu_seconds: float = Field(ge=0)
+    cpu_millicores: int | None = Field(default=None, ge=0)
+    memory_bytes: int = Field(ge=0)
+
+
+_USAGE_FIELDS = ("usage", "node_usage")
+
+
 class NodeHeartbeat(_Model):
     node: str
     time: datetime = Field(default_factory=utcnow)
@@ -240,6 +268,19 @@ class NodeHeartbeat(_Model):
     agent_version: str = ""
     #: team → this node's WireGuard key and port there (teams whose gateway is up)
     mesh: dict[str, TeamMeshReport] = Field(default_factory=dict)
+    #: replica id → its usage; sent at most every usage interval (10 s), None between.
+    #: Left out of the message when None, so that a control plane older than usage
+    #: reporting (its model refuses unknown keys) still takes this agent's heartbeats.
+    usage: dict[str, ReplicaUsage] | None = None
+    node_usage: NodeUsage | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_usage(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in _USAGE_FIELDS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class EventType(StrEnum):
