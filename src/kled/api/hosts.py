@@ -29,6 +29,7 @@ from kled.api.rest import User, _body, service
 from kled.api.service import ADMIN, Service, parse_duration
 from kled.bus.embedded import EmbeddedNats
 from kled.bus.office import ConnectOptions, MessageOffice, StatusMessage
+from kled.control.usage import UsageBook
 from kled.control.workloads import DesiredStateSink, WorkloadController
 from kled.errors import Forbidden, InvalidInput, Unauthorized, Unavailable
 from kled.resources.hoststate import AgentEvent, HostDesiredState, NodeHeartbeat
@@ -70,6 +71,8 @@ class HostServices:
         self.embedded: EmbeddedNats | None = None
         self.office: MessageOffice | None = None
         self.workloads: WorkloadController | None = None
+        #: the latest usage of every replica and node, from heartbeats (never stored)
+        self.usage = UsageBook()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -174,6 +177,7 @@ class HostServices:
 
         async def handle(message: StatusMessage) -> None:
             if isinstance(message, NodeHeartbeat):
+                self.usage.record(message)
                 await workloads.on_heartbeat(message)
                 kind = "heartbeat"
             elif isinstance(message, AgentEvent):
@@ -197,6 +201,7 @@ class HostServices:
             await self._forget_node(event.name)
 
     async def _forget_node(self, node: str) -> None:
+        self.usage.forget(node)
         if self.embedded is not None:
             await self.embedded.remove_node(node)
         if self.office is not None:

@@ -5,7 +5,8 @@
 --metrics``; it opens ``/metrics`` and nothing else) see every series. A team user's token
 sees only the series labelled with its own team — the ``policy="team/name"`` series of
 kPolicy, and any ``team`` label — and none of the server-wide ones, so that no team learns
-another's policy names or the server's traffic.
+another's policy names or the server's traffic. The apps' and nodes' usage series
+(``kled_app_*``, ``kled_node_*``, from ``api/usage.py``) follow the same rule.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kled.api import authz
 from kled.api.openapi import json_body
 from kled.api.rest import User, _body, service
 from kled.api.service import parse_duration
+from kled.api.usage import UsageSeries, book_of
 from kled.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from kled.resources.meta import is_dns_label
 from kled.store.credentials import Credential
@@ -97,7 +99,8 @@ async def metrics(request: Request, authorization: str | None = Header(default=N
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
     team = await _metrics_scope(request, token)
-    registry: Any = REGISTRY if team is None else TeamSeries(team)
+    own: Any = REGISTRY if team is None else TeamSeries(team)
+    registry = Scrape([own, UsageSeries(book_of(request), team)])
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -123,6 +126,17 @@ def team_of(labels: dict[str, str]) -> str | None:
         return labels["team"]
     policy = labels.get("policy") or ""
     return policy.split("/", 1)[0] if "/" in policy else None
+
+
+class Scrape:
+    """Several collectors served as one scrape."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+    def collect(self) -> Iterator[Metric]:
+        for part in self.parts:
+            yield from part.collect()
 
 
 class TeamSeries:

@@ -21,7 +21,7 @@ import uvicorn
 
 from kled.admission.chain import AdmissionChain
 from kled.admission.policy import PolicyEngine, compile_check
-from kled.api import device_feed, hosts, intercepts, mesh, policies
+from kled.api import device_feed, hosts, intercepts, mesh, policies, usage
 from kled.api.app import create_app
 from kled.api.hosts import HostServices
 from kled.api.intercepts import InterceptServices
@@ -148,6 +148,7 @@ class ControlPlane:
                 mesh.router,
                 device_feed.router,
                 intercepts.router,
+                usage.router,
             ],
             state={"violations": self.violations, "hosts": self.hosts, "mesh": self.mesh},
         )
