@@ -124,7 +124,9 @@ class Hosts:
 
     # ---- agents -----------------------------------------------------------------------
 
-    def start_agent(self, name: str, *, join: bool = True, labels: str = "") -> None:
+    def start_agent(
+        self, name: str, *, join: bool = True, labels: str = "", extra: tuple[str, ...] = ()
+    ) -> None:
         args = [str(KLED), "agent", "--name", name, "--data-dir", str(self.root / name)]
         # several agents on one machine: the team meshes are the e2e tests' (hosts as netns)
         args += ["--heartbeat", "0.5", "--log-level", "info", "--network", "off"]
@@ -133,6 +135,7 @@ class Hosts:
             args += ["--server", self.url, "--token", token]
         if labels:
             args += ["--labels", labels]
+        args += extra
         with open(self.root / f"{name}.log", "ab") as log:
             self.agents[name] = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, env=self.cli.env

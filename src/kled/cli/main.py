@@ -30,6 +30,7 @@ from kled.cli import (
     server,
     teams,
     tokens,
+    top,
     users,
 )
 from kled.cli.output import err_console, out
@@ -110,6 +111,7 @@ def _mount() -> None:
     app.add_typer(secrets.app, name="secret", help="Set and read the keys of a secret.")
     app.add_typer(nodes.app, name="node", help="Join tokens, and the nodes that run apps.")
     app.add_typer(apps.app, name="app", help="Restart and scale apps.")
+    app.add_typer(top.app, name="top", help="What apps and nodes use now: CPU, memory.")
     from kled.cli import ips
 
     app.add_typer(ips.app, name="ip", help="Who holds which address of a team's block.")

@@ -1,0 +1,105 @@
+"""``kled top apps|nodes``: what apps and nodes use now, as ``kubectl top`` shows it.
+
+The numbers are the agents' latest samples (every 10 s), summed per app over its
+replicas: CPU in millicores (``250m``), memory in Mi, restarts and ready replicas.
+``-o json`` prints the API's rows as they are, numbers in millicores and bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from kled.cli.output import align, note, out, to_json
+from kled.cli.state import STATE, EnvOption, TeamOption
+from kled.errors import InvalidInput
+
+app = typer.Typer(no_args_is_help=True)
+
+Output = Annotated[str, typer.Option("--output", "-o", help="table or json.")]
+
+
+def _format(output: str) -> str:
+    if output not in ("table", "json"):
+        raise InvalidInput(f"unknown output format {output!r} (use table, json)", field="--output")
+    return output
+
+
+def millicores(value: Any) -> str:
+    """CPU as ``kubectl top`` shows it: always millicores, ``-`` when not measured yet."""
+    return f"{value}m" if isinstance(value, int) else "-"
+
+
+def mebibytes(value: Any) -> str:
+    return f"{round(value / (1 << 20))}Mi" if isinstance(value, int) else "-"
+
+
+def _percent(value: Any) -> str:
+    return f"{value}%" if isinstance(value, int) else "-"
+
+
+@app.command("apps")
+def top_apps(
+    env: EnvOption = None,
+    all_envs: Annotated[
+        bool, typer.Option("--all-environments", "-A", help="Every environment of the team.")
+    ] = False,
+    team: TeamOption = None,
+    output: Output = "table",
+) -> None:
+    """CPU, memory, restarts and ready replicas of a team's apps."""
+    _format(output)
+    chosen_team = STATE.team_for(team)
+    chosen_env = None if all_envs else STATE.env_or_none(env)
+    params = {"environment": chosen_env} if chosen_env else {}
+    with STATE.client() as client:
+        rows: list[dict[str, Any]] = client.get(f"/api/v1/teams/{chosen_team}/usage", **params)[
+            "items"
+        ]
+    if output == "json":
+        out(to_json(rows))
+        return
+    if not rows:
+        where = f"environment {chosen_env}" if chosen_env else f"team {chosen_team}"
+        note(f"no usage yet in {where}: agents report it every 10 s while replicas run")
+        return
+    head = ["NAME", "READY", "CPU(cores)", "MEMORY(bytes)", "RESTARTS"]
+    show_env = chosen_env is None
+    table = [["ENVIRONMENT", *head] if show_env else head]
+    for row in rows:
+        cells = [
+            str(row["app"]),
+            f"{row['ready']}/{row['replicas']}",
+            millicores(row.get("cpuMillicores")),
+            mebibytes(row.get("memoryBytes")),
+            str(row["restarts"]),
+        ]
+        table.append([str(row["environment"]), *cells] if show_env else cells)
+    out(align(table))
+
+
+@app.command("nodes")
+def top_nodes(output: Output = "table") -> None:
+    """CPU and memory of every node, and the share of its capacity."""
+    _format(output)
+    with STATE.client() as client:
+        rows: list[dict[str, Any]] = client.get("/api/v1/usage/nodes")["items"]
+    if output == "json":
+        out(to_json(rows))
+        return
+    if not rows:
+        note("no node has reported usage yet: agents report it every 10 s")
+        return
+    table = [["NAME", "CPU(cores)", "CPU%", "MEMORY(bytes)", "MEMORY%"]]
+    for row in rows:
+        table.append(
+            [
+                str(row["node"]),
+                millicores(row.get("cpuMillicores")),
+                _percent(row.get("cpuPercent")),
+                mebibytes(row.get("memoryBytes")),
+                _percent(row.get("memoryPercent")),
+            ]
+        )
+    out(align(table))

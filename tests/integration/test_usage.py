@@ -1,0 +1,134 @@
+"""Usage for real: an agent measures a replica that burns CPU and holds memory.
+
+One ``kled server`` and one ``kled agent`` (sampling every second) run a process replica
+that allocates 160 MiB and then spins; ``kled top apps``, the usage route and ``/metrics``
+must say what ``/proc`` says of that process, within 15 %.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from hostkit import Hosts, eventually, processes
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("usage")]
+
+TEAM = f"usage-{random.randint(10**5, 10**6)}"
+MIB = 1 << 20
+BURN = "import sys; held = b'x' * (160 << 20)\nwhile True: pass"
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    from cli.clikit import free_port
+
+    root = tmp_path_factory.mktemp("usage")
+    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    try:
+        h.start_server()
+        h.cli.ok("team", "create", TEAM)
+        h.cli.ok("env", "create", "dev")
+        h.start_agent("u1", extra=("--usage-interval", "1"))
+        eventually(lambda: h.node_phase("u1") == "Ready", "node u1 Ready")
+        h.apply(
+            {
+                "apiVersion": "kled.io/v1",
+                "kind": "App",
+                # the folder in the command line: teardown kills the replica by it
+                "metadata": {"name": "burner"},
+                "spec": {"command": ["python3", "-c", BURN, str(root)], "replicas": 1},
+            }
+        )
+        eventually(lambda: h.running("burner", 1), "burner Running")
+        yield h
+    finally:
+        h.close([])
+
+
+def _burner(hosts: Hosts) -> psutil.Process:
+    found = processes(lambda cmd: cmd[1:2] == ["-c"] and str(hosts.root) in cmd)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def _row(hosts: Hosts) -> dict[str, Any] | None:
+    rows = hosts.api(f"/api/v1/teams/{TEAM}/usage")["items"]
+    row = next((r for r in rows if r["app"] == "burner"), None)
+    if row and row["cpuMillicores"] and row["memoryBytes"] >= 160 * MIB:
+        return dict(row)
+    return None
+
+
+def _near(measured: float, truth: float, share: float = 0.15) -> bool:
+    return abs(measured - truth) <= share * truth
+
+
+def test_the_usage_route_says_what_proc_says(hosts: Hosts) -> None:
+    eventually(lambda: _row(hosts), "burner's usage reported", timeout=60)
+    proc = _burner(hosts)
+    before, t0 = _cpu(proc), time.monotonic()
+    time.sleep(3)
+    truth_millicores = (_cpu(proc) - before) / (time.monotonic() - t0) * 1000
+    cpu_before = _cpu(proc)
+    row = _row(hosts)
+    cpu_after, rss = _cpu(proc), proc.memory_info().rss
+    assert row is not None
+    assert _near(row["cpuMillicores"], truth_millicores), (row, truth_millicores)
+    # cumulative: at most one sample (1 s) and one heartbeat behind /proc
+    assert cpu_before - 2.5 <= row["cpuSeconds"] <= cpu_after + 0.1, (row, cpu_before)
+    assert _near(row["memoryBytes"], rss, 0.1), (row, rss)
+    assert (row["replicas"], row["ready"], row["restarts"]) == (1, 1, 0)
+
+
+def test_kled_top_apps_and_nodes(hosts: Hosts) -> None:
+    proc = _burner(hosts)
+    table = hosts.cli.ok("top", "apps", "-e", "dev").splitlines()
+    assert table[0].split() == ["NAME", "READY", "CPU(cores)", "MEMORY(bytes)", "RESTARTS"]
+    name, ready, cpu, memory, restarts = table[1].split()
+    assert (name, ready, restarts) == ("burner", "1/1", "0")
+    assert re.fullmatch(r"\d+m", cpu) and int(cpu[:-1]) > 300, cpu  # it spins
+    assert _near(int(memory.removesuffix("Mi")), proc.memory_info().rss / MIB, 0.1), memory
+    rows = json.loads(hosts.cli.ok("top", "apps", "-A", "-o", "json"))
+    assert [(r["environment"], r["app"]) for r in rows] == [("dev", "burner")]
+    nodes = hosts.cli.ok("top", "nodes").splitlines()
+    assert nodes[0].split() == ["NAME", "CPU(cores)", "CPU%", "MEMORY(bytes)", "MEMORY%"]
+    [u1] = [line.split() for line in nodes[1:] if line.split()[0] == "u1"]
+    assert int(u1[1].removesuffix("m")) >= 300  # the burner runs there
+
+
+def _series(text: str, name: str) -> dict[str, float]:
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'team="{TEAM}"' in line:
+            labels, value = line.rsplit(" ", 1)
+            found[labels] = float(value)
+    return found
+
+
+def test_metrics_carry_the_apps_series_to_the_metrics_token(hosts: Hosts) -> None:
+    proc = _burner(hosts)
+    token = hosts.cli.ok("token", "create", "prom", "--metrics").strip().splitlines()[0]
+    response = httpx.get(f"{hosts.url}/metrics", headers={"Authorization": f"Bearer {token}"})
+    response.raise_for_status()
+    text = response.text
+    [memory] = _series(text, "kled_app_memory_bytes").values()
+    assert _near(memory, proc.memory_info().rss, 0.1)
+    [cpu] = _series(text, "kled_app_cpu_seconds_total").values()
+    assert _cpu(proc) - 2.5 <= cpu <= _cpu(proc) + 0.1, cpu  # a sample and a heartbeat behind
+    assert list(_series(text, "kled_app_ready_replicas").values()) == [1.0]
+    assert list(_series(text, "kled_app_restarts_total").values()) == [0.0]
+    assert 'app="burner"' in next(iter(_series(text, "kled_app_ready_replicas")))
+    assert re.search(r'^kled_node_memory_bytes\{node="u1"\} ', text, re.M)
