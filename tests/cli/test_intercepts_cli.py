@@ -4,6 +4,7 @@ file or around a command, and the intercept gone when that command ends."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +39,10 @@ def _rows(out: str) -> list[list[str]]:
     return [line.split() for line in out.strip().splitlines()]
 
 
+def _team(request: pytest.FixtureRequest) -> str:
+    return "ic-" + str(abs(hash(request.node.name)) % 10**6)
+
+
 def _person(admin: Cli, server: RunningServer, team: str, name: str, role: str) -> Cli:
     admin.ok("user", "create", name, "--role", role, "--team", team)
     token = admin.ok("token", "create", f"{name}-t", "--user", name, "--team", team).strip()
@@ -50,7 +55,7 @@ def _person(admin: Cli, server: RunningServer, team: str, name: str, role: str) 
 def people(admin: Cli, server: RunningServer, request: pytest.FixtureRequest) -> dict[str, Cli]:
     """A team (named after the test) with env dev, app api, and alice (member) and carol
     (admin), each with a registered device of their own."""
-    team = "ic-" + str(abs(hash(request.node.name)) % 10**6)
+    team = _team(request)
     admin.ok("team", "create", team)
     admin.ok("env", "create", "dev", "--team", team)
     alice = _person(admin, server, team, "alice", "member")
@@ -154,3 +159,62 @@ def test_command_runs_with_the_env_and_ends_the_intercept(
             proc.kill()
             proc.wait()
     assert "no intercepts" in alice("intercept", "list", "-e", "dev").err
+
+
+def _gateway(server: RunningServer, team: str, intercepts: list[str]) -> None:
+    """What node ic-gw reports as the team's gateway: Ready, with these intercepts applied."""
+    mesh = {team: {"publicKey": "gw-key", "intercepts": intercepts}}
+    with server.client() as c:
+        r = c.put("/api/v1/nodes/ic-gw/status", json={"status": {"phase": "Ready", "mesh": mesh}})
+        assert r.status_code == 200, r.text
+
+
+def test_the_end_after_a_command_waits_for_the_gateways(
+    people: dict[str, Cli], server: RunningServer, request: pytest.FixtureRequest
+) -> None:
+    """As `kled intercept stop` does: the command's end returns once every Ready gateway
+    removed the intercept, and names one that does not (issue 10)."""
+    alice, team = people["alice"], _team(request)
+    node = {"apiVersion": "kled.io/v1", "kind": "Node", "metadata": {"name": "ic-gw"}}
+    with server.client() as c:
+        assert c.post("/api/v1/nodes", json=node).status_code == 201
+    try:
+        with server.client() as c:
+            device = f"/api/v1/teams/{team}/devices/laptop-a"
+            wait_for(lambda: bool(c.get(device).json().get("status", {}).get("ip")), "an ip")
+            entry = f"dev/api→{c.get(device).json()['status']['ip']}"
+        start = ("intercept", "start", "api", "-e", "dev", "--to", "laptop-a")
+        _gateway(server, team, [entry])  # applied at once, and then kept
+        result = alice(*start, "--timeout", "1", "--", "true")
+        assert result.code == 1, result
+        assert "intercept/dev/api-laptop-a: active on 1/1 gateways in " in result.out
+        assert "intercept/api-laptop-a deleted" in result.out
+        assert "error: intercept/dev/api-laptop-a: 0/1 gateways after 1 s; not yet removed by " \
+            "ic-gw" in result.err  # fmt: skip
+
+        result = alice(*start, "--no-wait", "--", "sh", "-c", "exit 3")
+        assert result.code == 3, result
+        assert "intercept/api-laptop-a deleted" in result.out
+        assert "gateways" not in result.out
+
+        # The gateway removes it half a second after the intercept ended: the command waits.
+        intercept = f"/api/v1/teams/{team}/environments/dev/intercepts/api-laptop-a"
+
+        def gateway() -> None:
+            with server.client() as c:
+                wait_for(lambda: c.get(intercept).status_code == 200, "the intercept")
+                wait_for(lambda: c.get(intercept).status_code == 404, "its end")
+            time.sleep(0.5)
+            _gateway(server, team, [])
+
+        remover = threading.Thread(target=gateway)
+        remover.start()
+        result = alice(*start, "--", "true")
+        remover.join()
+        assert result.code == 0, result
+        [line] = [line for line in result.out.splitlines() if "removed from" in line]
+        assert line.startswith("intercept/dev/api-laptop-a: removed from 1/1 gateways in ")
+        assert float(line.split()[-2]) >= 0.5
+    finally:
+        with server.client() as c:
+            c.delete("/api/v1/nodes/ic-gw")

@@ -5,7 +5,8 @@ and clashes; docs/intercept.md). ``--env-file`` writes the environment the app's
 see — the environment's variables, its Configs and Secrets from ``envFrom``, then
 ``spec.env`` — so a local process behaves like a replica; a secret the user may not reveal
 (only owners and admins may) is left out with a warning naming it. ``-- CMD…`` runs a
-command with that environment and ends the intercept when it exits, Ctrl-C included.
+command with that environment and ends the intercept when it exits, Ctrl-C included, then
+waits for the gateways as ``stop`` does.
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ def start(
     """Point APP's traffic (or only requests with --header) at a device; `-- CMD` runs a
     command with the app's environment and ends the intercept when it exits.
 
-    Returns once every gateway of the team has applied it (--no-wait: at once)."""
+    Returns once every gateway of the team has applied it, and after CMD once every one
+    has removed it again (--no-wait: at once)."""
     if on_device_offline not in ("fallback", "keep"):
         raise InvalidInput("must be fallback or keep", field="--on-device-offline")
     command = list(ctx.args)
@@ -262,9 +264,15 @@ def start(
             note(f"wrote {len(variables)} variables to {env_file}")
 
         def stop() -> None:
-            with contextlib.suppress(NotFound):
+            ended = time.monotonic()
+            try:
+                current = client.get(f"{path}/{name}")
                 client.delete(f"{path}/{name}")
+            except NotFound:
+                return  # ended by someone else meanwhile (`kled intercept stop`)
             out(f"intercept/{name} deleted: app/{app_name} is served by its replicas again")
+            if not no_wait:
+                _wait_removed(client, chosen_team, chosen_env, [current], timeout, ended)
 
         if command:
             raise typer.Exit(_run_then_stop(command, variables, stop))
@@ -327,24 +335,29 @@ def stop(
             with contextlib.suppress(NotFound):
                 client.delete(f"{path}/{doc['metadata']['name']}")
             out(f"intercept/{doc['metadata']['name']} deleted")
-        if no_wait:
-            return
-        for doc in chosen:
-            entry = gateway_entry(doc)
-            if entry is None:
-                continue  # never applied anywhere: its device had no address
-            what = f"intercept/{chosen_env}/{doc['metadata']['name']}"
-            done, total, _ = wait_for_gateways(
-                client,
-                chosen_team,
-                what,
-                entry,
-                applied=False,
-                timeout=timeout,
-                started=started,
-            )
-            took = time.monotonic() - started
-            out(f"{what}: removed from {done}/{total} gateways in {took:.2f} s")
+        if not no_wait:
+            _wait_removed(client, chosen_team, chosen_env, chosen, timeout, started)
+
+
+def _wait_removed(
+    client: Client,
+    team: str,
+    env: str,
+    docs: list[dict[str, Any]],
+    timeout: float,
+    started: float,
+) -> None:
+    """Wait until no gateway of ``team`` still applies the (deleted) intercepts ``docs``."""
+    for doc in docs:
+        entry = gateway_entry(doc)
+        if entry is None:
+            continue  # never applied anywhere: its device had no address
+        what = f"intercept/{env}/{doc['metadata']['name']}"
+        done, total, _ = wait_for_gateways(
+            client, team, what, entry, applied=False, timeout=timeout, started=started
+        )
+        took = time.monotonic() - started
+        out(f"{what}: removed from {done}/{total} gateways in {took:.2f} s")
 
 
 @app.command("list")
