@@ -139,6 +139,37 @@ def test_metrics_carry_the_apps_series_to_the_metrics_token(hosts: Hosts) -> Non
     assert re.search(r'^kled_node_memory_bytes\{node="u1"\} ', text, re.M)
 
 
+def _user(hosts: Hosts, team: str, name: str) -> str:
+    """A viewer of ``team`` (made with a new team when it is not ours), and their token."""
+    admin = {"Authorization": f"Bearer {hosts.token}"}
+    with httpx.Client(base_url=hosts.url, headers=admin) as c:
+        if team != TEAM:
+            c.post("/api/v1/teams", json={"metadata": {"name": team}}).raise_for_status()
+        body = {"metadata": {"name": name}, "spec": {"role": "viewer"}}
+        c.post(f"/api/v1/teams/{team}/users", json=body).raise_for_status()
+        token = {"metadata": {"name": f"{name}-token"}, "spec": {"user": name}}
+        answer = c.post(f"/api/v1/teams/{team}/tokens", json=token)
+        answer.raise_for_status()
+        return str(answer.json()["token"])
+
+
+def test_a_team_sees_its_own_usage_and_no_other(hosts: Hosts) -> None:
+    ours, theirs = _user(hosts, TEAM, "vic"), _user(hosts, f"{TEAM}x", "eve")
+
+    def get(path: str, token: str) -> httpx.Response:
+        return httpx.get(hosts.url + path, headers={"Authorization": f"Bearer {token}"})
+
+    mine = get("/metrics", ours).text
+    assert _series(mine, "kled_app_memory_bytes") and "kled_node_" not in mine
+    assert not _series(get("/metrics", theirs).text, "kled_app_memory_bytes")
+    assert get(f"/api/v1/teams/{TEAM}/usage", theirs).status_code == 404
+    assert get(f"/api/v1/teams/{TEAM}x/usage", theirs).json() == {"items": []}
+    assert [r["app"] for r in get(f"/api/v1/teams/{TEAM}/usage", ours).json()["items"]] == [
+        "burner"
+    ]
+    assert get("/api/v1/usage/nodes", theirs).status_code == 200  # nodes are everyone's
+
+
 def test_a_container_replica_is_measured_too(hosts: Hosts) -> None:
     image = busybox_image(hosts.root, f"localhost/kled-usage-box:{BOX}")
     spin = f"while :; do :; done; exec sleep {BOX}"
