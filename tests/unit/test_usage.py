@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from kled.agent import usage
 from kled.agent.usage import Running, Sample, UsageMeter, rates, read_cgroup, read_net_dev
 from kled.control.usage import UsageBook
 from kled.resources.hoststate import (
@@ -147,3 +149,21 @@ def test_a_heartbeat_without_usage_is_sent_as_before_and_an_old_one_is_taken() -
         NodeHeartbeat.model_validate(
             {**old, "usage": {"x": {"cpu_seconds": -1, "memory_bytes": 0}}}
         )
+
+
+def test_a_replica_in_its_own_cgroup_is_read_from_it_and_one_in_the_agents_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = tmp_path / "kled" / "acme.dev.api.0"
+    own.mkdir(parents=True)
+    (own / "cpu.stat").write_text("usage_usec 2500000\n")
+    (own / "memory.current").write_text("1048576\n")
+    paths = {"self": "/agent.service", os.getpid(): "/kled/acme.dev.api.0", 1: "/agent.service"}
+    monkeypatch.setattr(usage, "_cgroup_of", lambda pid: paths.get(pid))
+    reader = usage.HostReader(cgroup_root=tmp_path)
+    sample = reader.replica(os.getpid(), in_pod=False)
+    assert sample is not None
+    assert (sample.source, sample.cpu_usec, sample.memory_bytes) == ("cgroup", 2_500_000, 1 << 20)
+    paths[os.getpid()] = "/agent.service"  # no cgroup of its own: its process tree
+    sample = reader.replica(os.getpid(), in_pod=False)
+    assert sample is not None and sample.source == "proc" and sample.memory_bytes > 0
