@@ -175,3 +175,18 @@ def test_graphql_denials_are_logged_at_info_on_one_line(
     served = ("kled.api", "strawberry")
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not [r for r in errors if r.name.startswith(served)]
+
+
+def test_graphql_a_document_not_an_object_is_invalid_and_no_fault(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # found by the GraphQL fuzz: answered INVALID, but logged as a fault with its traceback
+    with caplog.at_level(logging.DEBUG):
+        r = graphql(server, "mutation { apply(document: [1, 2]) { result } }")
+    [error] = r.json()["errors"]
+    assert error["message"] == "document: must be a JSON object"
+    assert error["extensions"] == {"code": "INVALID", "status": 422, "field": "document"}
+    served = ("kled.api", "strawberry")
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(served)
+    ]

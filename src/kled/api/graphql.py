@@ -93,8 +93,9 @@ def _key(kind: str, team: str | None, environment: str | None, name: str) -> Key
 
 
 def _as_dict(document: Any) -> dict[str, Any]:
+    # A KledError, so that _call answers it as every refusal (and it is not logged as a fault).
     if not isinstance(document, dict):
-        raise GraphQLError("document must be a JSON object", extensions={"code": "INVALID"})
+        raise InvalidInput("must be a JSON object", field="document")
     return document
 
 
