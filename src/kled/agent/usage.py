@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from kled.agent.runtime.cgroups import cgroup2_root
 from kled.resources.hoststate import NodeUsage, ReplicaUsage
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -100,18 +101,6 @@ def _cgroup_of(pid: int | str) -> str | None:
     for line in lines:
         if line.startswith("0::"):
             return line[3:]
-    return None
-
-
-def cgroup2_root() -> Path | None:
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    for line in mounts:
-        parts = line.split()
-        if len(parts) >= 3 and parts[2] == "cgroup2":
-            return Path(parts[1])
     return None
 
 

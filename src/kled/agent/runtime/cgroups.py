@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 _PERIOD_US = 100_000
 
 
-def _cgroup2_root() -> Path | None:
+def cgroup2_root() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted, if the host has one."""
     try:
         mounts = Path("/proc/mounts").read_text().splitlines()
     except OSError:
@@ -38,7 +39,7 @@ class Cgroups:
 
     def __init__(self, root: Path | None = None) -> None:
         self.base: Path | None = None
-        root = root or _cgroup2_root()
+        root = root or cgroup2_root()
         reason = self._setup(root)
         if reason:
             log.info("cgroup limits disabled: %s", reason)
