@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import psutil
 import pytest
 
 from imagekit import busybox_image
@@ -35,6 +34,7 @@ from kled.resources.hoststate import (
     RuntimeKind,
     utcnow,
 )
+from prockit import one_other, processes_with
 
 NODE = "node-1"
 
@@ -46,14 +46,6 @@ async def eventually(check: Callable[[], bool], what: str, timeout: float = 60.0
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"never happened: {what}")
-
-
-def processes_with(arg: str) -> list[int]:
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        if arg in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(p.pid)
-    return found
 
 
 @dataclass
@@ -283,10 +275,7 @@ async def test_agent_rides_out_a_nats_restart_without_losing_or_repeating_status
 
         await embedded.stop()
         os.kill(first.pid, signal.SIGKILL)  # happens while nobody can hear about it
-        await eventually(
-            lambda: len(processes_with(m0)) == 1 and processes_with(m0) != [first.pid],
-            "restarted offline",
-        )
+        await eventually(lambda: one_other(m0, first.pid), "restarted offline")
         await embedded.start()  # same port, same storage
 
         # what happened while NATS was down arrives, once

@@ -10,7 +10,6 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
 from kled.agent.runtime.process import ProcessRuntime
@@ -21,6 +20,7 @@ from kled.resources.hoststate import (
     ReplicaStatus,
     RestartPolicy,
 )
+from prockit import one_other, processes_with
 
 
 class Seen:
@@ -54,14 +54,6 @@ def spec(
 
 def marker() -> str:
     return str(random.randint(10**6, 10**7))
-
-
-def processes_with(arg: str) -> list[int]:
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        if arg in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(p.pid)
-    return found
 
 
 @pytest.fixture
@@ -178,9 +170,7 @@ async def test_killed_replica_is_restarted_with_a_new_pid(
     first = await rt.start(s)
     assert first.pid is not None
     os.kill(first.pid, signal.SIGKILL)
-    await eventually(
-        lambda: len(processes_with(m)) == 1 and processes_with(m) != [first.pid], "restarted"
-    )
+    await eventually(lambda: one_other(m, first.pid), "restarted")
     status = await rt.inspect(s.id)
     assert status.restarts == 1 and status.last_exit_code == 128 + signal.SIGKILL
     assert status.state == ReplicaState.RUNNING and status.pid == processes_with(m)[0]
@@ -207,9 +197,7 @@ async def test_a_new_runtime_adopts_what_the_old_one_started(tmp_path: Path) -> 
         # the adopted process is still supervised
         assert first.pid is not None
         os.kill(first.pid, signal.SIGTERM)
-        await eventually(
-            lambda: len(processes_with(m)) == 1 and processes_with(m) != [first.pid], "restart"
-        )
+        await eventually(lambda: one_other(m, first.pid), "restart")
         after = await new.inspect(s.id)
         assert after.restarts == 1 and after.last_exit_code is None
         assert "exit code unknown" in (seen.statuses[0].message or "")
