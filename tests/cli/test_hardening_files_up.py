@@ -11,7 +11,6 @@ import re
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,8 +22,7 @@ import pytest
 import yaml
 from clikit import Cli, ServerProcess, free_port
 
-from imagekit import busybox_image
-from kled.agent.runtime.container import engine_flags
+from imagekit import busybox_image, podman
 from kled.cli.server import local_node_name
 
 MARKER = random.randint(7_000_000, 7_999_999)
@@ -126,12 +124,6 @@ def test_a_secret_given_to_an_app_serving_its_folder_stays_off_the_mesh_and_the_
     done = cli.ok("delete", "app", "api", "-e", "dev", "--wait")
     assert re.search(r"app/api gone, its replicas stopped on 1 node\(s\), after \d+\.\ds", done)
     assert not replica.is_running() or replica.status() == psutil.STATUS_ZOMBIE
-
-
-def podman(*args: str) -> subprocess.CompletedProcess[str]:
-    assert PODMAN is not None
-    flags, _ = engine_flags(PODMAN)
-    return subprocess.run([PODMAN, *flags, *args], capture_output=True, text=True, check=False)
 
 
 @pytest.fixture

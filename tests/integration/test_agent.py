@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from imagekit import busybox_image
+from imagekit import busybox_image, podman
 from kled.agent.agent import Agent
-from kled.agent.runtime.container import ContainerRuntime, engine_flags
+from kled.agent.runtime.container import ContainerRuntime
 from kled.agent.runtime.process import ProcessRuntime
 from kled.bus.embedded import EmbeddedNats
 from kled.bus.office import ConnectOptions, MessageOffice, StatusMessage
@@ -305,13 +305,6 @@ async def test_agent_rides_out_a_nats_restart_without_losing_or_repeating_status
                     os.kill(pid, signal.SIGKILL)
 
 
-def _podman(*args: str) -> subprocess.CompletedProcess[str]:
-    engine = shutil.which("podman")
-    assert engine is not None
-    flags, _ = engine_flags(engine)
-    return subprocess.run([engine, *flags, *args], capture_output=True, text=True, check=False)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox is not installed")
@@ -365,14 +358,14 @@ async def test_agent_runs_a_process_app_and_a_container_app(
             "container stopped",
         )
         name = ContainerRuntime.container_name(ctr.id)
-        assert _podman("container", "exists", name).returncode != 0
+        assert podman("container", "exists", name).returncode != 0
         await eventually(lambda: processes_with(m) == [], "process stopped")
     finally:
         stop.set()
         await task
         await office.close()
-        _podman("rm", "-f", ContainerRuntime.container_name(ctr.id))
-        _podman("rmi", "-f", image)
+        podman("rm", "-f", ContainerRuntime.container_name(ctr.id))
+        podman("rmi", "-f", image)
         for pid in processes_with(m):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,8 +24,8 @@ import httpx
 import psutil
 import pytest
 
-from imagekit import busybox_image
-from kled.agent.runtime.container import ContainerRuntime, engine_flags
+from imagekit import busybox_image, podman
+from kled.agent.runtime.container import ContainerRuntime
 from kled.agent.runtime.process import ProcessRuntime
 from kled.errors import InvalidInput
 from kled.resources.hoststate import ReplicaSpec, ReplicaState, RuntimeKind
@@ -252,12 +251,6 @@ async def test_a_replica_whose_record_key_is_lost_is_adopted_and_replaced(tmp_pa
 
 PODMAN = shutil.which("podman")
 BUSYBOX = shutil.which("busybox")
-
-
-def podman(*args: str) -> subprocess.CompletedProcess[str]:
-    assert PODMAN is not None
-    flags, _ = engine_flags(PODMAN)
-    return subprocess.run([PODMAN, *flags, *args], capture_output=True, text=True, check=False)
 
 
 @pytest.fixture(scope="module")

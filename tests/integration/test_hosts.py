@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import psutil
 import pytest
 from hostkit import Hosts, app_doc, eventually, marker, processes, sleepers
 
-from imagekit import busybox_image
+from imagekit import busybox_image, podman
 
 # in order, on one worker: each test starts from the state the previous one left
 pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("hosts")]
@@ -200,15 +198,6 @@ def test_restart_restarts_every_replica(hosts: Hosts) -> None:
     eventually(lambda: hosts.running("web", 3), "web 3/3 Running after the restart")
 
 
-def _podman(*args: str) -> subprocess.CompletedProcess[str]:
-    from kled.agent.runtime.container import engine_flags
-
-    podman = shutil.which("podman")
-    assert podman is not None
-    flags, _ = engine_flags(podman)
-    return subprocess.run([podman, *flags, *args], capture_output=True, text=True, check=False)
-
-
 def _busybox_image(root: Path) -> str:
     """A tiny image built here from the static busybox (no registry is reachable)."""
     return busybox_image(root, f"localhost/kled-hosts-box:{BOX}")
@@ -228,9 +217,9 @@ def test_a_container_app_runs_from_a_local_image(hosts: Hosts) -> None:
         hosts.cli.ok("delete", "app", "box", "-e", "dev")
         eventually(lambda: not sleepers(BOX), "box's container stopped")
     finally:
-        _podman("rm", "-f", f"kled-{TEAM}.dev.box.0")
+        podman("rm", "-f", f"kled-{TEAM}.dev.box.0")
         # the agent removes its container a moment after the app is gone
-        eventually(lambda: _podman("rmi", "-f", image).returncode == 0, "image removed", 30)
+        eventually(lambda: podman("rmi", "-f", image).returncode == 0, "image removed", 30)
 
 
 def _nats_servers(hosts: Hosts) -> list[psutil.Process]:

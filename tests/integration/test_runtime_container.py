@@ -6,16 +6,15 @@ import asyncio
 import os
 import random
 import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from imagekit import busybox_image
+from imagekit import busybox_image, podman
 from kled.agent.probing import run_handler
-from kled.agent.runtime.container import ContainerRuntime, engine_flags
+from kled.agent.runtime.container import ContainerRuntime
 from kled.resources.hoststate import (
     Handler,
     LogLine,
@@ -34,12 +33,6 @@ pytestmark = [
     pytest.mark.skipif(BUSYBOX is None, reason="busybox (static) is not installed"),
     pytest.mark.skipif(os.geteuid() != 0, reason="rootful podman needs root"),
 ]
-
-
-def podman(*args: str) -> subprocess.CompletedProcess[str]:
-    assert PODMAN is not None
-    flags, _ = engine_flags(PODMAN)
-    return subprocess.run([PODMAN, *flags, *args], capture_output=True, text=True, check=False)
 
 
 @pytest.fixture(scope="module")

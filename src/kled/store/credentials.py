@@ -13,6 +13,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -98,17 +99,7 @@ class Credentials:
                     select(credentials).where(credentials.c.secret_hash == hash_secret(secret))
                 )
             ).first()
-        if row is None:
-            return None
-        return Credential(
-            row.purpose,
-            row.team,
-            row.name,
-            row.username,
-            row.expires_at,
-            row.revoked,
-            row.created_at,
-        )
+        return None if row is None else _credential(row)
 
     async def listed(self, purpose: str, team: str) -> list[Credential]:
         """Every credential of ``purpose`` in ``team``, revoked and expired ones included."""
@@ -120,18 +111,7 @@ class Credentials:
                     .order_by(credentials.c.name)
                 )
             ).all()
-        return [
-            Credential(
-                row.purpose,
-                row.team,
-                row.name,
-                row.username,
-                row.expires_at,
-                row.revoked,
-                row.created_at,
-            )
-            for row in rows
-        ]
+        return [_credential(row) for row in rows]
 
     async def revoke(self, purpose: str, team: str, name: str) -> None:
         async with self.db.read() as conn:
@@ -176,3 +156,15 @@ class Credentials:
                 update(credentials).where(credentials.c.team == team).values(revoked=True)
             )
             await conn.commit()
+
+
+def _credential(row: Any) -> Credential:
+    return Credential(
+        row.purpose,
+        row.team,
+        row.name,
+        row.username,
+        row.expires_at,
+        row.revoked,
+        row.created_at,
+    )
