@@ -51,7 +51,7 @@ def deep(levels: int) -> Any:
 
 
 @given(JSON_VALUES | st.integers(1, 200).map(deep))
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_bounds_either_accept_json_that_encodes_or_name_a_problem(value: Any) -> None:
     found = bounds.problem(value)
     if found is None:
@@ -69,7 +69,7 @@ def test_bounds_either_accept_json_that_encodes_or_name_a_problem(value: Any) ->
     annotations=st.dictionaries(TEXT, TEXT, max_size=3),
     spec_extra=st.dictionaries(st.sampled_from(["env", "args", "x"]), JSON_VALUES, max_size=2),
 )
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_validation_accepts_only_whole_names_and_never_crashes(
     name: str, labels: dict[str, str], annotations: dict[str, str], spec_extra: dict[str, Any]
 ) -> None:
@@ -103,7 +103,7 @@ ANCHORED = st.lists(st.integers(1, 12), min_size=1, max_size=9)
 
 
 @given(widths=ANCHORED, payload=JSON_VALUES)
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_yaml_aliases_load_or_are_refused_within_the_bound(widths: list[int], payload: Any) -> None:
     """Chains of anchors, each level repeating the last: from harmless to a billion laughs."""
     lines = [
