@@ -3,7 +3,8 @@
 A node may read only its own desired-state key (a direct get of that key, and a
 consumer filtered to it, which is all a watch needs), its own keys of the peers bucket
 (a consumer filtered to ``<node>.>``), and publish only its own status,
-heartbeat, event and log subjects. It receives replies only on its own inbox prefix.
+heartbeat, event and log subjects. It receives replies only on its own inbox prefix, and
+the frames of exec streams only on its own ``exec.<node>.*.in`` (answering on ``.out``).
 The server checks the filter subject of a consumer-create request against the subject
 token, which is what makes ``$JS.API.CONSUMER.CREATE.<stream>.*.<filter>`` a real fence.
 """
@@ -49,9 +50,11 @@ def node_permissions(subjects: Subjects, node: str) -> dict[str, Any]:
                 # flow-control replies of the watch consumers
                 f"$JS.FC.{stream}.>",
                 f"$JS.FC.{peers}.>",
+                # frames of its exec streams back to the control plane (never over JetStream)
+                subjects.exec_out(node, "*"),
             ]
         },
-        "subscribe": {"allow": [f"{inbox}.>"]},
+        "subscribe": {"allow": [f"{inbox}.>", subjects.exec_listen(node)]},
     }
 
 

@@ -105,6 +105,18 @@ class Subjects:
             tail += ".>"
         return f"{self._root}.logs.*.{tail}"
 
+    def exec_in(self, node: str, session: str) -> str:
+        """Frames of one exec stream from the control plane to the agent of ``node``."""
+        return f"{self._root}.exec.{node}.{session}.in"
+
+    def exec_out(self, node: str, session: str) -> str:
+        """Frames of one exec stream from the agent of ``node`` back to the control plane."""
+        return f"{self._root}.exec.{node}.{session}.out"
+
+    def exec_listen(self, node: str) -> str:
+        """What the agent of ``node`` subscribes to: the inbound frames of all its streams."""
+        return f"{self._root}.exec.{node}.*.in"
+
     @property
     def status_subjects(self) -> list[str]:
         return [self.status("*"), self.heartbeat("*"), self.events("*")]

@@ -103,6 +103,9 @@ class Client:
     ) -> None:
         self.server = server.rstrip("/")
         self.via_socket = use_socket(self.server, socket)
+        #: kept for streams that are not HTTP requests (``kled exec``'s WebSocket)
+        self.token = token
+        self.socket = str(socket) if self.via_socket else None
         self.where = self.server
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         transport: httpx.HTTPTransport | None = None

@@ -1,0 +1,252 @@
+"""The agent's end of exec streams: a command run inside a replica, its stdio on the bus.
+
+The control plane opens a stream with an ``open`` frame naming the replica and the
+command; the agent finds the replica among its runtimes, asks that runtime how to run a
+command in it (``Runtime.exec_plan``: the pod's network namespace, working dir and env for
+a process replica; ``podman exec -i`` for a container) and spawns it in a process group of
+its own. stdout and stderr go back as ``out``/``err`` frames, stdin comes in as ``in``
+frames (``eof`` closes it), ``kill`` sends a signal to the group, and the exit code ends
+the stream (128 + N for a command killed by signal N, as a shell says it). A stream whose
+control plane goes quiet (``LinkLost``) or says ``close`` has its command killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+
+from kled.agent.runtime.base import Runtime
+from kled.bus.exec_link import MAX_CHUNK, ExecLink, Frame, LinkLost, decode
+from kled.bus.office import MessageOffice
+from kled.errors import KledError
+from kled.resources.hoststate import ReplicaSpec, ReplicaState, RuntimeKind
+
+log = logging.getLogger(__name__)
+
+#: most exec streams one agent runs at once
+MAX_STREAMS = 64
+#: seconds from SIGTERM to SIGKILL when a stream ends with its command still running
+STOP_GRACE = 2.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """A running replica, and the runtime that runs it."""
+
+    runtime: Runtime
+    spec: ReplicaSpec
+
+
+Finder = Callable[[str], Awaitable[Target | None]]
+
+
+def exit_code(returncode: int) -> int:
+    """A process's exit code as a shell reports it: 128 + N for a death by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def interactive(runtime: Runtime, spec: ReplicaSpec, command: list[str]) -> list[str]:
+    """The argv of ``command`` in the replica, with its stdin attached."""
+    argv = list(runtime.exec_plan(spec, command).argv)
+    if spec.runtime == RuntimeKind.CONTAINER:
+        # the runtime's plan is a probe's (`podman exec NAME CMD`): a stream needs stdin
+        where = argv.index("exec")
+        argv.insert(where + 1, "-i")
+    return argv
+
+
+class ExecServer:
+    """Serves the exec streams of one node until cancelled."""
+
+    def __init__(self, office: MessageOffice, node: str, find: Finder) -> None:
+        self.office = office
+        self.node = node
+        self.find = find
+        self._streams: dict[str, ExecLink] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        subjects = self.office.subjects
+        listen = subjects.exec_listen(self.node)
+        prefix = listen[: -len("*.in")]
+
+        async def on_msg(msg: Msg) -> None:
+            session = msg.subject[len(prefix) :].split(".", 1)[0]
+            link = self._streams.get(session)
+            if link is not None:
+                link.deliver(msg.data)
+                return
+            try:
+                frame, _ = decode(msg.data)
+            except LinkLost:
+                return
+            if frame.kind != "open":
+                return  # a late frame of a stream that ended
+            link = ExecLink(self.office, subjects.exec_out(self.node, session), None)
+            link.deliver(msg.data)
+            self._streams[session] = link
+            task = asyncio.create_task(self._serve(session, link))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        sub = None
+        while sub is None:
+            try:
+                sub = await self.office.nc.subscribe(listen, cb=on_msg)
+            except KledError as err:
+                log.info("node/%s exec streams wait for NATS: %s", self.node, err)
+                await asyncio.sleep(1.0)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _serve(self, session: str, link: ExecLink) -> None:
+        await link.open()
+        try:
+            first = await link.recv()
+            if len(self._streams) > MAX_STREAMS:
+                await link.send("error", message=f"node {self.node} runs too many exec streams")
+                return
+            await self._run_command(link, first)
+        except LinkLost as err:
+            log.info("node/%s exec %s ended: %s", self.node, session, err)
+        except KledError as err:
+            with contextlib.suppress(KledError):
+                await link.send("error", message=str(err))
+        finally:
+            self._streams.pop(session, None)
+            await link.close()
+
+    async def _run_command(self, link: ExecLink, first: Frame) -> None:
+        replica = first.meta.get("replica")
+        command = first.meta.get("command")
+        if not isinstance(replica, str) or not _is_argv(command):
+            await link.send("error", message="an exec needs a replica and a command (argv)")
+            return
+        assert isinstance(command, list)
+        target = await self.find(replica)
+        if target is None:
+            await link.send("error", message=f"replica {replica} is not running on {self.node}")
+            return
+        plan = target.runtime.exec_plan(target.spec, command)
+        argv = interactive(target.runtime, target.spec, command)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=plan.cwd,
+                env=plan.env,
+                start_new_session=True,
+            )
+        except OSError as err:
+            await link.send("error", message=f"cannot run {command[0]!r}: {err.strerror or err}")
+            return
+        log.info("%s exec pid=%s argv=%s", target.spec.resource_name, proc.pid, command[:1])
+        await link.send("started", pid=proc.pid)
+        assert proc.stdout is not None and proc.stderr is not None
+        pumps = [
+            asyncio.create_task(_pump(proc.stdout, link, "out")),
+            asyncio.create_task(_pump(proc.stderr, link, "err")),
+        ]
+        inbound = asyncio.create_task(_inbound(link, proc))
+
+        async def finish() -> None:
+            await asyncio.gather(*pumps)
+            code = exit_code(await proc.wait())
+            await link.send("exit", code=code)
+
+        done = asyncio.create_task(finish())
+        try:
+            # the command ends (its exit is sent), or the stream does (the command is killed)
+            await asyncio.wait({done, inbound}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (inbound, done, *pumps):
+                task.cancel()
+            for task in (inbound, done, *pumps):
+                with contextlib.suppress(asyncio.CancelledError, KledError):
+                    await task
+            await _stop(proc)
+
+
+def _is_argv(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(a, str) and a for a in value)
+
+
+async def _pump(stream: asyncio.StreamReader, link: ExecLink, kind: str) -> None:
+    while True:
+        chunk = await stream.read(MAX_CHUNK)
+        if not chunk:
+            return
+        await link.send_data(kind, chunk)
+
+
+async def _inbound(link: ExecLink, proc: asyncio.subprocess.Process) -> None:
+    """Frames from the control plane: stdin, its end, signals; the stream's end kills."""
+    stdin = proc.stdin
+    assert stdin is not None
+    try:
+        while True:
+            frame = await link.recv()
+            if frame.kind == "in" and not stdin.is_closing():
+                with contextlib.suppress(ConnectionError):
+                    stdin.write(frame.data)
+                    await stdin.drain()
+                await link.consumed(len(frame.data))
+            elif frame.kind == "eof":
+                stdin.close()
+            elif frame.kind == "kill":
+                number = frame.meta.get("signal", signal.SIGTERM)
+                if isinstance(number, int) and number in {s.value for s in signal.Signals}:
+                    _signal(proc, number)
+            elif frame.kind == "close":
+                break
+    except LinkLost as err:
+        log.info("exec pid=%s: %s; stopping it", proc.pid, err)
+    await _stop(proc)
+
+
+def _signal(proc: asyncio.subprocess.Process, number: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, number)
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    _signal(proc, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_GRACE)
+    except TimeoutError:
+        _signal(proc, signal.SIGKILL)
+        await proc.wait()
+
+
+async def find_running(runtimes: dict[RuntimeKind, Runtime], replica_id: str) -> Target | None:
+    """The runtime running ``replica_id`` now, and its spec; None if none does."""
+    for rt in runtimes.values():
+        try:
+            spec = await rt.spec_of(replica_id)
+            if spec is None:
+                continue
+            status = await rt.inspect(replica_id)
+        except KledError:
+            continue
+        if status.state == ReplicaState.RUNNING:
+            return Target(rt, spec)
+    return None

@@ -1,0 +1,131 @@
+"""``kled exec`` for real: a ``kled server``, a ``kled agent``, a process replica.
+
+The command runs where the replica runs (its working dir and env), stdin reaches it,
+stdout and stderr come back apart, the exit code is ``kled exec``'s; a viewer is refused
+with one line, another team sees no app, and a large output arrives whole (the bus frames
+and windows in between).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from hostkit import Hosts, eventually, marker
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("exec")]
+
+TEAM = f"exec-{random.randint(10**5, 10**6)}"
+MARK = marker()
+
+
+def _user(hosts: Hosts, team: str, name: str, role: str) -> str:
+    admin = {"Authorization": f"Bearer {hosts.token}"}
+    with httpx.Client(base_url=hosts.url, headers=admin) as c:
+        if team != TEAM:
+            c.post("/api/v1/teams", json={"metadata": {"name": team}}).raise_for_status()
+        body = {"metadata": {"name": name}, "spec": {"role": role}}
+        c.post(f"/api/v1/teams/{team}/users", json=body).raise_for_status()
+        token = {"metadata": {"name": f"{name}-token"}, "spec": {"user": name}}
+        answer = c.post(f"/api/v1/teams/{team}/tokens", json=token)
+        answer.raise_for_status()
+        return str(answer.json()["token"])
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    from cli.clikit import free_port
+
+    root = tmp_path_factory.mktemp("exec")
+    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    try:
+        h.start_server()
+        h.cli.ok("team", "create", TEAM)
+        h.cli.ok("env", "create", "dev")
+        h.cli.ok("context", "set", "--env", "dev")
+        h.start_agent("x1")
+        eventually(lambda: h.node_phase("x1") == "Ready", "node x1 Ready")
+        work = root / "work"
+        work.mkdir()
+        (work / "hello.txt").write_text("hi from the replica's folder\n")
+        h.apply(
+            {
+                "apiVersion": "kled.io/v1",
+                "kind": "App",
+                "metadata": {"name": "box"},
+                "spec": {
+                    "command": ["sleep", str(MARK)],
+                    "workingDir": str(work),
+                    "env": {"GREETING": "hello-from-env"},
+                },
+            }
+        )
+        eventually(lambda: h.running("box", 1), "box Running")
+        yield h
+    finally:
+        h.close([MARK])
+
+
+def test_exec_runs_in_the_replica_with_stdin_and_exit_code(hosts: Hosts) -> None:
+    script = 'cat hello.txt; echo "$GREETING"; read line; echo "got $line"; echo oops >&2; exit 7'
+    result = hosts.cli("exec", "box", "--", "sh", "-c", script, stdin="typed in\n")
+    assert result.code == 7, result
+    assert result.out == "hi from the replica's folder\nhello-from-env\ngot typed in\n", result
+    assert result.err == "oops\n", result
+
+
+def test_exec_passes_a_large_stream_both_ways_whole(hosts: Hosts) -> None:
+    data = random.randbytes(5 << 20).hex()  # 10 MiB of text: many frames, many windows
+    result = hosts.cli("exec", "box", "--", "sha256sum", stdin=data, timeout=120)
+    assert result.code == 0, result
+    assert result.out.split()[0] == hashlib.sha256(data.encode()).hexdigest()
+    out = hosts.cli("exec", "box", "--no-stdin", "--", "head", "-c", "3000000", "/dev/zero")
+    assert out.code == 0 and len(out.out) == 3_000_000
+
+
+def test_a_command_killed_by_a_signal_exits_128_plus_it(hosts: Hosts) -> None:
+    result = hosts.cli("exec", "box", "--no-stdin", "--", "sh", "-c", "kill -9 $$")
+    assert result.code == 137, result
+
+
+def test_a_missing_command_is_one_line_from_the_agent(hosts: Hosts) -> None:
+    result = hosts.cli("exec", "box", "--no-stdin", "--", "no-such-command-here")
+    assert result.code == 1, result
+    assert "no-such-command-here" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_a_viewer_may_not_exec_and_another_team_sees_no_app(hosts: Hosts) -> None:
+    viewer = _user(hosts, TEAM, "vera", "viewer")
+    result = hosts.cli("--token", viewer, "exec", "box", "--", "true")
+    assert result.code == 1, result
+    assert "viewer" in result.err and "may not update apps" in result.err, result
+    stranger = _user(hosts, f"{TEAM}x", "sam", "owner")
+    result = hosts.cli("--token", stranger, "exec", "box", "--", "true")
+    assert result.code == 1 and "not found" in result.err, result
+    member = _user(hosts, TEAM, "mo", "member")
+    assert hosts.cli("--token", member, "exec", "box", "--no-stdin", "--", "true").code == 0
+
+
+def test_bad_input_is_refused_with_one_line(hosts: Hosts) -> None:
+    result = hosts.cli("exec", "box")
+    assert result.code == 2 and "CMD" in result.err, result
+    result = hosts.cli("exec", "box", "--replica", "3", "--", "true")
+    assert result.code == 2 and "replica" in result.err, result
+    result = hosts.cli("exec", "nope", "--", "true")
+    assert result.code == 1 and "not found" in result.err, result
+
+
+def test_the_command_ends_when_the_client_is_killed(hosts: Hosts) -> None:
+    from hostkit import sleepers
+
+    mark = marker()
+    proc = hosts.cli.popen("exec", "box", "--no-stdin", "--", "sleep", str(mark))
+    try:
+        eventually(lambda: sleepers(mark), "the exec'd command runs")
+    finally:
+        proc.kill()
+        proc.wait()
+    eventually(lambda: not sleepers(mark), "the exec'd command stopped with its client")
