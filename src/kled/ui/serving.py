@@ -1,0 +1,76 @@
+"""Mounting the console on the control plane's app: its routes, its static files, its
+security headers, and errors shown as pages rather than JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+
+from kled.errors import KledError
+from kled.ui import routes
+from kled.ui.pages import HERE, SECURITY_HEADERS, SignInFirst, render, to_signin
+from kled.ui.session import Sessions
+
+Handler = Callable[[Request, Any], Awaitable[Response]]
+
+
+def install(app: FastAPI) -> None:
+    app.state.ui_sessions = Sessions()
+    app.include_router(routes.router)
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
+    app.add_exception_handler(SignInFirst, _sign_in_first)
+    previous: Handler | None = app.exception_handlers.get(KledError)  # type: ignore[assignment]
+
+    async def kled_error(request: Request, exc: Any) -> Response:
+        if _is_console(request) and request.url.path != "/ui/links":
+            return await _error_page(request, exc)
+        assert previous is not None
+        return await previous(request, exc)
+
+    app.add_exception_handler(KledError, kled_error)
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        if _is_console(request):
+            for name, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
+        return response
+
+
+def _is_console(request: Request) -> bool:
+    path = request.url.path
+    return path == "/ui" or path.startswith("/ui/")
+
+
+async def _sign_in_first(request: Request, exc: Any) -> Response:
+    if request.method == "GET":
+        return to_signin(request)
+    return render(
+        request, "error.html", None, status=401, message="sign in first", team=None, csrf=""
+    )
+
+
+async def _error_page(request: Request, exc: KledError) -> Response:
+    from kled.ui.pages import viewer
+
+    try:
+        v = await viewer(request)
+    except SignInFirst:
+        v = None
+    status = exc.status
+    return render(
+        request,
+        "error.html",
+        v,
+        status=status,
+        message=exc.message,
+        field=exc.field,
+        team=v.user.team if v else None,
+    )
