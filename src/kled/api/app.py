@@ -189,5 +189,8 @@ def create_app(
 
     app.include_router(graphql_router(), prefix="/graphql")
     app.include_router(rest.router)
+    from kled.ui import serving as console
+
+    console.install(app)  # the web console at /ui, on this same service layer
     openapi.install(app)
     return BodyLimit(Options(app), max_body)
