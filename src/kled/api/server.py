@@ -22,10 +22,7 @@ import uvicorn
 from kled.admission.chain import AdmissionChain
 from kled.admission.policy import PolicyEngine, compile_check
 from kled.api import device_feed, exec_stream, hosts, intercepts, mesh, policies, usage
-from kled.api import workspaces as workspace_sources
 from kled.api.app import create_app
-from kled.api.gitops import router as gitops_router
-from kled.api.gitsync import GitOps
 from kled.api.hosts import HostServices
 from kled.api.intercepts import InterceptServices
 from kled.api.mesh import MeshServices
@@ -34,7 +31,6 @@ from kled.api.service import Service
 from kled.resources.kinds import validate
 from kled.settings import ServerSettings
 from kled.store.cipher import SecretCipher
-from kled.store.compaction import Compactor
 from kled.store.credentials import ADMIN_USER, Credentials
 from kled.store.database import Database
 from kled.store.objects import Store
@@ -64,7 +60,6 @@ class ControlPlane:
         self.violations: DatabaseViolationSink | None = None
         self.hosts: HostServices | None = None
         self.mesh: MeshServices | None = None
-        self.gitops: GitOps | None = None
 
     async def open(self) -> Service:
         s = self.settings
@@ -73,10 +68,6 @@ class ControlPlane:
         self.db = await Database.open(s.database_url())
         cipher = SecretCipher.from_data_dir(s.data_dir, s.secret_key)
         store = Store(self.db, cipher)
-        if s.watch_cache:
-            await store.open_cache()
-        self.compactor = Compactor(store, s.keep_events, s.compact_seconds)
-        self.compactor.start()
         credentials = Credentials(self.db)
         chain = AdmissionChain(validate_resource)
         self.service = Service(store, credentials, chain)
@@ -88,8 +79,6 @@ class ControlPlane:
         await self.hosts.start()
         self.intercepts = InterceptServices(self.service)
         await self.intercepts.start()
-        self.gitops = GitOps(self.service, s.data_dir / "gitops")
-        await self.gitops.start()
         return self.service
 
     async def _start_policies(self, store: Store, chain: AdmissionChain) -> None:
@@ -161,15 +150,8 @@ class ControlPlane:
                 device_feed.router,
                 intercepts.router,
                 usage.router,
-                gitops_router,
-                workspace_sources.router,
             ],
-            state={
-                "violations": self.violations,
-                "hosts": self.hosts,
-                "mesh": self.mesh,
-                "gitops": self.gitops,
-            },
+            state={"violations": self.violations, "hosts": self.hosts, "mesh": self.mesh},
         )
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
@@ -188,8 +170,6 @@ class ControlPlane:
             self.server.should_exit = True
 
     async def close(self) -> None:
-        if self.gitops is not None:
-            await self.gitops.stop()
         if getattr(self, "intercepts", None) is not None:
             await self.intercepts.stop()
         if self.hosts is not None:
@@ -200,10 +180,6 @@ class ControlPlane:
             await self.policy_feed.stop()
         if self.policy_engine is not None:
             await self.policy_engine.close()
-        if getattr(self, "compactor", None) is not None:
-            await self.compactor.stop()
-        if self.service is not None:
-            await self.service.store.close_cache()
         if self.db is not None:
             await self.db.close()
         if self.bound:
