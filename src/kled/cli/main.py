@@ -119,6 +119,9 @@ def _mount() -> None:
 
     app.add_typer(intercepts.app, name="intercept", help="Point an app's traffic at a device.")
     app.add_typer(devices.app, name="device", help="Join, configure and revoke devices.")
+    from kled.cli import ui
+
+    ui.register(app)
     from kled.cli import exec as exec_cli
 
     exec_cli.register(app)
