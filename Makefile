@@ -9,12 +9,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_STAMP := .apt.installed
 APT_PACKAGES := iproute2 nftables wireguard-go wireguard-tools podman runc \
-	bind9-dnsutils dnsperf dnsmasq-base iperf3 wrk busybox-static procps
+	bind9-dnsutils dnsperf dnsmasq-base iperf3 wrk busybox-static procps chromium
 PYTEST_WORKERS ?= 2
 # extra flags for kled up, e.g. UP_FLAGS="--listen 0.0.0.0:7080 --dns-listen 0.0.0.0:53"
 UP_FLAGS ?=
 
-.PHONY: up test lint bench deps apt venv oracle clean help
+.PHONY: up test lint bench deps apt venv oracle ui-deps clean help
 
 help:
 	@echo "make up     install what is missing, start Kled on this machine"
@@ -22,7 +22,7 @@ help:
 	@echo "make lint   ruff, mypy --strict and the import layering contract"
 	@echo "make bench  run the benchmarks in bench/ (JSON on stdout)"
 
-deps: apt venv oracle
+deps: apt venv oracle ui-deps
 
 # Debian packages: only when root and only those not yet installed.
 apt: $(APT_STAMP)
@@ -60,6 +60,19 @@ $(ORACLE_STAMP):
 			@devcontainers/cli@$(ORACLE_VERSION) >/dev/null && touch $@; \
 	else \
 		echo "warning: npm not found, cannot install @devcontainers/cli (oracle tests will skip)"; \
+	fi
+
+# The web console's front-end dependencies (axe-core for its accessibility test), pinned by
+# package-lock.json, installed under .tools/ui; nothing of them is copied into the repository.
+UI_DEPS := $(TOOLS)/ui
+UI_STAMP := $(UI_DEPS)/.installed
+ui-deps: $(UI_STAMP)
+$(UI_STAMP): package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		mkdir -p $(UI_DEPS) && cp package.json package-lock.json $(UI_DEPS)/ && \
+		npm ci --prefix $(UI_DEPS) --no-audit --no-fund --loglevel=error >/dev/null && touch $@; \
+	else \
+		echo "warning: npm not found, cannot install axe-core (the console's accessibility test will skip)"; \
 	fi
 
 lint: venv
