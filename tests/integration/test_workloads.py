@@ -361,7 +361,9 @@ async def test_config_changes_reach_the_node(world: World) -> None:
     cfg = {"kind": "Config", "metadata": {"name": "settings", "team": "acme",
            "environment": "dev"}, "data": {"COLOR": "blue"}}  # fmt: skip
     await world.store.create(validate(cfg))
-    await world.store.create(app_doc(envFrom=[{"config": "settings"}]))
+    # Recreate: the replica restarts in place with the new values (rolling: test_rollout_steps)
+    recreate = {"type": "Recreate"}
+    await world.store.create(app_doc(envFrom=[{"config": "settings"}], strategy=recreate))
     await world.settle()
     assert world.sink.states["n1"].replicas[0].env == {"COLOR": "blue"}
     await world.change(
@@ -395,7 +397,7 @@ async def test_scale_up_and_down(world: World) -> None:
 
 async def test_restart_bumps_the_replica_generation(world: World) -> None:
     await world.nodes("n1")
-    await world.store.create(app_doc())
+    await world.store.create(app_doc(strategy={"type": "Recreate"}))
     await world.settle()
     before = world.sink.states["n1"].replicas[0].generation
     await world.change(

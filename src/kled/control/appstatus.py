@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from kled.control.desired import BadReference
+from kled.control.rollout import Replica, Target, changes, progress
 from kled.control.scheduling import Placement
 from kled.resources.hoststate import ReplicaState, ReplicaStatus
 from kled.resources.meta import iso_timestamp
@@ -143,14 +144,25 @@ def replica_entries(
     reports: Mapping[int, Report] | None = None,
     node_ready: Mapping[str, bool] | None = None,
     bad: BadReference | None = None,
+    revisions: Mapping[int, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per wanted replica, by index."""
+    """One entry per wanted replica, by index; ``revisions`` says which revision each runs."""
     before = {int(e["index"]): e for e in previous if isinstance(e, Mapping) and "index" in e}
     out: list[dict[str, Any]] = []
     for placement in sorted(placements, key=lambda p: p.index):
         entry = _entry(placement.index, placement.node)
         old = before.get(placement.index)
-        if old is not None and old.get("node") == placement.node and placement.node:
+        revision = (revisions or {}).get(placement.index)
+        if revision is not None:
+            entry["revision"] = revision
+        elif old is not None and old.get("revision"):
+            entry["revision"] = old["revision"]
+        if (
+            old is not None
+            and old.get("node") == placement.node
+            and placement.node
+            and old.get("revision") in (None, entry.get("revision"))
+        ):
             # Same replica on the same node: what its agent said last still holds.
             for name in _OBSERVED:
                 if name in old:
@@ -216,8 +228,11 @@ def fold(
     node_ready: Mapping[str, bool] | None = None,
     bad: BadReference | None = None,
     events: Sequence[Mapping[str, Any]] = (),
+    revisions: Mapping[int, str] | None = None,
+    rollout: Target | None = None,
 ) -> dict[str, Any]:
-    """The next ``status`` of ``app``: its current status with the replica part redone."""
+    """The next ``status`` of ``app``: its current status with the replica part redone,
+    and, given ``rollout``, its revisions and how far the rollout got."""
     status = copy.deepcopy(dict(app.get("status") or {}))
     spec = app.get("spec") or {}
     wanted = int(spec.get("replicas", 1))
@@ -227,7 +242,10 @@ def fold(
         reports=reports,
         node_ready=node_ready,
         bad=bad,
+        revisions=revisions,
     )
+    if rollout is not None:
+        events = [*events, *_rollout(status, entries, wanted, rollout)]
     status["replicas"] = entries
     status["readyReplicas"] = sum(1 for e in entries if is_ready(e))
     status["phase"] = phase(wanted, entries, bad)
@@ -274,3 +292,27 @@ def placement_events(
                 )
             )
     return out
+
+
+def _rollout(
+    status: dict[str, Any], entries: Sequence[Mapping[str, Any]], wanted: int, target: Target
+) -> list[dict[str, Any]]:
+    """Write ``status.rollout`` and ``status.revisions``; the events of what changed."""
+    previous = status.get("rollout")
+    now = progress(
+        previous,
+        revision=target.number,
+        replicas=wanted,
+        target=target.revision,
+        current=[
+            Replica(int(e["index"]), str(e.get("revision") or target.revision), is_ready(e))
+            for e in entries
+        ],
+        paused=target.paused,
+        deadline_seconds=target.deadline_seconds,
+        now=target.now,
+    )
+    status["rollout"] = now.to_status()
+    status["revisions"] = target.history
+    return [event(target.now, reason, message, type=kind)
+            for kind, reason, message in changes(previous, now)]  # fmt: skip

@@ -238,10 +238,13 @@ def compute(
     configs: Mapping[Ref, Mapping[str, Any]],
     secrets: Mapping[Ref, Mapping[str, Any]],
     environments: Mapping[Ref, Mapping[str, Any]] | None = None,
+    variants: Mapping[Ref, Mapping[int, tuple[Mapping[str, Any], Mapping[str, str]]]] | None = None,
 ) -> DesiredStates:
     """Every given node's desired state (empty when it runs nothing), and the bad apps.
 
     ``environments`` maps (team, environment, "") to the Environment document.
+    ``variants`` gives, for a replica that runs another revision than the app's spec (the
+    old replicas of a rollout), the app document and environment it runs with.
     """
     out = DesiredStates()
     per_node: dict[str, list[ReplicaSpec]] = {n: [] for n in nodes}
@@ -257,7 +260,12 @@ def compute(
             out.bad[ref] = env
             continue
         try:
-            specs = [(p.node, replica_spec(app, p.index, env)) for p in placed]
+            other = (variants or {}).get(ref) or {}
+            specs = [
+                (p.node, replica_spec(doc, p.index, values))
+                for p in placed
+                for doc, values in [other.get(p.index) or (app, env)]
+            ]
         except InvalidInput as e:
             reason = "UnsupportedRuntime" if e.field == "spec.runtime" else "InvalidSpec"
             out.bad[ref] = BadReference(reason, e.message)

@@ -3,7 +3,8 @@
 The workloads controller turns Nodes and Apps into the plain data below and asks
 :func:`schedule` for a placement of every replica. The rules, in order:
 
-1. Scale down removes the highest indexes; a replica keeps its index for life.
+1. Scale down removes the highest indexes; a replica keeps its index for life. During a
+   rollout the caller names the indexes to place (``AppRequest.indexes``, see ``rollout``).
 2. A replica already placed stays where it is while its node still exists, is not lost
    (NotReady past the grace period), is schedulable (not drained, not being deleted,
    not tainted NoSchedule) and still matches the app's ``nodeSelector`` — so a change
@@ -70,6 +71,11 @@ class AppRequest:
     runtime: str = "process"
     #: where its replicas are now: index → node name
     current: Mapping[int, str] = field(default_factory=dict)
+    #: the indexes to place when they are not ``0..replicas-1`` (a rollout's surge)
+    indexes: tuple[int, ...] | None = None
+
+    def wanted(self) -> Sequence[int]:
+        return range(self.replicas) if self.indexes is None else self.indexes
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ def schedule(nodes: Iterable[NodeInfo], apps: Iterable[AppRequest]) -> Plan:
     # before anything new is placed anywhere.
     for app in ordered:
         kept: list[Placement] = []
-        for index in range(app.replicas):
+        for index in app.wanted():
             node = app.current.get(index)
             room = rooms.get(node) if node is not None else None
             if room is not None and keeps(room.info, app):
@@ -159,7 +165,7 @@ def schedule(nodes: Iterable[NodeInfo], apps: Iterable[AppRequest]) -> Plan:
         plan[app.key] = kept
     for app in ordered:
         placed = {p.index for p in plan[app.key]}
-        for index in range(app.replicas):
+        for index in app.wanted():
             if index not in placed:
                 plan[app.key].append(_place(app, index, rooms))
         plan[app.key].sort(key=lambda p: p.index)
@@ -247,8 +253,13 @@ def placements_changed(before: Sequence[Placement], after: Sequence[Placement]) 
     return list(before) != list(after)
 
 
-def app_request(app: Mapping[str, Any], current: Sequence[Placement]) -> AppRequest:
-    """The scheduler's view of an App document and of where its replicas are now."""
+def app_request(
+    app: Mapping[str, Any],
+    current: Sequence[Placement],
+    indexes: Sequence[int] | None = None,
+) -> AppRequest:
+    """The scheduler's view of an App document and of where its replicas are now;
+    ``indexes`` are the replicas to place (all of ``0..replicas-1`` when None)."""
     meta = app.get("metadata") or {}
     spec = app.get("spec") or {}
     wanted = spec.get("resources") or {}
@@ -265,4 +276,5 @@ def app_request(app: Mapping[str, Any], current: Sequence[Placement]) -> AppRequ
         memory_bytes=memory,
         runtime=str(spec.get("runtime") or "process"),
         current={p.index: p.node for p in current if p.node is not None},
+        indexes=None if indexes is None else tuple(sorted(indexes)),
     )

@@ -28,11 +28,13 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kled.control.appstatus import Report, add_events, event, fold, placement_events
-from kled.control.desired import BadReference, Ref, compute, same_replicas
+from kled.control import rollout
+from kled.control.appstatus import Report, add_events, event, fold, is_ready, placement_events
+from kled.control.desired import BadReference, Ref, compute, resolve_env, same_replicas
 from kled.control.nodes import (
     NOT_READY,
     READY,
@@ -130,6 +132,15 @@ class WorkloadController:
         self._secrets: dict[Ref, dict[str, Any]] = {}
         self._envs: dict[Ref, dict[str, Any]] = {}
         self._placements: dict[Ref, list[Placement]] = {}
+        #: the revision (template hash) each replica runs: index → hash (``rollout``)
+        self._revisions: dict[Ref, dict[int, str]] = {}
+        #: what each revision an app's replicas run is: hash → (app document, environment);
+        #: an old revision's replicas keep the environment they were started with
+        self._known: dict[Ref, dict[str, tuple[dict[str, Any], dict[str, str]]]] = {}
+        #: the rollout target of each app, as decided last round
+        self._targets: dict[Ref, rollout.Target] = {}
+        #: apps whose rollout is not complete: re-planned on readiness news and ticks
+        self._rolling: set[Ref] = set()
         self._bad: dict[Ref, BadReference] = {}
         self._sent: dict[str, HostDesiredState] = {}
         self._ready: dict[str, bool] = {}
@@ -186,11 +197,18 @@ class WorkloadController:
                 for doc in (await self.store.list(kind)).items:
                     self._remember(kind, doc)
             for ref, app in self._apps.items():
-                self._placements[ref] = [
-                    Placement(int(e["index"]), str(e["node"]))
+                entries = [
+                    e
                     for e in (app.get("status") or {}).get("replicas") or []
-                    if isinstance(e, dict) and e.get("node") and "index" in e
+                    if isinstance(e, dict) and "index" in e
                 ]
+                self._placements[ref] = [
+                    Placement(int(e["index"]), str(e["node"])) for e in entries if e.get("node")
+                ]
+                # No revision (written before rollouts existed): it runs the spec.
+                self._revisions[ref] = {
+                    int(e["index"]): str(e["revision"]) for e in entries if e.get("revision")
+                }
             self.tracker.start(
                 (
                     (n, (d.get("status") or {}).get("phase") == READY)
@@ -296,6 +314,10 @@ class WorkloadController:
         elif kind == "App":
             self._apps.pop(ref, None)
             self._placements.pop(ref, None)
+            self._revisions.pop(ref, None)
+            self._known.pop(ref, None)
+            self._targets.pop(ref, None)
+            self._rolling.discard(ref)
             self._bad.pop(ref, None)
             self._dirty = True
         elif kind == "Environment":
@@ -331,6 +353,10 @@ class WorkloadController:
                         self._remember("Node", written)
             if self.tracker.lost(now) != self._lost:
                 self._dirty = True
+            if self._rolling:
+                # A rollout's deadline runs out without news: look again.
+                self._dirty_apps |= self._rolling
+                self._dirty = True
             if self._dirty:
                 await self._reconcile()
 
@@ -347,8 +373,11 @@ class WorkloadController:
                 "workloads: nodes lost, moving their replicas: %s", sorted(lost - self._lost)
             )
         self._lost = lost
+        wall = _now()
+        variants = {ref: self._step(ref, app, wall) for ref, app in self._apps.items()}
         requests = {
-            ref: app_request(app, self._placements.get(ref, [])) for ref, app in self._apps.items()
+            ref: app_request(app, self._placements.get(ref, []), list(self._revisions[ref]))
+            for ref, app in self._apps.items()
         }
         plan = schedule(infos.values(), requests.values())
         placements = {ref: plan[req.key] for ref, req in requests.items()}
@@ -359,10 +388,10 @@ class WorkloadController:
             configs=self._configs,
             secrets=self._secrets,
             environments=self._envs,
+            variants=variants,
         )
         ready = {name: info.ready for name, info in infos.items()}
         flipped = {n for n in set(ready) | set(self._ready) if ready.get(n) != self._ready.get(n)}
-        wall = _now()
         writes: list[tuple[Ref, list[dict[str, Any]]]] = []
         for ref in sorted(self._apps):
             before, after = self._placements.get(ref, []), placements[ref]
@@ -423,6 +452,11 @@ class WorkloadController:
         if placements is None:
             return
 
+        revisions = self._revisions.get(ref)
+        target = self._targets.get(ref)
+        if target is not None:
+            target = replace(target, now=_now())
+
         def change(doc: dict[str, Any]) -> dict[str, Any]:
             return fold(
                 doc,
@@ -431,6 +465,8 @@ class WorkloadController:
                 node_ready=self._ready,
                 bad=self._bad.get(ref),
                 events=events or [],
+                revisions=revisions,
+                rollout=target,
             )
 
         await self._set_status(Key("App", *ref), change)
@@ -465,6 +501,92 @@ class WorkloadController:
                 continue  # someone else wrote status meanwhile: compute again
         log.warning("workloads: %s: status kept changing, gave up this round", key)
         return None
+
+    # ---- rollouts ---------------------------------------------------------------------------
+
+    def _step(
+        self, ref: Ref, app: dict[str, Any], now: datetime
+    ) -> dict[int, tuple[dict[str, Any], dict[str, str]]]:
+        """Take one rollout step for ``app``: set which revision each replica runs
+        (``_revisions``) and the app's target; return the documents and environments of
+        the replicas that run another revision than the spec's."""
+        spec = app.get("spec") or {}
+        wanted = int(spec.get("replicas", 1))
+        status = (self._latest.get(Key("App", *ref)) or app).get("status") or {}
+        tmpl = rollout.template(app)
+        env_doc = self._envs.get((ref[0], ref[1], "")) or {}
+        variables = (env_doc.get("spec") or {}).get("variables") or {}
+        env = resolve_env(app, self._configs, self._secrets, variables)
+        resolved = env if isinstance(env, dict) else None
+        target = rollout.template_hash(tmpl, resolved or {})
+        held = self._revisions.get(ref, {})
+        ready = {
+            int(e["index"]) for e in status.get("replicas") or [] if "index" in e and is_ready(e)
+        }
+        current = [rollout.Replica(i, held.get(i, target), i in ready) for i in sorted(held)]
+        if resolved is None:
+            # A reference that does not resolve: the app is shown Failed (``desired``);
+            # nothing rolls until it resolves.
+            self._revisions[ref] = rollout.plan(wanted, target, current, rollout.Strategy(),
+                                                hold=True)  # fmt: skip
+            self._rolling.discard(ref)
+            return {}
+        history, number = rollout.record(
+            status.get("revisions") or [], target, tmpl, now.isoformat().replace("+00:00", "Z")
+        )
+        paused = spec.get("paused") is True
+        deadline = int(spec.get("progressDeadlineSeconds") or rollout.DEFAULT_DEADLINE)
+        before = rollout.progress(
+            status.get("rollout"),
+            revision=number,
+            replicas=wanted,
+            target=target,
+            current=current,
+            paused=paused,
+            deadline_seconds=deadline,
+            now=now,
+        )
+        plan = rollout.plan(
+            wanted,
+            target,
+            current,
+            rollout.strategy_of(spec),
+            hold=rollout.holds(before.phase),
+        )
+        self._revisions[ref] = plan
+        self._targets[ref] = rollout.Target(target, number, history, paused, deadline, now)
+        known = self._known.setdefault(ref, {})
+        known[target] = (app, resolved)
+        if all(rev == target for rev in plan.values()) and ready >= set(plan):
+            self._rolling.discard(ref)
+        else:
+            self._rolling.add(ref)
+        variants: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
+        for index, rev in plan.items():
+            if rev == target:
+                continue
+            found = known.get(rev) or self._rebuild(ref, app, rev, history)
+            if found is not None:
+                known[rev] = found
+                variants[index] = found
+        for rev in list(known):
+            if rev != target and rev not in plan.values():
+                del known[rev]
+        return variants
+
+    def _rebuild(
+        self, ref: Ref, app: dict[str, Any], revision: str, history: list[dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, str]] | None:
+        """An old revision's document and environment, from the history in its status
+        (after a restart of the controller, which held them in memory)."""
+        entry = next((e for e in history if e.get("hash") == revision), None)
+        if entry is None:
+            return None
+        doc = rollout.with_template(app, entry.get("template") or {})
+        env_doc = self._envs.get((ref[0], ref[1], "")) or {}
+        variables = (env_doc.get("spec") or {}).get("variables") or {}
+        env = resolve_env(doc, self._configs, self._secrets, variables)
+        return (doc, env) if isinstance(env, dict) else None
 
     # ---- what agents report -------------------------------------------------------------
 
@@ -519,6 +641,11 @@ class WorkloadController:
             log.debug("%s: ignoring report of replica %d from node %s", _name(ref), index, node)
             return
         await self._write_app(ref, reports={index: Report(node, status)})
+        if ref in self._rolling:
+            # Readiness is what a rollout waits for: take its next step now.
+            self._dirty_apps.add(ref)
+            self._dirty = True
+            await self._reconcile()
 
     async def on_event(self, ev: AgentEvent) -> None:
         """An agent's event: into the app's ``status.events``, or the node's."""
