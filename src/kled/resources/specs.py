@@ -12,7 +12,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, Strict, field_validator, model_validator
+from pydantic import BeforeValidator, Field, Strict, field_validator, model_validator
 
 from kled.errors import InvalidInput
 from kled.resources.fields import (
@@ -280,6 +280,78 @@ class Lifecycle(KledModel):
     """Run before a replica is sent SIGTERM, after it has left every gateway's backends."""
 
 
+_PERCENT = re.compile(r"^(100|[1-9]?[0-9])%\Z")
+
+
+def _int_or_percent(value: Any) -> int | str:
+    # As in Kubernetes: a whole number of replicas, or a percentage of spec.replicas.
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise problem("must be a whole number or a percentage like 25%")
+    if isinstance(value, int):
+        if not 0 <= value <= 1000:
+            raise problem("must be 0-1000 or a percentage like 25%")
+        return value
+    if not _PERCENT.match(value):
+        raise problem("must be a whole number or a percentage like 25% (0%-100%)")
+    return value
+
+
+IntOrPercent = Annotated[int | str, BeforeValidator(_int_or_percent)]
+
+
+class RollingUpdate(KledModel):
+    """How far a rolling update may go above and below ``replicas`` at each step."""
+
+    max_surge: IntOrPercent = "25%"
+    """Replicas above ``replicas`` while rolling (a percentage rounds up)."""
+    max_unavailable: IntOrPercent = "25%"
+    """Replicas below ``replicas`` that may be not ready while rolling (rounds down)."""
+
+
+class DeploymentStrategy(KledModel):
+    """``RollingUpdate`` (the default) replaces replicas a few at a time, each step waiting
+    for readiness; ``Recreate`` restarts them all at once."""
+
+    type: Literal["RollingUpdate", "Recreate"] = "RollingUpdate"
+    max_surge: IntOrPercent | None = None
+    """Short for ``rollingUpdate.maxSurge``."""
+    max_unavailable: IntOrPercent | None = None
+    """Short for ``rollingUpdate.maxUnavailable``."""
+    rolling_update: RollingUpdate | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DeploymentStrategy:
+        flat = self.max_surge is not None or self.max_unavailable is not None
+        if flat and self.rolling_update is not None:
+            raise problem("set maxSurge/maxUnavailable here or in rollingUpdate, not both",
+                          at=("rollingUpdate",))  # fmt: skip
+        if self.type == "Recreate" and (flat or self.rolling_update is not None):
+            where = "rollingUpdate" if self.rolling_update is not None else "maxSurge"
+            if self.rolling_update is None and self.max_surge is None:
+                where = "maxUnavailable"
+            raise problem("only for type RollingUpdate", at=(where,))
+        surge, unavailable = self.limits()
+        if _is_zero(surge) and _is_zero(unavailable):
+            at: tuple[str, ...] = ("maxUnavailable",)
+            if self.rolling_update is not None:
+                at = ("rollingUpdate", "maxUnavailable")
+            raise problem("maxSurge and maxUnavailable cannot both be 0", at=at)
+        return self
+
+    def limits(self) -> tuple[int | str, int | str]:
+        """(maxSurge, maxUnavailable) as written, the defaults filled in."""
+        nested = self.rolling_update or RollingUpdate()
+        surge = self.max_surge if self.max_surge is not None else nested.max_surge
+        unavailable = (
+            self.max_unavailable if self.max_unavailable is not None else nested.max_unavailable
+        )
+        return surge, unavailable
+
+
+def _is_zero(value: int | str) -> bool:
+    return value in (0, "0%")
+
+
 class AppSpec(KledModel):
     runtime: Literal["process", "container", "kubernetes"] = "process"
     command: list[str] = []
@@ -303,6 +375,12 @@ class AppSpec(KledModel):
     lifecycle: Lifecycle | None = None
     termination_grace_period_seconds: NonNegative | None = None
     """Seconds between SIGTERM and SIGKILL when a replica stops (default 30)."""
+    strategy: DeploymentStrategy = Field(default_factory=DeploymentStrategy)
+    """How a change to what runs (command, image, env, configs, secrets) replaces replicas."""
+    paused: Bool = False
+    """While true, a change to what runs starts no rollout (scaling still happens)."""
+    progress_deadline_seconds: AtLeastOne = 600
+    """A rollout that makes no progress for this long is reported stalled and stops."""
 
     @field_validator("working_dir")
     @classmethod
