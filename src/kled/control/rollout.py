@@ -193,12 +193,18 @@ def plan(
     # Fewer replicas wanted than new ones exist (a scale-down mid-rollout).
     while len(new) > replicas:
         del out[new.pop(0).index]
-    # Up: new replicas while the total stays within replicas + surge.
-    room = min(replicas - len(new), replicas + surge - len(out))
     top = max(have, default=-1)
-    for _ in range(max(0, room)):
-        top += 1
-        out[top] = target
+
+    def up() -> None:
+        # New replicas while the total stays within replicas + surge.
+        nonlocal top
+        room = min(replicas - sum(1 for rev in out.values() if rev == target),
+                   replicas + surge - len(out))  # fmt: skip
+        for _ in range(max(0, room)):
+            top += 1
+            out[top] = target
+
+    up()
     # Down: old replicas while enough stay ready; unready old ones go first.
     minimum = replicas - unavailable
     new_unready = sum(1 for i, rev in out.items() if rev == target and i not in ready)
@@ -206,11 +212,11 @@ def plan(
     for r in sorted(old, key=_removal_order):
         if budget <= 0:
             break
-        if r.ready:
-            if sum(1 for i in out if i in ready) - 1 < minimum:
-                continue
+        if r.ready and sum(1 for i in out if i in ready) - 1 < minimum:
+            continue
         del out[r.index]
         budget -= 1
+    up()  # into the room the old ones left
     return out
 
 
