@@ -28,7 +28,7 @@ READ_VERBS = frozenset({"get", "list", "watch"})
 MEMBER_WRITABLE = frozenset(
     {"App", "Environment", "Workspace", "Intercept", "Config", "Secret", "ManagedService", "Device"}
 )
-ADMIN_ONLY = frozenset({"User", "Policy", "Cluster"})
+ADMIN_ONLY = frozenset({"User", "Policy", "Cluster", "GitSource"})
 
 
 def rank(role: str | None) -> int:

@@ -23,6 +23,8 @@ from kled.admission.chain import AdmissionChain
 from kled.admission.policy import PolicyEngine, compile_check
 from kled.api import device_feed, exec_stream, hosts, intercepts, mesh, policies, usage
 from kled.api.app import create_app
+from kled.api.gitops import router as gitops_router
+from kled.api.gitsync import GitOps
 from kled.api.hosts import HostServices
 from kled.api.intercepts import InterceptServices
 from kled.api.mesh import MeshServices
@@ -60,6 +62,7 @@ class ControlPlane:
         self.violations: DatabaseViolationSink | None = None
         self.hosts: HostServices | None = None
         self.mesh: MeshServices | None = None
+        self.gitops: GitOps | None = None
 
     async def open(self) -> Service:
         s = self.settings
@@ -79,6 +82,8 @@ class ControlPlane:
         await self.hosts.start()
         self.intercepts = InterceptServices(self.service)
         await self.intercepts.start()
+        self.gitops = GitOps(self.service, s.data_dir / "gitops")
+        await self.gitops.start()
         return self.service
 
     async def _start_policies(self, store: Store, chain: AdmissionChain) -> None:
@@ -150,8 +155,14 @@ class ControlPlane:
                 device_feed.router,
                 intercepts.router,
                 usage.router,
+                gitops_router,
             ],
-            state={"violations": self.violations, "hosts": self.hosts, "mesh": self.mesh},
+            state={
+                "violations": self.violations,
+                "hosts": self.hosts,
+                "mesh": self.mesh,
+                "gitops": self.gitops,
+            },
         )
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
@@ -170,6 +181,8 @@ class ControlPlane:
             self.server.should_exit = True
 
     async def close(self) -> None:
+        if self.gitops is not None:
+            await self.gitops.stop()
         if getattr(self, "intercepts", None) is not None:
             await self.intercepts.stop()
         if self.hosts is not None:

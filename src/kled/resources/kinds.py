@@ -35,6 +35,7 @@ from kled.resources.specs import (
     ClusterSpec,
     DeviceSpec,
     EnvironmentSpec,
+    GitSourceSpec,
     InterceptSpec,
     ManagedServiceSpec,
     NodeSpec,
@@ -117,6 +118,11 @@ class Cluster(Resource):
     spec: ClusterSpec
 
 
+class GitSource(Resource):
+    kind: Literal["GitSource"] = "GitSource"
+    spec: GitSourceSpec
+
+
 def _check_data_keys(value: dict[str, str]) -> dict[str, str]:
     for key in value:
         if len(key) > 253 or not _DATA_KEY.match(key):
@@ -174,7 +180,7 @@ _MODELS: dict[str, type[Resource]] = {
     model.__name__: model
     for model in (
         Team, User, Token, Node, Device, Environment, App, ManagedService, Config, Secret,
-        Workspace, Intercept, Policy, Cluster,
+        Workspace, Intercept, Policy, Cluster, GitSource,
     )
 }  # fmt: skip
 
@@ -193,6 +199,7 @@ _SPEC_MODELS: dict[str, type[KledModel]] = {
     "Intercept": InterceptSpec,
     "Policy": PolicySpec,
     "Cluster": ClusterSpec,
+    "GitSource": GitSourceSpec,
 }
 
 
@@ -288,6 +295,7 @@ __all__ = [
     "Config",
     "Device",
     "Environment",
+    "GitSource",
     "Intercept",
     "ManagedService",
     "Node",

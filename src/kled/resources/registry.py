@@ -48,6 +48,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Workspace", "workspaces", Scope.TEAM, ("ws",)),
     KindInfo("Policy", "policies", Scope.TEAM, ("pol",)),
     KindInfo("Cluster", "clusters", Scope.TEAM),
+    KindInfo("GitSource", "gitsources", Scope.TEAM, ("gs", "gitsource")),
     KindInfo("App", "apps", Scope.ENVIRONMENT),
     KindInfo("ManagedService", "managedservices", Scope.ENVIRONMENT, ("ms", "msvc")),
     KindInfo("Config", "configs", Scope.ENVIRONMENT, ("cfg", "cm", "configmap"), data_kind=True),

@@ -618,3 +618,74 @@ class ClusterSpec(KledModel):
     node_selector: Labels = {}
     quotas: Quotas | None = None
     description: str | None = None
+
+
+# --- GitSource ------------------------------------------------------------------------------
+
+GIT_SCHEMES = ("file://", "git://", "ssh://", "https://", "http://")
+#: what a ref may not contain: git's own rules (``git check-ref-format``), and a leading
+#: ``-`` that git would read as an option
+_BAD_REF = re.compile(r"(^[-/.])|\.\.|@\{|[\x00-\x20~^:?*\[\\\x7f]|//|/$|\.lock$|\.$")
+
+
+def is_git_ref(value: str) -> bool:
+    """Whether ``value`` names a branch, tag or commit as git accepts it."""
+    return bool(value) and _BAD_REF.search(value) is None
+
+
+class SecretKeyRef(KledModel):
+    """One entry of a Secret of the team: which environment holds it, its name, its key."""
+
+    environment: DnsLabel
+    name: DnsLabel
+    key: NonEmptyStr | None = None
+    """The entry to read (default: the only entry, or the one the reader names)."""
+
+
+class GitSourceSpec(KledModel):
+    """A git repository whose YAML documents the control plane keeps applied (issue 18)."""
+
+    url: NonEmptyStr
+    """``file://``, ``git://``, ``ssh://`` or ``https://`` (``http://`` too)."""
+    ref: NonEmptyStr = "main"
+    """A branch, a tag or a commit."""
+    path: str = "."
+    """The folder of YAML documents inside the repository, read with its subfolders."""
+    interval: Duration = "1m"
+    prune: Bool = True
+    """Delete what this source created once its document leaves the repository."""
+    atomic: Bool = True
+    """A commit is applied whole or not at all; ``false`` applies what passes."""
+    suspend: Bool = False
+    environment: DnsLabel | None = None
+    """Put every document into this environment (default: each document's own)."""
+    credentials: SecretKeyRef | None = None
+    """A Secret holding an SSH private key (``ssh://``) or a token (``https://``)."""
+    webhook_secret: SecretKeyRef | None = None
+    """The Secret entry that signs push webhooks (GitHub/Gitea HMAC, GitLab token)."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(GIT_SCHEMES):
+            raise problem(f"must start with one of {', '.join(GIT_SCHEMES)}")
+        if any(ch.isspace() or ord(ch) < 32 for ch in value):
+            raise problem("must not contain spaces or control characters")
+        return value
+
+    @field_validator("ref")
+    @classmethod
+    def _check_ref(cls, value: str) -> str:
+        if not is_git_ref(value):
+            raise problem("must be a branch, tag or commit name as git accepts it")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        parts = [p for p in value.strip().split("/") if p not in ("", ".")]
+        if value.startswith("/") or ".." in parts or "\\" in value:
+            raise problem("must be a relative folder inside the repository, without '..'")
+        if any(ord(ch) < 32 for ch in value):
+            raise problem("must not contain control characters")
+        return "/".join(parts) or "."
