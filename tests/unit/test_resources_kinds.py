@@ -52,6 +52,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "Intercept": doc("Intercept", {"app": "api", "device": "laptop"}, environment="dev"),
     "Policy": doc("Policy", {"javascript": "allow();"}),
     "Cluster": doc("Cluster", {}),
+    "GitSource": doc("GitSource", {"url": "file:///srv/git/env.git"}, team="acme"),
 }
 
 

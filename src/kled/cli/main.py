@@ -112,6 +112,9 @@ def _mount() -> None:
     app.add_typer(nodes.app, name="node", help="Join tokens, and the nodes that run apps.")
     app.add_typer(apps.app, name="app", help="Restart and scale apps.")
     app.add_typer(top.app, name="top", help="What apps and nodes use now: CPU, memory.")
+    from kled.cli import rollout
+
+    app.add_typer(rollout.app, name="rollout", help="Rolling updates: status, history, undo.")
     from kled.cli import ips
 
     app.add_typer(ips.app, name="ip", help="Who holds which address of a team's block.")
