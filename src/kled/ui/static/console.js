@@ -45,11 +45,13 @@
   var source = new EventSource(main.getAttribute("data-watch"));
   source.addEventListener("change", soon);
   source.addEventListener("open", function () {
+    document.documentElement.setAttribute("data-live", "open");
     if (banner) banner.hidden = true;
     if (lost) { lost = false; soon(); } // resumed from the last event id: catch up once
   });
   source.addEventListener("error", function () {
     lost = true;
+    document.documentElement.setAttribute("data-live", "lost");
     if (banner) banner.hidden = false;
   });
   window.addEventListener("pagehide", function () { source.close(); });

@@ -1,0 +1,198 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright (issue 13).
+
+Sign in by pasting a token; apply YAML by paste; an app applied elsewhere appears in an
+open page without a reload (the SSE watch); a viewer sees no write buttons; script
+payloads in annotations and error messages are shown as text and never run; axe-core
+(from ``make ui-deps``) finds no serious or critical accessibility violation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_api import make_team, make_user
+
+from servers import RunningServer
+
+CHROMIUM = "/usr/bin/chromium"
+AXE = Path(__file__).resolve().parents[2] / ".tools/ui/node_modules/axe-core/axe.min.js"
+XSS_SCRIPT = "<script>window.__pwned = 1</script>"
+XSS_IMG = '"><img src=x onerror="window.__pwned = 2">'
+
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is a dev dependency: make venv installs it"
+)
+if shutil.which(CHROMIUM) is None:
+    pytest.skip("Debian's chromium is not installed: make apt installs it", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def server(shared_server: RunningServer) -> RunningServer:
+    return shared_server
+
+
+@pytest.fixture
+def team(server: RunningServer, unique_team: str) -> str:
+    make_team(server, unique_team)
+    return unique_team
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda e: errors.append(str(e)))
+    opened.errors = errors
+    try:
+        yield opened
+    finally:
+        context.close()
+
+
+def sign_in(page: Any, server: RunningServer, token: str) -> None:
+    page.goto(f"{server.url}/ui")
+    assert "/ui/signin" in page.url
+    page.get_by_label("API token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/ui/teams/**")
+
+
+def test_sign_in_apply_by_paste_and_see_it(page: Any, server: RunningServer, team: str) -> None:
+    sign_in(page, server, make_user(server, team, "olga", "owner"))
+    assert page.get_by_test_id("who").inner_text() == f"olga · owner in {team}"
+    page.get_by_role("link", name="Apply YAML").click()
+    page.get_by_label("Environment for resources that name none").select_option("dev")
+    page.get_by_label("Resources (YAML)").fill(
+        "kind: App\nmetadata: {name: web, labels: {tier: frontend}}\n"
+        "spec: {command: [sleep, '60'], replicas: 2}\n"
+    )
+    page.get_by_role("button", name="Apply", exact=True).click()
+    assert page.get_by_test_id("apply-results").inner_text() == "app/web created"
+    page.goto(f"{server.url}/ui/teams/{team}/envs/dev")
+    assert page.locator("tr[data-app=web]").inner_text().startswith("web")
+    page.get_by_role("link", name="web", exact=True).click()
+    assert page.get_by_role("heading", level=1).inner_text() == "App web"
+    page.get_by_role("link", name="YAML", exact=True).click()
+    assert "replicas: 2" in page.locator("pre.yaml").inner_text()
+    page.go_back()
+    assert page.get_by_role("heading", level=1).inner_text() == "App web"
+    assert page.errors == []
+
+
+def test_an_app_applied_elsewhere_appears_without_reload(
+    page: Any, server: RunningServer, team: str
+) -> None:
+    sign_in(page, server, make_user(server, team, "olga", "owner"))
+    page.goto(f"{server.url}/ui/teams/{team}/envs/dev")
+    page.evaluate("window.__same_document = true")
+    assert page.locator("tr[data-app=late]").count() == 0
+    page.locator("html[data-live=open]").wait_for()  # the page follows its event stream
+    with server.client() as admin:
+        r = admin.post(
+            f"/api/v1/teams/{team}/environments/dev/apps",
+            json={"metadata": {"name": "late"}, "spec": {"command": ["sleep", "60"]}},
+        )
+        assert r.status_code == 201, r.text
+    page.locator("tr[data-app=late]").wait_for(timeout=15_000)
+    assert page.evaluate("window.__same_document") is True  # no reload happened
+    assert page.locator("#live-banner").is_hidden()
+
+
+def test_a_viewer_sees_no_write_buttons(page: Any, server: RunningServer, team: str) -> None:
+    with server.client() as admin:
+        r = admin.post(
+            f"/api/v1/teams/{team}/environments/dev/apps",
+            json={"metadata": {"name": "web"}, "spec": {"command": ["sleep", "60"]}},
+        )
+        assert r.status_code == 201, r.text
+    sign_in(page, server, make_user(server, team, "vic", "viewer"))
+    page.goto(f"{server.url}/ui/teams/{team}/envs/dev/apps/web")
+    assert page.get_by_role("heading", level=1).inner_text() == "App web"
+    for name in ("Scale", "Restart", "Delete", "Start intercept"):
+        assert page.get_by_role("button", name=name).count() == 0
+    assert page.get_by_role("button", name="Sign out").count() == 1
+
+
+def test_script_payloads_are_shown_never_run(page: Any, server: RunningServer, team: str) -> None:
+    with server.client() as admin:
+        r = admin.post(
+            f"/api/v1/teams/{team}/environments/dev/apps",
+            json={
+                "metadata": {"name": "web", "annotations": {"a": XSS_SCRIPT, "b": XSS_IMG}},
+                "spec": {"command": ["sleep", "60"]},
+            },
+        )
+        assert r.status_code == 201, r.text
+    sign_in(page, server, make_user(server, team, "olga", "owner"))
+    page.goto(f"{server.url}/ui/teams/{team}/envs/dev/apps/web")
+    page.wait_for_load_state("load")
+    shown = page.locator("#app-summary").inner_text()
+    assert XSS_SCRIPT in shown and XSS_IMG in shown
+    assert page.locator("#app-summary img, #app-summary script").count() == 0
+    # an admission error that quotes the payload is text too
+    page.goto(f"{server.url}/ui/teams/{team}/apply")
+    bad = {"kind": "App", "metadata": {"name": "x", "environment": "dev", "labels": {"a": XSS_IMG}}}
+    page.get_by_label("Resources (YAML)").fill(json.dumps(bad))  # JSON is YAML too
+    page.get_by_role("button", name="Apply", exact=True).click()
+    assert XSS_IMG in page.get_by_test_id("apply-error").inner_text()
+    page.goto(f"{server.url}/ui/teams/{team}/yaml/apps/web?env=dev")
+    assert XSS_SCRIPT in page.locator("pre.yaml").inner_text()
+    assert page.evaluate("window.__pwned") is None
+
+
+@pytest.mark.skipif(not AXE.exists(), reason="axe-core is not installed: run make ui-deps")
+def test_pages_have_no_serious_accessibility_violations(
+    page: Any, server: RunningServer, team: str
+) -> None:
+    with server.client() as admin:
+        r = admin.post(
+            f"/api/v1/teams/{team}/environments/dev/apps",
+            json={"metadata": {"name": "web"}, "spec": {"command": ["sleep", "60"]}},
+        )
+        assert r.status_code == 201, r.text
+    page.goto(f"{server.url}/ui/signin")
+    found = {"signin": _axe(page)}
+    sign_in(page, server, make_user(server, team, "olga", "owner"))
+    base = f"{server.url}/ui/teams/{team}"
+    for name, path in (
+        ("overview", ""),
+        ("environment", "/envs/dev"),
+        ("app", "/envs/dev/apps/web"),
+        ("apply", "/apply"),
+        ("nodes", "/nodes"),
+        ("devices", "/devices"),
+        ("intercepts", "/intercepts"),
+        ("policies", "/policies"),
+        ("yaml", "/yaml/apps/web?env=dev"),
+    ):
+        page.goto(base + path)
+        found[name] = _axe(page)
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def _axe(page: Any) -> list[str]:
+    """The serious and critical violations axe-core finds in the page, as rule ids."""
+    # the CSP forbids inline scripts: axe goes in through the DevTools protocol instead
+    page.evaluate(AXE.read_text())
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [
+        f"{v['id']}: {v['nodes'][0]['target']}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
