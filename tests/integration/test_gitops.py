@@ -62,8 +62,8 @@ def status_of(c: httpx.Client, team: str, name: str) -> dict[str, Any]:
     return dict(r.json().get("status") or {})
 
 
-def sync(c: httpx.Client, team: str, name: str, **params: str) -> dict[str, Any]:
-    r = c.post(f"/api/v1/teams/{team}/gitsources/{name}/sync", params=params)
+def sync(c: httpx.Client, team: str, name: str, **body: str) -> dict[str, Any]:
+    r = c.post(f"/api/v1/teams/{team}/gitsources/{name}/sync", json=body)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
@@ -71,6 +71,19 @@ def sync(c: httpx.Client, team: str, name: str, **params: str) -> dict[str, Any]
 
 def results(status: dict[str, Any]) -> dict[str, str]:
     return {item["ref"]: item["result"] for item in status.get("resources") or []}
+
+
+def edit_app(c: httpx.Client, team: str, name: str, change: Any) -> None:
+    """Change an app by hand, as a user would: read, change, write (again if stale)."""
+    for _ in range(20):
+        app = get_app(c, team, name)
+        assert app is not None
+        change(app)
+        r = c.put(f"/api/v1/teams/{team}/environments/dev/apps/{name}", json=app)
+        if r.status_code != 409:  # IPAM may write the app's status in between
+            assert r.is_success, r.text
+            return
+    raise AssertionError(f"app {name}: every write was stale")
 
 
 def revision(c: httpx.Client, team: str) -> str:
@@ -169,15 +182,13 @@ def test_drift_is_shown_by_diff_and_reverted_unless_ignored(
     with server.client() as c:
         create(c, source(team, "main", origin.url))
         wait_for(lambda: status_of(c, team, "main").get("phase") == "Synced", "the first sync")
-        api = get_app(c, team, "api")
-        assert api is not None
-        api["spec"]["replicas"] = 5
-        assert c.put(f"/api/v1/teams/{team}/environments/dev/apps/api", json=api).is_success
-        web = get_app(c, team, "web")
-        assert web is not None
-        web["spec"]["replicas"] = 3
-        web["metadata"]["annotations"]["kled.io/gitops"] = "ignore"
-        assert c.put(f"/api/v1/teams/{team}/environments/dev/apps/web", json=web).is_success
+        edit_app(c, team, "api", lambda app: app["spec"].update(replicas=5))
+
+        def ignore_and_scale(app: dict[str, Any]) -> None:
+            app["spec"]["replicas"] = 3
+            app["metadata"]["annotations"]["kled.io/gitops"] = "ignore"
+
+        edit_app(c, team, "web", ignore_and_scale)
         r = c.get(f"/api/v1/teams/{team}/gitsources/main/diff")
         assert r.status_code == 200, r.text
         text = r.json()["diff"]
@@ -287,7 +298,7 @@ def test_a_bad_ref_a_missing_path_or_an_unreachable_repository_apply_nothing(
         create(c, source(team, "good", origin.url, path="envs/dev"))
         assert sync(c, team, "good")["phase"] == "Synced"
         assert get_app(c, team, "api") is not None
-        r = c.post(f"/api/v1/teams/{team}/gitsources/good/sync", params={"ref": "-x"})
+        r = c.post(f"/api/v1/teams/{team}/gitsources/good/sync", json={"ref": "-x"})
         assert r.status_code == 422 and "ref" in r.text
 
 

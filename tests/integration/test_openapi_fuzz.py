@@ -66,7 +66,11 @@ def test_every_path_parameter_is_declared_and_every_refusal_is_a_status(
                 "$ref": "#/components/schemas/Status"
             }:
                 problems.append(f"{method} {path}: {code} is not a Status")
-        public = path == "/api/v1/nodes/register"  # an agent shows its join token in the body
+        # an agent shows its join token in the body; a push webhook is signed with its secret
+        public = path in (
+            "/api/v1/nodes/register",
+            "/api/v1/teams/{team}/gitsources/{name}/webhook",
+        )
         if path.startswith("/api/") and not public and op.get("security") != [{"bearer": []}]:
             problems.append(f"{method} {path}: no bearer security")
     assert problems == []

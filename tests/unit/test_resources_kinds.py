@@ -434,7 +434,8 @@ DNS = "must be a DNS label (lowercase letters, digits and '-', at most 63)"
         (doc("Policy", {"javascript": "x", "resources": ["apps", "widgets"]}),
          "spec.resources[1]",
          "unknown resource type 'widgets' (known: teams, nodes, users, tokens, devices, "
-         "environments, workspaces, policies, clusters, apps, managedservices, configs, "
+         "environments, workspaces, policies, clusters, gitsources, apps, managedservices, "
+         "configs, "
          "secrets, intercepts)"),
         (doc("Policy", {"javascript": "x", "objectSelector": {
             "matchExpressions": [{"key": "a", "operator": "In"}]}}),

@@ -26,6 +26,7 @@ from kled.api.gitsync import GitOps
 from kled.api.rest import User
 from kled.control.gitrepo import GitError
 from kled.errors import Conflict, InvalidInput, KledError, Unauthorized, Unavailable
+from kled.resources import bounds
 from kled.resources.registry import kind_info
 from kled.resources.specs import is_git_ref
 from kled.store.objects import Key
@@ -43,6 +44,11 @@ _ACCEPTED = {
     },
 }
 _STATUS = {"type": "object", "description": "the GitSource's status after the sync"}
+_SYNC_BODY = {
+    "type": "object",
+    "properties": {"ref": {"type": "string", "description": "sync this ref once"}},
+    "additionalProperties": False,
+}
 _DIFF = {"type": "object", "properties": {"diff": {"type": "string"}}}
 
 
@@ -91,6 +97,7 @@ def ref_matches(pushed: str, wanted: str) -> bool:
 
 @router.post(
     _PATH + "/webhook",
+    status_code=202,
     summary="A push webhook (GitHub, Gitea, GitLab) for a GitSource, signed with its secret",
     responses=_json(202, _ACCEPTED, "the push is accepted (a sync is asked for) or ignored"),
     openapi_extra={
@@ -142,11 +149,21 @@ async def webhook(request: Request, team: str, name: str) -> Response:
     _PATH + "/sync",
     summary="Sync a GitSource now (at its ref, or once at another); answers its status",
     responses=_json(200, _STATUS, "the source's status after the sync"),
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": _SYNC_BODY}},
+        }
+    },
 )
-async def sync(
-    request: Request, team: str, name: str, ref: str | None = None, user: UserInfo = User
-) -> Response:
+async def sync(request: Request, team: str, name: str, user: UserInfo = User) -> Response:
     authz.authorize(user, "update", kind_info("GitSource"), team, f"gitsource/{team}/{name}")
+    body = bounds.loads(await request.body() or b"{}")
+    if not isinstance(body, dict):
+        raise InvalidInput('the body must be a JSON object like {"ref": "main"}')
+    ref = body.get("ref")
+    if ref is not None and not isinstance(ref, str):
+        raise InvalidInput("must be a string", field="ref")
     if ref is not None and not is_git_ref(ref):
         raise InvalidInput(f"{ref!r} is not a branch, tag or commit name", field="ref")
     # a failed fetch or a denied commit is the source's status, not an error of the call
