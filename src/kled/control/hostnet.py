@@ -241,10 +241,19 @@ def snapshot_from_documents(
 
 
 class PodAddressBook:
-    """Pod IPs by replica: stable while a replica stays in one node's pod subnet."""
+    """Pod IPs by replica: stable while a replica stays in one node's pod subnet.
+
+    An address let go is not handed out again while others are free: the replica that had
+    it may still be stopping on its node, its pod kept until it ends (a rolling update
+    removes one replica and adds another in the same step)."""
+
+    #: addresses remembered as recently let go (the oldest are reused first when full)
+    FREED_KEPT = 1024
 
     def __init__(self) -> None:
         self._ips: dict[str, str] = {}
+        #: recently let go, oldest first
+        self._freed: dict[str, None] = {}
 
     def get(self, replica_id: str) -> str | None:
         return self._ips.get(replica_id)
@@ -279,14 +288,27 @@ class PodAddressBook:
         for rid in wanted:
             if rid in taken:
                 continue
-            while candidate <= last and str(ipaddress.IPv4Address(candidate)) in used:
+            while candidate <= last and (
+                str(ipaddress.IPv4Address(candidate)) in used
+                or str(ipaddress.IPv4Address(candidate)) in self._freed
+            ):
                 candidate += 1
-            if candidate > last:
-                log.warning("hostnet: pod subnet %s is full; replica/%s has no IP", subnet, rid)
-                continue
-            ip = str(ipaddress.IPv4Address(candidate))
+            if candidate <= last:
+                ip = str(ipaddress.IPv4Address(candidate))
+            else:
+                # Nothing never-used is left: the address let go longest ago.
+                again = next(
+                    (a for a in self._freed
+                     if a not in used and first <= int(ipaddress.IPv4Address(a)) <= last),
+                    None,
+                )  # fmt: skip
+                if again is None:
+                    log.warning("hostnet: pod subnet %s is full; replica/%s has no IP", subnet, rid)
+                    continue
+                ip = again
             taken[rid] = ip
             used.add(ip)
+            self._freed.pop(ip, None)
         for rid in wanted:
             if rid in taken:
                 self._ips[rid] = taken[rid]
@@ -294,6 +316,12 @@ class PodAddressBook:
 
     def forget_except(self, live: Iterable[str]) -> None:
         keep = set(live)
+        for rid, ip in self._ips.items():
+            if rid not in keep:
+                self._freed.pop(ip, None)
+                self._freed[ip] = None
+        while len(self._freed) > self.FREED_KEPT:
+            del self._freed[next(iter(self._freed))]
         self._ips = {rid: ip for rid, ip in self._ips.items() if rid in keep}
 
 
