@@ -220,3 +220,44 @@ def test_kled_ui_print_gives_a_link_that_signs_in_once(
         assert "spent or expired" in r.text
     assert kled(["--server", server.url, "--token", "bogus", "ui", "--print"]) == 1
     assert "token" in capsys.readouterr().err
+
+
+def test_secret_values_only_for_those_who_may_reveal(server: RunningServer, team: str) -> None:
+    with server.client() as admin:
+        r = admin.post(
+            f"/api/v1/teams/{team}/environments/dev/secrets",
+            json={"metadata": {"name": "db"}, "stringData": {"PASSWORD": "s3cr3t-value"}},
+        )
+        assert r.status_code == 201, r.text
+    with signed_in(server, make_user(server, team, "mia", "member")) as browser:
+        env = browser.get(f"/ui/teams/{team}/envs/dev")
+        assert "PASSWORD" in env.text and "s3cr3t-value" not in env.text
+        page = browser.get(f"/ui/teams/{team}/envs/dev/secrets/db")
+        assert "PASSWORD" in page.text and "Reveal values" not in page.text
+        r = browser.get(f"/ui/teams/{team}/envs/dev/secrets/db?reveal=true")
+        assert r.status_code == 403 and "s3cr3t-value" not in r.text
+    with signed_in(server, make_user(server, team, "olga", "owner")) as browser:
+        page = browser.get(f"/ui/teams/{team}/envs/dev/secrets/db")
+        assert "Reveal values" in page.text and "s3cr3t-value" not in page.text
+        r = browser.get(f"/ui/teams/{team}/envs/dev/secrets/db?reveal=true")
+        assert r.status_code == 200 and "s3cr3t-value" in r.text
+
+
+def test_only_the_server_administrator_drains_a_node(server: RunningServer, team: str) -> None:
+    node = f"{team}-node"
+    with server.client() as admin:
+        r = admin.post("/api/v1/nodes", json={"metadata": {"name": node}})
+        assert r.status_code == 201, r.text
+    with signed_in(server, make_user(server, team, "olga", "owner")) as browser:
+        page = browser.get(f"/ui/teams/{team}/nodes")
+        assert node in page.text and f"nodes/{node}/drain" not in page.text
+        r = browser.post(f"/ui/teams/{team}/nodes/{node}/drain", data={"csrf": csrf_of(page.text)})
+        assert r.status_code == 403
+    with signed_in(server, server.admin_token) as browser:
+        page = browser.get(f"/ui/teams/{team}/nodes")
+        r = browser.post(f"/ui/teams/{team}/nodes/{node}/drain", data={"csrf": csrf_of(page.text)})
+        assert r.status_code == 303
+        assert f"nodes/{node}/uncordon" in browser.get(r.headers["location"]).text
+    with server.client() as admin:
+        assert admin.get(f"/api/v1/nodes/{node}").json()["spec"]["unschedulable"] is True
+        admin.delete(f"/api/v1/nodes/{node}")

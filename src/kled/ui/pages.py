@@ -119,9 +119,9 @@ async def form(request: Request, v: Viewer | None, expected: str | None = None) 
 
 
 def render(
-    request: Request, name: str, v: Viewer | None, status: int = 200, **context: Any
+    request: Request, template: str, v: Viewer | None, /, status: int = 200, **context: Any
 ) -> HTMLResponse:
-    html = templates.get_template(name).render(
+    html = templates.get_template(template).render(
         viewer=v,
         csrf=v.session.csrf if v else context.pop("csrf", ""),
         path=request.url.path,

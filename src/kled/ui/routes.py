@@ -207,10 +207,14 @@ async def environment(request: Request, team: str, env: str) -> Response:
     svc = service(request)
     env_doc = await svc.get(v.user, Key("Environment", team, "", env))
     apps = await svc.list(v.user, kind_info("App"), team, env)
+    configs = await svc.list(v.user, kind_info("Config"), team, env)
+    secrets = await svc.list(v.user, kind_info("Secret"), team, env)
     return render(
         request,
         "environment.html",
         v,
+        configs=configs.items,
+        secrets=secrets.items,
         team=team,
         env=env,
         env_doc=env_doc,
@@ -243,6 +247,27 @@ async def app_page(request: Request, team: str, env: str, name: str) -> Response
     )
 
 
+@router.get("/teams/{team}/envs/{env}/secrets/{name}")
+async def secret_page(
+    request: Request, team: str, env: str, name: str, reveal: bool = False
+) -> Response:
+    """A secret's keys; its values only when asked, and only for an owner or admin (the
+    service's ``reveal`` check: a member asking gets 403, as from the API)."""
+    v = await _team_page(request, team)
+    doc = await service(request).get(v.user, Key("Secret", team, env, name), reveal=reveal)
+    return render(
+        request,
+        "secret.html",
+        v,
+        team=team,
+        env=env,
+        name=name,
+        data=views.secret_entries(doc, reveal),
+        revealed=reveal,
+        can_reveal=may(v.user, "reveal", "Secret", team),
+    )
+
+
 @router.get("/teams/{team}/nodes")
 async def nodes_page(request: Request, team: str) -> Response:
     v = await _team_page(request, team)
@@ -253,8 +278,26 @@ async def nodes_page(request: Request, team: str) -> Response:
         v,
         team=team,
         nodes=[views.node_row(n) for n in nodes.items],
+        can_manage=may(v.user, "update", "Node", ""),
         live=_live(team, ("Node",), nodes.revision),
     )
+
+
+@router.post("/teams/{team}/nodes/{name}/{verb}")
+async def node_action(request: Request, team: str, name: str, verb: str) -> Response:
+    """Drain (no new replicas, the present ones move) or uncordon a node, as
+    ``kled node drain|uncordon`` do: the server administrator's."""
+    v = await _team_page(request, team)
+    await form(request, v)
+    if verb not in ("drain", "uncordon"):
+        raise NotFound(f"no action {verb} on nodes")
+
+    def mark(doc: dict[str, Any]) -> None:
+        doc["spec"] = {**(doc.get("spec") or {}), "unschedulable": verb == "drain"}
+
+    await _change(v, request, Key("Node", "", "", name), mark)
+    flash(v, f"node/{name} {'drained' if verb == 'drain' else 'uncordoned'}")
+    return redirect(f"/ui/teams/{team}/nodes")
 
 
 @router.get("/teams/{team}/devices")
@@ -382,8 +425,9 @@ async def apply(request: Request, team: str) -> Response:
 # ---- acting on apps, devices, intercepts -----------------------------------------------------
 
 
-async def _change_app(v: Viewer, request: Request, key: Key, change: Any) -> None:
-    """Read, change, write with the version read; again when someone wrote in between."""
+async def _change(v: Viewer, request: Request, key: Key, change: Any) -> None:
+    """Read, change, write with the version read; again when someone wrote in between
+    (a node's heartbeats rewrite it every few seconds, a colleague may edit an app)."""
     svc = service(request)
     for attempt in range(WRITE_TRIES):
         doc = await svc.get(v.user, key)
@@ -409,7 +453,7 @@ async def scale(request: Request, team: str, env: str, name: str) -> Response:
     def set_replicas(doc: dict[str, Any]) -> None:
         doc.setdefault("spec", {})["replicas"] = replicas
 
-    await _change_app(v, request, Key("App", team, env, name), set_replicas)
+    await _change(v, request, Key("App", team, env, name), set_replicas)
     flash(v, f"app/{name} scaled to {replicas}")
     return redirect(f"/ui/teams/{team}/envs/{env}/apps/{name}")
 
@@ -424,7 +468,7 @@ async def restart(request: Request, team: str, env: str, name: str) -> Response:
         meta = doc.setdefault("metadata", {})
         meta["annotations"] = {**(meta.get("annotations") or {}), RESTARTED_AT: now}
 
-    await _change_app(v, request, Key("App", team, env, name), mark)
+    await _change(v, request, Key("App", team, env, name), mark)
     flash(v, f"app/{name} restarted")
     return redirect(f"/ui/teams/{team}/envs/{env}/apps/{name}")
 

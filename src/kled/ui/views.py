@@ -7,6 +7,7 @@ server; the routes hand their results to the templates.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -192,6 +193,20 @@ def recent_events(apps: Iterable[Mapping[str, Any]], limit: int = 20) -> list[di
             )
     rows.sort(key=lambda r: r["time"], reverse=True)
     return rows[:limit]
+
+
+def secret_entries(doc: Mapping[str, Any], revealed: bool) -> list[tuple[str, str]]:
+    """A secret's keys, with their values decoded when ``revealed`` (else none at all)."""
+    rows = []
+    for key, value in sorted((doc.get("data") or {}).items()):
+        shown = ""
+        if revealed:
+            try:
+                shown = base64.b64decode(str(value), validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                shown = str(value)  # binary or not base64: shown as stored
+        rows.append((str(key), shown))
+    return rows
 
 
 def counts(pages: Mapping[str, list[Any]]) -> dict[str, int]:
