@@ -122,6 +122,9 @@ def _mount() -> None:
 
     app.add_typer(intercepts.app, name="intercept", help="Point an app's traffic at a device.")
     app.add_typer(devices.app, name="device", help="Join, configure and revoke devices.")
+    from kled.cli import gitops
+
+    app.add_typer(gitops.app, name="gitops", help="Environments kept in step with git.")
     from kled.cli import ui
 
     ui.register(app)
