@@ -65,8 +65,8 @@ def status_of(c: httpx.Client, team: str, name: str) -> dict[str, Any]:
 def sync(c: httpx.Client, team: str, name: str, **body: str) -> dict[str, Any]:
     r = c.post(f"/api/v1/teams/{team}/gitsources/{name}/sync", json=body)
     assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+    status: dict[str, Any] = r.json()
+    return status
 
 
 def results(status: dict[str, Any]) -> dict[str, str]:
