@@ -196,3 +196,42 @@ def _axe(page: Any) -> list[str]:
         for v in result["violations"]
         if v["impact"] in ("serious", "critical")
     ]
+
+
+POLICY = """
+kind: Policy
+metadata: {name: require-owner}
+spec:
+  type: Validating
+  resources: [apps]
+  javascript: |
+    if (!request.object.metadata.labels?.owner) {
+      deny(`app ${request.name} has no owner label`);
+    }
+"""
+
+
+def test_a_policy_denial_shows_its_message(page: Any, server: RunningServer, team: str) -> None:
+    sign_in(page, server, make_user(server, team, "olga", "owner"))
+    page.goto(f"{server.url}/ui/teams/{team}/apply")
+    page.get_by_label("Resources (YAML)").fill(POLICY)
+    page.get_by_role("button", name="Apply", exact=True).click()
+    assert page.get_by_test_id("apply-results").inner_text() == "policy/require-owner created"
+    page.get_by_role("link", name="Policies").click()
+    page.get_by_label("Environment for a resource that names none").select_option("dev")
+    page.get_by_label("Resource (YAML)").fill(
+        "kind: App\nmetadata: {name: web}\nspec: {command: [sleep, '60']}\n"
+    )
+    page.get_by_role("button", name="Try").click()
+    assert "app web has no owner label" in page.get_by_test_id("apply-error").inner_text()
+    with server.client() as admin:  # a try is a dry run: nothing stored
+        assert admin.get(f"/api/v1/teams/{team}/environments/dev/apps/web").status_code == 404
+    # applied for real, the denial is the same and lands in the violations report
+    page.goto(f"{server.url}/ui/teams/{team}/apply?env=dev")
+    page.get_by_label("Resources (YAML)").fill(
+        "kind: App\nmetadata: {name: web}\nspec: {command: [sleep, '60']}\n"
+    )
+    page.get_by_role("button", name="Apply", exact=True).click()
+    assert "app web has no owner label" in page.get_by_test_id("apply-error").inner_text()
+    page.goto(f"{server.url}/ui/teams/{team}/policies")
+    assert "app web has no owner label" in page.get_by_test_id("violations").inner_text()

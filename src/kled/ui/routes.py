@@ -336,11 +336,13 @@ async def policies_page(request: Request, team: str) -> Response:
     found = await service(request).list(v.user, kind_info("Policy"), team, None)
     sink = getattr(request.app.state, "violations", None)
     violations = await sink.log.list(team, None, 100) if sink is not None else []
+    envs = await service(request).list(v.user, kind_info("Environment"), team, None)
     return render(
         request,
         "policies.html",
         v,
         team=team,
+        envs=[e["metadata"]["name"] for e in envs.items],
         policies=found.items,
         violations=violations,
         live=_live(team, ("Policy",), found.revision),
@@ -419,6 +421,7 @@ async def apply(request: Request, team: str) -> Response:
         text=text,
         results=results,
         error=error,
+        dry_run=dry_run,
     )
 
 
