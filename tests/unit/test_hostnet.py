@@ -99,9 +99,10 @@ def test_pod_ips_stay_put_as_replicas_come_and_go() -> None:
     book = PodAddressBook()
     first = book.assign("100.65.8.0/24", ["a.dev.x.0", "a.dev.x.1"])
     assert first == {"a.dev.x.0": "100.65.8.10", "a.dev.x.1": "100.65.8.11"}
-    # x.0 goes away, y.0 arrives: x.1 keeps its address, y.0 takes the lowest free one.
+    # x.0 goes away, y.0 arrives: x.1 keeps its address, y.0 takes the lowest free one
+    # but not x.0's, as x.0 may still be stopping in its pod (test_pod_address_reuse).
     second = book.assign("100.65.8.0/24", ["a.dev.x.1", "a.dev.y.0"])
-    assert second == {"a.dev.x.1": "100.65.8.11", "a.dev.y.0": "100.65.8.10"}
+    assert second == {"a.dev.x.1": "100.65.8.11", "a.dev.y.0": "100.65.8.12"}
     # A replica that moves to another node's subnet gets an address there.
     third = book.assign("100.65.9.0/24", ["a.dev.x.1"])
     assert third == {"a.dev.x.1": "100.65.9.10"}

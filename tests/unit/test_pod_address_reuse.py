@@ -18,6 +18,13 @@ def test_a_freed_address_waits_while_others_are_free() -> None:
     }
 
 
+def test_an_address_let_go_in_the_same_pass_is_not_reused() -> None:
+    book = PodAddressBook()
+    book.assign("100.64.8.0/24", ["a.0", "a.1"])
+    # a.0 leaves and a.2 arrives in one pass: assign comes before forget_except.
+    assert book.assign("100.64.8.0/24", ["a.1", "a.2"])["a.2"] == "100.64.8.12"
+
+
 def test_a_full_subnet_reuses_the_address_freed_longest_ago() -> None:
     book = PodAddressBook()
     book.assign("100.64.8.0/28", [f"a.{i}" for i in range(5)])  # .10-.14

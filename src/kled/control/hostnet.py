@@ -284,6 +284,8 @@ class PodAddressBook:
                     taken[rid] = previous
                     used.add(previous)
                     break
+        # Addresses of replicas leaving in this same pass count as let go already.
+        leaving = {ip for rid, ip in self._ips.items() if rid not in taken}
         candidate = first
         for rid in wanted:
             if rid in taken:
@@ -291,6 +293,7 @@ class PodAddressBook:
             while candidate <= last and (
                 str(ipaddress.IPv4Address(candidate)) in used
                 or str(ipaddress.IPv4Address(candidate)) in self._freed
+                or str(ipaddress.IPv4Address(candidate)) in leaving
             ):
                 candidate += 1
             if candidate <= last:
