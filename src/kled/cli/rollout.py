@@ -144,7 +144,7 @@ def _summary(template: dict[str, Any]) -> str:
     what = spec.get("image") or " ".join(str(c) for c in spec.get("command") or [])
     if template.get("restartedAt"):
         what += f" (restarted {template['restartedAt']})"
-    return what if len(what) <= 60 else what[:57] + "..."
+    return what
 
 
 def _entry(name: str, entries: list[dict[str, Any]], number: int) -> dict[str, Any]:
