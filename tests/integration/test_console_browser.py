@@ -9,36 +9,16 @@ payloads in annotations and error messages are shown as text and never run; axe-
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from consolekit import XSS_IMG, XSS_SCRIPT, browser, needs_axe, page, sign_in
+from consolekit import axe as _axe
 from test_api import make_team, make_user
 
 from servers import RunningServer
 
-CHROMIUM = "/usr/bin/chromium"
-AXE = Path(__file__).resolve().parents[2] / ".tools/ui/node_modules/axe-core/axe.min.js"
-XSS_SCRIPT = "<script>window.__pwned = 1</script>"
-XSS_IMG = '"><img src=x onerror="window.__pwned = 2">'
-
-playwright_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is a dev dependency: make venv installs it"
-)
-if shutil.which(CHROMIUM) is None:
-    pytest.skip("Debian's chromium is not installed: make apt installs it", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM)
-        try:
-            yield launched
-        finally:
-            launched.close()
+__all__ = ["browser", "page"]  # fixtures, shared with the other console browser tests
 
 
 @pytest.fixture
@@ -50,27 +30,6 @@ def server(shared_server: RunningServer) -> RunningServer:
 def team(server: RunningServer, unique_team: str) -> str:
     make_team(server, unique_team)
     return unique_team
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context()
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda e: errors.append(str(e)))
-    opened.errors = errors
-    try:
-        yield opened
-    finally:
-        context.close()
-
-
-def sign_in(page: Any, server: RunningServer, token: str) -> None:
-    page.goto(f"{server.url}/ui")
-    assert "/ui/signin" in page.url
-    page.get_by_label("API token").fill(token)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/ui/teams/**")
 
 
 def test_sign_in_apply_by_paste_and_see_it(page: Any, server: RunningServer, team: str) -> None:
@@ -156,7 +115,7 @@ def test_script_payloads_are_shown_never_run(page: Any, server: RunningServer, t
     assert page.evaluate("window.__pwned") is None
 
 
-@pytest.mark.skipif(not AXE.exists(), reason="axe-core is not installed: run make ui-deps")
+@needs_axe
 def test_pages_have_no_serious_accessibility_violations(
     page: Any, server: RunningServer, team: str
 ) -> None:
@@ -184,18 +143,6 @@ def test_pages_have_no_serious_accessibility_violations(
         page.goto(base + path)
         found[name] = _axe(page)
     assert {k: v for k, v in found.items() if v} == {}
-
-
-def _axe(page: Any) -> list[str]:
-    """The serious and critical violations axe-core finds in the page, as rule ids."""
-    # the CSP forbids inline scripts: axe goes in through the DevTools protocol instead
-    page.evaluate(AXE.read_text())
-    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
-    return [
-        f"{v['id']}: {v['nodes'][0]['target']}"
-        for v in result["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 POLICY = """
