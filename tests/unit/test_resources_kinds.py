@@ -184,8 +184,9 @@ def test_defaults_of_the_other_kinds() -> None:
     assert validate(MINIMAL["Environment"])["spec"] == {"variables": {}}
     assert validate(MINIMAL["ManagedService"])["spec"] == {"template": "postgres", "parameters": {}}
     assert validate(MINIMAL["Workspace"])["spec"] == {
-        "provider": "local",
-        "devcontainer": ".devcontainer/devcontainer.json",
+        "provider": "container",
+        "running": True,
+        "nodeSelector": {},
         "forwardPorts": [],
         "env": {},
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 from kled.agent.agent import Agent, default_network, detect_capabilities, host_capacity
 from kled.agent.net.host import HostNetworkLayer
 from kled.agent.registration import Registration, load_registration, register
+from kled.agent.workspaces import SourceFetcher
 from kled.bus.office import ConnectOptions, MessageOffice
 from kled.bus.subjects import Subjects, check_node_name
 from kled.errors import InvalidInput, KledError
@@ -159,6 +160,7 @@ async def main(args: argparse.Namespace) -> None:
         heartbeat_interval=args.heartbeat,
         usage_interval=args.usage_interval,
         network=_network(args, reg.node),
+        sources=SourceFetcher(reg.server_url, reg.node, reg.nats_user, reg.nats_password),
     )
     try:
         await agent.run(stop)

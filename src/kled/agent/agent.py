@@ -39,6 +39,7 @@ from kled.agent.runtime.container import ContainerRuntime, container_engine
 from kled.agent.runtime.process import ProcessRuntime
 from kled.agent.runtime.records import private_dir
 from kled.agent.usage import Running, UsageMeter
+from kled.agent.workspaces import SourceFetcher, WorkspaceRunner
 from kled.bus.office import MessageOffice
 from kled.errors import Forbidden, KledError, PermanentError, TemporaryError, Unavailable
 from kled.resources.hoststate import (
@@ -132,6 +133,7 @@ class Agent:
         drain_timeout: float = 10.0,
         drain_settle: float = 1.0,
         usage_interval: float = 10.0,
+        sources: SourceFetcher | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         private_dir(self.data_dir)  # its keys, tokens and records are the host's business only
@@ -169,6 +171,13 @@ class Agent:
         #: replicas' and the host's CPU, memory and network, sent with a heartbeat this often
         self.usage = UsageMeter(usage_interval)
         self._background: set[asyncio.Task[None]] = set()
+        #: the host's workspaces (``agent/workspaces.py``), where a container engine exists
+        self.workspaces: WorkspaceRunner | None = None
+        if container_engine() is not None:
+            self.workspaces = WorkspaceRunner(
+                self.data_dir, fetcher=sources, on_status=self._workspace_status,
+                on_log=self._log_line,
+            )  # fmt: skip
         #: the host's team gateways and pods; None on a host without the network layer
         self.mesh: MeshKeeper | None = None
         if network is not None:
@@ -192,6 +201,8 @@ class Agent:
             asyncio.create_task(self._probe_loop(), name="probes"),
             asyncio.create_task(self._exec_streams(), name="exec"),
         ]
+        if self.workspaces is not None:
+            tasks.append(asyncio.create_task(self.workspaces.run(), name="workspaces"))
         if self.mesh is not None:
             tasks.append(asyncio.create_task(self._watch_peers(), name="peers"))
             tasks.append(asyncio.create_task(self.mesh.run(), name="network"))
@@ -201,6 +212,8 @@ class Agent:
         finally:
             await self.reconciler.close()
             self.probers.close()
+            if self.workspaces is not None:
+                await self.workspaces.close()
             tasks += list(self._background)
             for task in tasks:
                 task.cancel()
@@ -237,6 +250,8 @@ class Agent:
                     self._desired = state
                     if self.mesh is not None:
                         self.mesh.want(state.network)
+                    if self.workspaces is not None and state.workspaces is not None:
+                        self.workspaces.want(state.workspaces)
                     await self.reconcile()
             except Forbidden as err:
                 log.error("node/%s cannot read its desired state: %s", self.node, err)
@@ -479,6 +494,10 @@ class Agent:
         found = _event_for(self.node, status) if event else None
         if found is not None:
             self._emit(found)
+
+    def _workspace_status(self, status: ReplicaStatus) -> None:
+        report = ReplicaStatusReport(node=self.node, replica=status)
+        self._out.put_nowait(_Out("status", report, f"{self.node}.ws.{uuid.uuid4().hex}"))
 
     def _log_line(self, line: LogLine) -> None:
         if len(self._logs) == self._logs.maxlen:

@@ -31,10 +31,12 @@ from kled.bus.embedded import EmbeddedNats
 from kled.bus.office import ConnectOptions, MessageOffice, StatusMessage
 from kled.control.usage import UsageBook
 from kled.control.workloads import DesiredStateSink, WorkloadController
+from kled.control.workspaces import WorkspaceController, WorkspaceSink
 from kled.errors import Forbidden, InvalidInput, Unauthorized, Unavailable
 from kled.resources.hoststate import AgentEvent, HostDesiredState, NodeHeartbeat
 from kled.resources.meta import is_dns_label
 from kled.resources.registry import kind_info
+from kled.resources.workspacestate import parse_workspace_id
 from kled.settings import ServerSettings
 from kled.store.credentials import Credentials
 from kled.store.follow import follow_events
@@ -71,6 +73,7 @@ class HostServices:
         self.embedded: EmbeddedNats | None = None
         self.office: MessageOffice | None = None
         self.workloads: WorkloadController | None = None
+        self.workspaces: WorkspaceController | None = None
         #: the latest usage of every replica and node, from heartbeats (never stored)
         self.usage = UsageBook()
         self._stop = asyncio.Event()
@@ -123,9 +126,12 @@ class HostServices:
         if self.mesh is not None:
             sink = self.mesh.compose(sink)  # each host's state also carries its network
             await self.mesh.attach_peers(self.office)  # and its peers, one key each
+        workspace_sink = WorkspaceSink(sink)  # and its workspaces
+        self.workspaces = WorkspaceController(self.store, workspace_sink)
+        await self.workspaces.start()
         self.workloads = WorkloadController(
             self.store,
-            sink,
+            workspace_sink,
             not_ready_after=s.node_not_ready_seconds,
             reschedule_after=s.node_reschedule_seconds,
         )
@@ -149,6 +155,8 @@ class HostServices:
                 await task
         if self.workloads is not None:
             await self.workloads.stop()
+        if self.workspaces is not None:
+            await self.workspaces.stop()
         if self.office is not None:
             await self.office.close()
         if self.embedded is not None:
@@ -183,6 +191,9 @@ class HostServices:
             elif isinstance(message, AgentEvent):
                 await workloads.on_event(message)
                 kind = "event"
+            elif self.workspaces is not None and parse_workspace_id(message.replica.id):
+                await self.workspaces.on_status(message.node, message.replica)
+                kind = "status"
             else:
                 await workloads.on_replica_status(message)
                 kind = "status"

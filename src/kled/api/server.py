@@ -22,6 +22,7 @@ import uvicorn
 from kled.admission.chain import AdmissionChain
 from kled.admission.policy import PolicyEngine, compile_check
 from kled.api import device_feed, exec_stream, hosts, intercepts, mesh, policies, usage
+from kled.api import workspaces as workspace_sources
 from kled.api.app import create_app
 from kled.api.gitops import router as gitops_router
 from kled.api.gitsync import GitOps
@@ -156,6 +157,7 @@ class ControlPlane:
                 intercepts.router,
                 usage.router,
                 gitops_router,
+                workspace_sources.router,
             ],
             state={
                 "violations": self.violations,

@@ -125,6 +125,9 @@ def _mount() -> None:
     from kled.cli import gitops
 
     app.add_typer(gitops.app, name="gitops", help="Environments kept in step with git.")
+    from kled.cli import workspaces
+
+    app.add_typer(workspaces.app, name="ws", help="Workspaces: dev containers on the team's nodes.")
     from kled.cli import ui
 
     ui.register(app)

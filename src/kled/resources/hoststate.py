@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from kled.resources.netstate import HostNetwork
+from kled.resources.workspacestate import WorkspaceOnHost
 
 
 def utcnow() -> datetime:
@@ -163,6 +164,16 @@ class HostDesiredState(_Model):
     #: (an older control plane, or a node without the mesh), not "tear it down". A replica
     #: listed in ``network.pods`` runs inside its pod namespace.
     network: HostNetwork | None = None
+    #: the workspaces this node runs (``workspacestate``); None means "leave them alone"
+    #: (a control plane older than workspaces), and is left out of the message
+    workspaces: list[WorkspaceOnHost] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_workspaces(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("workspaces") is None:
+            data.pop("workspaces", None)
+        return data
 
     def by_id(self) -> dict[str, ReplicaSpec]:
         return {r.id: r for r in self.replicas}

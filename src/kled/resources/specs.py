@@ -458,11 +458,15 @@ class ManagedServiceSpec(KledModel):
 
 
 class WorkspaceSource(KledModel):
-    """Where the workspace's files come from: a git repository or a folder."""
+    """Where the workspace's files come from: a git repository cloned on the node, or a
+    folder of the user's, uploaded by ``kled ws up`` (``upload``: the archive's sha256)."""
 
     git: NonEmptyStr | None = None
     ref: NonEmptyStr | None = None
     path: NonEmptyStr | None = None
+    """The folder on the user's machine (shown, and its basename names the mount)."""
+    upload: NonEmptyStr | None = None
+    """The sha256 of the folder's archive, uploaded to the control plane."""
 
     @model_validator(mode="after")
     def _one_source(self) -> WorkspaceSource:
@@ -470,6 +474,10 @@ class WorkspaceSource(KledModel):
             raise problem("must name exactly one of git or path")
         if self.ref is not None and self.git is None:
             raise problem("only applies to a git source", at=("ref",))
+        if self.upload is not None and self.path is None:
+            raise problem("only applies to a folder source (path)", at=("upload",))
+        if self.upload is not None and not re.fullmatch(r"[0-9a-f]{64}", self.upload):
+            raise problem("must be a sha256 in hex (64 characters)", at=("upload",))
         if self.git is not None and any(c.isspace() for c in self.git):
             raise problem("must be a git URL without spaces", at=("git",))
         return self
@@ -477,9 +485,15 @@ class WorkspaceSource(KledModel):
 
 class WorkspaceSpec(KledModel):
     source: WorkspaceSource | None = None
-    provider: Literal["local", "container", "ssh", "kubernetes"] = "local"
+    provider: Literal["container", "process", "ssh", "kubernetes"] = "container"
     image: str | None = None
-    devcontainer: NonEmptyStr = ".devcontainer/devcontainer.json"
+    devcontainer: NonEmptyStr | None = None
+    """The config's path in the source; None: found in the spec's order (``discovery``)."""
+    running: bool = True
+    """False after ``kled ws stop``: the container stays, stopped, with its volumes."""
+    node: DnsLabel | None = None
+    """Run on this node only (``kled ws up --node``)."""
+    node_selector: Labels = {}
     environment: DnsLabel | None = None
     """The environment the workspace joins (its apps are reached by short names)."""
     forward_ports: list[Port] = []

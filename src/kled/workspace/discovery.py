@@ -84,3 +84,13 @@ def git_root(folder: Path) -> Path | None:
         if (candidate / ".git").exists():
             return candidate
     return None
+
+
+def not_found(workspace: Path, shown: str | None = None) -> InvalidInput:
+    """The one-line error for a source with no config, naming where Kled looked."""
+    where = shown or str(workspace)
+    return InvalidInput(
+        f"no devcontainer.json in {where}: looked for {DEVCONTAINER_DIR}/{CONFIG_NAME}, "
+        f".{CONFIG_NAME} and {DEVCONTAINER_DIR}/<folder>/{CONFIG_NAME}",
+        field="source",
+    )

@@ -1,0 +1,553 @@
+"""The workspaces of this host: each one made real from its ``WorkspaceOnHost``.
+
+The agent hands every new desired state's ``workspaces`` to :meth:`WorkspaceRunner.want`.
+Each workspace has one worker at a time (a serial queue per workspace, workspaces in
+parallel), which converges it and reports its phase (``workspacestate``):
+
+- **new, or its spec changed** (source, config path, env): Building — the source is
+  fetched (an uploaded archive from the control plane, or a ``git clone`` on this host),
+  devcontainer.json read with the core (``kled.workspace``), the image pulled or built,
+  local features installed; Starting — volumes, the container, and the lifecycle hooks
+  ``lifecycle.plan`` asks for; then Running.
+- **stopped** (``running: false``): the container is stopped, volumes and files kept.
+- **started again**: the container starts and ``postStartCommand`` runs (create-time hooks
+  only if their markers say so).
+- **gone from the desired state**: container, images, volumes and files are removed.
+
+A failure is Failed with one line (the failing step, its exit code and last output line);
+a hook's failure leaves the container for inspection. A restarted agent adopts running
+containers without running any hook again; the spec a container was made from is in its
+``kled.spec`` label. Every line a build or hook prints is a log line of the workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+
+import httpx
+
+from kled.agent.wsengine import (
+    LABEL,
+    OWNER_LABEL,
+    EngineError,
+    WorkspaceEngine,
+    argvs,
+    write_env_file,
+)
+from kled.errors import KledError
+from kled.resources.hoststate import LogLine, ReplicaState, ReplicaStatus, utcnow
+from kled.resources.workspacestate import WorkspaceOnHost
+from kled.workspace.devcontainer import ResolvedConfig, load_config
+from kled.workspace.discovery import not_found, select_config
+from kled.workspace.features import Feature, resolve_features
+from kled.workspace.lifecycle import ContainerState, Event, hook_commands, marker_path, plan
+from kled.workspace.properties import Mount
+
+log = logging.getLogger(__name__)
+
+StatusSink = Callable[[ReplicaStatus], None]
+LogSink = Callable[[LogLine], None]
+BUILDING = "Building"
+#: runArgs that would reach past the workspace's own container into the node
+_REFUSED_RUN_ARGS = (
+    "-v",
+    "--volume",
+    "--mount",
+    "--privileged",
+    "--pid",
+    "--ipc",
+    "--uts",
+    "--userns",
+    "--device",
+    "--network=host",
+    "--net=host",
+    "--cap-add",
+    "--security-opt",
+)
+
+
+class SourceFetcher:
+    """Gets an uploaded source archive from the control plane, as this node."""
+
+    def __init__(self, server_url: str, node: str, user: str, password: str) -> None:
+        self.server_url = server_url.rstrip("/")
+        self.node = node
+        self.auth = (user, password)
+
+    async def fetch(self, team: str, digest: str, into: Path) -> None:
+        if not self.server_url:
+            raise EngineError("this agent does not know its control plane's URL to fetch sources")
+        url = f"{self.server_url}/api/v1/nodes/{self.node}/workspace-sources/{team}/{digest}"
+        sha = hashlib.sha256()
+        tmp = into.with_suffix(".part")
+        try:
+            async with (
+                httpx.AsyncClient(timeout=60) as client,
+                client.stream("GET", url, auth=self.auth) as response,
+            ):
+                if response.status_code != 200:
+                    body = (await response.aread()).decode(errors="replace")
+                    raise EngineError(f"source archive not served ({response.status_code}): {body}")
+                with tmp.open("wb") as out:
+                    async for chunk in response.aiter_bytes():
+                        sha.update(chunk)
+                        out.write(chunk)
+        except httpx.HTTPError as e:
+            raise EngineError(f"source archive could not be fetched: {e}") from e
+        if sha.hexdigest() != digest:
+            tmp.unlink(missing_ok=True)
+            raise EngineError("source archive does not match its digest")
+        tmp.replace(into)
+
+
+def spec_hash(ws: WorkspaceOnHost) -> str:
+    """What the container was made from (everything but running)."""
+    doc = ws.model_dump(exclude={"running"})
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class WorkspaceRunner:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fetcher: SourceFetcher | None,
+        on_status: StatusSink,
+        on_log: LogSink,
+        engine: WorkspaceEngine | None = None,
+    ) -> None:
+        self.root = Path(data_dir) / "workspaces"
+        self.owner = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.fetcher = fetcher
+        self.on_status = on_status
+        self.on_log = on_log
+        self._engine = engine
+        self._desired: dict[str, WorkspaceOnHost] | None = None
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        #: workspace id → (spec hash, running) of what the worker last finished
+        self._done: dict[str, tuple[str, bool]] = {}
+        self._kick = asyncio.Event()
+        self._seq: dict[str, int] = {}
+
+    @property
+    def engine(self) -> WorkspaceEngine:
+        if self._engine is None:
+            self._engine = WorkspaceEngine(self.owner)
+        return self._engine
+
+    def want(self, workspaces: list[WorkspaceOnHost]) -> None:
+        self._desired = {w.id: w for w in workspaces}
+        self._kick.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self._reconcile()
+            except KledError as e:
+                log.warning("workspaces: %s", e)
+
+    async def close(self) -> None:
+        for task in self._workers.values():
+            task.cancel()
+        for task in list(self._workers.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _reconcile(self) -> None:
+        desired = self._desired
+        if desired is None:
+            return
+        for wid, ws in desired.items():
+            if wid in self._workers:
+                continue
+            if self._done.get(wid) == (spec_hash(ws), ws.running):
+                continue
+            self._start(wid, self._converge(ws))
+        existing = await self.engine.containers()
+        wanted = {f"{w.team}/{w.name}" for w in desired.values()}
+        for label in sorted(set(existing.values()) | self._folders()):
+            team, _, name = label.partition("/")
+            wid = f"{team}._ws.{name}.0"
+            if label not in wanted and wid not in self._workers:
+                self._start(wid, self._remove(team, name))
+
+    def _folders(self) -> set[str]:
+        out: set[str] = set()
+        for team in self.root.iterdir() if self.root.is_dir() else ():
+            for ws in team.iterdir() if team.is_dir() else ():
+                out.add(f"{team.name}/{ws.name}")
+        return out
+
+    def _start(self, wid: str, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._workers[wid] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._workers.pop(wid, None)
+            self._kick.set()  # the desired state may have moved on meanwhile
+
+        task.add_done_callback(done)
+
+    # ---- reporting ---------------------------------------------------------------------
+
+    def _report(self, ws: WorkspaceOnHost, state: ReplicaState, **kw: object) -> None:
+        log.info("%s: %s %s", ws.resource_name, state.value, kw.get("reason") or "")
+        self.on_status(ReplicaStatus(id=ws.id, state=state, **kw))  # type: ignore[arg-type]
+
+    def _output(self, ws: WorkspaceOnHost, prefix: str = "") -> Callable[[str, str], None]:
+        def emit(stream: str, line: str) -> None:
+            seq = self._seq.get(ws.id, 0) + 1
+            self._seq[ws.id] = seq
+            self.on_log(
+                LogLine(
+                    replica_id=ws.id,
+                    stream="stderr" if stream == "stderr" else "stdout",
+                    line=f"{prefix}{line}",
+                    seq=seq,
+                )
+            )
+
+        return emit
+
+    def _say(self, ws: WorkspaceOnHost, line: str) -> None:
+        self._output(ws)("stdout", f"[kled] {line}")
+
+    # ---- converging one workspace ------------------------------------------------------
+
+    def _folder(self, ws: WorkspaceOnHost) -> Path:
+        return self.root / ws.team / ws.name
+
+    async def _converge(self, ws: WorkspaceOnHost) -> None:
+        digest = spec_hash(ws)
+        failed = self._folder(ws) / "failed"
+        try:
+            await self._converge_once(ws, digest, failed)
+        except (KledError, OSError) as e:
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.warning("%s: Failed: %s", ws.resource_name, message)
+            self._say(ws, f"failed: {message}")
+            with contextlib.suppress(OSError):
+                failed.parent.mkdir(parents=True, exist_ok=True)
+                failed.write_text(json.dumps({"spec": digest, "message": message}))
+            self._report(ws, ReplicaState.FAILED, reason="Failed", message=message)
+        self._done[ws.id] = (digest, ws.running)
+
+    async def _converge_once(self, ws: WorkspaceOnHost, digest: str, failed: Path) -> None:
+        engine = self.engine
+        container = engine.container_name(ws.team, ws.name)
+        info = await engine.inspect(container)
+        if info is not None and info.labels.get("kled.spec") != digest:
+            self._say(ws, "the workspace changed: making a new container (volumes kept)")
+            await engine.remove(container)
+            info = None
+        if info is not None and failed.exists():
+            with contextlib.suppress(OSError, ValueError):
+                old = json.loads(failed.read_text())
+                if old.get("spec") == digest:
+                    self._report(ws, ReplicaState.FAILED, reason="Failed", message=old["message"])
+                    return
+        if not ws.running:
+            if info is not None and info.running:
+                self._say(ws, "stopping")
+                await engine.stop(container)
+            self._report(ws, ReplicaState.STOPPED, reason="Stopped")
+            return
+        if info is not None and info.running:
+            self._report(ws, ReplicaState.RUNNING, started_at=utcnow())
+            return
+        failed.unlink(missing_ok=True)
+        if info is not None:
+            # A stopped container of this spec: start it, run the start-time hooks.
+            resolved, features = await self._config(ws)
+            # Its markers are read once it runs (``_hooks``), before any hook.
+            before = ContainerState(
+                exists=True,
+                running=False,
+                created_at=info.created_at,
+                started_at=info.started_at,
+            )
+            self._report(ws, ReplicaState.STARTING, reason="Starting")
+            await engine.start(container)
+            await self._hooks(ws, container, resolved, features, before, Event.START)
+            self._report(ws, ReplicaState.RUNNING, started_at=utcnow())
+            return
+        self._report(ws, ReplicaState.STARTING, reason=BUILDING)
+        await self._source(ws)
+        resolved, features = await self._config(ws)
+        image = await self._image(ws, resolved, features)
+        self._report(ws, ReplicaState.STARTING, reason="Starting")
+        await self._create(ws, container, image, resolved, features, digest)
+        await engine.start(container)
+        await self._hooks(ws, container, resolved, features, ContainerState(), Event.UP)
+        self._report(ws, ReplicaState.RUNNING, started_at=utcnow())
+
+    async def _source(self, ws: WorkspaceOnHost) -> None:
+        folder = self._folder(ws)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        src = self._src(ws)
+        if ws.upload is not None:
+            done = folder / "source.sha256"
+            if done.exists() and done.read_text().strip() == ws.upload and src.is_dir():
+                return
+            if self.fetcher is None:
+                raise EngineError("this agent cannot fetch uploaded sources (no control plane URL)")
+            self._say(ws, f"fetching the source archive {ws.upload[:12]}")
+            archive = folder / "source.tar.gz"
+            await self.fetcher.fetch(ws.team, ws.upload, archive)
+            if src.exists():
+                await asyncio.to_thread(shutil.rmtree, src)
+            src.mkdir(parents=True)
+            await asyncio.to_thread(_extract, archive, src)
+            archive.unlink(missing_ok=True)
+            done.write_text(ws.upload + "\n")
+        elif ws.git is not None:
+            if (src / ".git").is_dir():
+                return
+            if src.exists():
+                await asyncio.to_thread(shutil.rmtree, src)
+            src.parent.mkdir(parents=True, exist_ok=True)
+            self._say(ws, f"cloning {ws.git}")
+            args = ["git", "clone", "--quiet"]
+            if ws.ref:
+                args += ["--branch", ws.ref]
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                "--",
+                ws.git,
+                str(src),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"},
+            )
+            out, _ = await proc.communicate()
+            if proc.returncode != 0:
+                shutil.rmtree(src, ignore_errors=True)
+                lines = out.decode(errors="replace").strip().splitlines()
+                raise EngineError(f"git clone of {ws.git} failed: {lines[-1] if lines else ''}")
+        else:
+            raise EngineError("the workspace has no source (spec.source: git or path)")
+
+    def _src(self, ws: WorkspaceOnHost) -> Path:
+        basename = ws.folder or (ws.git or "src").rstrip("/").rsplit("/", 1)[-1]
+        basename = basename.removesuffix(".git") or "src"
+        return self._folder(ws) / "src" / basename
+
+    async def _config(self, ws: WorkspaceOnHost) -> tuple[ResolvedConfig, list[Feature]]:
+        src = self._src(ws)
+        config = select_config(src, ws.devcontainer)
+        if config is None:
+            raise not_found(src, ws.git or ws.folder or str(src))
+        resolved = load_config(src, config, env={}, source=config.relative_to(src).as_posix())
+        for warning in resolved.warnings:
+            self._say(ws, f"warning: {warning}")
+        return resolved, resolve_features(resolved)
+
+    async def _image(
+        self, ws: WorkspaceOnHost, resolved: ResolvedConfig, features: list[Feature]
+    ) -> str:
+        engine = self.engine
+        labels = {LABEL: f"{ws.team}/{ws.name}", OWNER_LABEL: self.owner}
+        tag = engine.image_name(ws.team, ws.name)
+        config = resolved.config
+        if config.image:
+            self._say(ws, f"image {config.image}")
+            await engine.ensure_image(config.image)
+            base = config.image
+        else:
+            self._say(ws, "building the image")
+            base = f"{tag}:base"
+            await engine.build(resolved, base, labels, self._output(ws))
+        if not features:
+            return base
+        self._say(ws, "installing features: " + ", ".join(f.id for f in features))
+        await engine.install_features(base, features, f"{tag}:features", labels, self._output(ws))
+        return f"{tag}:features"
+
+    async def _create(
+        self,
+        ws: WorkspaceOnHost,
+        container: str,
+        image: str,
+        resolved: ResolvedConfig,
+        features: list[Feature],
+        digest: str,
+    ) -> None:
+        engine = self.engine
+        label = f"{ws.team}/{ws.name}"
+        config = resolved.for_container()
+        if config.privileged:
+            raise EngineError("privileged: true is not allowed for a workspace on a shared node")
+        for arg in config.run_args:
+            if arg.split("=", 1)[0] in _REFUSED_RUN_ARGS or arg in _REFUSED_RUN_ARGS:
+                raise EngineError(f"runArgs: {arg} is not allowed for a workspace on a shared node")
+        mounts: list[Mount] = []
+        source_mount = resolved.workspace_mount_spec
+        if source_mount is not None:
+            mounts.append(source_mount)
+        for entry in config.mounts:
+            mount = entry if isinstance(entry, Mount) else Mount.model_validate(entry)
+            if mount.type == "volume" and mount.source:
+                volume = engine.volume_name(ws.team, ws.name, mount.source)
+                await engine.ensure_volume(volume, label)
+                mounts.append(mount.model_copy(update={"source": volume}))
+            elif mount.type == "tmpfs" or (mount.type == "volume" and not mount.source):
+                mounts.append(mount)
+            else:
+                raise EngineError(
+                    f"mounts: a {mount.type} mount of the node's {mount.source} is not allowed "
+                    "(use a volume)"
+                )
+        env: dict[str, str] = {}
+        for feature in features:
+            env.update(feature.container_env)
+        env.update(config.container_env)
+        env.update(ws.env)
+        labels = {
+            LABEL: label,
+            OWNER_LABEL: self.owner,
+            "kled.spec": digest,
+            "kled.uid": ws.uid,
+            **resolved.id_labels,
+        }
+        env_file = write_env_file(self._folder(ws), env)
+        try:
+            await engine.create(
+                container,
+                image,
+                labels=labels,
+                mounts=mounts,
+                env_file=env_file,
+                resolved=resolved,
+            )
+        finally:
+            env_file.unlink(missing_ok=True)
+
+    # ---- lifecycle hooks ---------------------------------------------------------------
+
+    def _session(
+        self, resolved: ResolvedConfig, container_env: dict[str, str]
+    ) -> tuple[str | None, dict[str, str]]:
+        config = resolved.for_container(container_env)
+        env = {k: v for k, v in config.remote_env.items() if v is not None}
+        return config.remote_user or config.container_user, env
+
+    async def _hooks(
+        self,
+        ws: WorkspaceOnHost,
+        container: str,
+        resolved: ResolvedConfig,
+        features: list[Feature],
+        before: ContainerState,
+        event: Event,
+    ) -> None:
+        engine = self.engine
+        info = await engine.inspect(container)
+        if info is None:
+            raise EngineError("the workspace's container vanished")
+        user, env = self._session(resolved, dict(info.env))
+        workdir = resolved.workspace_folder
+        if before.exists:
+            before = ContainerState(
+                exists=True,
+                running=False,
+                created_at=before.created_at,
+                started_at=before.started_at,
+                markers=await self._read_markers(container, user),
+            )
+        steps = plan(hook_commands(resolved.config, features), before, event)
+        for step in steps:
+            if step.where != "container":
+                continue
+            if step.marker is not None:
+                stamp = info.created_at if step.marker == "created" else info.started_at
+                await self._write_marker(container, user, step.hook, stamp)
+            for hook_command in step.commands:
+                self._say(ws, f"{step.hook} ({hook_command.origin})")
+                runs = argvs(hook_command.command)
+                results = await asyncio.gather(
+                    *(
+                        engine.exec(
+                            container,
+                            argv,
+                            user=user,
+                            workdir=workdir,
+                            env=env,
+                            scratch=self._folder(ws),
+                            output=self._output(ws),
+                        )
+                        for argv in runs.values()
+                    )
+                )
+                for (name, _), (code, out) in zip(runs.items(), results, strict=True):
+                    if code != 0:
+                        what = f"{step.hook}{'.' + name if name else ''}"
+                        last = [line for line in out.splitlines() if line.strip()]
+                        tail = f": {last[-1].strip()}" if last else ""
+                        raise EngineError(f"{what} exited with code {code}{tail}")
+
+    async def _read_markers(self, container: str, user: str | None) -> dict[str, str]:
+        script = (
+            "for h in onCreateCommand updateContentCommand postCreateCommand postStartCommand; "
+            'do printf "%s=%s\\n" "$h" "$(cat "$HOME/.devcontainer/.${h}Marker" 2>/dev/null)"; '
+            "done"
+        )
+        code, out = await self.engine.exec(
+            container,
+            ["/bin/sh", "-c", script],
+            user=user,
+            workdir=None,
+            env={},
+            scratch=self.root,
+        )
+        if code != 0:
+            return {}
+        found = {}
+        for line in out.splitlines():
+            hook, _, value = line.partition("=")
+            if value:
+                found[hook] = value
+        return found
+
+    async def _write_marker(self, container: str, user: str | None, hook: str, stamp: str) -> None:
+        path = marker_path(hook)
+        script = f'mkdir -p "$HOME/.devcontainer" && printf %s "$1" > "$HOME/{path}"'
+        await self.engine.exec(
+            container,
+            ["/bin/sh", "-c", script, "marker", stamp],
+            user=user,
+            workdir=None,
+            env={},
+            scratch=self.root,
+        )
+
+    # ---- removal -----------------------------------------------------------------------
+
+    async def _remove(self, team: str, name: str) -> None:
+        engine = self.engine
+        label = f"{team}/{name}"
+        log.info("workspace/%s/%s: removing container, images, volumes and files", team, name)
+        await engine.remove(engine.container_name(team, name))
+        await engine.remove_volumes(label)
+        await engine.remove_images(label)
+        folder = self.root / team / name
+        if folder.exists():
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+        self._done.pop(f"{team}._ws.{name}.0", None)
+
+
+def _extract(archive: Path, into: Path) -> None:
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(into, filter="data")

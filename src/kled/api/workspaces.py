@@ -1,0 +1,186 @@
+"""A workspace's source folder, from the user's CLI to the node that runs it.
+
+``kled ws up ./folder`` packs the folder (a gzipped tar) and uploads it here in parts no
+larger than the API's body limit, named by the archive's sha256: parts already here are
+skipped, so an interrupted upload resumes. When every part is in, ``complete`` joins them
+and checks the digest; only then can a Workspace name it (``spec.source.upload``).
+
+The node's agent fetches the archive with its Message Office credentials (HTTP basic:
+the NATS user and password the control plane gave it at join), and only an archive that a
+workspace placed on that node names. Archives live under the control plane's data dir,
+so a scale-out control plane with several replicas needs a shared folder there.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from kled.admission.request import UserInfo
+from kled.api import authz, openapi
+from kled.api.hosts import HostServices
+from kled.api.rest import User, service
+from kled.errors import InvalidInput, NotFound, Unauthorized, Unavailable
+from kled.resources.registry import kind_info
+from kled.resources.workspacestate import workspace_id
+from kled.store.objects import Key
+
+router = APIRouter(prefix="/api/v1")
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}\Z")
+MAX_PARTS = 100_000
+
+
+def _hosts(request: Request) -> HostServices:
+    hosts: HostServices = request.app.state.hosts
+    return hosts
+
+
+def _root(request: Request, team: str) -> Path:
+    return Path(_hosts(request).settings.data_dir) / "workspace-sources" / team
+
+
+def _digest(value: str) -> str:
+    if not _DIGEST.match(value):
+        raise InvalidInput("must be a sha256 in hex (64 characters)", field="digest")
+    return value
+
+
+def archive_path(root: Path, digest: str) -> Path:
+    return root / f"{digest}.tar.gz"
+
+
+@router.get("/teams/{team}/workspace-sources/{digest}", tags=["Workspace"])
+async def source_state(request: Request, team: str, digest: str, user: UserInfo = User) -> Response:
+    """Whether the archive is complete, else which parts are already here."""
+    authz.authorize(user, "create", kind_info("Workspace"), team, f"workspace/{team}")
+    root = _root(request, team)
+    _digest(digest)
+    if archive_path(root, digest).exists():
+        return JSONResponse({"complete": True, "parts": []})
+    parts = root / f"{digest}.parts"
+    have = sorted(int(p.name) for p in parts.iterdir()) if parts.is_dir() else []
+    return JSONResponse({"complete": False, "parts": have})
+
+
+@router.put("/teams/{team}/workspace-sources/{digest}/parts/{index}", tags=["Workspace"])
+async def put_part(
+    request: Request, team: str, digest: str, index: int, user: UserInfo = User
+) -> Response:
+    authz.authorize(user, "create", kind_info("Workspace"), team, f"workspace/{team}")
+    _digest(digest)
+    if not 0 <= index < MAX_PARTS:
+        raise InvalidInput(f"must be between 0 and {MAX_PARTS - 1}", field="index")
+    data = await request.body()
+    parts = _root(request, team) / f"{digest}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    tmp = parts / f".{index}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, parts / str(index))
+    return JSONResponse({"part": index, "size": len(data)})
+
+
+@router.post("/teams/{team}/workspace-sources/{digest}/complete", tags=["Workspace"])
+async def complete(
+    request: Request, team: str, digest: str, parts: int, user: UserInfo = User
+) -> Response:
+    """Join parts 0..parts-1; the result must have the digest it is named by."""
+    authz.authorize(user, "create", kind_info("Workspace"), team, f"workspace/{team}")
+    _digest(digest)
+    root = _root(request, team)
+    target = archive_path(root, digest)
+    if target.exists():
+        return JSONResponse({"complete": True})
+    folder = root / f"{digest}.parts"
+    missing = [i for i in range(parts) if not (folder / str(i)).exists()]
+    if parts < 1 or missing:
+        raise InvalidInput(f"parts missing: {missing[:10] or [0]}", field="parts")
+    tmp = root / f".{digest}.tmp"
+    sha = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for i in range(parts):
+            chunk = (folder / str(i)).read_bytes()
+            sha.update(chunk)
+            out.write(chunk)
+    if sha.hexdigest() != digest:
+        tmp.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise InvalidInput("the parts do not make the archive named: upload again", field="digest")
+    os.replace(tmp, target)
+    shutil.rmtree(folder, ignore_errors=True)
+    return JSONResponse({"complete": True})
+
+
+def _node_login(request: Request, node: str) -> None:
+    hosts = _hosts(request)
+    if hosts.embedded is None:
+        raise Unavailable("workspace sources are served to agents of the embedded NATS only")
+    header = request.headers.get("authorization") or ""
+    expected = hosts.embedded.node_credentials(node)
+    try:
+        user, _, password = base64.b64decode(header.removeprefix("Basic ")).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        user, password = "", ""
+    if (
+        expected is None
+        or not header.startswith("Basic ")
+        or not hmac.compare_digest(user, expected.user)
+        or not hmac.compare_digest(password, expected.password)
+    ):
+        raise Unauthorized("a node's Message Office credentials are required")
+
+
+@router.get("/nodes/{node}/workspace-sources/{team}/{digest}", tags=["Workspace"])
+async def node_source(request: Request, node: str, team: str, digest: str) -> Response:
+    """The archive, for the agent of the node that runs a workspace naming it."""
+    _node_login(request, node)
+    _digest(digest)
+    store = _hosts(request).store
+    wanted = [
+        doc
+        for doc in (await store.list("Workspace", team)).items
+        if ((doc.get("spec") or {}).get("source") or {}).get("upload") == digest
+        and (doc.get("status") or {}).get("node") == node
+    ]
+    path = archive_path(_root(request, team), digest)
+    if not wanted or not path.exists():
+        raise NotFound(f"no workspace source {digest[:12]} for node {node}")
+    return FileResponse(path, media_type="application/gzip")
+
+
+@router.get(
+    "/teams/{team}/workspaces/{name}/logs",
+    tags=["Workspace"],
+    responses=openapi.stream("application/x-ndjson", "log lines, one JSON object a line"),
+)
+async def workspace_logs(
+    request: Request, team: str, name: str, user: UserInfo = User, follow: bool = False
+) -> Response:
+    """What the workspace's build and lifecycle commands printed, as JSON lines."""
+    authz.authorize(user, "get", kind_info("Workspace"), team, f"workspace/{team}/{name}")
+    await service(request).get(user, Key("Workspace", team, "", name))
+    office = _hosts(request).office
+    if office is None:
+        raise Unavailable("this server has no Message Office: no logs to read")
+
+    async def lines() -> AsyncIterator[bytes]:
+        async for line in office.read_logs(workspace_id(team, name), follow=follow):
+            entry = {
+                "stream": line.stream,
+                "line": line.line,
+                "time": line.time.isoformat().replace("+00:00", "Z"),
+            }
+            yield (json.dumps(entry) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -1,0 +1,354 @@
+"""``kled ws up|list|stop|start|delete|logs``: development environments from devcontainer.json.
+
+``up`` takes a local folder or a git URL. A folder is read here first (the config found in
+the spec's order, parsed, its features resolved), so a broken or missing config, or a
+feature that cannot be fetched, is one line before anything is uploaded or created. The
+folder is then packed (``.gitignore`` respected, ``.git`` left out, the same bytes for the
+same files so an unchanged folder is not rebuilt), uploaded in parts the server skips when
+it has them, and the ``Workspace`` applied; a git URL is applied as is and cloned on the
+node. ``up`` waits until the workspace is Running (after postCreate) or Failed, showing its
+phases and the lines its build and hooks print.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import re
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kled.cli.client import Client
+from kled.cli.logs import stream_logs
+from kled.cli.output import align, check_format, note, out, show, warn
+from kled.cli.state import STATE, TeamOption
+from kled.errors import InvalidInput, KledError, NotFound
+from kled.sync.ignore import Ignore
+from kled.workspace.devcontainer import load_config
+from kled.workspace.discovery import not_found, select_config
+from kled.workspace.features import resolve_features
+
+app = typer.Typer(no_args_is_help=True)
+
+#: the API's body limit is 1 MiB: parts stay well under it
+PART_SIZE = 768 * 1024
+_GIT_URL = re.compile(r"^(https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
+
+NameArg = Annotated[str, typer.Argument(help="The workspace's name.")]
+
+
+def is_git_url(source: str) -> bool:
+    return bool(_GIT_URL.match(source))
+
+
+def default_name(source: str) -> str:
+    """A DNS label from the folder's or repository's name."""
+    base = source.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".git")
+    label = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")[:63].strip("-")
+    if not label:
+        raise InvalidInput(f"cannot make a name from {source!r}: pass --name", field="--name")
+    return label
+
+
+def check_folder(folder: Path, config: str | None) -> None:
+    """The folder's devcontainer.json read as the node will: errors here, before upload."""
+    found = select_config(folder, config)
+    if found is None:
+        raise not_found(folder)
+    resolved = load_config(folder, found, env=dict(os.environ), source=str(found))
+    for warning in resolved.warnings:
+        warn(str(warning))
+    resolve_features(resolved)
+
+
+def pack(folder: Path) -> bytes:
+    """The folder as a gzipped tar, the same bytes for the same files and modes."""
+    ignore = Ignore.for_root(folder, [".git/"])
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in _walk(folder, ignore):
+            rel = path.relative_to(folder).as_posix()
+            info = tar.gettarinfo(str(path), arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = int(info.mtime)
+            info.pax_headers = {}
+            if info.isreg():
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+            elif info.isdir() or info.issym():
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+def _walk(folder: Path, ignore: Ignore) -> Iterator[Path]:
+    for root, dirs, files in os.walk(folder):
+        base = Path(root)
+        rel_root = base.relative_to(folder).as_posix()
+        prefix = "" if rel_root == "." else rel_root + "/"
+        dirs[:] = sorted(d for d in dirs if not ignore.matches(prefix + d, True))
+        for name in dirs:
+            yield base / name
+        for name in sorted(files):
+            if not ignore.matches(prefix + name, False):
+                yield base / name
+
+
+def upload(client: Client, team: str, data: bytes) -> str:
+    """Upload ``data`` in parts (those the server has are skipped); its sha256."""
+    digest = hashlib.sha256(data).hexdigest()
+    base = f"/api/v1/teams/{team}/workspace-sources/{digest}"
+    state = client.get(base)
+    if state.get("complete"):
+        return digest
+    have = set(state.get("parts") or [])
+    count = max(1, -(-len(data) // PART_SIZE))
+    http = client._http  # raw bytes: the CLI's client sends JSON only
+    for index in range(count):
+        if index in have:
+            continue
+        chunk = data[index * PART_SIZE : (index + 1) * PART_SIZE]
+        response = http.put(f"{base}/parts/{index}", content=chunk)
+        if response.status_code >= 400:
+            from kled.cli.client import error_from
+
+            raise error_from(response)
+    client.post(f"{base}/complete", None, parts=count)
+    return digest
+
+
+def _path(team: str, name: str = "") -> str:
+    return f"/api/v1/teams/{team}/workspaces" + (f"/{name}" if name else "")
+
+
+def _apply(client: Client, doc: dict[str, Any]) -> None:
+    client.post("/api/v1/apply", doc)
+
+
+@app.command()
+def up(
+    source: Annotated[str, typer.Argument(help="A local folder, or a git URL.")],
+    name: Annotated[str | None, typer.Option("--name", help="The workspace's name.")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="The devcontainer.json, relative to SOURCE.")
+    ] = None,
+    node: Annotated[str | None, typer.Option("--node", help="Run it on this node.")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="The git branch or tag.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once applied.")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for Running.", min=1.0)
+    ] = 900.0,
+    team: TeamOption = None,
+) -> None:
+    """Create or update a workspace and wait until it runs."""
+    chosen = STATE.team_for(team)
+    spec: dict[str, Any] = {}
+    if is_git_url(source):
+        spec["source"] = {"git": source, **({"ref": ref} if ref else {})}
+        label = name or default_name(source)
+        data = None
+    else:
+        if ref:
+            raise InvalidInput("--ref applies to a git URL only", field="--ref")
+        folder = Path(source).expanduser().resolve()
+        if not folder.is_dir():
+            raise InvalidInput(f"{source}: not a folder nor a git URL", field="SOURCE")
+        check_folder(folder, config)
+        label = name or default_name(str(folder))
+        data = pack(folder)
+        spec["source"] = {"path": str(folder)}
+    if config:
+        spec["devcontainer"] = config
+    if node:
+        spec["node"] = node
+    with STATE.client() as client:
+        if data is not None:
+            note(f"uploading {len(data) / 1024:.0f} KiB")
+            spec["source"]["upload"] = upload(client, chosen, data)
+        try:
+            existing = client.get(_path(chosen, label))
+        except NotFound:
+            existing = None
+        if existing is not None:
+            kept = existing.get("spec") or {}
+            spec = {**{k: v for k, v in kept.items() if k in ("env",)}, **spec, "running": True}
+        doc = {
+            "apiVersion": "kled.io/v1",
+            "kind": "Workspace",
+            "metadata": {"name": label, "team": chosen},
+            "spec": spec,
+        }
+        _apply(client, doc)
+        note(f"workspace {label} applied")
+        if no_wait:
+            return
+        _wait(client, chosen, label, ("Running",), timeout, since=time.time())
+
+
+def _wait(
+    client: Client,
+    team: str,
+    name: str,
+    phases: tuple[str, ...],
+    timeout: float,
+    *,
+    since: float,
+) -> dict[str, Any]:
+    """Poll the workspace until it is in one of ``phases``; Failed is an error."""
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while True:
+        doc: dict[str, Any] = client.get(_path(team, name))
+        status = doc.get("status") or {}
+        phase = str(status.get("phase") or "Pending")
+        changed = status.get("phaseChangedAt") or ""
+        fresh = _after(changed, since)
+        if phase != shown and (fresh or phase == "Pending"):
+            extra = f" ({status['reason']})" if status.get("reason") and phase != "Failed" else ""
+            note(f"{name}: {phase}{extra}")
+            shown = phase
+        if fresh and phase == "Failed":
+            raise KledError(f"workspace {name} failed: {status.get('reason') or 'no reason given'}")
+        if fresh and phase in phases:
+            return doc
+        if time.monotonic() > deadline:
+            raise KledError(
+                f"workspace {name} is still {phase} after {timeout:.0f}s; see `kled ws logs {name}`"
+            )
+        time.sleep(0.3)
+
+
+def _after(stamp: str, since: float) -> bool:
+    from datetime import datetime
+
+    if not stamp:
+        return False
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return False
+    return moment >= since - 1.0
+
+
+@app.command("list")
+def list_workspaces(
+    output: Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")] = "table",
+    team: TeamOption = None,
+) -> None:
+    """The team's workspaces: phase, node, source."""
+    check_format(output)
+    chosen = STATE.team_for(team)
+    with STATE.client() as client:
+        docs = client.list_all(_path(chosen))
+    if output not in ("table", "wide"):
+        out(show("Workspace", docs, output, single=False))
+        return
+    if not docs:
+        note(f"no workspaces in team {chosen}")
+        return
+    rows = [["NAME", "PHASE", "NODE", "SOURCE", "REASON"]]
+    for doc in docs:
+        spec, status = doc.get("spec") or {}, doc.get("status") or {}
+        source = spec.get("source") or {}
+        rows.append(
+            [
+                doc["metadata"]["name"],
+                str(status.get("phase") or "Pending"),
+                str(status.get("node") or "-"),
+                str(source.get("git") or source.get("path") or "-"),
+                str(status.get("reason") or ""),
+            ]
+        )
+    out(align(rows))
+
+
+def _set_running(name: str, team: str | None, running: bool, wait: bool, timeout: float) -> None:
+    chosen = STATE.team_for(team)
+    with STATE.client() as client:
+        doc = client.get(_path(chosen, name))
+        spec = dict(doc.get("spec") or {})
+        spec["running"] = running
+        since = time.time()
+        _apply(
+            client,
+            {
+                "apiVersion": "kled.io/v1",
+                "kind": "Workspace",
+                "metadata": {"name": name, "team": chosen},
+                "spec": spec,
+            },
+        )
+        if wait:
+            _wait(
+                client,
+                chosen,
+                name,
+                ("Running",) if running else ("Stopped",),
+                timeout,
+                since=since,
+            )
+        else:
+            note(f"workspace {name}: {'starting' if running else 'stopping'}")
+
+
+NoWait = Annotated[bool, typer.Option("--no-wait", help="Return at once.")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=1.0)]
+
+
+@app.command()
+def stop(
+    name: NameArg, no_wait: NoWait = False, timeout: Timeout = 120.0, team: TeamOption = None
+) -> None:
+    """Stop a workspace's container; its files and volumes stay."""
+    _set_running(name, team, False, not no_wait, timeout)
+
+
+@app.command()
+def start(
+    name: NameArg, no_wait: NoWait = False, timeout: Timeout = 300.0, team: TeamOption = None
+) -> None:
+    """Start a stopped workspace again (postStartCommand runs)."""
+    _set_running(name, team, True, not no_wait, timeout)
+
+
+@app.command()
+def delete(
+    name: NameArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    team: TeamOption = None,
+) -> None:
+    """Delete a workspace: its container, volumes and files on the node go too."""
+    chosen = STATE.team_for(team)
+    if not yes and sys.stdin.isatty():
+        typer.confirm(f"delete workspace {name} with its volumes and files?", abort=True)
+    with STATE.client() as client:
+        client.delete(_path(chosen, name))
+    note(f"workspace {name} deleted")
+
+
+@app.command()
+def logs(
+    name: NameArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep showing new lines.")] = False,
+    team: TeamOption = None,
+) -> None:
+    """What the workspace's build and lifecycle commands printed."""
+    chosen = STATE.team_for(team)
+    with STATE.client() as client:
+        client.get(_path(chosen, name))  # 404 for a workspace that does not exist
+        params = {"follow": "true" if follow else None}
+        params = {k: v for k, v in params.items() if v is not None}
+        for entry in stream_logs(client, f"{_path(chosen, name)}/logs", params):
+            stream = sys.stderr if entry.get("stream") == "stderr" else sys.stdout
+            print(entry.get("line", ""), file=stream, flush=True)

@@ -1,0 +1,290 @@
+"""The workspaces controller: each Workspace placed on a node, sent there, its status kept.
+
+A workspace is scheduled like a one-replica app, with the same view of nodes
+(``nodes.node_info``): a Ready, schedulable node that matches ``spec.node`` and
+``spec.nodeSelector`` and can run the provider (podman or docker for ``container``); the
+one with the fewest workspaces wins, then the first by name. A placement is kept in
+``Workspace.status.node`` and never moved while that node exists: a workspace holds files
+and volumes on its node, so moving it would lose them.
+
+The workspaces of a node travel in its ``HostDesiredState.workspaces``. The workload
+controller owns that state's replicas; :class:`WorkspaceSink` sits between it and the
+rest of the chain, remembers each node's last state and adds the node's workspaces, so
+either side's change sends the combined value and neither overwrites the other.
+
+Agents report a workspace through the replica status subject under its id
+(``workspacestate.workspace_id``); :meth:`WorkspaceController.on_status` folds that into
+``Workspace.status``. ``plan_placements`` and ``phase_of`` are pure and tested alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kled.control.nodes import deleting, node_info
+from kled.control.scheduling import NodeInfo, matches
+from kled.errors import Conflict, KledError, NotFound, Unavailable
+from kled.resources.hoststate import HostDesiredState, ReplicaState, ReplicaStatus
+from kled.resources.workspacestate import WorkspaceOnHost, WorkspacePhase, parse_workspace_id
+from kled.store.objects import Key, Store
+
+log = logging.getLogger(__name__)
+
+#: the node capabilities a provider needs (any one of them)
+PROVIDER_CAPABILITIES = {"container": frozenset({"podman", "docker"})}
+#: what the agent says while building, in a Starting status's reason
+BUILDING_REASON = "Building"
+
+Ref = tuple[str, str]  # (team, name)
+
+
+class StateSink(Protocol):
+    def put(self, node: str, state: HostDesiredState) -> Awaitable[None] | None: ...
+
+
+def ref_of(doc: Mapping[str, Any]) -> Ref:
+    meta = doc["metadata"]
+    return str(meta["team"]), str(meta["name"])
+
+
+def _fits(node: NodeInfo, spec: Mapping[str, Any]) -> bool:
+    wanted = spec.get("node")
+    if wanted and node.name != wanted:
+        return False
+    if not matches(spec.get("nodeSelector") or {}, node.labels):
+        return False
+    needed = PROVIDER_CAPABILITIES.get(str(spec.get("provider") or "container"))
+    return needed is None or bool(needed & node.capabilities)
+
+
+def plan_placements(
+    workspaces: Iterable[Mapping[str, Any]], nodes: Iterable[NodeInfo]
+) -> tuple[dict[Ref, str], dict[Ref, str]]:
+    """(workspace → node, workspace → why it has none). A placed workspace stays on its
+    node while the node exists; the others go to the fitting node with the fewest."""
+    infos = {n.name: n for n in nodes}
+    placed: dict[Ref, str] = {}
+    pending: dict[Ref, str] = {}
+    load: dict[str, int] = dict.fromkeys(infos, 0)
+    docs = sorted(workspaces, key=ref_of)
+    for doc in docs:
+        current = (doc.get("status") or {}).get("node")
+        if current in infos:
+            placed[ref_of(doc)] = str(current)
+            load[str(current)] += 1
+    for doc in docs:
+        ref = ref_of(doc)
+        if ref in placed:
+            continue
+        spec = doc.get("spec") or {}
+        fitting = [
+            n for n in infos.values() if n.ready and n.schedulable and not n.lost and _fits(n, spec)
+        ]
+        if not fitting:
+            pending[ref] = _why_none(spec, infos.values())
+            continue
+        chosen = min(fitting, key=lambda n: (load[n.name], n.name))
+        placed[ref] = chosen.name
+        load[chosen.name] += 1
+    return placed, pending
+
+
+def _why_none(spec: Mapping[str, Any], nodes: Iterable[NodeInfo]) -> str:
+    every = list(nodes)
+    if not every:
+        return "no node has joined: run `kled agent` on a host"
+    if spec.get("node") and all(n.name != spec["node"] for n in every):
+        return f"node {spec['node']} does not exist"
+    provider = str(spec.get("provider") or "container")
+    if provider not in PROVIDER_CAPABILITIES:
+        return f"the {provider} provider is not run by Kled agents yet; use container"
+    return (
+        f"no Ready, schedulable node matches (provider {provider} needs podman or docker"
+        + (f", nodeSelector {spec.get('nodeSelector')}" if spec.get("nodeSelector") else "")
+        + ")"
+    )
+
+
+def on_host(doc: Mapping[str, Any]) -> WorkspaceOnHost:
+    """The agent's view of a Workspace document."""
+    team, name = ref_of(doc)
+    spec = doc.get("spec") or {}
+    source = spec.get("source") or {}
+    path = source.get("path")
+    return WorkspaceOnHost(
+        team=team,
+        name=name,
+        uid=str(doc["metadata"].get("uid") or ""),
+        provider=str(spec.get("provider") or "container"),
+        running=bool(spec.get("running", True)),
+        git=source.get("git"),
+        ref=source.get("ref"),
+        upload=source.get("upload"),
+        folder=str(path).rstrip("/").rsplit("/", 1)[-1] if path else None,
+        devcontainer=spec.get("devcontainer"),
+        env={str(k): str(v) for k, v in (spec.get("env") or {}).items()},
+    )
+
+
+def phase_of(status: ReplicaStatus) -> WorkspacePhase:
+    """An agent's report as the workspace's phase."""
+    if status.state == ReplicaState.STARTING:
+        if status.reason == BUILDING_REASON:
+            return WorkspacePhase.BUILDING
+        return WorkspacePhase.STARTING
+    return {
+        ReplicaState.PENDING: WorkspacePhase.PENDING,
+        ReplicaState.RUNNING: WorkspacePhase.RUNNING,
+        ReplicaState.STOPPED: WorkspacePhase.STOPPED,
+        ReplicaState.SUCCEEDED: WorkspacePhase.STOPPED,
+        ReplicaState.FAILED: WorkspacePhase.FAILED,
+    }[status.state]
+
+
+class WorkspaceSink:
+    """A desired-state sink that adds each node's workspaces to what passes through."""
+
+    def __init__(self, inner: StateSink) -> None:
+        self.inner = inner
+        self._states: dict[str, HostDesiredState] = {}
+        #: None until the controller has read the store: agents then leave theirs alone
+        self._workspaces: dict[str, list[WorkspaceOnHost]] | None = None
+        self._lock = asyncio.Lock()
+
+    async def put(self, node: str, state: HostDesiredState) -> None:
+        async with self._lock:
+            self._states[node] = state
+            await self._forward(node)
+
+    async def set_workspaces(self, by_node: Mapping[str, list[WorkspaceOnHost]]) -> None:
+        async with self._lock:
+            before = self._workspaces
+            self._workspaces = {n: list(ws) for n, ws in by_node.items()}
+            for node in sorted(self._states):
+                old = None if before is None else before.get(node, [])
+                if old != self._workspaces.get(node, []):
+                    await self._forward(node)
+
+    async def _forward(self, node: str) -> None:
+        state = self._states[node]
+        if self._workspaces is not None:
+            state = state.model_copy(update={"workspaces": self._workspaces.get(node, [])})
+        result = self.inner.put(node, state)
+        if inspect.isawaitable(result):
+            await result
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class WorkspaceController:
+    """Places workspaces, sends them to their nodes, writes what agents report."""
+
+    def __init__(self, store: Store, sink: WorkspaceSink, *, tick: float = 1.0) -> None:
+        self.store = store
+        self.sink = sink
+        self._tick = tick
+        self._task: asyncio.Task[None] | None = None
+        self._seen_revision = -1
+
+    async def start(self) -> None:
+        await self.reconcile()
+        self._task = asyncio.create_task(self._run(), name="workspaces")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.store.wait_for_change(self._tick)
+                await self.reconcile()
+            except Unavailable as e:
+                log.warning("workspaces: store unavailable (%s); retrying", e)
+            except Exception:  # one bad round must not end workspaces for everyone
+                log.exception("workspaces: reconcile failed; retrying")
+
+    async def reconcile(self) -> None:
+        revision = await self.store.revision()
+        if revision == self._seen_revision:
+            return
+        workspaces = [d for d in (await self.store.list("Workspace")).items if not deleting(d)]
+        nodes = [node_info(d) for d in (await self.store.list("Node")).items]
+        placed, pending = plan_placements(workspaces, nodes)
+        by_node: dict[str, list[WorkspaceOnHost]] = {n.name: [] for n in nodes}
+        for doc in workspaces:
+            ref = ref_of(doc)
+            status = doc.get("status") or {}
+            if ref in placed:
+                by_node.setdefault(placed[ref], []).append(on_host(doc))
+                if status.get("node") != placed[ref]:
+                    await self._write(ref, node=placed[ref], phase=WorkspacePhase.PENDING)
+            elif status.get("reason") != pending[ref] or status.get("phase") != "Pending":
+                await self._write(ref, phase=WorkspacePhase.PENDING, reason=pending[ref])
+        for items in by_node.values():
+            items.sort(key=lambda w: w.id)
+        await self.sink.set_workspaces(by_node)
+        # Our own status writes move the revision: the next round reads them back once.
+        self._seen_revision = revision
+
+    async def on_status(self, node: str, status: ReplicaStatus) -> None:
+        """An agent's report about one of its workspaces."""
+        parsed = parse_workspace_id(status.id)
+        if parsed is None:
+            return
+        doc = await self.store.find(Key("Workspace", parsed[0], "", parsed[1]))
+        if doc is None or (doc.get("status") or {}).get("node") != node:
+            return  # gone, or not this node's any more
+        reason = status.message if status.state == ReplicaState.FAILED else None
+        await self._write(parsed, node=node, phase=phase_of(status), reason=reason)
+
+    async def _write(
+        self,
+        ref: Ref,
+        *,
+        phase: WorkspacePhase,
+        node: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        key = Key("Workspace", ref[0], "", ref[1])
+        for _ in range(8):
+            doc = await self.store.find(key)
+            if doc is None or deleting(doc):
+                return
+            old = doc.get("status") or {}
+            new = dict(old)
+            if node is not None:
+                new["node"] = node
+            new["phase"] = phase.value
+            if reason:
+                new["reason"] = reason
+            else:
+                new.pop("reason", None)
+            if old.get("phase") != phase.value:
+                new["phaseChangedAt"] = _now()
+            if new == old:
+                return
+            try:
+                await self.store.update_status(
+                    key, new, expected_version=doc["metadata"]["resourceVersion"]
+                )
+                log.info("workspace/%s/%s: %s %s", ref[0], ref[1], phase.value, reason or "")
+                return
+            except NotFound:
+                return
+            except Conflict:
+                continue
+            except KledError as e:
+                log.warning("workspace/%s/%s: status not written: %s", ref[0], ref[1], e)
+                return

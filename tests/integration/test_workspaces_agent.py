@@ -1,0 +1,234 @@
+"""Workspaces for real: ``kled ws`` against a ``kled server`` and a ``kled agent`` on podman.
+
+A folder with ``.devcontainer/devcontainer.json`` (a local busybox image, a local feature
+with an option, a named volume, containerEnv and remoteEnv, every lifecycle hook in a
+different form) goes up with ``kled ws up``; the hooks' marker lines, written into the
+volume, must come in the spec's order, the feature must be installed with its option, the
+source must be at ``/workspaces/<folder>``. The volume keeps its lines across ``stop`` and
+``start`` (which runs postStartCommand again, nothing else); ``delete`` removes the
+container, the volume and the image. A git repository (``file://``) goes up too. Bad
+inputs give one line and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hostkit import Hosts, eventually
+
+from imagekit import busybox_image, podman
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workspaces")]
+
+TEAM = f"wst-{random.randint(10**5, 10**6)}"
+IMAGE = f"localhost/kled-test-ws:{TEAM}"
+APPLETS = ("sh", "sleep", "echo", "cat", "mkdir", "printf", "chmod", "rm", "env", "ls", "touch")
+UP_TIMEOUT = 600  # guards a hang only
+
+
+def write_folder(folder: Path, config: dict[str, object]) -> Path:
+    dc = folder / ".devcontainer"
+    (dc / "marker").mkdir(parents=True)
+    (dc / "devcontainer.json").write_text("// JSONC, as users write it\n" + json.dumps(config))
+    (dc / "marker" / "devcontainer-feature.json").write_text(
+        json.dumps(
+            {
+                "id": "marker",
+                "version": "1.0.0",
+                "options": {"greeting": {"type": "string", "default": "none"}},
+            }
+        )
+    )
+    (dc / "marker" / "install.sh").write_text('#!/bin/sh\necho "$GREETING" > /feature-installed\n')
+    (folder / "hello.txt").write_text("hello from the laptop\n")
+    (folder / ".gitignore").write_text("secret.txt\n")
+    (folder / "secret.txt").write_text("never uploaded\n")
+    return folder
+
+
+def shop_config() -> dict[str, object]:
+    return {
+        "image": IMAGE,
+        "features": {"./marker": {"greeting": "hi"}},
+        "containerEnv": {"FROM_CONTAINER": "c1"},
+        "remoteEnv": {"FROM_REMOTE": "r1"},
+        "mounts": ["source=cache,target=/cache,type=volume"],
+        "onCreateCommand": (
+            "echo onCreate >> /cache/order; echo $FROM_REMOTE-$FROM_CONTAINER > /cache/env"
+        ),
+        "updateContentCommand": "echo updateContent >> /cache/order",
+        "postCreateCommand": ["sh", "-c", "echo postCreate >> /cache/order"],
+        "postStartCommand": "echo postStart >> /cache/order",
+        "postAttachCommand": {"attach": "echo postAttach >> /cache/order"},
+    }
+
+
+def container(name: str) -> str:
+    return f"kled-ws-{TEAM}-{name}"
+
+
+def in_container(name: str, *argv: str) -> str:
+    done = podman("exec", container(name), *argv)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _cleanup() -> None:
+    label = "label=kled.workspace"
+    for kind, listing in (
+        ("container", ["ps", "-a", "-q", "--filter", label]),
+        ("volume", ["volume", "ls", "-q", "--filter", label]),
+        ("image", ["images", "-q", "--filter", label]),
+    ):
+        done = podman(*listing)
+        for ident in done.stdout.split():
+            if kind == "container":
+                info = podman("inspect", "--format", "{{.Name}}", ident).stdout
+                if TEAM not in info:
+                    continue
+                podman("rm", "-f", "-t", "0", ident)
+            elif kind == "volume":
+                if TEAM in ident:
+                    podman("volume", "rm", "-f", ident)
+            else:
+                tags = podman("inspect", "--format", "{{.RepoTags}}", ident).stdout
+                if TEAM in tags:
+                    podman("rmi", "-f", ident)
+    podman("rmi", "-f", IMAGE)
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    from cli.clikit import free_port
+
+    root = tmp_path_factory.mktemp("workspaces")
+    busybox_image(root / "image", IMAGE, APPLETS, dirs=("tmp", "root", "workspaces"))
+    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    try:
+        h.start_server()
+        h.cli.ok("team", "create", TEAM)
+        h.start_agent("wsnode")
+        eventually(lambda: h.node_phase("wsnode") == "Ready", "node wsnode Ready")
+        yield h
+    finally:
+        h.close([])
+        _cleanup()
+
+
+def ws(hosts: Hosts, name: str) -> dict[str, object]:
+    doc: dict[str, object] = hosts.api(f"/api/v1/teams/{TEAM}/workspaces/{name}")
+    return doc
+
+
+def test_up_runs_hooks_in_order_and_a_volume_survives_stop_start(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    folder = write_folder(tmp_path / "shop", shop_config())
+    up = hosts.cli("ws", "up", str(folder), timeout=UP_TIMEOUT)
+    assert up.code == 0, up
+    assert "shop: Running" in up.err
+    status = ws(hosts, "shop")["status"]
+    assert status["phase"] == "Running" and status["node"] == "wsnode"  # type: ignore[index]
+
+    order = in_container("shop", "cat", "/cache/order").split()
+    assert order == ["onCreate", "updateContent", "postCreate", "postStart", "postAttach"]
+    assert in_container("shop", "cat", "/cache/env").strip() == "r1-c1"
+    assert in_container("shop", "cat", "/feature-installed").strip() == "hi"
+    assert in_container("shop", "cat", "/workspaces/shop/hello.txt") == "hello from the laptop\n"
+    ignored = podman("exec", container("shop"), "cat", "/workspaces/shop/secret.txt")
+    assert ignored.returncode != 0  # .gitignore'd: never left the laptop
+
+    listed = hosts.cli.ok("ws", "list")
+    assert "shop" in listed and "Running" in listed and "wsnode" in listed
+    logs = hosts.cli.ok("ws", "logs", "shop")
+    assert "postCreateCommand" in logs and "installing features: marker" in logs
+
+    hosts.cli.ok("ws", "stop", "shop")
+    assert ws(hosts, "shop")["status"]["phase"] == "Stopped"  # type: ignore[index]
+    state = podman("inspect", "--format", "{{.State.Running}}", container("shop"))
+    assert state.stdout.strip() == "false"
+
+    hosts.cli.ok("ws", "start", "shop")
+    order = in_container("shop", "cat", "/cache/order").split()
+    # the volume kept its lines; a start runs postStartCommand only
+    assert order == [
+        "onCreate", "updateContent", "postCreate", "postStart", "postAttach", "postStart",
+    ]  # fmt: skip
+
+    # Up again with the folder unchanged: the same archive, nothing rebuilt, no hook again.
+    again = hosts.cli("ws", "up", str(folder), timeout=UP_TIMEOUT)
+    assert again.code == 0, again
+    assert len(in_container("shop", "cat", "/cache/order").split()) == 6
+
+    hosts.cli.ok("ws", "delete", "shop", "--yes")
+
+    def gone() -> bool:
+        return (
+            podman("container", "exists", container("shop")).returncode != 0
+            and podman("volume", "exists", f"{container('shop')}-cache").returncode != 0
+            and "shop" not in hosts.cli.ok("ws", "list")
+        )
+
+    eventually(gone, "container and volume of shop removed")
+
+
+def test_a_git_repository_is_cloned_on_the_node(hosts: Hosts, tmp_path: Path) -> None:
+    repo = write_folder(tmp_path / "repo", {"image": IMAGE, "postCreateCommand": "touch /tmp/ok"})
+    git = ["git", "-C", str(repo), "-c", "user.email=t@e", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    up = hosts.cli("ws", "up", f"file://{repo}", "--name", "cloned", timeout=UP_TIMEOUT)
+    assert up.code == 0, up
+    assert in_container("cloned", "cat", "/workspaces/repo/hello.txt") == "hello from the laptop\n"
+    in_container("cloned", "ls", "/tmp/ok")
+    hosts.cli.ok("ws", "delete", "cloned", "--yes")
+    eventually(
+        lambda: podman("container", "exists", container("cloned")).returncode != 0,
+        "container of cloned removed",
+    )
+
+
+def test_a_folder_without_devcontainer_json_is_one_line(hosts: Hosts, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = hosts.cli("ws", "up", str(tmp_path / "empty"))
+    assert result.code == 2, result
+    assert len(result.err.strip().splitlines()) == 1
+    assert (
+        "no devcontainer.json in" in result.err and ".devcontainer/devcontainer.json" in result.err
+    )
+    assert "empty" not in hosts.cli.ok("ws", "list")
+
+
+def test_an_unfetchable_feature_is_one_line_and_nothing_is_made(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    oci = "ghcr.io/devcontainers/features/node:1"
+    folder = write_folder(tmp_path / "oci", {"image": IMAGE, "features": {oci: {}}})
+    result = hosts.cli("ws", "up", str(folder))
+    assert result.code == 1, result  # a failure to fetch (Kled's PermanentError), not a typo
+    assert len(result.err.strip().splitlines()) == 1 and oci in result.err
+    assert "oci" not in hosts.cli.ok("ws", "list")
+    assert podman("container", "exists", container("oci")).returncode != 0
+
+
+def test_a_failing_hook_is_failed_with_its_name_and_output(hosts: Hosts, tmp_path: Path) -> None:
+    config = {"image": IMAGE, "postCreateCommand": "echo boom-line; exit 3"}
+    folder = write_folder(tmp_path / "broken", config)
+    result = hosts.cli("ws", "up", str(folder), timeout=UP_TIMEOUT)
+    assert result.code == 1, result
+    assert "postCreateCommand exited with code 3: boom-line" in result.err
+    status = ws(hosts, "broken")["status"]
+    assert status["phase"] == "Failed"  # type: ignore[index]
+    # the container stays for inspection
+    assert podman("container", "exists", container("broken")).returncode == 0
+    hosts.cli.ok("ws", "delete", "broken", "--yes")
+    eventually(
+        lambda: podman("container", "exists", container("broken")).returncode != 0,
+        "container of broken removed",
+    )
