@@ -391,3 +391,24 @@ def test_a_gitsource_is_validated_field_by_field(server: RunningServer, unique_t
             assert r.status_code == 422, r.text
             assert field_path in r.text
         assert c.get(f"/api/v1/teams/{unique_team}/gitsources/bad").status_code == 404
+
+
+def test_a_sync_cut_short_is_completed_even_while_suspended(
+    server: RunningServer, unique_team: str, origin: Origin
+) -> None:
+    """What a control plane that stopped mid-sync leaves behind — ``phase: Syncing`` — is
+    found by the controller (as at every start) and the sync is run to its end."""
+    team = unique_team
+    make_team(server, team, "dev")
+    head = origin.commit({"api.yaml": app_yaml("api"), "web.yaml": app_yaml("web")})
+    with server.client() as c:
+        create(c, source(team, "main", origin.url, suspend=True))
+        assert get_app(c, team, "api") is None  # suspended: never synced on its own
+        r = c.put(
+            f"/api/v1/teams/{team}/gitsources/main/status",
+            json={"status": {"phase": "Syncing", "syncingCommit": head}},
+        )
+        assert r.status_code == 200, r.text
+        wait_for(lambda: status_of(c, team, "main").get("phase") == "Synced", "the sync ended")
+        assert get_app(c, team, "api") is not None and get_app(c, team, "web") is not None
+        assert status_of(c, team, "main")["lastAppliedCommit"] == head

@@ -152,7 +152,8 @@ class GitOps:
             ident = (str(meta["team"]), str(meta["name"]))
             spec = doc.get("spec") or {}
             self._generation.setdefault(ident, int(meta.get("generation") or 1))
-            if spec.get("suspend") or meta.get("deletionTimestamp"):
+            cut_short = (doc.get("status") or {}).get("phase") == "Syncing"
+            if meta.get("deletionTimestamp") or (spec.get("suspend") and not cut_short):
                 continue
             due = self._due.setdefault(ident, 0.0)  # first look after a start: at once
             if ident in self._running:
