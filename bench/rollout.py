@@ -1,0 +1,113 @@
+"""Rolling updates under load: requests served and failed, latency, time to roll (issue 14,
+"Measure").
+
+The stack of tests/e2e/agentlab.py: the control plane and one agent on a namespace host
+with the network layer on, an app ``web`` (tests/e2e/probeapp.py: an HTTP server with a
+readiness probe and a preStop hook) behind its service IP, and a client pod asking the
+service IP in a loop (tests/e2e/loadloop.py: one fresh connection per request, one after
+the other, 5 ms apart). For each case the command changes (a new answer name), which rolls
+every replica; measured from the ``PUT`` to the moment ``status.rollout`` reads Complete
+(polled every 0.1 s), with the load running from before the change to after it:
+
+- ``rolling_3`` / ``rolling_10``: RollingUpdate with the defaults (25 % / 25 %);
+- ``recreate_3`` / ``recreate_10``: Recreate, the baseline: every replica restarted at once.
+
+Each case prints requests ok and failed, p50/p99 latency of the successful ones in ms and
+the rollout time in seconds. Everything shares this machine's cores, so the counts carry
+over, the times only roughly. Needs root, ``ip``, ``nft``, ``wireguard-go``.
+
+    python bench/rollout.py [--quick]     # --quick: 3 replicas only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+from agentlab import IDLE_CMD, Mesh, eventually, lab_mesh  # noqa: E402 - after the path set-up
+from test_rollout_traffic import Load, change, command, web  # noqa: E402
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 2)
+
+
+def roll(mesh: Mesh, state: Path, root: Path, client: str, ip: str, name: str) -> dict[str, Any]:
+    """Change the command to answer ``name``; measure until the rollout is Complete."""
+    load = Load(mesh, client, ip, root)
+    time.sleep(1)  # the loop is running before the change
+    number = int(mesh.get_app("a", "web")["status"]["rollout"]["revision"]) + 1
+    started = time.monotonic()
+    change(mesh, command(state, name))
+    while True:
+        roll = mesh.get_app("a", "web")["status"].get("rollout") or {}
+        if roll.get("revision") == number and roll.get("phase") == "Complete":
+            break
+        if roll.get("phase") == "Stalled":
+            raise RuntimeError(f"rollout stalled: {roll}")
+        time.sleep(0.1)
+    took = time.monotonic() - started
+    time.sleep(1)
+    result = load.stop()
+    latencies = [float(v) for v in result["latencies_ms"]]
+    return {
+        "ok": result["ok"],
+        "failed": len(result["failed"]),
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+        "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
+        "rollout_seconds": round(took, 2),
+    }
+
+
+def case(root: Path, replicas: int, strategy: str) -> dict[str, Any]:
+    state = root / "state"
+    state.mkdir(parents=True)
+    with lab_mesh(root, 1, f"benchroll{replicas}") as mesh:
+        mesh.start_agent(1)
+        mesh.team("a", "100.94.0.0/16")
+        spec = web(state, "v1", strategy={"type": strategy})
+        spec["replicas"] = replicas
+        mesh.app("a", "web", spec)
+        mesh.app("a", "client", {"command": IDLE_CMD})
+        ip = eventually(lambda: mesh.get_app("a", "web")["status"]["ip"], "service IP")
+        client = mesh.pod_ns(1, "a", "a.dev.client.0")
+        eventually(lambda: Path(f"/run/netns/{client}").exists(), "client pod")
+        eventually(
+            lambda: mesh.get_app("a", "web")["status"].get("readyReplicas") == replicas,
+            "replicas ready",
+        )
+        eventually(lambda: set(mesh.ask(client, ip, 80, count=4)) != set(), "answers")
+        return roll(mesh, state, root, client, ip, "v2")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 replicas only")
+    args = parser.parse_args()
+    sizes = [3] if args.quick else [3, 10]
+    out: dict[str, Any] = {"bench": "rollout", "load": "sequential GETs, 5 ms apart"}
+    for replicas in sizes:
+        for strategy, label in (("RollingUpdate", "rolling"), ("Recreate", "recreate")):
+            with tempfile.TemporaryDirectory(prefix="kled-bench-rollout-") as tmp:
+                out[f"{label}_{replicas}"] = case(Path(tmp), replicas, strategy)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
