@@ -12,6 +12,8 @@ CLI handle one family of errors:
       Conflict           (409)     stale resourceVersion, name taken, second intercept...
         Unreadable       (409)     a stored document outside the bounds (an older version's);
                                    only deleting it works
+      Gone               (410)     a watch from a revision the event log no longer holds;
+                                   ``oldest`` is the oldest kept: list again and resume
       TooLarge           (413)     body over the limit
       Unavailable        (503)     a dependency is down; retrying may help
       TemporaryError               retried by reconcilers after ``delay`` seconds
@@ -77,6 +79,17 @@ class Unreadable(Conflict):
     Only a store written by an older version can hold one; readers skip it, and the store
     lets it be deleted and nothing else.
     """
+
+
+class Gone(KledError):
+    """The events after a revision were compacted away: list again, then watch from there."""
+
+    status = 410
+    reason = "Gone"
+
+    def __init__(self, message: str, *, oldest: int) -> None:
+        super().__init__(message, field="resourceVersion")
+        self.oldest = oldest
 
 
 class TooLarge(KledError):

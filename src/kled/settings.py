@@ -29,6 +29,13 @@ class ServerSettings(BaseSettings):
     )
     secret_key: str | None = Field(None, description="Fernet key for secrets at rest")
     max_body_bytes: int = Field(1024 * 1024, description="largest request body accepted")
+    keep_events: int = Field(
+        100_000, ge=1, description="events the log keeps; a watch from before them gets 410"
+    )
+    compact_seconds: float = Field(
+        60.0, gt=0, description="how often the event log is compacted to keep_events"
+    )
+    watch_cache: bool = Field(True, description="answer reads from memory (the watch cache)")
     log_json: bool = Field(False, description="log as JSON lines")
     # -- the Message Office (NATS JetStream) --
     embedded_nats: bool = Field(False, description="run a nats-server with JetStream in data-dir")

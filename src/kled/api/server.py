@@ -36,6 +36,7 @@ from kled.settings import ServerSettings
 from kled.store.cipher import SecretCipher
 from kled.store.credentials import ADMIN_USER, Credentials
 from kled.store.database import Database
+from kled.store.compaction import Compactor
 from kled.store.objects import Store
 from kled.store.violations import ViolationLog
 
@@ -75,6 +76,10 @@ class ControlPlane:
         credentials = Credentials(self.db)
         chain = AdmissionChain(validate_resource)
         self.service = Service(store, credentials, chain)
+        if s.watch_cache:
+            await store.open_cache()
+        self.compactor = Compactor(store, s.keep_events, s.compact_seconds)
+        self.compactor.start()
         await self._start_policies(store, chain)
         await self._bootstrap(credentials)
         self.mesh = MeshServices(s, self.service)
@@ -201,3 +206,7 @@ class ControlPlane:
             # Only the socket this process bound: another server may own a stale path.
             with contextlib.suppress(FileNotFoundError):
                 Path(self.settings.socket_path()).unlink()
+        if getattr(self, "compactor", None) is not None:
+            await self.compactor.stop()
+        if self.service is not None:
+            await self.service.store.close_cache()

@@ -152,6 +152,8 @@ class Service:
         """
         page = await self.list(user, info, team, environment, matches=matches)
         return self._follow(user, info, team, environment, since, matches, page)
+        if since is not None:
+            await self.store.check_since(since)  # Gone (410) when compacted: list again
 
     async def _follow(
         self,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,13 @@ from kled.errors import Unavailable
 from kled.store.schema import revision
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: built once: every write transaction starts with it
+_NEXT_REVISION = (
+    update(revision)
+    .where(revision.c.id == 1)
+    .values(value=revision.c.value + 1)
+    .returning(revision.c.value)
+)
 
 
 def async_url(url: str) -> str:
@@ -53,6 +60,8 @@ class Database:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # SQLite has one writer at a time; queueing writers here avoids busy retries.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        #: told of every write transaction's end: its revision, and whether it committed
+        self.after_write: Callable[[int, bool], None] | None = None
 
     @classmethod
     async def open(cls, url: str) -> Database:
@@ -101,18 +110,30 @@ class Database:
                 yield tx
 
     @asynccontextmanager
+    async def maintain(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that takes no revision (housekeeping: compacting the event log)."""
+        lock = self._write_lock or contextlib.nullcontext()
+        try:
+            async with lock, self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, DBAPIError) as e:
+            raise Unavailable(f"database: {e.orig or e}") from e
+
+    @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[tuple[AsyncConnection, int]]:
+        taken: int | None = None
+        committed = False
         try:
             async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    update(revision)
-                    .where(revision.c.id == 1)
-                    .values(value=revision.c.value + 1)
-                    .returning(revision.c.value)
-                )
-                yield conn, int(result.scalar_one())
+                result = await conn.execute(_NEXT_REVISION)
+                taken = int(result.scalar_one())
+                yield conn, taken
+            committed = True
         except OperationalError as e:
             raise Unavailable(f"database: {e.orig or e}") from e
+        finally:
+            if taken is not None and self.after_write is not None:
+                self.after_write(taken, committed)
 
     async def current_revision(self) -> int:
         async with self.read() as conn:

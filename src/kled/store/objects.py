@@ -26,16 +26,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kled.errors import Conflict, InvalidInput, NotFound, Unreadable
+from kled.errors import Conflict, Gone, InvalidInput, NotFound, Unreadable
 from kled.resources import bounds
 from kled.resources.registry import API_VERSION, Scope, kind_info
 from kled.store.cipher import SecretCipher, redact
 from kled.store.database import Database
 from kled.store.schema import events, resources, revision
+from kled.store.watchcache import WatchCache
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,39 @@ class Store:
         self._changes = _Changes()
         #: stored documents that break the bounds, by key, with what is wrong: skipped
         self.problems: dict[str, str] = {}
+        #: reads are answered from memory while it runs (``open_cache``)
+        self.cache: WatchCache | None = None
+        #: the last revision this process committed: a read waits for the cache to hold it
+        self.written = 0
+        self._staged: dict[int, Event] = {}
+        db.after_write = self._after_write
+
+    async def open_cache(self) -> WatchCache:
+        """Load every resource into memory and keep it current; reads come from it."""
+        cache = WatchCache(self)
+        await cache.start()
+        self.cache = cache
+        return cache
+
+    async def close_cache(self) -> None:
+        if self.cache is not None:
+            cache, self.cache = self.cache, None
+            await cache.stop()
+
+    async def _from_cache(self, kind: str) -> WatchCache | None:
+        """The cache, when it serves ``kind`` and holds this process's last write."""
+        cache = self.cache
+        if cache is None or not cache.serves(kind) or not await cache.reach(self.written):
+            return None
+        return cache
 
     # ---- reading -------------------------------------------------------------------
 
     async def find(self, key: Key) -> dict[str, Any] | None:
+        cache = await self._from_cache(key.kind)
+        if cache is not None:
+            entry = cache.find(key.kind, (key.team, key.environment, key.name))
+            return None if entry is None or entry.text is None else entry.doc()
         async with self.db.read() as conn:
             row = await self._row(conn, key)
         return None if row is None else self._readable(row.doc, key)
@@ -178,6 +208,12 @@ class Store:
     ) -> Page:
         """Resources of a kind, ordered by (team, environment, name), a page at a time."""
         after = _decode_continue(continue_token) if continue_token else None
+        cache = await self._from_cache(kind)
+        if cache is not None:
+            at = cache.revision
+            page = cache.page(kind, team, environment, matches=matches, limit=limit, after=after)
+            token = _encode_continue(page.after) if page.after is not None else None
+            return Page(page.items, token, at)
         items: Docs = []
         batch = max(limit, 200) if limit else 1000
         async with self.db.read() as conn:
@@ -283,6 +319,11 @@ class Store:
                 current, doc, int(current["metadata"]["resourceVersion"])
             )
             return Written(merged, "configured" if changed else "unchanged")
+        seen = await self.find(key) if self.cache is not None else None
+        if seen is not None and expected_version in (None, "", seen["metadata"]["resourceVersion"]):
+            _, changed = _merge_desired(seen, doc, 0)
+            if not changed:
+                return Written(seen, "unchanged")  # as read: no transaction, no write
         try:
             async with self.db.write() as (conn, rev):
                 row = await self._row(conn, key)
@@ -387,21 +428,44 @@ class Store:
     # ---- the event log -------------------------------------------------------------
 
     async def events_after(self, seq: int, limit: int = 500) -> Events:
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(events).where(events.c.seq > seq).order_by(events.c.seq).limit(limit)
-                )
-            ).all()
+        """The events after ``seq``, in order; ``Gone`` if some were compacted away."""
         out: Events = []
-        for r in rows:
-            if bounds.problem(r.object, max_bytes=_NO_SIZE_CHECK) is not None:
+        for event in await self.raw_events_after(seq, limit):
+            if bounds.problem(event.object, max_bytes=_NO_SIZE_CHECK) is not None:
                 self.problems.setdefault(
-                    f"event {r.seq}", f"{r.kind.lower()}/{r.team}/{r.name}: skipped"
+                    f"event {event.seq}",
+                    f"{event.kind.lower()}/{event.team}/{event.name}: skipped",
                 )
                 continue  # written by an older version: its followers never see it
-            out.append(Event(r.seq, r.type, r.kind, r.team, r.environment, r.name, r.object))
+            out.append(event)
         return out
+
+    async def raw_events_after(self, seq: int, limit: int = 500) -> Events:
+        """As ``events_after``, without the bounds check (the cache checks once itself)."""
+        async with self.db.read() as conn:
+            rows = (await conn.execute(_EVENTS_AFTER, {"after": seq, "limit": limit})).all()
+        # The log is gap-free (one event per revision), so a first event later than the
+        # next one means the ones between were compacted: a reader would miss them.
+        if rows and rows[0].seq > seq + 1:
+            raise Gone(
+                f"the events after revision {seq} were compacted; the oldest kept is "
+                f"{rows[0].seq}: list again and watch from the list's resourceVersion",
+                oldest=int(rows[0].seq),
+            )
+        return [Event(r.seq, r.type, r.kind, r.team, r.environment, r.name, r.object) for r in rows]
+
+    async def check_since(self, seq: int) -> None:
+        """Raise ``Gone`` if a watch from ``seq`` would miss compacted events."""
+        await self.raw_events_after(seq, 1)
+
+    async def compact(self, keep: int) -> int:
+        """Delete all but the last ``keep`` events (at least one stays); how many went."""
+        through = await self.revision() - max(keep, 1)
+        if through <= 0:
+            return 0
+        async with self.db.maintain() as conn:
+            result = await conn.execute(delete(events).where(events.c.seq <= through))
+        return int(result.rowcount or 0)
 
     async def revision(self) -> int:
         async with self.db.read() as conn:
@@ -412,7 +476,9 @@ class Store:
         waiter = asyncio.Event()
         self._changes.waiters.add(waiter)
         try:
-            await asyncio.wait_for(waiter.wait(), timeout)
+            # not wait_for: on 3.11 it can swallow a cancel that meets a wake-up
+            async with asyncio.timeout(timeout):
+                await waiter.wait()
         except TimeoutError:
             pass
         finally:
@@ -423,6 +489,34 @@ class Store:
     def _notify(self) -> None:
         for waiter in self._changes.waiters:
             waiter.set()
+
+    def _after_write(self, rev: int, committed: bool) -> None:
+        event = self._staged.pop(rev, None)
+        if not committed:
+            return
+        self.written = max(self.written, rev)
+        if event is not None and self.cache is not None:
+            self.cache.offer(event)
+
+    def note_unreadable(self, kind: str, ident: tuple[str, str, str], doc: Any) -> None:
+        """Record (log, ``problems``) a stored document the cache found outside the bounds."""
+        self._readable(doc, Key(kind, *ident))
+
+    async def raw_rows(self) -> Sequence[tuple[str, str, str, str, int, Any]]:
+        """Every stored resource as stored: kind, team, environment, name, version, doc."""
+        columns = (
+            resources.c.kind,
+            resources.c.team,
+            resources.c.environment,
+            resources.c.name,
+            resources.c.resource_version,
+            resources.c.doc,
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(*columns))).all()
+        return [
+            (r.kind, r.team, r.environment, r.name, int(r.resource_version), r.doc) for r in rows
+        ]
 
     async def _store_change(
         self, conn: AsyncConnection, rev: int, key: Key, new: dict[str, Any]
@@ -443,6 +537,7 @@ class Store:
         self, conn: AsyncConnection, rev: int, kind: str, key: Key, doc: dict[str, Any]
     ) -> None:
         obj = redact(doc) if key.kind == "Secret" else doc
+        self._staged[rev] = Event(rev, kind, key.kind, key.team, key.environment, key.name, obj)
         await conn.execute(
             insert(events).values(
                 seq=rev,
@@ -471,7 +566,8 @@ class Store:
         invariant.check(docs)
 
     async def _row(self, conn: AsyncConnection, key: Key) -> Any:
-        return (await conn.execute(select(resources).where(_key_clause(key)))).first()
+        params = {"kind": key.kind, "team": key.team, "env": key.environment, "name": key.name}
+        return (await conn.execute(_ROW, params)).first()
 
     async def _revision(self, conn: AsyncConnection) -> int:
         return int((await conn.execute(select(revision.c.value))).scalar_one())
@@ -570,6 +666,19 @@ class Store:
 
 #: stored documents were measured when written; reading them checks only shape and text
 _NO_SIZE_CHECK = None
+#: built once: the statements of every request
+_ROW = select(resources).where(
+    resources.c.kind == bindparam("kind"),
+    resources.c.team == bindparam("team"),
+    resources.c.environment == bindparam("env"),
+    resources.c.name == bindparam("name"),
+)
+_EVENTS_AFTER = (
+    select(events)
+    .where(events.c.seq > bindparam("after"))
+    .order_by(events.c.seq)
+    .limit(bindparam("limit"))
+)
 
 
 class _Unchanged(Exception):
