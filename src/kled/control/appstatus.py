@@ -230,12 +230,20 @@ def fold(
     events: Sequence[Mapping[str, Any]] = (),
     revisions: Mapping[int, str] | None = None,
     rollout: Target | None = None,
+    replicas: int | None = None,
+    autoscale: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The next ``status`` of ``app``: its current status with the replica part redone,
-    and, given ``rollout``, its revisions and how far the rollout got."""
+    and, given ``rollout``, its revisions and how far the rollout got. ``replicas`` is how
+    many are wanted when not ``spec.replicas`` (an autoscaled app), whose autoscaler's
+    latest view ``autoscale`` is kept as ``status.autoscale``."""
     status = copy.deepcopy(dict(app.get("status") or {}))
     spec = app.get("spec") or {}
-    wanted = int(spec.get("replicas", 1))
+    wanted = int(spec.get("replicas", 1)) if replicas is None else replicas
+    if not spec.get("autoscale"):
+        status.pop("autoscale", None)
+    elif autoscale is not None:
+        status["autoscale"] = dict(autoscale)
     entries = replica_entries(
         status.get("replicas") or [],
         placements,

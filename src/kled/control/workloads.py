@@ -26,13 +26,14 @@ import contextlib
 import copy
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kled.control import rollout
+from kled.control import autoscale, rollout
 from kled.control.appstatus import Report, add_events, event, fold, is_ready, placement_events
 from kled.control.desired import BadReference, Ref, compute, resolve_env, same_replicas
 from kled.control.nodes import (
@@ -47,6 +48,7 @@ from kled.control.nodes import (
     node_info,
 )
 from kled.control.scheduling import NodeInfo, Placement, app_request, schedule
+from kled.control.usage import UsageBook
 from kled.errors import Conflict, KledError, NotFound, Unavailable
 from kled.resources.hoststate import (
     AgentEvent,
@@ -117,6 +119,7 @@ class WorkloadController:
         reschedule_after: float = 30.0,
         tick: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        autoscale_every: float = 15.0,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -141,6 +144,17 @@ class WorkloadController:
         self._targets: dict[Ref, rollout.Target] = {}
         #: apps whose rollout is not complete: re-planned on readiness news and ticks
         self._rolling: set[Ref] = set()
+        #: how many replicas each app wants now (``spec.replicas``, or its autoscaler's)
+        self._wanted: dict[Ref, int] = {}
+        #: the agents' latest usage, from their heartbeats: what the autoscaler reads
+        self.usage = UsageBook(clock=clock)
+        self._autoscale_every = autoscale_every
+        #: autoscaled apps: the last evaluation (our clock), the window's recommendations,
+        #: the ``status.autoscale`` to write, and the events of a decision not yet written
+        self._scaled_at: dict[Ref, float] = {}
+        self._scale_history: dict[Ref, autoscale.History] = {}
+        self._scale_status: dict[Ref, dict[str, Any]] = {}
+        self._scale_events: dict[Ref, list[dict[str, Any]]] = {}
         self._bad: dict[Ref, BadReference] = {}
         self._sent: dict[str, HostDesiredState] = {}
         self._ready: dict[str, bool] = {}
@@ -318,6 +332,9 @@ class WorkloadController:
             self._known.pop(ref, None)
             self._targets.pop(ref, None)
             self._rolling.discard(ref)
+            self._wanted.pop(ref, None)
+            for table in (self._scaled_at, self._scale_history, self._scale_status):
+                table.pop(ref, None)
             self._bad.pop(ref, None)
             self._dirty = True
         elif kind == "Environment":
@@ -357,6 +374,7 @@ class WorkloadController:
                 # A rollout's deadline runs out without news: look again.
                 self._dirty_apps |= self._rolling
                 self._dirty = True
+            self._autoscale(now)
             if self._dirty:
                 await self._reconcile()
 
@@ -402,7 +420,8 @@ class WorkloadController:
                 or self._bad.get(ref) != states.bad.get(ref)
                 or any(p.node in flipped for p in after)
             ):
-                writes.append((ref, placement_events(before, after, wall) if moved else []))
+                events = placement_events(before, after, wall) if moved else []
+                writes.append((ref, events + self._scale_events.pop(ref, [])))
         self._placements = placements
         self._bad = states.bad
         self._ready = ready
@@ -467,6 +486,8 @@ class WorkloadController:
                 events=events or [],
                 revisions=revisions,
                 rollout=target,
+                replicas=self._wanted.get(ref),
+                autoscale=self._scale_status.get(ref),
             )
 
         await self._set_status(Key("App", *ref), change)
@@ -511,8 +532,9 @@ class WorkloadController:
         (``_revisions``) and the app's target; return the documents and environments of
         the replicas that run another revision than the spec's."""
         spec = app.get("spec") or {}
-        wanted = int(spec.get("replicas", 1))
         status = (self._latest.get(Key("App", *ref)) or app).get("status") or {}
+        wanted = self._wanted_now(ref, app, status)
+        self._wanted[ref] = wanted
         tmpl = rollout.template(app)
         env_doc = self._envs.get((ref[0], ref[1], "")) or {}
         variables = (env_doc.get("spec") or {}).get("variables") or {}
@@ -574,6 +596,66 @@ class WorkloadController:
                 del known[rev]
         return variants
 
+    # ---- autoscaling --------------------------------------------------------------------------
+
+    def _wanted_now(self, ref: Ref, app: dict[str, Any], status: Mapping[str, Any]) -> int:
+        """``spec.replicas``, or the autoscaler's latest decision (ours, else the status's)."""
+        decided = dict(status)
+        if ref in self._scale_status:
+            decided["autoscale"] = self._scale_status[ref]
+        return autoscale.wanted_replicas({"spec": app.get("spec") or {}, "status": decided})
+
+    def _autoscale(self, now: float) -> None:
+        """Evaluate every autoscaled app whose period is up; a change of its replica
+        count makes it dirty, and the decision is an event."""
+        for ref, app in self._apps.items():
+            target = autoscale.target_of(app, app_request(app, []).cpu_millicores)
+            if target is None:
+                for table in (self._scaled_at, self._scale_history, self._scale_status):
+                    table.pop(ref, None)
+                continue
+            if now - self._scaled_at.get(ref, -math.inf) < self._autoscale_every:
+                continue
+            self._scaled_at[ref] = now
+            status = (self._latest.get(Key("App", *ref)) or app).get("status") or {}
+            current = self._wanted_now(ref, app, status)
+            mine = set(self._revisions.get(ref, {}))
+            samples = [
+                row.usage.cpu_millicores
+                for row in self.usage.replicas(ref[0])
+                if (row.environment, row.app) == (ref[1], ref[2])
+                and row.index in mine
+                and row.ready
+                and row.usage is not None
+                and row.usage.cpu_millicores is not None
+            ]
+            proposal = autoscale.recommend(current, samples, target)
+            decided, history = autoscale.decide(
+                current, proposal, self._scale_history.get(ref, autoscale.History()), now, target
+            )
+            self._scale_history[ref] = history
+            used = autoscale.utilization(samples, target.request_millicores)
+            before = self._scale_status.get(ref) or dict(status.get("autoscale") or {})
+            block = {
+                "desiredReplicas": decided,
+                "measuredReplicas": len(samples),
+                "currentCPUUtilizationPercentage": used,
+                "targetCPUUtilizationPercentage": target.cpu_percent,
+                "lastScaleTime": before.get("lastScaleTime"),
+            }
+            if decided != current:
+                wall = _now()
+                block["lastScaleTime"] = wall.isoformat().replace("+00:00", "Z")
+                message = autoscale.reason(current, decided, used, target)
+                log.info("%s: autoscaled: %s", _name(ref), message)
+                self._scale_events.setdefault(ref, []).append(
+                    event(wall, "SuccessfulRescale", message)
+                )
+            if block != before:
+                self._scale_status[ref] = block
+                self._dirty_apps.add(ref)
+                self._dirty = True
+
     def _rebuild(
         self, ref: Ref, app: dict[str, Any], revision: str, history: list[dict[str, Any]]
     ) -> tuple[dict[str, Any], dict[str, str]] | None:
@@ -607,6 +689,7 @@ class WorkloadController:
             if not is_newer(status, hb) or (seen is not None and hb.time < seen):
                 return  # a late or redelivered heartbeat says nothing new
             self._heartbeat_seen[hb.node] = hb.time
+            self.usage.record(hb)
             now = self._clock()
             self.tracker.heartbeat(hb.node, now)
             quiet = _only_time_moved(status, apply_heartbeat(status, hb))
