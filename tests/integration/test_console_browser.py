@@ -136,6 +136,7 @@ def test_pages_have_no_serious_accessibility_violations(
         ("apply", "/apply"),
         ("nodes", "/nodes"),
         ("devices", "/devices"),
+        ("mesh", "/mesh"),
         ("intercepts", "/intercepts"),
         ("policies", "/policies"),
         ("yaml", "/yaml/apps/web?env=dev"),

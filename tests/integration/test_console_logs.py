@@ -180,4 +180,35 @@ def test_the_logs_views_have_no_serious_accessibility_violations(
     found = {"app with logs": axe(page)}
     page.goto(f"{hosts.url}/ui/teams/{TEAM}/envs/dev/apps/ticker/logs")
     found["logs page"] = axe(page)
+    page.goto(f"{hosts.url}/ui/teams/{TEAM}/mesh")
+    found["mesh"] = axe(page)
     assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_the_mesh_page_draws_nodes_devices_and_apps_live(
+    page: Any, hosts: Hosts, owner: str
+) -> None:
+    sign_in(page, hosts, owner)
+    page.get_by_role("link", name="Mesh").click()
+    assert page.get_by_role("heading", level=1).inner_text() == "Mesh"
+    mesh = page.get_by_test_id("mesh")
+    assert mesh.locator("[data-peer=node-n1]").count() == 1  # n1 runs the team's replica
+    ticker = mesh.locator("[data-peer=app-dev-ticker]")
+    assert "#0 · n1 ·" in (ticker.text_content() or "")
+    assert mesh.locator("path.edge.route").count() == 1  # service IP → the node of its replica
+    page.evaluate("window.__same_document = true")
+    page.locator("html[data-live=open]").wait_for()
+    with AdminOf(hosts).client() as admin:
+        r = admin.post(
+            f"/api/v1/teams/{TEAM}/devices",
+            json={"metadata": {"name": "olgas-laptop"}, "spec": {"owner": "olga"}},
+        )
+        assert r.status_code == 201, r.text
+    mesh.locator("[data-peer=device-olgas-laptop]").wait_for(timeout=15_000)
+    assert page.evaluate("window.__same_document") is True
+    # no handshake yet: the peering is drawn as never seen, and says so in the table
+    page.get_by_text("Peerings as a table").click()
+    row = page.get_by_test_id("peerings").get_by_role("row", name="olgas-laptop")
+    assert row.locator("td").last.inner_text() == "never"
+    with AdminOf(hosts).client() as admin:
+        admin.delete(f"/api/v1/teams/{TEAM}/devices/olgas-laptop")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from kled.resources.hoststate import (
@@ -23,6 +24,7 @@ from kled.resources.hoststate import (
     ReplicaState,
     ReplicaStatus,
     ReplicaUsage,
+    TeamMeshReport,
 )
 
 #: the Prometheus families this book serves: name → (type, help)
@@ -46,6 +48,8 @@ class _NodeEntry:
     replicas: list[ReplicaStatus]
     usage: dict[str, ReplicaUsage] = field(default_factory=dict)
     node_usage: NodeUsage | None = None
+    #: the node's WireGuard gateways per team, with their peers' latest handshakes
+    mesh: dict[str, TeamMeshReport] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class UsageBook:
     def record(self, hb: NodeHeartbeat) -> None:
         """Take a heartbeat; one without usage (between samples) keeps the last usage."""
         before = self._nodes.get(hb.node)
-        entry = _NodeEntry(self._clock(), hb.capacity, list(hb.replicas))
+        entry = _NodeEntry(self._clock(), hb.capacity, list(hb.replicas), mesh=dict(hb.mesh))
         if hb.usage is not None:
             entry.usage = dict(hb.usage)
             entry.node_usage = hb.node_usage
@@ -97,6 +101,15 @@ class UsageBook:
 
     def forget(self, node: str) -> None:
         self._nodes.pop(node, None)
+
+    def handshakes(self, team: str) -> dict[str, dict[str, datetime]]:
+        """node → {peer public key → its latest handshake} on the node's gateway of
+        ``team``, as the fresh nodes last reported (the console's mesh drawing)."""
+        return {
+            node: dict(entry.mesh[team].handshakes)
+            for node, entry in self._fresh()
+            if team in entry.mesh
+        }
 
     def _fresh(self) -> Iterator[tuple[str, _NodeEntry]]:
         now = self._clock()
