@@ -352,6 +352,29 @@ def _is_zero(value: int | str) -> bool:
     return value in (0, "0%")
 
 
+class Autoscale(KledModel):
+    """Replicas follow CPU use, as a HorizontalPodAutoscaler does: the replica count that
+    brings the mean CPU of the ready replicas (a share of ``resources.cpu``) to the target."""
+
+    min_replicas: Annotated[int, Strict(), in_range(1, 1000), range_schema(1, 1000)] = 1
+    max_replicas: Annotated[int, Strict(), in_range(1, 1000), range_schema(1, 1000)]
+    target_cpu_utilization_percentage: Annotated[
+        int, Strict(), in_range(1, 1000), range_schema(1, 1000)
+    ] = Field(default=80, alias="targetCPUUtilizationPercentage")
+    """Mean CPU of the ready replicas, in percent of their ``resources.cpu``."""
+    scale_down_stabilization_seconds: Annotated[
+        int, Strict(), in_range(0, 3600), range_schema(0, 3600)
+    ] = 300
+    """A scale-down takes the highest recommendation of this window, against flapping."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Autoscale:
+        if self.max_replicas < self.min_replicas:
+            raise problem(f"must be at least minReplicas ({self.min_replicas})",
+                          at=("maxReplicas",))  # fmt: skip
+        return self
+
+
 class AppSpec(KledModel):
     runtime: Literal["process", "container", "kubernetes"] = "process"
     command: list[str] = []
@@ -381,6 +404,8 @@ class AppSpec(KledModel):
     """While true, a change to what runs starts no rollout (scaling still happens)."""
     progress_deadline_seconds: AtLeastOne = 600
     """A rollout that makes no progress for this long is reported stalled and stops."""
+    autoscale: Autoscale | None = None
+    """When set, the control plane sets the number of replicas; ``replicas`` is the start."""
 
     @field_validator("working_dir")
     @classmethod
@@ -410,6 +435,9 @@ class AppSpec(KledModel):
                 )
             bindings.add(binding)
         self._check_probe_ports()
+        if self.autoscale is not None and self.resources.cpu is None:
+            raise problem("required with autoscale: the CPU target is a share of it",
+                          at=("resources", "cpu"))  # fmt: skip
         return self
 
     def _check_probe_ports(self) -> None:
