@@ -102,7 +102,8 @@ class Mesh:
         return doc
 
     # -- agents ---------------------------------------------------------------------------
-    def start_agent(self, i: int) -> None:
+    def start_agent(self, i: int, *extra: str) -> None:
+        """Start the agent of lab host ``i``; ``extra`` are more of its flags."""
         name, host = f"node{i}", self.lab.host(i)
         data = self.root / name
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
@@ -113,7 +114,7 @@ class Mesh:
             "--data-dir", str(data), "--name", name, "--labels", f"lab.kled.io/node={name}",
             "--host-id", host, "--heartbeat", "1", "--network", "on", "--log-level", "info",
         ]  # fmt: skip
-        args += ["--server", self.server.url, "--token", self.token]
+        args += ["--server", self.server.url, "--token", self.token, *extra]
         self.agents[name] = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -123,6 +123,9 @@ def _ports(doc: dict[str, Any]) -> str:
 
 def _replicas(doc: dict[str, Any]) -> str:
     wanted = _spec(doc, "replicas")
+    scaled = _status(doc, "autoscale")
+    if _spec(doc, "autoscale") and isinstance(scaled, dict) and "desiredReplicas" in scaled:
+        wanted = scaled["desiredReplicas"]  # the autoscaler's count, not the starting one
     ready = _status(doc, "readyReplicas")
     if ready is None:
         replicas = _status(doc, "replicas")
