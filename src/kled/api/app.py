@@ -189,6 +189,9 @@ def create_app(
 
     app.include_router(graphql_router(), prefix="/graphql")
     app.include_router(rest.router)
+    from kled.kube.routes import router as kube_router
+
+    app.include_router(kube_router)  # Kled Clusters: the Kubernetes API at /k8s/{team}/{cluster}
     from kled.ui import serving as console
 
     console.install(app)  # the web console at /ui, on this same service layer

@@ -54,6 +54,7 @@ def validate_resource(doc: dict[str, Any]) -> dict[str, Any]:
 class ControlPlane:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        self.kube: Any = None  # the HTTPS listener of Kled Clusters (kled.kube.listener)
         self.db: Database | None = None
         self.service: Service | None = None
         self.admin_token: str | None = None  # set only on the first start
@@ -150,6 +151,10 @@ class ControlPlane:
 
     async def serve(self, on_ready: Callable[[], Any] | None = None) -> None:
         assert self.service is not None
+        from kled.kube.listener import KubeListener
+
+        host, port = self.settings.listen_address()
+        self.kube = KubeListener(self.settings.data_dir, host, port)  # HTTPS for kubectl
         app = create_app(
             self.service,
             max_body=self.settings.max_body_bytes,
@@ -169,6 +174,7 @@ class ControlPlane:
                 "hosts": self.hosts,
                 "mesh": self.mesh,
                 "gitops": self.gitops,
+                "kube": self.kube,
             },
         )
         config = uvicorn.Config(
@@ -179,13 +185,18 @@ class ControlPlane:
         task = asyncio.create_task(self.server.serve(sockets=sockets))
         while not self.server.started and not task.done():
             await asyncio.sleep(0.02)
+        await self.kube.start(app)
         if on_ready is not None and self.server.started:
             on_ready()
         await task
+        self.kube.stop()
+        await self.kube.wait()
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.should_exit = True
+        if self.kube is not None:
+            self.kube.stop()
 
     async def close(self) -> None:
         if self.gitops is not None:

@@ -21,6 +21,7 @@ from typing import Any
 from kled.admission.chain import AdmissionChain
 from kled.admission.request import AdmissionRequest, Operation, UserInfo
 from kled.api import authz
+from kled.control.ipam import Ipam
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
 from kled.resources import bounds
 from kled.resources.fields import MAX_DURATION_SECONDS
@@ -502,9 +503,21 @@ class Service:
             for kind in ("Intercept", "App", "ManagedService", "Config", "Secret"):
                 for doc in (await self.store.list(kind, key.team, key.name)).items:
                     await self.store.delete(Key.of(doc))
+        elif key.kind == "Cluster":
+            # a Kled Cluster's Kubernetes objects and kubeconfig tokens go with it
+            for doc in (await self.store.list("KubeObject", key.team, key.name)).items:
+                await self.store.delete(Key.of(doc))
+            for cred in await self.credentials.listed("kube", key.team):
+                if cred.name.startswith(f"{key.name}:") and not cred.revoked:
+                    await self.credentials.revoke("kube", key.team, cred.name)
+            ipam = Ipam(self.store.db)
+            for held in await ipam.list(key.team):
+                if held.owner_kind == "KubeService" and held.owner_name.startswith(f"{key.name}/"):
+                    await ipam.release(key.team, held.owner_kind, held.owner_name)
         elif key.kind == "Team":
             await self.credentials.revoke_team(key.name)
             for info_kind in (
+                "KubeObject",
                 "Intercept",
                 "App",
                 "ManagedService",

@@ -37,6 +37,7 @@ from kled.resources.specs import (
     EnvironmentSpec,
     GitSourceSpec,
     InterceptSpec,
+    KubeObjectSpec,
     ManagedServiceSpec,
     NodeSpec,
     PolicySpec,
@@ -123,6 +124,11 @@ class GitSource(Resource):
     spec: GitSourceSpec
 
 
+class KubeObject(Resource):
+    kind: Literal["KubeObject"] = "KubeObject"
+    spec: KubeObjectSpec
+
+
 def _check_data_keys(value: dict[str, str]) -> dict[str, str]:
     for key in value:
         if len(key) > 253 or not _DATA_KEY.match(key):
@@ -180,7 +186,7 @@ _MODELS: dict[str, type[Resource]] = {
     model.__name__: model
     for model in (
         Team, User, Token, Node, Device, Environment, App, ManagedService, Config, Secret,
-        Workspace, Intercept, Policy, Cluster, GitSource,
+        Workspace, Intercept, Policy, Cluster, GitSource, KubeObject,
     )
 }  # fmt: skip
 
@@ -200,6 +206,7 @@ _SPEC_MODELS: dict[str, type[KledModel]] = {
     "Policy": PolicySpec,
     "Cluster": ClusterSpec,
     "GitSource": GitSourceSpec,
+    "KubeObject": KubeObjectSpec,
 }
 
 
@@ -297,6 +304,7 @@ __all__ = [
     "Environment",
     "GitSource",
     "Intercept",
+    "KubeObject",
     "ManagedService",
     "Node",
     "Policy",

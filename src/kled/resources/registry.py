@@ -54,6 +54,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Config", "configs", Scope.ENVIRONMENT, ("cfg", "cm", "configmap"), data_kind=True),
     KindInfo("Secret", "secrets", Scope.ENVIRONMENT, (), data_kind=True),
     KindInfo("Intercept", "intercepts", Scope.ENVIRONMENT, ("icpt",)),
+    KindInfo("KubeObject", "kubeobjects", Scope.ENVIRONMENT),
 )
 
 _BY_KIND = {k.kind: k for k in KINDS}

@@ -654,12 +654,36 @@ class Quotas(KledModel):
     workspaces: Annotated[int, Strict(), Field(ge=0)] | None = None
 
 
+class ClusterUser(KledModel):
+    """A team member and the Kubernetes role they hold in one Kled Cluster."""
+
+    name: DnsLabel
+    role: Literal["cluster-admin", "edit", "view"] = "view"
+
+
 class ClusterSpec(KledModel):
     """A Kled Cluster: a tenant space with its own nodes (by selector) or quotas."""
 
     node_selector: Labels = {}
     quotas: Quotas | None = None
     description: str | None = None
+    users: list[ClusterUser] = []
+    """Who may use the cluster's Kubernetes API and how; team owners and admins are
+    cluster-admin without being listed."""
+
+    @field_validator("users")
+    @classmethod
+    def _one_role_each(cls, value: list[ClusterUser]) -> list[ClusterUser]:
+        _unique([user.name for user in value])
+        return value
+
+
+class KubeObjectSpec(KledModel):
+    """One object of a Kled Cluster's Kubernetes API, as the cluster's clients wrote it.
+
+    Stored in the environment named after the cluster; ``kled.kube`` owns its shape."""
+
+    object: dict[str, Any]
 
 
 # --- GitSource ------------------------------------------------------------------------------

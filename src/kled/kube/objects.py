@@ -1,0 +1,190 @@
+"""The objects of one Kled Cluster in Kled's store.
+
+Each Kubernetes object is one ``KubeObject`` document of the team, in the environment
+column named after the cluster, so that a cluster's objects are one range of the store
+(listed, watched and deleted together) and every write is a store transaction with its
+event: ``resourceVersion`` is the store's revision, a watch is the store's event log, and a
+compacted revision is ``410 Expired``. The store's name of a document is a digest of
+(group, kind, namespace, name), since Kubernetes names outgrow the store's 63 characters;
+the object's own identity is in ``spec.object``. Labels are the document's labels, so the
+store (and its watch cache) applies label selectors.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kled.kube.served import Served, by_kind
+from kled.resources.registry import API_VERSION
+from kled.store.objects import Docs, Key, Store
+
+WRAPPER = "KubeObject"
+WATCH_POLL_SECONDS = 1.0
+#: what the store owns of an object's metadata
+SYSTEM = ("uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp")
+
+Matcher = Callable[[dict[str, Any]], bool]
+
+
+def store_name(served: Served, namespace: str, name: str) -> str:
+    ident = f"{served.group}/{served.kind}/{namespace}/{name}"
+    return "k" + hashlib.sha256(ident.encode()).hexdigest()[:40]
+
+
+def served_of(stored: dict[str, Any]) -> Served | None:
+    obj = (stored.get("spec") or {}).get("object") or {}
+    return by_kind(str(obj.get("apiVersion")), str(obj.get("kind")))
+
+
+def unwrap(stored: dict[str, Any]) -> dict[str, Any]:
+    """The Kubernetes object a stored document holds, with the store's metadata."""
+    obj = copy.deepcopy((stored.get("spec") or {}).get("object") or {})
+    meta = obj.setdefault("metadata", {})
+    outer = stored["metadata"]
+    for field in SYSTEM:
+        if outer.get(field) is not None:
+            meta[field] = outer[field]
+    meta["resourceVersion"] = str(meta.get("resourceVersion", ""))
+    status = stored.get("status")
+    if status:
+        obj["status"] = copy.deepcopy(status)
+    return obj
+
+
+@dataclass
+class Change:
+    type: str  # ADDED | MODIFIED | DELETED
+    object: dict[str, Any]
+    revision: int
+
+
+class ClusterObjects:
+    """Reads and writes of one cluster's objects; callers check access and admission."""
+
+    def __init__(self, store: Store, team: str, cluster: str) -> None:
+        self.store = store
+        self.team = team
+        self.cluster = cluster
+
+    def key(self, served: Served, namespace: str, name: str) -> Key:
+        return Key(WRAPPER, self.team, self.cluster, store_name(served, namespace, name))
+
+    def wrap(self, served: Served, obj: dict[str, Any]) -> dict[str, Any]:
+        body = copy.deepcopy(obj)
+        body.pop("status", None)
+        meta = body.setdefault("metadata", {})
+        for field in (*SYSTEM, "managedFields", "selfLink"):
+            meta.pop(field, None)
+        namespace = str(meta.get("namespace") or "") if served.namespaced else ""
+        return {
+            "apiVersion": API_VERSION,
+            "kind": WRAPPER,
+            "metadata": {
+                "name": store_name(served, namespace, str(meta["name"])),
+                "team": self.team,
+                "environment": self.cluster,
+                "labels": dict(meta.get("labels") or {}),
+            },
+            "spec": {"object": body},
+        }
+
+    async def find(self, served: Served, namespace: str, name: str) -> dict[str, Any] | None:
+        stored = await self.store.find(self.key(served, namespace, name))
+        return None if stored is None else unwrap(stored)
+
+    async def list(
+        self,
+        served: Served,
+        namespace: str | None,
+        *,
+        labels: Callable[[dict[str, str]], bool] | None = None,
+        fields: Matcher | None = None,
+    ) -> tuple[Docs, int]:
+        page = await self.store.list(WRAPPER, self.team, self.cluster, matches=labels)
+        items: Docs = []
+        for stored in page.items:
+            if served_of(stored) is not served:
+                continue
+            obj = unwrap(stored)
+            if namespace and obj["metadata"].get("namespace") != namespace:
+                continue
+            if fields is not None and not fields(obj):
+                continue
+            items.append(obj)
+        items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+        return items, page.revision
+
+    async def everything(self) -> Docs:
+        return (await self.store.list(WRAPPER, self.team, self.cluster)).items
+
+    async def create(
+        self, served: Served, obj: dict[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        stored = self.wrap(served, obj)
+        if obj.get("status"):
+            stored["status"] = copy.deepcopy(obj["status"])
+        created = await self.store.create(stored, dry_run=dry_run)
+        if obj.get("status"):
+            created["status"] = copy.deepcopy(obj["status"])
+        return unwrap(created)
+
+    async def update(
+        self,
+        served: Served,
+        obj: dict[str, Any],
+        *,
+        expected_version: str | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        written = await self.store.update(
+            self.wrap(served, obj), expected_version=expected_version or None, dry_run=dry_run
+        )
+        return unwrap(written.object)
+
+    async def update_status(
+        self,
+        served: Served,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        *,
+        expected_version: str | None = None,
+    ) -> dict[str, Any]:
+        written = await self.store.update_status(
+            self.key(served, namespace, name), status, expected_version=expected_version or None
+        )
+        return unwrap(written)
+
+    async def delete(
+        self, served: Served, namespace: str, name: str, *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        written = await self.store.delete(self.key(served, namespace, name), dry_run=dry_run)
+        return unwrap(written.object)
+
+    async def changes(self, since: int, served: Served) -> AsyncIterator[Change]:
+        """Every change to ``served`` objects of this cluster after revision ``since``."""
+        last = since
+        while True:
+            batch = await self.store.events_after(last)
+            matched = False
+            for event in batch:
+                last = event.seq
+                if (event.kind, event.team, event.environment) != (
+                    WRAPPER,
+                    self.team,
+                    self.cluster,
+                ):
+                    continue
+                if served_of(event.object) is not served:
+                    continue
+                matched = True
+                yield Change(event.type, unwrap(event.object), event.seq)
+            if not matched:
+                # idle: the caller may send a bookmark of how far the log was read
+                yield Change("BOOKMARK", {}, last)
+            if len(batch) < 500:
+                await self.store.wait_for_change(WATCH_POLL_SECONDS)

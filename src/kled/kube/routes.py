@@ -1,0 +1,680 @@
+"""The HTTP face of Kled Clusters: ``/k8s/{team}/{cluster}/…`` as the Kubernetes API.
+
+One catch-all route parses the Kubernetes path itself (``/api/v1/namespaces/NS/pods/NAME``,
+``/apis/apps/v1/deployments``), so that every answer — unknown paths included — is a
+``Status`` object as clients expect, never Kled's own error shape. Each request: find the
+cluster, identify the caller (``access``), check the role, then read or write through
+``ClusterObjects`` with the checks and defaults of ``validation``, the kPolicy admission
+chain on the stored document, and the side effects of ``lifecycle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from kled.admission.request import AdmissionRequest, Operation, UserInfo
+from kled.api.service import Service
+from kled.errors import Conflict, KledError, NotFound
+from kled.kube import access, discovery, lifecycle, patching, selection, tables, validation
+from kled.kube.objects import WRAPPER, ClusterObjects, unwrap
+from kled.kube.served import GROUPS, Served, by_path, in_group_version
+from kled.kube.status import KubeError, bad_request, from_kled, invalid, not_found, status_body
+from kled.resources import bounds
+from kled.store.objects import Key
+
+router = APIRouter()
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+PATCH_TRIES = 5
+BOOKMARK_SECONDS = 5.0
+MAX_WATCH_SECONDS = 3600
+
+
+@dataclass
+class Call:
+    """One request, resolved: who, which cluster, which kind, namespace and name."""
+
+    request: Request
+    svc: Service
+    team: str
+    cluster: str
+    spec: dict[str, Any]
+    caller: access.Caller
+    objects: ClusterObjects
+    prefix: str
+
+    def query(self, name: str) -> str | None:
+        return self.request.query_params.get(name)
+
+    def flag(self, name: str) -> bool:
+        return (self.query(name) or "").lower() in ("1", "true")
+
+    @property
+    def dry_run(self) -> bool:
+        return self.query("dryRun") == "All"
+
+
+@dataclass
+class Target:
+    served: Served
+    namespace: str | None
+    name: str | None
+    sub: str | None
+
+
+@router.api_route("/k8s/{team}/{cluster}/{rest:path}", methods=METHODS, include_in_schema=False)
+async def kube(request: Request, team: str, cluster: str, rest: str) -> Response:
+    try:
+        return await _handle(request, team, cluster, rest)
+    except KubeError as e:
+        return JSONResponse(e.body(), status_code=e.code)
+    except KledError as e:
+        return JSONResponse(from_kled(e, "", "").body(), status_code=e.status)
+
+
+async def _handle(request: Request, team: str, cluster: str, rest: str) -> Response:
+    svc: Service = request.app.state.service
+    doc = await svc.store.find(Key("Cluster", team, "", cluster))
+    header = request.headers.get("authorization") or ""
+    secret = header[7:].strip() if header.lower().startswith("bearer ") else None
+    spec = (doc or {}).get("spec") or {}
+    caller = await access.identify(svc, team, cluster, spec, secret)
+    if doc is None or doc["metadata"].get("deletionTimestamp"):
+        raise not_found("clusters", cluster, "kled.io")
+    objects = ClusterObjects(svc.store, team, cluster)
+    call = Call(request, svc, team, cluster, spec, caller, objects, f"/k8s/{team}/{cluster}")
+    parts = [p for p in rest.split("/") if p]
+    method = request.method
+    if parts == ["kled", "token"] and method == "POST":
+        return await _issue_token(call)
+    if method == "GET":
+        found = _discovery(call, parts)
+        if found is not None:
+            return _json(found)
+    target = _target(parts)
+    if target is None:
+        raise KubeError(404, "NotFound", "the server could not find the requested resource")
+    await lifecycle.ensure_cluster(objects)
+    return await _dispatch(call, target, method)
+
+
+def _json(body: Any, code: int = 200) -> Response:
+    return JSONResponse(body, status_code=code)
+
+
+def _discovery(call: Call, parts: list[str]) -> dict[str, Any] | None:
+    if parts == ["version"]:
+        return discovery.version()
+    if parts == ["api"]:
+        return discovery.api_versions()
+    if parts == ["apis"]:
+        return discovery.api_group_list()
+    if len(parts) == 2 and parts[0] == "api":
+        return discovery.resource_list("", parts[1])
+    if len(parts) == 2 and parts[0] == "apis":
+        return discovery.api_group(parts[1])
+    if len(parts) == 3 and parts[0] == "apis":
+        return discovery.resource_list(parts[1], parts[2])
+    if parts[:2] == ["openapi", "v3"]:
+        if len(parts) == 2:
+            return discovery.openapi_root(call.prefix)
+        rest = parts[2:]
+        if len(rest) == 2 and rest[0] == "api":
+            return discovery.openapi_group_version("", rest[1])
+        if len(rest) == 3 and rest[0] == "apis":
+            return discovery.openapi_group_version(rest[1], rest[2])
+    return None
+
+
+def _target(parts: list[str]) -> Target | None:
+    if len(parts) >= 3 and parts[:2] == ["api", "v1"]:
+        group, version, rest = "", "v1", parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis" and parts[1] in GROUPS:
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    plurals = {s.plural for s in in_group_version(group, version) if s.namespaced}
+    namespace = None
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] in plurals:
+        namespace, rest = rest[1], rest[2:]
+    if not rest or len(rest) > 3:
+        return None
+    served = by_path(group, version, rest[0])
+    if served is None:
+        return None
+    if namespace is not None and not served.namespaced:
+        return None
+    name = rest[1] if len(rest) > 1 else None
+    sub = rest[2] if len(rest) > 2 else None
+    if sub is not None and sub not in served.subresources:
+        return None
+    return Target(served, namespace, name, sub)
+
+
+def _verb(method: str, target: Target, call: Call) -> str:
+    if method == "GET":
+        if target.name is None:
+            return "watch" if call.flag("watch") else "list"
+        return "get"
+    if method == "POST":
+        return "create"
+    if method == "PUT":
+        return "update"
+    if method == "PATCH":
+        return "patch"
+    return "delete" if target.name else "deletecollection"
+
+
+async def _dispatch(call: Call, target: Target, method: str) -> Response:
+    verb = _verb(method, target, call)
+    served = target.served
+    access.authorize(call.caller, verb, served, target.namespace)
+    if verb not in served.verbs and not (target.sub and verb in ("update", "patch")):
+        raise KubeError(
+            405,
+            "MethodNotAllowed",
+            f"{verb} is not supported on resources of kind {served.plural}",
+        )
+    if method in ("PUT", "PATCH") and target.name is None:
+        raise KubeError(405, "MethodNotAllowed", f"{method} needs an object name")
+    if served.kind == "Node":
+        return await _nodes(call, target, verb)
+    if verb == "list":
+        return await _list(call, target)
+    if verb == "watch":
+        return await _watch(call, target)
+    if verb == "get":
+        return await _get(call, target)
+    if verb == "create":
+        return await _create(call, target)
+    if verb == "update":
+        return await _update(call, target)
+    if verb == "patch":
+        return await _patch(call, target)
+    if verb == "delete":
+        return await _delete(call, target)
+    return await _delete_collection(call, target)
+
+
+# ---- reading ----------------------------------------------------------------------------
+
+
+def _list_body(served: Served, items: list[dict[str, Any]], revision: int) -> dict[str, Any]:
+    for item in items:
+        item.setdefault("apiVersion", served.group_version)
+        item.setdefault("kind", served.kind)
+    return {
+        "kind": f"{served.kind}List",
+        "apiVersion": served.group_version,
+        "metadata": {"resourceVersion": str(revision)},
+        "items": items,
+    }
+
+
+async def _list(call: Call, target: Target) -> Response:
+    items, revision = await call.objects.list(
+        target.served,
+        target.namespace,
+        labels=selection.labels(call.query("labelSelector")),
+        fields=selection.fields(call.query("fieldSelector")),
+    )
+    if tables.wants_table(call.request.headers.get("accept")):
+        return _json(tables.table(target.served, items, str(revision)))
+    return _json(_list_body(target.served, items, revision))
+
+
+async def _find(call: Call, target: Target) -> dict[str, Any]:
+    served = target.served
+    assert target.name is not None
+    obj = await call.objects.find(served, target.namespace or "", target.name)
+    if obj is None:
+        raise not_found(served.plural, target.name, served.group)
+    return obj
+
+
+async def _get(call: Call, target: Target) -> Response:
+    obj = await _find(call, target)
+    if tables.wants_table(call.request.headers.get("accept")):
+        return _json(tables.table(target.served, [obj], obj["metadata"]["resourceVersion"]))
+    return _json(obj)
+
+
+async def _watch(call: Call, target: Target) -> Response:
+    served = target.served
+    labels = selection.labels(call.query("labelSelector"))
+    fields = selection.fields(call.query("fieldSelector"))
+    as_table = tables.wants_table(call.request.headers.get("accept"))
+    bookmarks = call.flag("allowWatchBookmarks")
+    timeout = min(int(call.query("timeoutSeconds") or MAX_WATCH_SECONDS), MAX_WATCH_SECONDS)
+    since_text = call.query("resourceVersion") or "0"
+    if not since_text.isdigit():
+        raise bad_request(f"invalid resourceVersion {since_text!r}")
+    since = int(since_text)
+    initial: list[dict[str, Any]] = []
+    if since == 0:
+        initial, since = await call.objects.list(
+            served, target.namespace, labels=labels, fields=fields
+        )
+    else:
+        try:
+            await call.objects.store.check_since(since)
+        except KledError as e:
+            raise from_kled(e, served.plural, "", served.group) from None
+
+    def matches(obj: dict[str, Any]) -> bool:
+        meta = obj["metadata"]
+        if target.namespace and meta.get("namespace") != target.namespace:
+            return False
+        if labels is not None and not labels(meta.get("labels") or {}):
+            return False
+        return fields is None or fields(obj)
+
+    def line(kind: str, obj: dict[str, Any]) -> bytes:
+        obj.setdefault("apiVersion", served.group_version)
+        obj.setdefault("kind", served.kind)
+        shown = tables.table(served, [obj], obj["metadata"]["resourceVersion"]) if as_table else obj
+        return (json.dumps({"type": kind, "object": shown}) + "\n").encode()
+
+    async def stream() -> AsyncIterator[bytes]:
+        deadline = time.monotonic() + timeout
+        for obj in initial:
+            yield line("ADDED", obj)
+        last_bookmark = time.monotonic()
+        changes = call.objects.changes(since, served).__aiter__()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                change = await asyncio.wait_for(changes.__anext__(), timeout=left)
+            except (TimeoutError, StopAsyncIteration):
+                return
+            if change.type == "BOOKMARK":
+                if bookmarks and time.monotonic() - last_bookmark > BOOKMARK_SECONDS:
+                    last_bookmark = time.monotonic()
+                    mark = {
+                        "kind": served.kind,
+                        "apiVersion": served.group_version,
+                        "metadata": {"resourceVersion": str(change.revision)},
+                    }
+                    yield (json.dumps({"type": "BOOKMARK", "object": mark}) + "\n").encode()
+                continue
+            if matches(change.object):
+                yield line(change.type, change.object)
+
+    return StreamingResponse(stream(), media_type="application/json")
+
+
+# ---- writing ----------------------------------------------------------------------------
+
+
+async def _body(call: Call) -> Any:
+    raw = await call.request.body()
+    ctype = call.request.headers.get("content-type", "")
+    try:
+        if "yaml" in ctype:
+            doc = yaml.safe_load(raw.decode() or "null")
+            bounds.check(doc)
+            return doc
+        return bounds.loads(raw or b"null")
+    except (ValueError, yaml.YAMLError, KledError) as e:
+        raise bad_request(f"the body is not valid JSON or YAML: {e}") from None
+
+
+def _prepare(call: Call, target: Target, doc: Any) -> dict[str, Any]:
+    """The body as an object of the target's kind and namespace, or 400."""
+    served = target.served
+    if not isinstance(doc, dict):
+        raise bad_request("the body must be one object")
+    api_version, kind = (
+        doc.setdefault("apiVersion", served.group_version),
+        doc.setdefault("kind", served.kind),
+    )
+    if (api_version, kind) != (served.group_version, served.kind):
+        raise bad_request(
+            f"the API version in the data ({api_version}) or kind ({kind}) does not match "
+            f"the expected {served.group_version} {served.kind}"
+        )
+    meta = doc.setdefault("metadata", {})
+    if not isinstance(meta, dict):
+        raise invalid(served.kind, "", [("metadata", "must be an object")])
+    if served.namespaced:
+        namespace = meta.setdefault("namespace", target.namespace)
+        if target.namespace and namespace != target.namespace:
+            raise bad_request(
+                "the namespace of the provided object does not match the namespace sent "
+                "on the request"
+            )
+    else:
+        meta.pop("namespace", None)
+    if target.name and meta.get("name") and meta["name"] != target.name:
+        raise bad_request("the name of the object does not match the name on the URL")
+    if target.name:
+        meta.setdefault("name", target.name)
+    if not meta.get("name") and meta.get("generateName"):
+        meta["name"] = f"{meta['generateName']}{secrets.token_hex(3)[:5]}"
+    strict = call.query("fieldValidation") == "Strict"
+    return validation.admit(served, doc, strict=strict)
+
+
+async def _admit(
+    call: Call,
+    served: Served,
+    op: Operation,
+    obj: dict[str, Any] | None,
+    old: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """kPolicy: the team's policies see the stored ``KubeObject`` document."""
+    wrapped = call.objects.wrap(served, obj) if obj is not None else None
+    old_wrapped = call.objects.wrap(served, old) if old is not None else None
+    subject = wrapped or old_wrapped
+    assert subject is not None
+    admitted = await call.svc.chain.admit(
+        AdmissionRequest(
+            operation=op,
+            kind=WRAPPER,
+            name=subject["metadata"]["name"],
+            team=call.team,
+            environment=call.cluster,
+            object=wrapped,
+            old_object=old_wrapped,
+            user=call.caller.user,
+            dry_run=call.dry_run,
+        )
+    )
+    if obj is None or admitted.object is None:
+        return obj
+    result: dict[str, Any] = admitted.object["spec"]["object"]
+    if obj.get("status"):
+        result["status"] = obj["status"]
+    return result
+
+
+async def _require_namespace(call: Call, served: Served, namespace: str | None) -> None:
+    if served.namespaced and namespace:
+        ns = lifecycle.NAMESPACE
+        if await call.objects.find(ns, "", namespace) is None:
+            raise not_found("namespaces", namespace)
+
+
+async def _create(call: Call, target: Target) -> Response:
+    served = target.served
+    if target.name is not None:
+        raise KubeError(405, "MethodNotAllowed", "POST goes to a collection")
+    obj = _prepare(call, target, await _body(call))
+    name = obj["metadata"]["name"]
+    await _require_namespace(call, served, obj["metadata"].get("namespace"))
+    lifecycle.before_create(served, obj)
+    obj = await _admit(call, served, Operation.CREATE, obj, None) or obj
+    existing = await call.objects.find(served, obj["metadata"].get("namespace", ""), name)
+    if existing is not None:
+        raise KubeError(
+            409, "AlreadyExists", _exists_message(served, name), details=_details(served, name)
+        )
+    if served.kind == "Service":
+        await lifecycle.assign_cluster_ip(call.objects, obj, dry_run=call.dry_run)
+    try:
+        created = await call.objects.create(served, obj, dry_run=call.dry_run)
+    except Conflict:
+        raise KubeError(
+            409, "AlreadyExists", _exists_message(served, name), details=_details(served, name)
+        ) from None
+    if not call.dry_run:
+        await lifecycle.after_create(call.objects, served, created)
+    return _json(created, 201)
+
+
+def _exists_message(served: Served, name: str) -> str:
+    what = f"{served.plural}.{served.group}" if served.group else served.plural
+    return f'{what} "{name}" already exists'
+
+
+def _details(served: Served, name: str) -> dict[str, Any]:
+    return {"name": name, "group": served.group, "kind": served.plural}
+
+
+async def _write(
+    call: Call,
+    target: Target,
+    current: dict[str, Any],
+    obj: dict[str, Any],
+    expected: str | None,
+) -> dict[str, Any]:
+    served = target.served
+    assert target.name is not None
+    if target.sub == "status":
+        status = obj.get("status") or {}
+        return await call.objects.update_status(
+            served, target.namespace or "", target.name, status, expected_version=expected
+        )
+    lifecycle.keep_immutable(served, current, obj)
+    obj = await _admit(call, served, Operation.UPDATE, obj, current) or obj
+    try:
+        return await call.objects.update(
+            served, obj, expected_version=expected, dry_run=call.dry_run
+        )
+    except NotFound:
+        raise not_found(served.plural, target.name, served.group) from None
+    except KledError as e:
+        raise from_kled(e, served.plural, target.name, served.group) from None
+
+
+async def _update(call: Call, target: Target) -> Response:
+    current = await _find(call, target)
+    body = await _body(call)
+    if target.sub == "status":
+        if not isinstance(body, dict):
+            raise bad_request("the body must be one object")
+        return _json(await _write(call, target, current, body, None))
+    obj = _prepare(call, target, body)
+    expected = obj["metadata"].get("resourceVersion")
+    return _json(await _write(call, target, current, obj, expected))
+
+
+async def _patch(call: Call, target: Target) -> Response:
+    assert target.name is not None
+    ctype = call.request.headers.get("content-type", "").split(";")[0].strip()
+    patch = await _body(call)
+    if ctype == "application/apply-patch+yaml":
+        return await _apply(call, target, patch)
+    for attempt in range(PATCH_TRIES):
+        current = await _find(call, target)
+        base = {k: v for k, v in current.items() if target.sub == "status" or k != "status"}
+        if ctype == "application/json-patch+json":
+            patched = patching.json_patch(base, patch)
+        elif ctype == "application/merge-patch+json":
+            patched = patching.merge_patch(base, patch)
+        elif ctype == "application/strategic-merge-patch+json":
+            patched = patching.strategic_merge(base, patch)
+        else:
+            raise KubeError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format: {ctype}",
+            )
+        if target.sub == "status":
+            return _json(await _write(call, target, current, patched, None))
+        obj = _prepare(call, target, patched)
+        try:
+            return _json(
+                await _write(call, target, current, obj, current["metadata"]["resourceVersion"])
+            )
+        except KubeError as e:
+            if e.code != 409 or attempt == PATCH_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _apply(call: Call, target: Target, patch: Any) -> Response:
+    """Server-side apply, simplified: the applied configuration merged onto the object
+    (strategic merge) or created; field managers are not tracked."""
+    served = target.served
+    if not call.query("fieldManager"):
+        raise bad_request("PATCH of type application/apply-patch+yaml needs fieldManager")
+    assert target.name is not None
+    current = await call.objects.find(served, target.namespace or "", target.name)
+    if current is None:
+        obj = _prepare(call, target, patch)
+        await _require_namespace(call, served, obj["metadata"].get("namespace"))
+        lifecycle.before_create(served, obj)
+        obj = await _admit(call, served, Operation.CREATE, obj, None) or obj
+        if served.kind == "Service":
+            await lifecycle.assign_cluster_ip(call.objects, obj, dry_run=call.dry_run)
+        created = await call.objects.create(served, obj, dry_run=call.dry_run)
+        if not call.dry_run:
+            await lifecycle.after_create(call.objects, served, created)
+        return _json(created, 201)
+    base = {k: v for k, v in current.items() if k != "status"}
+    obj = _prepare(call, target, patching.strategic_merge(base, patch))
+    return _json(await _write(call, target, current, obj, None))
+
+
+async def _delete(call: Call, target: Target) -> Response:
+    served = target.served
+    current = await _find(call, target)
+    assert target.name is not None
+    await _admit(call, served, Operation.DELETE, None, current)
+    try:
+        gone = await call.objects.delete(
+            served, target.namespace or "", target.name, dry_run=call.dry_run
+        )
+    except NotFound:
+        raise not_found(served.plural, target.name, served.group) from None
+    if not call.dry_run:
+        await lifecycle.after_delete(call.objects, served, gone)
+    return _json(gone)
+
+
+async def _delete_collection(call: Call, target: Target) -> Response:
+    served = target.served
+    items, revision = await call.objects.list(
+        served,
+        target.namespace,
+        labels=selection.labels(call.query("labelSelector")),
+        fields=selection.fields(call.query("fieldSelector")),
+    )
+    gone = []
+    for obj in items:
+        meta = obj["metadata"]
+        with contextlib.suppress(NotFound):
+            await _admit(call, served, Operation.DELETE, None, obj)
+            gone.append(
+                await call.objects.delete(
+                    served, meta.get("namespace", ""), meta["name"], dry_run=call.dry_run
+                )
+            )
+            if not call.dry_run:
+                await lifecycle.after_delete(call.objects, served, obj)
+    return _json(_list_body(served, gone, revision))
+
+
+# ---- nodes ------------------------------------------------------------------------------
+
+
+async def _nodes(call: Call, target: Target, verb: str) -> Response:
+    """A read-only view of the Kled nodes the cluster's ``spec.nodeSelector`` picks."""
+    wanted = call.spec.get("nodeSelector") or {}
+    page = await call.svc.store.list("Node")
+    items = []
+    for node in page.items:
+        labels = node["metadata"].get("labels") or {}
+        if any(labels.get(k) != v for k, v in wanted.items()):
+            continue
+        items.append(_node_view(node))
+    served = target.served
+    if verb == "get":
+        for item in items:
+            if item["metadata"]["name"] == target.name:
+                if tables.wants_table(call.request.headers.get("accept")):
+                    return _json(tables.table(served, [item], str(page.revision)))
+                return _json(item)
+        raise not_found(served.plural, target.name or "", served.group)
+    if verb == "watch":
+        raise KubeError(405, "MethodNotAllowed", "watching nodes is not served yet")
+    labels_match = selection.labels(call.query("labelSelector"))
+    items = [i for i in items if labels_match is None or labels_match(i["metadata"]["labels"])]
+    if tables.wants_table(call.request.headers.get("accept")):
+        return _json(tables.table(served, items, str(page.revision)))
+    return _json(_list_body(served, items, page.revision))
+
+
+def _node_view(node: dict[str, Any]) -> dict[str, Any]:
+    meta = node["metadata"]
+    status = node.get("status") or {}
+    ready = str(status.get("phase", "")).lower() in ("ready", "running")
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": meta["name"],
+            "uid": meta.get("uid"),
+            "resourceVersion": str(meta.get("resourceVersion", "")),
+            "creationTimestamp": meta.get("creationTimestamp"),
+            "labels": dict(meta.get("labels") or {}),
+        },
+        "spec": {},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "nodeInfo": {"kubeletVersion": "v1.30.0+kled", "operatingSystem": "linux"},
+        },
+    }
+
+
+# ---- kubeconfig tokens ------------------------------------------------------------------
+
+
+async def _issue_token(call: Call) -> Response:
+    """A token for this cluster only, for the caller or (for an admin) a listed user."""
+    body = await _body(call)
+    wanted = (body or {}).get("user") if isinstance(body, dict) else None
+    user = str(wanted or call.caller.name)
+    if user != call.caller.name and call.caller.role != "cluster-admin":
+        raise KubeError(403, "Forbidden", "only a cluster-admin may issue tokens for others")
+    holder = user
+    role: str | None
+    if call.caller.user.server_admin and not wanted:
+        holder, role = "", "cluster-admin"
+    elif user != call.caller.name or call.caller.user.server_admin:
+        member = await call.svc.store.find(Key("User", call.team, "", user))
+        if member is None:
+            raise KubeError(404, "NotFound", f'user "{user}" not found in team {call.team}')
+        target_user = UserInfo(
+            username=user, team=call.team, role=(member.get("spec") or {}).get("role")
+        )
+        role = access.role_of(target_user, call.spec)
+    else:
+        role = call.caller.role
+    if role is None:
+        raise KubeError(
+            403,
+            "Forbidden",
+            f"user {user} has no role in cluster {call.cluster}: add it to spec.users",
+        )
+    name = f"{call.cluster}:{user}:{secrets.token_hex(4)}"
+    token = await call.svc.credentials.issue(
+        purpose=access.KUBE_PURPOSE, team=call.team, name=name, username=holder
+    )
+    listener = getattr(call.request.app.state, "kube", None)
+    answer: dict[str, Any] = {"user": user, "role": role, "token": token, "name": name}
+    if listener is not None:
+        host = call.request.url.hostname or "127.0.0.1"
+        if host in ("localhost", "", "kled") or call.request.url.scheme not in ("http", "https"):
+            host = "127.0.0.1"
+        shown = f"[{host}]" if ":" in host else host
+        answer["server"] = f"https://{shown}:{listener.port}{call.prefix}"
+        answer["certificateAuthorityData"] = base64.b64encode(listener.ca_pem).decode()
+    return _json(answer, 201)
+
+
+__all__ = ["router", "status_body", "unwrap"]
