@@ -56,6 +56,9 @@ class ServerSettings(BaseSettings):
     node_reschedule_seconds: float = Field(
         30.0, description="replicas of a NotReady node move after this grace period"
     )
+    dev_grace_seconds: float = Field(
+        60.0, gt=0, description="a dev session not renewed for this long ends: its app is restored"
+    )
     # -- the mesh --
     dns_listen: str = Field("127.0.0.1:0", description="DNS server address, host:port")
     dns_upstreams: list[str] = Field(

@@ -22,10 +22,11 @@ TEAM = f"exec-{random.randint(10**5, 10**6)}"
 MARK = marker()
 
 
-def _user(hosts: Hosts, team: str, name: str, role: str) -> str:
+def user_token(hosts: Hosts, team: str, name: str, role: str, *, new_team: bool = False) -> str:
+    """A user of ``team`` with ``role`` (the team made first if ``new_team``), and a token."""
     admin = {"Authorization": f"Bearer {hosts.token}"}
     with httpx.Client(base_url=hosts.url, headers=admin) as c:
-        if team != TEAM:
+        if new_team:
             c.post("/api/v1/teams", json={"metadata": {"name": team}}).raise_for_status()
         body = {"metadata": {"name": name}, "spec": {"role": role}}
         c.post(f"/api/v1/teams/{team}/users", json=body).raise_for_status()
@@ -98,14 +99,14 @@ def test_a_missing_command_is_one_line_from_the_agent(hosts: Hosts) -> None:
 
 
 def test_a_viewer_may_not_exec_and_another_team_sees_no_app(hosts: Hosts) -> None:
-    viewer = _user(hosts, TEAM, "vera", "viewer")
+    viewer = user_token(hosts, TEAM, "vera", "viewer")
     result = hosts.cli("--token", viewer, "exec", "box", "--", "true")
     assert result.code == 1, result
     assert "viewer" in result.err and "may not update apps" in result.err, result
-    stranger = _user(hosts, f"{TEAM}x", "sam", "owner")
+    stranger = user_token(hosts, f"{TEAM}x", "sam", "owner", new_team=True)
     result = hosts.cli("--token", stranger, "exec", "box", "--", "true")
     assert result.code == 1 and "not found" in result.err, result
-    member = _user(hosts, TEAM, "mo", "member")
+    member = user_token(hosts, TEAM, "mo", "member")
     assert hosts.cli("--token", member, "exec", "box", "--no-stdin", "--", "true").code == 0
 
 

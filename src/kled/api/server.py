@@ -24,6 +24,8 @@ from kled.admission.policy import PolicyEngine, compile_check
 from kled.api import device_feed, exec_stream, hosts, intercepts, mesh, policies, usage
 from kled.api import workspaces as workspace_sources
 from kled.api.app import create_app
+from kled.api.dev_sessions import DevSessions
+from kled.api.dev_sessions import router as dev_router
 from kled.api.gitops import router as gitops_router
 from kled.api.gitsync import GitOps
 from kled.api.hosts import HostServices
@@ -65,6 +67,7 @@ class ControlPlane:
         self.violations: DatabaseViolationSink | None = None
         self.hosts: HostServices | None = None
         self.mesh: MeshServices | None = None
+        self.dev: DevSessions | None = None
         self.gitops: GitOps | None = None
 
     async def open(self) -> Service:
@@ -89,6 +92,8 @@ class ControlPlane:
         await self.hosts.start()
         self.intercepts = InterceptServices(self.service)
         await self.intercepts.start()
+        self.dev = DevSessions(self.service, s.dev_grace_seconds)
+        await self.dev.start()
         self.gitops = GitOps(self.service, s.data_dir / "gitops")
         await self.gitops.start()
         return self.service
@@ -162,6 +167,7 @@ class ControlPlane:
                 policies.router,
                 hosts.router,
                 exec_stream.router,
+                dev_router,
                 mesh.router,
                 device_feed.router,
                 intercepts.router,
@@ -172,6 +178,7 @@ class ControlPlane:
             state={
                 "violations": self.violations,
                 "hosts": self.hosts,
+                "dev": self.dev,
                 "mesh": self.mesh,
                 "gitops": self.gitops,
                 "kube": self.kube,
@@ -201,6 +208,8 @@ class ControlPlane:
     async def close(self) -> None:
         if self.gitops is not None:
             await self.gitops.stop()
+        if self.dev is not None:
+            await self.dev.stop()
         if getattr(self, "intercepts", None) is not None:
             await self.intercepts.stop()
         if self.hosts is not None:

@@ -137,6 +137,9 @@ def _mount() -> None:
     from kled.cli import exec as exec_cli
 
     exec_cli.register(app)
+    from kled.cli import dev
+
+    dev.register(app)
 
 
 def _mount_policy(args: list[str]) -> None:
