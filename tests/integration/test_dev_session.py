@@ -51,6 +51,13 @@ class Lab:
         self.port = port
         self.laptop = hosts.root / "laptop"
         self.config = self.laptop / "kled.yaml"
+        self.forwarded = 0
+
+    def through_forward(self) -> str:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.forwarded}/", timeout=5).text
+        except httpx.HTTPError:
+            return ""
 
     def answer(self) -> str:
         try:
@@ -122,6 +129,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     h.cli.env["KLED_DEV_GRACE_SECONDS"] = "3"
     port = free_port()
     lab = Lab(h, port)
+    lab.forwarded = free_port()
     try:
         h.start_server()
         h.cli.ok("team", "create", TEAM)
@@ -156,6 +164,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                     "command": ["python3", "app.py", str(port)],
                     "onChange": {"restart": ["**/*.py"]},
                     "restartGraceSeconds": 2,
+                    "ports": [f"{lab.forwarded}:{port}"],
                 }
             }
         }
@@ -180,6 +189,9 @@ def test_dev_serves_edits_restarts_on_crash_and_ctrl_c_restores_the_app(lab: Lab
         assert (lab.hosts.root / "remote" / "notes.txt").read_text() == "not code\n"
         lab.write_app("v2")
         dev.serves(lab, "v2")
+        # the laptop's forwarded port reaches the same server through exec streams
+        assert eventually(lab.through_forward, "the forward answers") == "v2"
+        assert dev.said(f"forwarding 127.0.0.1:{lab.forwarded}")
         assert dev.said("[web] serving v2")
         (lab.laptop / "app.py").write_text("raise SystemExit(3)\n")
         eventually(lambda: dev.said("web exited with code 3; waiting for a change"), "crash")

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from kled.cli.client import Client
 from kled.cli.devconfig import DevTarget, SyncRule, matches
 from kled.cli.exec_client import Endpoint, ExecStream, open_exec
+from kled.cli.portforward import Forward, parse
 from kled.errors import Conflict, KledError, NotFound, Unavailable
 from kled.sync.carry import preamble, remote_argv
 from kled.sync.channel import Link
@@ -71,6 +72,7 @@ class DevLoop:
         self._restart_wanted = False
         self._execs_wanted: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.forwards: list[Forward] = []
 
     # -- output -----------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -272,6 +274,8 @@ class DevLoop:
             for task in (work, ender, renewer):
                 with contextlib.suppress(asyncio.CancelledError, KledError):
                     await task
+            for forward in self.forwards:
+                await forward.close()
             for session in self.syncs:
                 with contextlib.suppress(Exception):
                     await session.stop()
@@ -283,6 +287,12 @@ class DevLoop:
         await self._wait_replica()
         self.say("dev replica running")
         await self._start_syncs()
+        for spec in self.target.ports:
+            local, remote = parse(spec)
+            forward = Forward(local, remote, self._exec)
+            await forward.start()
+            self.forwards.append(forward)
+            self.say(f"forwarding 127.0.0.1:{local} → {self.app}:{remote}")
         await self._command_loop()
 
     async def _restore(self) -> None:
