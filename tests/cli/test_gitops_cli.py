@@ -4,6 +4,7 @@ to a new branch for review), and bad input as one line with exit code 2."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -90,3 +91,29 @@ def test_promote_commits_a_copy_to_the_branch_or_a_new_one(admin: Cli, tmp_path:
     assert bad.code == 2 and "TO" in bad.err
     missing = admin("gitops", "promote", "qa", "staging", "--source", "envs", "--team", team)
     assert missing.code == 2 and "envs/qa is not a folder" in missing.err
+
+
+def test_the_tour_demo_applied_by_hand_is_adopted_then_driven_by_git(
+    admin: Cli, tmp_path: Path
+) -> None:
+    """The README tour: the demo applied with ``kled apply``, then the same file in git."""
+    team = "gittour"
+    demo = (Path(__file__).parents[2] / "examples" / "demo.yaml").read_text()
+    admin.ok("team", "create", team)
+    admin.ok("apply", "-f", "-", "--team", team, stdin=demo)
+    origin = Origin(tmp_path / "repo")
+    origin.commit({"demo.yaml": demo})
+    source_doc = {
+        "kind": "GitSource",
+        "metadata": {"name": "demo", "team": team},
+        "spec": {"url": origin.url, "interval": "1h"},
+    }
+    admin.ok("apply", "-f", "-", stdin=yaml.safe_dump(source_doc))
+    out = admin.ok("gitops", "sync", "demo", "--team", team)
+    assert "Synced" in out and "clash" not in out and "denied" not in out
+    head = origin.commit({"demo.yaml": demo.replace("replicas: 2", "replicas: 3")}, "scale")
+    out = admin.ok("gitops", "sync", "demo", "--team", team)
+    assert f"applied: {head}" in out
+    assert re.search(r"^app/dev/api +configured$", out, flags=re.M), out
+    shown = yaml.safe_load(admin.ok("get", "app", "api", "-e", "dev", "--team", team, "-o", "yaml"))
+    assert shown["spec"]["replicas"] == 3
