@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 from consolekit import XSS_IMG, XSS_SCRIPT, browser, needs_axe, page, sign_in
 from consolekit import axe as _axe
 from test_api import make_team, make_user
@@ -140,9 +141,15 @@ def test_pages_have_no_serious_accessibility_violations(
         ("intercepts", "/intercepts"),
         ("policies", "/policies"),
         ("yaml", "/yaml/apps/web?env=dev"),
+        ("edit", "/edit/apps/web?env=dev"),
     ):
         page.goto(base + path)
         found[name] = _axe(page)
+    page.get_by_label("app/web (YAML)").fill(
+        "kind: App\nmetadata: {name: web}\nspec: {replicas: -1}\n"
+    )
+    page.get_by_role("button", name="Save").click()
+    found["edit refused"] = _axe(page)
     assert {k: v for k, v in found.items() if v} == {}
 
 
@@ -183,3 +190,82 @@ def test_a_policy_denial_shows_its_message(page: Any, server: RunningServer, tea
     assert "app web has no owner label" in page.get_by_test_id("apply-error").inner_text()
     page.goto(f"{server.url}/ui/teams/{team}/policies")
     assert "app web has no owner label" in page.get_by_test_id("violations").inner_text()
+
+
+def test_edit_in_place_highlights_the_field_at_fault(
+    page: Any, server: RunningServer, team: str
+) -> None:
+    with server.client() as admin:
+        r = admin.post(
+            f"/api/v1/teams/{team}/environments/dev/apps",
+            json={"metadata": {"name": "web"}, "spec": {"command": ["sleep", "60"]}},
+        )
+        assert r.status_code == 201, r.text
+    sign_in(page, server, make_user(server, team, "olga", "owner"))
+    page.goto(f"{server.url}/ui/teams/{team}/envs/dev/apps/web")
+    page.get_by_role("link", name="Edit YAML").click()
+    box = page.get_by_label("app/web (YAML)")
+    text = box.input_value()
+    assert "replicas: 1\n" in text and "status:" not in text
+    box.fill(text.replace("replicas: 1\n", "replicas: -1\n"))
+    page.get_by_role("button", name="Save").click()
+    assert "spec.replicas" in page.get_by_test_id("edit-error").inner_text()
+    assert page.get_by_test_id("fault-line").inner_text() == "  replicas: -1"
+    # the caret is on that line of what the user wrote, selected
+    picked = page.evaluate(
+        "(() => { const a = document.getElementById('yaml');"
+        " return a.value.slice(a.selectionStart, a.selectionEnd); })()"
+    )
+    assert picked == "  replicas: -1"
+    # a label quoting a payload is refused and shown as text
+    box = page.get_by_label("app/web (YAML)")
+    labelled = yaml.safe_load(text)
+    labelled["metadata"]["labels"] = {"a": XSS_IMG}
+    box.fill(yaml.safe_dump(labelled))
+    page.get_by_role("button", name="Save").click()
+    assert XSS_IMG in page.get_by_test_id("edit-error").inner_text()
+    assert page.locator("#edit-error img, [data-testid=edit-excerpt] img").count() == 0
+    # fixed, it is saved through admission and the app page says so
+    box = page.get_by_label("app/web (YAML)")
+    box.fill(text.replace("replicas: 1\n", "replicas: 3\n"))
+    page.get_by_role("button", name="Save").click()
+    assert page.get_by_role("heading", level=1).inner_text() == "App web"
+    assert page.get_by_role("status").filter(has_text="app/web configured").count() == 1
+    with server.client() as admin:
+        doc = admin.get(f"/api/v1/teams/{team}/environments/dev/apps/web").json()
+        assert doc["spec"]["replicas"] == 3
+    # an edit of a version someone else changed since is refused, not overwritten
+    page.get_by_role("link", name="Edit YAML").click()
+    box = page.get_by_label("app/web (YAML)")
+    stale = box.input_value()
+    with server.client() as admin:
+        doc.pop("status", None)
+        doc["spec"]["replicas"] = 4
+        assert admin.put(f"/api/v1/teams/{team}/environments/dev/apps/web", json=doc).is_success
+    box.fill(stale.replace("replicas: 3\n", "replicas: 5\n"))
+    page.get_by_role("button", name="Save").click()
+    assert "changed by someone else" in page.get_by_test_id("edit-error").inner_text()
+    with server.client() as admin:
+        assert (
+            admin.get(f"/api/v1/teams/{team}/environments/dev/apps/web").json()["spec"]["replicas"]
+            == 4
+        )
+    assert page.evaluate("window.__pwned") is None
+    assert page.errors == []
+
+
+def test_a_viewer_reads_the_yaml_but_gets_no_save(
+    page: Any, server: RunningServer, team: str
+) -> None:
+    with server.client() as admin:
+        r = admin.post(
+            f"/api/v1/teams/{team}/environments/dev/apps",
+            json={"metadata": {"name": "web"}, "spec": {"command": ["sleep", "60"]}},
+        )
+        assert r.status_code == 201, r.text
+    sign_in(page, server, make_user(server, team, "vic", "viewer"))
+    page.goto(f"{server.url}/ui/teams/{team}/envs/dev/apps/web")
+    assert page.get_by_role("link", name="Edit YAML").count() == 0
+    page.goto(f"{server.url}/ui/teams/{team}/edit/apps/web?env=dev")
+    assert "kind: App" in page.locator("pre.yaml").inner_text()
+    assert page.get_by_role("button", name="Save").count() == 0

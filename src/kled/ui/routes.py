@@ -361,6 +361,8 @@ async def yaml_view(
     if info.scope is Scope.ENVIRONMENT and not where_env:
         raise InvalidInput(f"{info.plural} live in an environment: add ?env=ENV", field="env")
     doc = await service(request).get(v.user, Key(info.kind, where_team, where_env, name))
+    editable = info.kind != "Secret" and may(v.user, "update", info.kind, where_team)
+    query = f"?env={where_env}" if where_env else ""
     return render(
         request,
         "yaml.html",
@@ -368,6 +370,7 @@ async def yaml_view(
         team=team,
         title=f"{info.singular}/{name}",
         text=views.to_yaml(doc),
+        edit=f"/ui/teams/{team}/edit/{info.plural}/{name}{query}" if editable else None,
     )
 
 

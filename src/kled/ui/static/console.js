@@ -137,3 +137,16 @@
   });
   window.addEventListener("pagehide", function () { source.close(); });
 })();
+
+// A refused edit: the caret goes to the line of the field at fault, selected.
+(function () {
+  var area = document.querySelector("textarea[data-error-line]");
+  if (!area) return;
+  var want = parseInt(area.getAttribute("data-error-line"), 10);
+  var lines = area.value.split("\n");
+  var start = 0;
+  for (var i = 0; i < want - 1 && i < lines.length; i++) start += lines[i].length + 1;
+  var end = start + (lines[want - 1] || "").length;
+  area.focus();
+  area.setSelectionRange(start, end);
+})();

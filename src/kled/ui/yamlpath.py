@@ -1,0 +1,57 @@
+"""Where a field path (``spec.ports[0].port``, as admission errors name fields) is written in
+a YAML text: the line the console highlights when an edit is refused.
+
+Pure: the text is composed (not loaded) by PyYAML, whose nodes keep their marks; the path
+is followed key by key and index by index as far as the text has it, so a missing field
+points at its nearest written parent.
+"""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+_PART = re.compile(r"""\.?([A-Za-z_$][\w$-]*)|\[(\d+)\]|\[(['"])(.*?)\3\]""")
+
+
+def path_parts(path: str) -> list[str | int]:
+    """``spec.ports[0].port`` → ``["spec", "ports", 0, "port"]``; ``labels['a b']`` too."""
+    parts: list[str | int] = []
+    at = 0
+    while at < len(path):
+        found = _PART.match(path, at)
+        if found is None or found.end() == at:
+            break
+        name, index, _, quoted = found.groups()
+        parts.append(int(index) if index is not None else (name if name is not None else quoted))
+        at = found.end()
+    return parts
+
+
+def field_line(text: str, path: str | None) -> int | None:
+    """The 1-based line of ``text`` where ``path`` (or its nearest written parent) is, or
+    None when the text is not one YAML mapping or the path names nothing in it."""
+    if not path:
+        return None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line: int | None = None
+    for part in path_parts(path):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                    line, node = key.start_mark.line + 1, value
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
