@@ -169,7 +169,11 @@ def test_a_webhook_over_git_daemon_syncs_at_once_and_a_bad_signature_is_refused(
         assert r.status_code == 202, r.text
         assert r.json() == {"accepted": True, "ref": "refs/heads/main", "commit": head}
         wait_for(lambda: get_app(c, team, "web") is not None, "the pushed commit")
-        assert status_of(c, team, "hooked")["lastAppliedCommit"] == head
+        # the status is written after the resources: wait for it too
+        wait_for(
+            lambda: status_of(c, team, "hooked").get("lastAppliedCommit") == head,
+            "the status naming the pushed commit",
+        )
         anon.close()
 
 
