@@ -367,6 +367,7 @@ def up(
         lines = [*_token_lines(plane)] if plane.admin_token else []
         lines += [
             f"Kled is up at {plane.url} (socket {plane.settings.socket_path()})",
+            f"Web console: {plane.url}/ui (kled ui opens it signed in; kled ui --print: a link)",
             f"Token file: {token_file}",
             *nats_line(plane),
         ]
