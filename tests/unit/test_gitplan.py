@@ -111,6 +111,18 @@ def test_the_diff_is_unified_stored_against_git_without_the_commit() -> None:
     assert gitplan.key_of_ref("a.yaml: document 1", "acme") is None
 
 
+def test_the_diff_of_a_secret_names_the_entries_that_differ_never_their_values() -> None:
+    key = Key("Secret", "acme", "dev", "db")
+    text = "kind: Secret\nmetadata: {name: db, environment: dev}\n"
+    wanted = render({"s.yaml": text + "stringData: {user: ada, password: new}\n"}).docs[key]
+    stored = render({"s.yaml": text + "stringData: {user: ada, password: old}\n"}).docs[key]
+    shown = gitplan.diff(key, stored, wanted)
+    assert "-  password: (hidden)\n+  password: (hidden, changed)\n" in shown
+    assert "   user: (hidden)\n" in shown
+    for secret in ("new", "old", "ada", "bmV3", "b2xk", "YWRh"):  # nor their base64
+        assert secret not in shown
+
+
 def test_webhook_signatures_of_github_gitea_and_gitlab() -> None:
     body = b'{"ref": "refs/heads/main"}'
     mac = hmac.new(b"s", body, hashlib.sha256).hexdigest()

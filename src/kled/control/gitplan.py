@@ -225,8 +225,30 @@ def _shown(doc: Mapping[str, Any] | None) -> list[str]:
     return dump_yaml([shown]).splitlines(keepends=True)
 
 
+def _hidden(
+    stored: Mapping[str, Any] | None, wanted: Mapping[str, Any] | None
+) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+    """A Secret's values replaced by words: a diff says which entries differ, never what
+    they hold (a viewer may read a diff, and only admins may read a secret)."""
+    old = dict((stored or {}).get("data") or {})
+    new = dict((wanted or {}).get("data") or {})
+
+    def word(k: str, v: Any) -> str:
+        if k not in old:
+            return "(hidden, new)"
+        return "(hidden)" if old[k] == v else "(hidden, changed)"
+
+    shown_old = None if stored is None else {**stored, "data": dict.fromkeys(old, "(hidden)")}
+    shown_new = (
+        None if wanted is None else {**wanted, "data": {k: word(k, v) for k, v in new.items()}}
+    )
+    return shown_old, shown_new
+
+
 def diff(key: Key, stored: Mapping[str, Any] | None, wanted: Mapping[str, Any] | None) -> str:
     """A unified diff of the stored resource (``a/``) against git's document (``b/``)."""
+    if key.kind == "Secret":
+        stored, wanted = _hidden(stored, wanted)
     ref = ref_of(key)
     lines = difflib.unified_diff(
         _shown(stored),
