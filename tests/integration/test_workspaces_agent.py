@@ -145,6 +145,15 @@ def test_up_runs_hooks_in_order_and_a_volume_survives_stop_start(
 
     listed = hosts.cli.ok("ws", "list")
     assert "shop" in listed and "Running" in listed and "wsnode" in listed
+
+    # kled ws exec: the exec stream of `kled exec`, in the workspace, with remoteEnv and
+    # in workspaceFolder; stdin through, the command's exit code back
+    seen = hosts.cli.ok("ws", "exec", "shop", "--", "sh", "-c", "echo $FROM_REMOTE; pwd")
+    assert seen == "r1\n/workspaces/shop\n"
+    assert hosts.cli("ws", "exec", "shop", "--", "sh", "-c", "exit 7").code == 7
+    assert hosts.cli("ws", "exec", "shop", "--", "cat", stdin="typed\n").out == "typed\n"
+    shell = hosts.cli("ws", "ssh", "shop", stdin="echo in-$FROM_CONTAINER\nexit 3\n")
+    assert shell.code == 3 and "in-c1" in shell.out
     logs = hosts.cli.ok("ws", "logs", "shop")
     assert "postCreateCommand" in logs and "installing features: marker" in logs
 
@@ -152,6 +161,9 @@ def test_up_runs_hooks_in_order_and_a_volume_survives_stop_start(
     assert ws(hosts, "shop")["status"]["phase"] == "Stopped"  # type: ignore[index]
     state = podman("inspect", "--format", "{{.State.Running}}", container("shop"))
     assert state.stdout.strip() == "false"
+    refused = hosts.cli("ws", "exec", "shop", "--", "true")
+    assert refused.code == 1 and "is Stopped, not Running" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1
 
     hosts.cli.ok("ws", "start", "shop")
     order = in_container("shop", "cat", "/cache/order").split()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from kled.agent.exec import ExecServer, find_running
+from kled.agent.exec import ExecServer, Target, find_running
 from kled.agent.mesh import MeshKeeper
 from kled.agent.net import gateway
 from kled.agent.net.host import HostNetworkLayer, LinuxHostNetwork
@@ -55,6 +55,7 @@ from kled.resources.hoststate import (
     ReplicaStatusReport,
     RuntimeKind,
 )
+from kled.resources.workspacestate import parse_workspace_id
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +227,15 @@ class Agent:
                 await rt.detach()
             log.info("node/%s agent stopped; replicas left running", self.node)
 
+    async def _exec_target(self, replica_id: str) -> Target | None:
+        """A replica's runtime, or this host's workspace of that id (``kled ws exec``)."""
+        if self.workspaces is not None and parse_workspace_id(replica_id) is not None:
+            return await self.workspaces.exec_target(replica_id)
+        return await find_running(self.runtimes, replica_id)
+
     async def _exec_streams(self) -> None:
         """Commands run inside this host's replicas for ``kled exec`` and ``kled dev``."""
-        server = ExecServer(self.office, self.node, lambda rid: find_running(self.runtimes, rid))
+        server = ExecServer(self.office, self.node, self._exec_target)
         await server.run()
 
     # -- desired state -----------------------------------------------------------------------------

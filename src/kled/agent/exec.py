@@ -19,10 +19,11 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from nats.aio.msg import Msg
 
-from kled.agent.runtime.base import Runtime
+from kled.agent.runtime.base import ExecPlan, Runtime
 from kled.bus.exec_link import MAX_CHUNK, ExecLink, Frame, LinkLost, decode
 from kled.bus.office import MessageOffice
 from kled.errors import KledError
@@ -36,11 +37,18 @@ MAX_STREAMS = 64
 STOP_GRACE = 2.0
 
 
+class Planner(Protocol):
+    """What an exec needs of a runtime: how to run a command in one of its replicas (a
+    runtime, or the workspaces of the host, which answer for their containers)."""
+
+    def exec_plan(self, spec: ReplicaSpec, command: list[str]) -> ExecPlan: ...
+
+
 @dataclass(frozen=True)
 class Target:
-    """A running replica, and the runtime that runs it."""
+    """A running replica (or workspace), and the runtime that runs it."""
 
-    runtime: Runtime
+    runtime: Planner
     spec: ReplicaSpec
 
 
@@ -52,7 +60,7 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def interactive(runtime: Runtime, spec: ReplicaSpec, command: list[str]) -> list[str]:
+def interactive(runtime: Planner, spec: ReplicaSpec, command: list[str]) -> list[str]:
     """The argv of ``command`` in the replica, with its stdin attached."""
     argv = list(runtime.exec_plan(spec, command).argv)
     if spec.runtime == RuntimeKind.CONTAINER:

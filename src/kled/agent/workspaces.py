@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,10 +32,13 @@ import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from kled.agent.exec import Target
+from kled.agent.runtime.base import ExecPlan
 from kled.agent.wsengine import (
     LABEL,
     OWNER_LABEL,
@@ -44,8 +48,15 @@ from kled.agent.wsengine import (
     write_env_file,
 )
 from kled.errors import KledError
-from kled.resources.hoststate import LogLine, ReplicaState, ReplicaStatus, utcnow
-from kled.resources.workspacestate import WorkspaceOnHost
+from kled.resources.hoststate import (
+    LogLine,
+    ReplicaSpec,
+    ReplicaState,
+    ReplicaStatus,
+    RuntimeKind,
+    utcnow,
+)
+from kled.resources.workspacestate import WS_TOKEN, WorkspaceOnHost, parse_workspace_id
 from kled.workspace.devcontainer import ResolvedConfig, load_config
 from kled.workspace.discovery import not_found, select_config
 from kled.workspace.features import Feature, resolve_features
@@ -57,6 +68,8 @@ log = logging.getLogger(__name__)
 StatusSink = Callable[[ReplicaStatus], None]
 LogSink = Callable[[LogLine], None]
 BUILDING = "Building"
+SESSION_FILE = "session.json"
+SESSION_ENV = "session.env"
 #: runArgs that would reach past the workspace's own container into the node
 _REFUSED_RUN_ARGS = (
     "-v",
@@ -459,6 +472,8 @@ class WorkspaceRunner:
             raise EngineError("the workspace's container vanished")
         user, env = self._session(resolved, dict(info.env))
         workdir = resolved.workspace_folder
+        self._save_session(ws, Session(container, user, workdir))
+        write_env_file(self._folder(ws), env, name=SESSION_ENV)
         if before.exists:
             before = ContainerState(
                 exists=True,
@@ -533,6 +548,33 @@ class WorkspaceRunner:
             scratch=self.root,
         )
 
+    # ---- sessions (``kled ws exec``) ----------------------------------------------------
+
+    def _save_session(self, ws: WorkspaceOnHost, session: Session) -> None:
+        path = self._folder(ws) / SESSION_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(session)))
+        tmp.replace(path)
+
+    async def exec_target(self, replica_id: str) -> Target | None:
+        """The running workspace of that id, as an exec's target; None if there is none."""
+        parsed = parse_workspace_id(replica_id)
+        if parsed is None:
+            return None
+        folder = self.root / parsed[0] / parsed[1]
+        try:
+            session = Session(**json.loads((folder / SESSION_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        info = await self.engine.inspect(session.container)
+        if info is None or not info.running:
+            return None
+        spec = ReplicaSpec(
+            team=parsed[0], environment=WS_TOKEN, app=parsed[1], index=0,
+            runtime=RuntimeKind.CONTAINER,
+        )  # fmt: skip
+        return Target(SessionPlanner(self.engine, session, folder / SESSION_ENV), spec)
+
     # ---- removal -----------------------------------------------------------------------
 
     async def _remove(self, team: str, name: str) -> None:
@@ -546,6 +588,35 @@ class WorkspaceRunner:
         if folder.exists():
             await asyncio.to_thread(shutil.rmtree, folder, True)
         self._done.pop(f"{team}._ws.{name}.0", None)
+
+
+@dataclass(frozen=True)
+class Session:
+    """How a session enters a workspace: its container, as remoteUser, in workspaceFolder
+    (and with remoteEnv, kept beside it in ``SESSION_ENV``)."""
+
+    container: str
+    user: str | None
+    workdir: str | None
+
+
+class SessionPlanner:
+    """An exec in a workspace, as the exec server asks a runtime for one."""
+
+    def __init__(self, engine: WorkspaceEngine, session: Session, env_file: Path) -> None:
+        self.engine = engine
+        self.session = session
+        self.env_file = env_file
+
+    def exec_plan(self, spec: ReplicaSpec, command: list[str]) -> ExecPlan:
+        argv = [self.engine.engine, *self.engine.global_flags, "exec"]
+        if self.session.user:
+            argv += ["--user", self.session.user]
+        if self.session.workdir:
+            argv += ["--workdir", self.session.workdir]
+        if self.env_file.exists():
+            argv += ["--env-file", str(self.env_file)]
+        return ExecPlan(argv=[*argv, self.session.container, *command])
 
 
 def _extract(archive: Path, into: Path) -> None:

@@ -351,16 +351,20 @@ class WorkspaceEngine:
             env_file.unlink(missing_ok=True)
 
 
-def write_env_file(folder: Path, env: Mapping[str, str]) -> Path:
-    """An env file the engine reads (one ``KEY=value`` a line), readable by root only."""
+def write_env_file(folder: Path, env: Mapping[str, str], *, name: str | None = None) -> Path:
+    """An env file the engine reads (one ``KEY=value`` a line), readable by root only:
+    ``name`` in ``folder``, else a new temporary one there."""
     for key, value in env.items():
         if "\n" in value or "\r" in value:
             raise EngineError(f"environment variable {key}: a value cannot span lines here")
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, name = tempfile.mkstemp(prefix=".env-", dir=folder)
+    fd, path = tempfile.mkstemp(prefix=".env-", dir=folder)
     with os.fdopen(fd, "w") as f:
         f.writelines(f"{k}={v}\n" for k, v in sorted(env.items()))
-    return Path(name)
+    if name is None:
+        return Path(path)
+    os.replace(path, folder / name)
+    return folder / name
 
 
 def _sh_quote(value: str) -> str:

@@ -15,27 +15,34 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from kled.admission.request import UserInfo
-from kled.api import authz, openapi
+from kled.api import authz, exec_stream, openapi
 from kled.api.hosts import HostServices
 from kled.api.rest import User, service
-from kled.errors import InvalidInput, NotFound, Unauthorized, Unavailable
+from kled.api.service import Service
+from kled.bus.exec_link import ExecLink
+from kled.bus.office import MessageOffice
+from kled.errors import Conflict, InvalidInput, KledError, NotFound, Unauthorized, Unavailable
 from kled.resources.registry import kind_info
 from kled.resources.workspacestate import workspace_id
 from kled.store.objects import Key
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}\Z")
@@ -184,3 +191,45 @@ async def workspace_logs(
             yield (json.dumps(entry) + "\n").encode()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.websocket("/teams/{team}/workspaces/{name}/exec")
+async def workspace_exec(ws: WebSocket, team: str, name: str) -> None:
+    """``kled ws exec``: the exec stream of ``exec_stream``, into a Running workspace, as
+    its remoteUser, in its workspaceFolder, with its remoteEnv (the agent knows them)."""
+    svc: Service = ws.app.state.service
+    what = f"workspace/{team}/{name}"
+    try:
+        user = await exec_stream._user(ws, svc)
+        authz.check_team(user, team, what)
+        doc = await svc.get(user, Key("Workspace", team, "", name))
+        authz.authorize(user, "update", kind_info("Workspace"), team, what)
+        command = exec_stream._command(ws)
+        status = doc.get("status") or {}
+        if status.get("phase") != "Running" or not status.get("node"):
+            raise Conflict(f"{what} is {status.get('phase') or 'Pending'}, not Running")
+        node = str(status["node"])
+        hosts = getattr(ws.app.state, "hosts", None)
+        office: MessageOffice | None = getattr(hosts, "office", None)
+        if office is None:
+            raise Unavailable("this server has no Message Office: no agent to exec through")
+    except KledError as err:
+        await exec_stream._deny(ws, err)
+        return
+    rid = workspace_id(team, name)
+    session = uuid.uuid4().hex
+    subjects = office.subjects
+    link = ExecLink(office, subjects.exec_in(node, session), subjects.exec_out(node, session))
+    try:
+        await link.open()
+    except KledError as err:
+        await exec_stream._deny(ws, err)
+        return
+    await ws.accept()
+    log.info("exec user=%s %s node=%s argv0=%s", user.username, what, node, command[0])
+    try:
+        await exec_stream._relay(ws, link, rid, command)
+    finally:
+        with contextlib.suppress(KledError):
+            await link.send("close")
+        await link.close()

@@ -49,9 +49,16 @@ async def _copy_in(stream: ExecStream) -> None:
 
 
 async def run_exec(
-    team: str, env: str, app: str, command: list[str], replica: int | None, stdin: bool
+    team: str,
+    env: str,
+    app: str,
+    command: list[str],
+    replica: int | None,
+    stdin: bool,
+    *,
+    route: str | None = None,
 ) -> int:
-    stream = await open_exec(endpoint(), team, env, app, command, replica=replica)
+    stream = await open_exec(endpoint(), team, env, app, command, replica=replica, route=route)
     loop = asyncio.get_running_loop()
     interrupts = 0
     pending: set[asyncio.Task[None]] = set()

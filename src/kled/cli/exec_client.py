@@ -149,12 +149,14 @@ async def open_exec(
     command: list[str],
     *,
     replica: int | None = None,
+    route: str | None = None,
 ) -> ExecStream:
-    """Start ``command`` in a replica of ``app``; errors before the start as Kled's."""
+    """Start ``command`` in a replica of ``app`` (or at ``route``, another exec route such
+    as a workspace's); errors before the start as Kled's."""
     query: list[tuple[str, Any]] = [("command", arg) for arg in command]
     if replica is not None:
         query.append(("replica", replica))
-    path = f"{exec_path(team, env, app)}?{urlencode(query)}"
+    path = f"{route or exec_path(team, env, app)}?{urlencode(query)}"
     headers = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else {}
     parts = urlsplit(endpoint.server if "//" in endpoint.server else f"http://{endpoint.server}")
     scheme = "wss" if parts.scheme == "https" else "ws"

@@ -12,6 +12,8 @@ phases and the lines its build and hooks print.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
@@ -132,8 +134,10 @@ def _path(team: str, name: str = "") -> str:
     return f"/api/v1/teams/{team}/workspaces" + (f"/{name}" if name else "")
 
 
-def _apply(client: Client, doc: dict[str, Any]) -> None:
-    client.post("/api/v1/apply", doc)
+def _apply(client: Client, doc: dict[str, Any]) -> bool:
+    """Apply ``doc``; False when it changed nothing (the workspace is as it was)."""
+    answer = client.post("/api/v1/apply", doc) or {}
+    return answer.get("result") != "unchanged"
 
 
 @app.command()
@@ -189,11 +193,13 @@ def up(
             "metadata": {"name": label, "team": chosen},
             "spec": spec,
         }
-        _apply(client, doc)
-        note(f"workspace {label} applied")
+        since = time.time()
+        if not _apply(client, doc):
+            since = 0.0  # unchanged: its phase now is the answer
+        note(f"workspace {label} {'unchanged' if not since else 'applied'}")
         if no_wait:
             return
-        _wait(client, chosen, label, ("Running",), timeout, since=time.time())
+        _wait(client, chosen, label, ("Running",), timeout, since=since)
 
 
 def _wait(
@@ -280,7 +286,7 @@ def _set_running(name: str, team: str | None, running: bool, wait: bool, timeout
         spec = dict(doc.get("spec") or {})
         spec["running"] = running
         since = time.time()
-        _apply(
+        changed = _apply(
             client,
             {
                 "apiVersion": "kled.io/v1",
@@ -289,6 +295,8 @@ def _set_running(name: str, team: str | None, running: bool, wait: bool, timeout
                 "spec": spec,
             },
         )
+        if not changed:
+            since = 0.0  # already as asked: its phase now is the answer
         if wait:
             _wait(
                 client,
@@ -352,3 +360,49 @@ def logs(
         for entry in stream_logs(client, f"{_path(chosen, name)}/logs", params):
             stream = sys.stderr if entry.get("stream") == "stderr" else sys.stdout
             print(entry.get("line", ""), file=stream, flush=True)
+
+
+def _exec_in(team: str, name: str, command: list[str], stdin: bool) -> None:
+    from kled.cli.exec import run_exec
+
+    route = f"{_path(team, name)}/exec"
+    code = asyncio.run(run_exec(team, "", name, command, None, stdin, route=route))
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+    raise typer.Exit(code)
+
+
+def exec_command(
+    ctx: typer.Context,
+    name: NameArg,
+    no_stdin: Annotated[
+        bool, typer.Option("--no-stdin", help="Send no stdin: the command reads EOF.")
+    ] = False,
+    team: TeamOption = None,
+) -> None:
+    """Run `-- CMD…` in a Running workspace as its remoteUser, in its workspaceFolder,
+    with its remoteEnv; exits with the command's exit code."""
+    command = list(ctx.args)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise InvalidInput("give the command after --: kled ws exec NAME -- CMD…", field="CMD")
+    _exec_in(STATE.team_for(team), name, command, not no_stdin)
+
+
+def ssh_command(
+    ctx: typer.Context,
+    name: NameArg,
+    team: TeamOption = None,
+) -> None:
+    """A shell in a Running workspace (`-- CMD…` runs that instead), through the API.
+    No PTY yet: a plain interactive shell, as `sh -i` gives over a pipe."""
+    command = list(ctx.args)
+    if command and command[0] == "--":
+        command = command[1:]
+    _exec_in(STATE.team_for(team), name, command or ["/bin/sh", "-i"], True)
+
+
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+app.command("exec", context_settings=_EXTRA)(exec_command)
+app.command("ssh", context_settings=_EXTRA)(ssh_command)

@@ -60,7 +60,7 @@ def _fits(node: NodeInfo, spec: Mapping[str, Any]) -> bool:
     if not matches(spec.get("nodeSelector") or {}, node.labels):
         return False
     needed = PROVIDER_CAPABILITIES.get(str(spec.get("provider") or "container"))
-    return needed is None or bool(needed & node.capabilities)
+    return needed is not None and bool(needed & node.capabilities)
 
 
 def plan_placements(
