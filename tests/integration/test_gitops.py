@@ -275,6 +275,13 @@ def test_a_commit_denied_by_a_policy_changes_nothing_and_the_status_names_it(
         }
         assert (get_app(c, team, "api") or {})["spec"]["replicas"] == 2
         assert get_app(c, team, "big") is None
+        # a file that cannot be read prunes nothing, even when not atomic
+        origin.commit({"api.yaml": "kind: [\n", "web.yaml": app_yaml("web")}, "typo")
+        status = sync(c, team, "main")
+        assert status["phase"] == "Partial"
+        assert results(status)["api.yaml"] == "invalid"
+        assert results(status)["app/dev/web"] == "created"
+        assert get_app(c, team, "api") is not None
 
 
 def test_a_bad_ref_a_missing_path_or_an_unreachable_repository_apply_nothing(

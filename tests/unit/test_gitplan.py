@@ -68,6 +68,19 @@ def test_an_environment_scoped_document_needs_an_environment() -> None:
     )
 
 
+def test_a_source_holds_a_bounded_number_of_documents_and_lists_what_changed() -> None:
+    many = {f"{i:04d}.yaml": app_yaml(f"a{i}") for i in range(gitplan.MAX_DOCUMENTS + 1)}
+    out = render(many)
+    assert out.problems[-1].message == (
+        f"{gitplan.MAX_DOCUMENTS:04d}.yaml: over 2000 documents: "
+        "the limit of documents a source may hold"
+    )
+    items = [gitplan.Item(f"app/dev/a{i}", "unchanged") for i in range(600)]
+    items.append(gitplan.Item("app/dev/b", "configured"))
+    assert gitplan.listed(items) == [{"ref": "app/dev/b", "result": "configured"}]
+    assert len(gitplan.listed(items[:10])) == 10
+
+
 def test_the_commit_alone_does_not_make_a_change_but_anything_else_does() -> None:
     wanted = render({"a.yaml": app_yaml("api")}).docs[Key("App", "acme", "dev", "api")]
     stored = gitplan.with_commit(wanted, "b" * 40)

@@ -217,7 +217,7 @@ class GitOps:
                     "phase": "Failed",
                     "message": f"commit {commit[:12]} not applied: {first.message}"
                     + (f" (and {len(plan.failed) - 1} more)" if len(plan.failed) > 1 else ""),
-                    "resources": [i.as_status() for i in plan.items],
+                    "resources": gitplan.listed(plan.items),
                 }
                 return await self._report(key, before, status)
             if not plan.writes and not plan.prunes and not plan.failed:
@@ -234,7 +234,7 @@ class GitOps:
                 "phase": "Partial" if failed else "Synced",
                 "lastAppliedCommit": commit,
                 "message": _summary(items, commit),
-                "resources": [i.as_status() for i in items],
+                "resources": gitplan.listed(items),
                 "inventory": plan.inventory,
             }
             if drift:
@@ -293,7 +293,8 @@ class GitOps:
                 plan.inventory[ref] = gitplan.digest(stored)
                 continue
             plan.writes.append((key, wanted, drift))
-        if prune:
+        # a document that could not be read might be one that still exists: prune nothing
+        if prune and not rendered.problems:
             for key in gitplan.prunable(await self._owned(team, name), rendered.docs):
                 try:
                     await self.svc.delete(user, key, dry_run=True)

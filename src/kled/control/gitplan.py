@@ -55,6 +55,18 @@ class Item:
 
 
 FAILED = frozenset({"denied", "invalid", "clash"})
+#: the documents one source may hold: its status lists them, and a status has a size bound
+MAX_DOCUMENTS = 2000
+#: past this many resources, a status lists only those that did not stay unchanged
+LISTED_UNCHANGED = 500
+
+
+def listed(items: list[Item]) -> list[dict[str, Any]]:
+    """The ``status.resources`` of a sync: every item, or past ``LISTED_UNCHANGED``
+    items only those that changed or failed (the message counts the rest)."""
+    if len(items) > LISTED_UNCHANGED:
+        items = [i for i in items if i.result != "unchanged" or i.drift]
+    return [i.as_status() for i in items]
 
 
 @dataclass
@@ -81,12 +93,18 @@ def render(
 ) -> Rendered:
     """The documents of ``files`` (path → text), ready to apply, in path order."""
     out = Rendered()
+    total = 0
     for path in sorted(files):
         try:
             loaded = load_documents(files[path], source=path)
         except KledError as exc:
             out.problems.append(Item(path, "invalid", str(exc)))
             continue
+        total += len(loaded)
+        if total > MAX_DOCUMENTS:
+            message = f"over {MAX_DOCUMENTS} documents: the limit of documents a source may hold"
+            out.problems.append(Item(path, "invalid", f"{path}: {message}"))
+            return out
         for number, doc in enumerate(loaded, start=1):
             where = f"{path}: document {number}"
             try:
