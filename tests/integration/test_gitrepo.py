@@ -58,3 +58,16 @@ async def test_the_file_count_and_the_blob_size_are_bounded(origin: Origin, tmp_
         await cache.read("t", "s", head, "many")
     with pytest.raises(GitError, match=r"big/big\.yaml is 5000 bytes: over the limit of 4096"):
         await cache.read("t", "s", head, "big")
+
+
+async def test_a_50_mb_blob_is_fetched_but_never_read_as_a_document(
+    origin: Origin, tmp_path: Path
+) -> None:
+    big = "#" * (50 * 1024 * 1024)
+    head = origin.commit({"data/dump.bin": big, "apps/a.yaml": "kind: App\n", "big/x.yaml": big})
+    cache = GitCache(tmp_path / "cache")  # the default limits
+    assert await cache.fetch("t", "s", origin.url, "main", Auth()) == head
+    assert (await cache.read("t", "s", head, "apps")).files == {"apps/a.yaml": "kind: App\n"}
+    assert (await cache.read("t", "s", head, "data")).files == {}
+    with pytest.raises(GitError, match=r"x\.yaml is 52428800 bytes: over the limit of 1048576"):
+        await cache.read("t", "s", head, "big")
