@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -59,9 +60,9 @@ class Lab:
         except httpx.HTTPError:
             return ""
 
-    def answer(self) -> str:
+    def answer(self, port: int | None = None) -> str:
         try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/", timeout=2).text
+            return httpx.get(f"http://127.0.0.1:{port or self.port}/", timeout=2).text
         except httpx.HTTPError:
             return ""
 
@@ -78,9 +79,9 @@ class Lab:
 class Dev:
     """``kled dev`` as a process, its output collected."""
 
-    def __init__(self, lab: Lab, *args: str) -> None:
+    def __init__(self, lab: Lab, *args: str, app: str = "web", config: Path | None = None) -> None:
         self.lines: list[str] = []
-        self.proc = lab.hosts.cli.popen("dev", "web", "-f", str(lab.config), *args)
+        self.proc = lab.hosts.cli.popen("dev", app, "-f", str(config or lab.config), *args)
         for stream in (self.proc.stdout, self.proc.stderr):
             threading.Thread(target=self._collect, args=(stream,), daemon=True).start()
 
@@ -88,11 +89,11 @@ class Dev:
         for line in stream:
             self.lines.append(line.rstrip("\n"))
 
-    def serves(self, lab: Lab, message: str) -> None:
+    def serves(self, lab: Lab, message: str, port: int | None = None) -> None:
         def check() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"kled dev exited with {self.proc.returncode}")
-            return lab.answer() == message
+            return lab.answer(port) == message
 
         try:
             eventually(check, f"the dev replica serves {message}")
@@ -253,3 +254,45 @@ def test_a_viewer_and_a_bad_kled_yaml_are_refused_with_one_line(lab: Lab) -> Non
     assert len(result.err.strip().splitlines()) == 1
     result = lab.hosts.cli("dev", "api", "-f", str(lab.config))
     assert result.code == 2 and "no dev.api" in result.err, result
+
+
+def test_two_developers_on_two_apps_at_once_and_one_app_is_one_session(lab: Lab) -> None:
+    from cli.clikit import free_port
+
+    root, port = lab.hosts.root, free_port()
+    (root / "api-original.py").write_text(APP.format(message="api original"))
+    lab.hosts.apply(
+        {
+            "apiVersion": "kled.io/v1",
+            "kind": "App",
+            "metadata": {"name": "api"},
+            "spec": {
+                "command": ["python3", str(root / "api-original.py"), str(port)],
+                "env": {MARK_VAR: MARK},
+            },
+        }
+    )
+    eventually(lambda: lab.answer(port) == "api original", "the second app answers")
+    api_before = lab.hosts.app("api")["spec"]
+    other = root / "laptop2"
+    (other / "src").mkdir(parents=True)
+    (other / "src" / "app.py").write_text(APP.format(message="api from laptop 2"))
+    config = other / "kled.yaml"
+    rule = {"local": "src", "remote": str(root / "remote2")}
+    command = ["python3", "app.py", str(port)]
+    config.write_text(yaml.safe_dump({"dev": {"api": {"sync": [rule], "command": command}}}))
+    (root / "remote2").mkdir()
+    web_before = lab.spec()
+    lab.write_app("v1")
+    first, second = Dev(lab), Dev(lab, app="api", config=config)
+    try:
+        first.serves(lab, "v1")
+        second.serves(lab, "api from laptop 2", port)
+        again = lab.hosts.cli("dev", "web", "-f", str(lab.config))
+        assert again.code == 1 and "in the dev session of admin" in again.err, again
+        assert first.proc.poll() is None  # the refused one did not end the first
+    finally:
+        codes = first.stop(signal.SIGINT), second.stop(signal.SIGINT)
+    assert codes == (0, 0), (first.lines, second.lines)
+    assert lab.spec() == web_before and lab.hosts.app("api")["spec"] == api_before
+    eventually(lambda: lab.answer(port) == "api original", "the second app is back")
