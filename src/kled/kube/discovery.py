@@ -186,3 +186,26 @@ def openapi_group_version(group: str, version: str) -> dict[str, Any] | None:
         "paths": paths,
         "components": {"schemas": schemas},
     }
+
+
+# ---- OpenAPI v2 -------------------------------------------------------------------------
+
+OPENAPI_V2_PROTOBUF = "application/octet-stream"  # as the API server answers it
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (lengths here stay under 128 bytes)."""
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def openapi_v2() -> bytes:
+    """An OpenAPI v2 document with no definitions, in gnostic's protobuf encoding.
+
+    kubectl before 1.28 fetches ``/openapi/v2`` (protobuf only) before ``apply`` and stops
+    if it is missing; with no schema in it for a kind, kubectl computes patches from its
+    built-in types, as with the v3 documents above. Fields: swagger (1), info (2: title 1,
+    version 2), paths (8), definitions (9).
+    """
+    info = _field(1, b"Kled Cluster") + _field(2, b"v1.30.0")
+    return _field(1, b"2.0") + _field(2, info) + _field(8, b"") + _field(9, b"")

@@ -98,6 +98,8 @@ async def _handle(request: Request, team: str, cluster: str, rest: str) -> Respo
     method = request.method
     if parts == ["kled", "token"] and method == "POST":
         return await _issue_token(call)
+    if method == "GET" and parts == ["openapi", "v2"]:
+        return Response(discovery.openapi_v2(), media_type=discovery.OPENAPI_V2_PROTOBUF)
     if method == "GET":
         found = _discovery(call, parts)
         if found is not None:

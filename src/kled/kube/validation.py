@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from kled.kube.served import Served
-from kled.kube.status import invalid
+from kled.kube.status import KubeError, invalid
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -44,8 +44,16 @@ def admit(served: Served, obj: dict[str, Any], *, strict: bool = False) -> dict[
     if not isinstance(meta, dict):
         raise invalid(served.kind, name, [("metadata", "Required value")], served.group)
     if strict:
-        causes += [(k, "unknown field") for k in obj if k not in _TOP_LEVEL]
-        causes += [(f"metadata.{k}", "unknown field") for k in meta if k not in _METADATA]
+        unknown = [k for k in obj if k not in _TOP_LEVEL]
+        unknown += [f"metadata.{k}" for k in meta if k not in _METADATA]
+        if unknown:
+            fields = ", ".join(f'unknown field "{k}"' for k in unknown)
+            raise KubeError(
+                400,
+                "BadRequest",
+                f'{served.kind} in version "{served.version}" cannot be handled as a '
+                f"{served.kind}: strict decoding error: {fields}",
+            )
     _check_name(served, name, causes)
     _check_labels(meta, causes)
     check = _CHECKS.get(served.kind)
