@@ -138,6 +138,8 @@ def test_pages_have_no_serious_accessibility_violations(
         ("nodes", "/nodes"),
         ("devices", "/devices"),
         ("mesh", "/mesh"),
+        ("workspaces", "/workspaces"),
+        ("dev sessions", "/dev"),
         ("intercepts", "/intercepts"),
         ("policies", "/policies"),
         ("yaml", "/yaml/apps/web?env=dev"),
@@ -210,7 +212,7 @@ def test_edit_in_place_highlights_the_field_at_fault(
     box.fill(text.replace("replicas: 1\n", "replicas: -1\n"))
     page.get_by_role("button", name="Save").click()
     assert "spec.replicas" in page.get_by_test_id("edit-error").inner_text()
-    assert page.get_by_test_id("fault-line").inner_text() == "  replicas: -1"
+    assert page.get_by_test_id("fault-line").text_content() == "  replicas: -1"
     # the caret is on that line of what the user wrote, selected
     picked = page.evaluate(
         "(() => { const a = document.getElementById('yaml');"
@@ -269,3 +271,43 @@ def test_a_viewer_reads_the_yaml_but_gets_no_save(
     page.goto(f"{server.url}/ui/teams/{team}/edit/apps/web?env=dev")
     assert "kind: App" in page.locator("pre.yaml").inner_text()
     assert page.get_by_role("button", name="Save").count() == 0
+
+
+def test_workspaces_and_dev_sessions_are_listed_live(
+    page: Any, server: RunningServer, team: str
+) -> None:
+    sign_in(page, server, make_user(server, team, "olga", "owner"))
+    page.get_by_role("link", name="Workspaces").click()
+    assert page.get_by_role("heading", level=1).inner_text() == "Workspaces"
+    page.evaluate("window.__same_document = true")
+    page.locator("html[data-live=open]").wait_for()
+    with server.client() as admin:
+        r = admin.post(
+            f"/api/v1/teams/{team}/workspaces",
+            json={"metadata": {"name": "box"}, "spec": {"image": "localhost/box:1"}},
+        )
+        assert r.status_code == 201, r.text
+    row = page.locator("tr[data-workspace=box]")
+    row.wait_for(timeout=15_000)
+    assert "Pending" in row.inner_text()  # no node can take it: no agent runs here
+    assert row.get_by_test_id("ssh-command").count() == 0  # a shell only when Running
+    assert page.evaluate("window.__same_document") is True
+    with server.client() as admin:
+        r = admin.post(
+            f"/api/v1/teams/{team}/environments/dev/apps",
+            json={"metadata": {"name": "api"}, "spec": {"command": ["sleep", "60"]}},
+        )
+        assert r.status_code == 201, r.text
+        r = admin.post(f"/api/v1/teams/{team}/environments/dev/apps/api/dev")
+        assert r.status_code == 201, r.text
+    page.get_by_role("link", name="Dev sessions").click()
+    session = page.locator("tr[data-session='dev/api']")
+    assert "admin" in session.inner_text()
+    session.get_by_role("link", name="api").click()
+    assert page.get_by_test_id("dev-session").inner_text().startswith("admin since ")
+    with server.client() as admin:
+        assert admin.delete(f"/api/v1/teams/{team}/environments/dev/apps/api/dev").is_success
+    page.go_back()
+    page.reload()
+    assert page.locator("tr[data-session]").count() == 0
+    assert page.errors == []

@@ -46,7 +46,7 @@ from kled.ui.pages import (
 router = APIRouter(prefix="/ui", include_in_schema=False)
 WRITE_TRIES = 20
 #: the kinds a page follows live, by page
-LIVE_KINDS = ("App", "Node", "Environment", "Device", "Intercept", "Policy")
+LIVE_KINDS = ("App", "Node", "Environment", "Device", "Intercept", "Policy", "Workspace")
 
 
 def _cookie(response: Response, request: Request, name: str, value: str, path: str) -> None:
@@ -239,6 +239,7 @@ async def app_page(request: Request, team: str, env: str, name: str) -> Response
         team=team,
         env=env,
         app=views.app_row(doc),
+        dev=views.dev_session(doc),
         devices=[d["metadata"]["name"] for d in devices.items],
         intercepts=mine,
         can_write=may(v.user, "update", "App", team),

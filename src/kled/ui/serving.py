@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kled.errors import KledError
-from kled.ui import editing, logs, meshview, routes
+from kled.ui import devpages, editing, logs, meshview, routes
 from kled.ui.pages import HERE, SECURITY_HEADERS, SignInFirst, render, to_signin
 from kled.ui.session import Sessions
 
@@ -25,6 +25,7 @@ def install(app: FastAPI) -> None:
     app.include_router(logs.router)
     app.include_router(meshview.router)
     app.include_router(editing.router)
+    app.include_router(devpages.router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
     app.add_exception_handler(SignInFirst, _sign_in_first)
     previous: Handler | None = app.exception_handlers.get(KledError)  # type: ignore[assignment]

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from kled.errors import InvalidInput
+from kled.control.devswap import DEV_ANNOTATION, session_of
+from kled.errors import InvalidInput, KledError
 from kled.resources.registry import Scope, kind_info
 
 #: apply order of a pasted bundle: containers before what they hold (as ``kled apply``)
@@ -112,7 +113,10 @@ def app_row(doc: Mapping[str, Any]) -> dict[str, Any]:
         "name": _meta(doc).get("name"),
         "environment": _meta(doc).get("environment"),
         "labels": dict(_meta(doc).get("labels") or {}),
-        "annotations": dict(_meta(doc).get("annotations") or {}),
+        # the dev session's annotation is shown as the session (dev_session), not as JSON
+        "annotations": {
+            k: v for k, v in (_meta(doc).get("annotations") or {}).items() if k != DEV_ANNOTATION
+        },
         "phase": status.get("phase") or "Pending",
         "wanted": int(spec.get("replicas", 1)),
         "ready": int(status.get("readyReplicas") or 0),
@@ -129,6 +133,15 @@ def app_row(doc: Mapping[str, Any]) -> dict[str, Any]:
         "events": list(reversed(status.get("events") or []))[:20],
         "deleting": bool(_meta(doc).get("deletionTimestamp")),
     }
+
+
+def dev_session(doc: Mapping[str, Any]) -> str | None:
+    """``"olga since 2026-12-07T03:00:00Z"`` when the app is in a ``kled dev`` session."""
+    try:
+        found = session_of(dict(doc))
+    except KledError:
+        return None
+    return f"{found.user} since {found.since}" if found is not None else None
 
 
 def _references(spec: Mapping[str, Any]) -> list[str]:
