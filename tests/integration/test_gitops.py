@@ -19,7 +19,7 @@ import pytest
 import yaml
 from test_policy_api import make_team, wait_for
 
-from gitkit import Origin, app_yaml, daemon
+from gitkit import Origin, app_yaml, daemon, free_port
 from servers import RunningServer
 
 
@@ -305,6 +305,9 @@ def test_a_bad_ref_a_missing_path_or_an_unreachable_repository_apply_nothing(
             status["phase"] == "Failed"
             and "does not appear to be a git repository" in (status["message"])
         )
+        create(c, source(team, "closed", f"git://127.0.0.1:{free_port()}/origin.git"))
+        status = sync(c, team, "closed")
+        assert status["phase"] == "Failed" and "unable to connect" in status["message"]
         assert get_app(c, team, "api") is None
         create(c, source(team, "good", origin.url, path="envs/dev"))
         assert sync(c, team, "good")["phase"] == "Synced"
