@@ -11,8 +11,7 @@ another's policy names or the server's traffic. The apps' and nodes' usage serie
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -263,15 +262,3 @@ async def revoke_metrics_token(request: Request, name: str, user: UserInfo = Use
     except NotFound:
         raise NotFound(f"metrics token {name!r} not found") from None
     return JSONResponse({"name": name, "revoked": True})
-
-
-async def measure(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    start = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    path = getattr(route, "path", "unmatched")
-    LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
-    REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-    return response

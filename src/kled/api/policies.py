@@ -45,6 +45,10 @@ class StorePolicySource:
         self._cache: dict[str, list[dict[str, Any]]] = {}
 
     async def policies(self, team: str) -> list[dict[str, Any]]:
+        if self.store.cache is not None:
+            # the store answers from memory, current to this process's last write; a copy
+            # here would wait for the feed, and a policy applied just now would be missed
+            return (await self.store.list("Policy", team)).items
         cached = self._cache.get(team)
         if cached is None:
             cached = (await self.store.list("Policy", team)).items

@@ -24,8 +24,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from kled.admission.request import UserInfo
 from kled.api import openapi
 from kled.api.authz import check_team
+from kled.api.errors import status_body
 from kled.api.service import Outcome, Service
-from kled.errors import InvalidInput, NotFound, Unauthorized
+from kled.errors import Gone, InvalidInput, NotFound, Unauthorized
 from kled.resources import bounds
 from kled.resources.registry import API_VERSION, KINDS, KindInfo, Scope, resolve_kind
 from kled.store.objects import Key
@@ -174,9 +175,16 @@ async def _collection(
 
 async def _sse(stream: AsyncIterator[Any]) -> AsyncIterator[bytes]:
     yield b": watching\n\n"
-    async for event in stream:
-        data = json.dumps({"type": event.type, "object": Service.present(event.object)})
-        yield f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+    try:
+        async for event in stream:
+            data = json.dumps({"type": event.type, "object": Service.present(event.object)})
+            yield f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+    except Gone as e:
+        # The watcher fell behind compaction mid-stream: say so, as Kubernetes does with an
+        # ERROR event holding a 410 Status, and end; the client lists again and resumes.
+        status = status_body(e.status, e.reason, str(e), e.field)
+        data = json.dumps({"type": "ERROR", "object": status})
+        yield f"id: {e.oldest}\nevent: ERROR\ndata: {data}\n\n".encode()
 
 
 async def _require_team(request: Request, user: UserInfo, team: str) -> None:

@@ -190,7 +190,10 @@ class Client:
         """Events of a collection, forever; a dropped connection resumes after the last id.
 
         Errors the server answers (401, 404...) are raised; only a lost connection or an
-        unavailable server is retried, with a growing pause.
+        unavailable server is retried, with a growing pause. When the events after the
+        last id were compacted away (410 Gone, before the stream or as an ``ERROR`` event
+        in it), the watch lists again: it starts over without an id, so the server sends
+        every object as ``ADDED`` and then the changes after that list.
         """
         last = since
         backoff = 0.2
@@ -202,13 +205,24 @@ class Client:
                 with self._http.stream(
                     "GET", path, params=query, headers=headers, timeout=httpx.Timeout(30, read=None)
                 ) as response:
+                    if response.status_code == 410:
+                        response.read()
+                        raise _Relist(error_from(response))
                     if response.status_code >= 400:
                         response.read()
                         raise error_from(response)
                     backoff = 0.2
                     for event in _sse_events(response.iter_lines()):
+                        if event.type == "ERROR":
+                            raise _Relist(_stream_error(event))
                         last = event.seq
                         yield event
+            except _Relist as relist:
+                log.debug("watch of %s: %s; listing again", path, relist.why)
+                if on_retry is not None:
+                    on_retry(f"{relist.why}; listing again")
+                last = None
+                continue
             except (httpx.TransportError, Unavailable) as e:
                 why = str(self._unreachable(e)) if isinstance(e, httpx.HTTPError) else str(e)
                 if on_retry is not None:
@@ -230,6 +244,22 @@ class Client:
         return Unavailable(
             f"cannot reach the Kled server at {self.where}: {why} — is `kled server` running?"
         )
+
+
+class _Relist(Exception):
+    """The watch's events were compacted (410): start over with a list."""
+
+    def __init__(self, why: KledError) -> None:
+        super().__init__(str(why))
+        self.why = why
+
+
+def _stream_error(event: WatchEvent) -> KledError:
+    """The error an ``ERROR`` event reports; a 410 relists, anything else is raised."""
+    status = event.object
+    if status.get("code") != 410:
+        raise KledError(f"the watch failed: {status.get('message') or status}")
+    return KledError(str(status.get("message") or "compacted"))
 
 
 def error_from(response: httpx.Response) -> KledError:
