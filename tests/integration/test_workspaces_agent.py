@@ -189,8 +189,14 @@ def test_up_runs_hooks_in_order_and_a_volume_survives_stop_start(
     eventually(gone, "container and volume of shop removed")
 
 
-def test_a_git_repository_is_cloned_on_the_node(hosts: Hosts, tmp_path: Path) -> None:
-    repo = write_folder(tmp_path / "repo", {"image": IMAGE, "postCreateCommand": "touch /tmp/ok"})
+def test_a_git_repository_is_cloned_on_the_node_and_built(hosts: Hosts, tmp_path: Path) -> None:
+    config = {
+        "build": {"dockerfile": "Dockerfile", "args": {"GREETING": "built"}},
+        "postCreateCommand": "touch /tmp/ok",
+    }
+    repo = write_folder(tmp_path / "repo", config)
+    dockerfile = f"FROM {IMAGE}\nARG GREETING\nRUN echo $GREETING > /built\n"
+    (repo / ".devcontainer" / "Dockerfile").write_text(dockerfile)
     git = ["git", "-C", str(repo), "-c", "user.email=t@e", "-c", "user.name=t"]
     subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
@@ -199,6 +205,7 @@ def test_a_git_repository_is_cloned_on_the_node(hosts: Hosts, tmp_path: Path) ->
     assert up.code == 0, up
     assert in_container("cloned", "cat", "/workspaces/repo/hello.txt") == "hello from the laptop\n"
     in_container("cloned", "ls", "/tmp/ok")
+    assert in_container("cloned", "cat", "/built") == "built\n"  # build.args reached the build
     hosts.cli.ok("ws", "delete", "cloned", "--yes")
     eventually(
         lambda: podman("container", "exists", container("cloned")).returncode != 0,
