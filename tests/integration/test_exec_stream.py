@@ -130,3 +130,42 @@ def test_the_command_ends_when_the_client_is_killed(hosts: Hosts) -> None:
         proc.kill()
         proc.wait()
     eventually(lambda: not sleepers(mark), "the exec'd command stopped with its client")
+
+
+def test_exec_into_a_container_replica_and_its_command_ends_with_the_client(
+    hosts: Hosts,
+) -> None:
+    from hostkit import sleepers
+
+    from imagekit import busybox_image, podman
+
+    mark = marker()
+    applets = ("sh", "sleep", "echo", "cat", "kill", "rm", "tr")
+    image = busybox_image(hosts.root, f"localhost/kled-exec-box:{mark}", applets, dirs=["tmp"])
+    doc = {
+        "apiVersion": "kled.io/v1",
+        "kind": "App",
+        "metadata": {"name": "ctr"},
+        "spec": {"runtime": "container", "image": image, "command": ["sleep", str(mark)]},
+    }
+    try:
+        hosts.apply(doc)
+        eventually(lambda: hosts.running("ctr", 1), "ctr Running in a container")
+        result = hosts.cli("exec", "ctr", "--", "sh", "-c", "tr a-z A-Z; exit 4", stdin="shout\n")
+        assert (result.code, result.out) == (4, "SHOUT\n"), result
+        inner = marker()
+        proc = hosts.cli.popen("exec", "ctr", "--no-stdin", "--", "sleep", str(inner))
+        try:
+            eventually(lambda: sleepers(inner), "the command runs in the container")
+        finally:
+            proc.kill()
+            proc.wait()
+        # podman leaves an exec'd command running when its client dies: the agent does not
+        eventually(lambda: not sleepers(inner), "the command in the container stopped")
+        leftovers = hosts.cli("exec", "ctr", "--no-stdin", "--", "sh", "-c", "echo /tmp/.kled*")
+        # only this exec's own pid file: none is left behind by the ones before
+        assert len(leftovers.out.split()) == 1, leftovers
+    finally:
+        hosts.cli("delete", "app", "ctr", "-e", "dev")
+        podman("rm", "-f", "-t", "0", f"kled-{TEAM}.dev.ctr.0")
+        eventually(lambda: podman("rmi", "-f", image).returncode == 0, "image removed", 30)

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 MAX_STREAMS = 64
 #: seconds from SIGTERM to SIGKILL when a stream ends with its command still running
 STOP_GRACE = 2.0
+#: in a container: the command's pid in the file named by $0, then the command itself
+_RECORD_PID = 'echo $$ 2>/dev/null >"$0"; exec "$@"'
+_SIGNAL_PID = 'kill -"$1" "$(cat "$0")" 2>/dev/null; true'
+_FORGET_PID = 'rm -f "$0"'
 
 
 class Planner(Protocol):
@@ -150,6 +155,10 @@ class ExecServer:
         if target is None:
             await link.send("error", message=f"replica {replica} is not running on {self.node}")
             return
+        pidfile = None
+        if target.spec.runtime == RuntimeKind.CONTAINER:
+            pidfile = f"/tmp/.kled-exec-{uuid.uuid4().hex}.pid"
+            command = ["sh", "-c", _RECORD_PID, pidfile, *command]
         plan = target.runtime.exec_plan(target.spec, command)
         argv = interactive(target.runtime, target.spec, command)
         try:
@@ -165,6 +174,7 @@ class ExecServer:
         except OSError as err:
             await link.send("error", message=f"cannot run {command[0]!r}: {err.strerror or err}")
             return
+        running = _Running(proc, target, pidfile)
         log.info("%s exec pid=%s argv=%s", target.spec.resource_name, proc.pid, command[:1])
         await link.send("started", pid=proc.pid)
         assert proc.stdout is not None and proc.stderr is not None
@@ -172,7 +182,7 @@ class ExecServer:
             asyncio.create_task(_pump(proc.stdout, link, "out")),
             asyncio.create_task(_pump(proc.stderr, link, "err")),
         ]
-        inbound = asyncio.create_task(_inbound(link, proc))
+        inbound = asyncio.create_task(_inbound(link, running))
 
         async def finish() -> None:
             await asyncio.gather(*pumps)
@@ -189,7 +199,7 @@ class ExecServer:
             for task in (inbound, done, *pumps):
                 with contextlib.suppress(asyncio.CancelledError, KledError):
                     await task
-            await _stop(proc)
+            await running.stop()
 
 
 def _is_argv(value: object) -> bool:
@@ -204,9 +214,9 @@ async def _pump(stream: asyncio.StreamReader, link: ExecLink, kind: str) -> None
         await link.send_data(kind, chunk)
 
 
-async def _inbound(link: ExecLink, proc: asyncio.subprocess.Process) -> None:
+async def _inbound(link: ExecLink, running: _Running) -> None:
     """Frames from the control plane: stdin, its end, signals; the stream's end kills."""
-    stdin = proc.stdin
+    stdin = running.proc.stdin
     assert stdin is not None
     try:
         while True:
@@ -221,28 +231,69 @@ async def _inbound(link: ExecLink, proc: asyncio.subprocess.Process) -> None:
             elif frame.kind == "kill":
                 number = frame.meta.get("signal", signal.SIGTERM)
                 if isinstance(number, int) and number in {s.value for s in signal.Signals}:
-                    _signal(proc, number)
+                    await running.signal(number)
             elif frame.kind == "close":
                 break
     except LinkLost as err:
-        log.info("exec pid=%s: %s; stopping it", proc.pid, err)
-    await _stop(proc)
+        log.info("exec pid=%s: %s; stopping it", running.proc.pid, err)
+    await running.stop()
 
 
-def _signal(proc: asyncio.subprocess.Process, number: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, number)
+class _Running:
+    """The command of one stream. In a container it is reached through its pid, kept in
+    ``pidfile`` inside the container: podman does not pass a signal, or the death of
+    ``podman exec``, on to the command it runs, so a restarted dev command would
+    otherwise keep its port."""
 
+    def __init__(
+        self, proc: asyncio.subprocess.Process, target: Target, pidfile: str | None
+    ) -> None:
+        self.proc = proc
+        self.target = target
+        self.pidfile = pidfile
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is not None:
-        return
-    _signal(proc, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), STOP_GRACE)
-    except TimeoutError:
-        _signal(proc, signal.SIGKILL)
-        await proc.wait()
+    async def signal(self, number: int) -> None:
+        if self.pidfile is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, number)
+            return
+        await self._inside(_SIGNAL_PID, str(number))
+
+    async def _inside(self, script: str, *args: str) -> None:
+        assert self.pidfile is not None
+        command = ["sh", "-c", script, self.pidfile, *args]
+        argv = self.target.runtime.exec_plan(self.target.spec, command).argv
+        with contextlib.suppress(OSError, TimeoutError):
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``STOP_GRACE``; the pid file goes with it."""
+        proc = self.proc
+        try:
+            if proc.returncode is not None:
+                return
+            await self.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+            except TimeoutError:
+                await self.signal(signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        finally:
+            if self.pidfile is not None:
+                await self._inside(_FORGET_PID)
+                self.pidfile = None
 
 
 async def find_running(runtimes: dict[RuntimeKind, Runtime], replica_id: str) -> Target | None:
