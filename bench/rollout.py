@@ -13,7 +13,13 @@ every replica; measured from the ``PUT`` to the moment ``status.rollout`` reads 
 - ``recreate_3`` / ``recreate_10``: Recreate, the baseline: every replica restarted at once.
 
 Each case prints requests ok and failed, p50/p99 latency of the successful ones in ms and
-the rollout time in seconds. Everything shares this machine's cores, so the counts carry
+the rollout time in seconds.
+
+``autoscale``: an app asking for 100m of CPU whose replicas spin a core while a file exists
+(tests/e2e/test_autoscale_load.py), min 1, max 3, target 50 %, no scale-down window, the
+agent sampling usage every 2 s and the autoscaler looking every 15 s: seconds from the load
+starting to the decision of 3 replicas and to 3 ready, and from the load stopping to the
+decision of 1. Everything shares this machine's cores, so the counts carry
 over, the times only roughly. Needs root, ``ip``, ``nft``, ``wireguard-go``.
 
     python bench/rollout.py [--quick]     # --quick: 3 replicas only
@@ -36,6 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from agentlab import IDLE_CMD, Mesh, eventually, lab_mesh  # noqa: E402 - after the path set-up
+from test_autoscale_load import BURN  # noqa: E402
 from test_rollout_traffic import Load, change, command, web  # noqa: E402
 
 
@@ -57,7 +64,7 @@ def roll(mesh: Mesh, state: Path, root: Path, client: str, ip: str, name: str) -
         roll = mesh.get_app("a", "web")["status"].get("rollout") or {}
         if roll.get("revision") == number and roll.get("phase") == "Complete":
             break
-        if roll.get("phase") == "Stalled":
+        if roll.get("phase") == "Stalled" or time.monotonic() - started > 600:
             raise RuntimeError(f"rollout stalled: {roll}")
         time.sleep(0.1)
     took = time.monotonic() - started
@@ -95,6 +102,44 @@ def case(root: Path, replicas: int, strategy: str) -> dict[str, Any]:
         return roll(mesh, state, root, client, ip, "v2")
 
 
+def autoscaling(root: Path) -> dict[str, Any]:
+    flag = root / "burn"
+    with lab_mesh(root, 1, "benchscale") as mesh:
+        mesh.start_agent(1, "--usage-interval", "2")
+        mesh.team("a", "100.96.0.0/16")
+        mesh.app("a", "burn", {
+            "command": [sys.executable, "-c", BURN, str(flag)],
+            "resources": {"cpu": "100m"},
+            "autoscale": {"minReplicas": 1, "maxReplicas": 3,
+                          "targetCPUUtilizationPercentage": 50,
+                          "scaleDownStabilizationSeconds": 0},
+        })  # fmt: skip
+
+        def status() -> dict[str, Any]:
+            found: dict[str, Any] = mesh.get_app("a", "burn").get("status") or {}
+            return found
+
+        def wait(check: Any) -> float:
+            started = time.monotonic()
+            while not check(status()):
+                if time.monotonic() - started > 300:
+                    raise RuntimeError(f"autoscaling never got there: {status()}")
+                time.sleep(0.1)
+            return round(time.monotonic() - started, 2)
+
+        wait(lambda s: s.get("readyReplicas") == 1)
+        time.sleep(3)  # a usage sample of the idle replica first
+        started = time.monotonic()
+        flag.touch()
+        decided = wait(lambda s: (s.get("autoscale") or {}).get("desiredReplicas") == 3)
+        wait(lambda s: s.get("readyReplicas") == 3)
+        ready = round(time.monotonic() - started, 2)
+        flag.unlink()
+        down = wait(lambda s: (s.get("autoscale") or {}).get("desiredReplicas") == 1)
+        return {"up_decided_seconds": decided, "up_ready_seconds": ready,
+                "down_decided_seconds": down}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 replicas only")
@@ -105,6 +150,8 @@ def main() -> int:
         for strategy, label in (("RollingUpdate", "rolling"), ("Recreate", "recreate")):
             with tempfile.TemporaryDirectory(prefix="kled-bench-rollout-") as tmp:
                 out[f"{label}_{replicas}"] = case(Path(tmp), replicas, strategy)
+    with tempfile.TemporaryDirectory(prefix="kled-bench-autoscale-") as tmp:
+        out["autoscale"] = autoscaling(Path(tmp))
     print(json.dumps(out, indent=2))
     return 0
 
