@@ -127,9 +127,7 @@ async def test_a_read_right_after_a_write_sees_it(pair: Pair) -> None:
         assert got["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
         changed = app("blue", "dev", f"new-{n}", fresh="again")
         written = await store.update(changed)
-        page = await store.list(
-            "App", "blue", "dev", matches=parse_selector("fresh=again").matches
-        )
+        page = await store.list("App", "blue", "dev", matches=parse_selector("fresh=again").matches)
         assert f"new-{n}" in [d["metadata"]["name"] for d in page.items]
         assert page.revision >= int(written.object["metadata"]["resourceVersion"])
         if n:
