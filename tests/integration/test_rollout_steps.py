@@ -149,3 +149,60 @@ async def test_a_config_change_rolls_and_old_replicas_keep_their_values(world: W
     assert told(world) == {0: "blue", 1: "red"}
     await ready(world, 1)
     assert told(world) == {1: "red"}
+
+
+async def test_a_restarted_controller_continues_the_rollout_where_it_was(world: World) -> None:
+    await world.nodes("n1")
+    await world.store.create(app_doc(replicas=2, env={"COLOR": "blue"}))
+    await world.settle()
+    await ready(world, 0, 1)
+    await world.change(KEY, color("red"))
+    assert told(world) == {0: "blue", 1: "blue", 2: "red"}
+
+    # A new controller (the control plane restarted): it reads the revisions back from
+    # the status and sends the same thing; no replica is added or restarted twice.
+    world.ctl = world.controller()
+    await world.ctl.resync()
+    await world.settle()
+    assert told(world) == {0: "blue", 1: "blue", 2: "red"}
+    await ready(world, 2)
+    await ready(world, 3)
+    assert told(world) == {2: "red", 3: "red"}
+    assert (await world.status())["rollout"]["phase"] == "Complete"
+
+
+async def test_a_node_lost_mid_rollout_has_its_replicas_replaced_and_the_rollout_ends(
+    world: World,
+) -> None:
+    await world.nodes("n1", "n2")
+    await world.store.create(app_doc(replicas=2, env={"COLOR": "blue"}))
+    await world.settle()
+    homes = {r["index"]: r["node"] for r in (await world.status())["replicas"]}
+    for index, node in homes.items():
+        report = ReplicaStatusReport(node=node, replica=running("api", index, ready=True))
+        await world.ctl.on_replica_status(report)
+    await world.settle()
+    await world.change(KEY, color("red"))
+    status = await world.status()
+    new = [r for r in status["replicas"] if r["index"] == 2]
+    assert len(new) == 1 and new[0]["node"] is not None
+
+    # The new replica's node is lost; past the grace period its replicas move to the other.
+    lost = new[0]["node"]
+    other = "n2" if lost == "n1" else "n1"
+    await world.later(45, other)
+    status = await world.status()
+    assert all(r["node"] == other for r in status["replicas"])
+    # Every replica there reports ready in turn, until the rollout is over.
+    for _ in range(6):
+        status = await world.status()
+        if status["rollout"]["phase"] == "Complete":
+            break
+        for r in status["replicas"]:
+            report = ReplicaStatusReport(node=other, replica=running("api", r["index"], ready=True))
+            await world.ctl.on_replica_status(report)
+        await world.settle()
+    status = await world.status()
+    assert status["rollout"]["phase"] == "Complete", status["rollout"]
+    assert len(status["replicas"]) == 2
+    assert {r["revision"] for r in status["replicas"]} == {status["revisions"][-1]["hash"]}
