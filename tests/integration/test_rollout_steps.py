@@ -206,3 +206,18 @@ async def test_a_node_lost_mid_rollout_has_its_replicas_replaced_and_the_rollout
     assert status["rollout"]["phase"] == "Complete", status["rollout"]
     assert len(status["replicas"]) == 2
     assert {r["revision"] for r in status["replicas"]} == {status["revisions"][-1]["hash"]}
+
+
+async def test_an_app_whose_secret_comes_later_starts_without_a_rollout(world: World) -> None:
+    await world.nodes("n1")
+    await world.store.create(app_doc(replicas=2, envFrom=[{"secret": "db"}]))
+    await world.settle()
+    assert (await world.status())["phase"] == "Failed"
+    secret = {"kind": "Secret", "metadata": {"name": "db", "team": "acme", "environment": "dev"},
+              "stringData": {"COLOR": "green"}}  # fmt: skip
+    await world.store.create(validate(secret))
+    await world.settle()
+    assert told(world) == {0: "green", 1: "green"}
+    status = await world.status()
+    assert [e["revision"] for e in status["revisions"]] == [1]
+    assert {r["revision"] for r in status["replicas"]} == {status["revisions"][0]["hash"]}

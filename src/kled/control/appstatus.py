@@ -153,9 +153,9 @@ def replica_entries(
         entry = _entry(placement.index, placement.node)
         old = before.get(placement.index)
         revision = (revisions or {}).get(placement.index)
-        if revision is not None:
+        if revision:
             entry["revision"] = revision
-        elif old is not None and old.get("revision"):
+        elif revision is None and old is not None and old.get("revision"):
             entry["revision"] = old["revision"]
         if (
             old is not None

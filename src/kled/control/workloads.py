@@ -545,12 +545,16 @@ class WorkloadController:
         ready = {
             int(e["index"]) for e in status.get("replicas") or [] if "index" in e and is_ready(e)
         }
-        current = [rollout.Replica(i, held.get(i, target), i in ready) for i in sorted(held)]
+        # No revision: written before rollouts, or while the app could not be resolved;
+        # such a replica runs (or will run) the spec as it is.
+        current = [rollout.Replica(i, held.get(i) or target, i in ready) for i in sorted(held)]
         if resolved is None:
-            # A reference that does not resolve: the app is shown Failed (``desired``);
-            # nothing rolls until it resolves.
-            self._revisions[ref] = rollout.plan(wanted, target, current, rollout.Strategy(),
-                                                hold=True)  # fmt: skip
+            # A reference that does not resolve: the app is shown Failed (``desired``) and
+            # nothing of it is sent; its replicas get the revision it will have once the
+            # reference resolves.
+            blank = [rollout.Replica(r.index, "", r.ready) for r in current]
+            self._revisions[ref] = rollout.plan(wanted, "", blank, rollout.Strategy())
+            self._targets.pop(ref, None)
             self._rolling.discard(ref)
             return {}
         history, number = rollout.record(
