@@ -8,7 +8,9 @@ Playwright) into the console, and measures:
   environment of ``--apps`` apps;
 - bytes transferred for that first load (the document and its static files);
 - the time from an API write (an app scaled, as ``kled app scale`` does it) to the
-  change shown in the open environment page, p50/p99 over ``--changes`` writes.
+  change shown in the open environment page, p50/p99 over ``--changes`` writes;
+- paint and interactive for the mesh page of a team of ``--peers`` devices (grouped per
+  owner beyond 40), and the bytes of that drawing.
 
 ``--screenshots DIR`` also saves every page in light and dark (docs/ui/).
 Prints one JSON document on stdout. ``python bench/ui.py [--apps 200] [--changes 50]``
@@ -64,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--apps", type=int, default=200)
     parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument("--peers", type=int, default=100)
     parser.add_argument("--screenshots", type=Path, default=None)
     args = parser.parse_args()
 
@@ -95,6 +98,15 @@ def run(server: Any, args: argparse.Namespace, sync_playwright: Any) -> dict[str
             f"{envs}/dev/apps",
             json={"metadata": {"name": "web"}, "spec": {"command": ["sleep", "60"]}},
         ).raise_for_status()
+        for i in range(args.peers):
+            admin.post(
+                "/api/v1/teams/acme/devices",
+                json={"metadata": {"name": f"laptop{i}"}, "spec": {"owner": f"dev{i % 12}"}},
+            ).raise_for_status()
+        admin.post(
+            "/api/v1/teams/acme/workspaces",
+            json={"metadata": {"name": "box"}, "spec": {"image": "localhost/box:1"}},
+        ).raise_for_status()
         admin.post(
             "/api/v1/teams/acme/users",
             json={"metadata": {"name": "olga"}, "spec": {"role": "owner"}},
@@ -104,7 +116,7 @@ def run(server: Any, args: argparse.Namespace, sync_playwright: Any) -> dict[str
             json={"metadata": {"name": "olga"}, "spec": {"user": "olga"}},
         ).json()["token"]
     base = f"{server.url}/ui/teams/acme"
-    out: dict[str, Any] = {"apps": args.apps, "changes": args.changes}
+    out: dict[str, Any] = {"apps": args.apps, "changes": args.changes, "peers": args.peers}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
         page = browser.new_page()
@@ -114,6 +126,7 @@ def run(server: Any, args: argparse.Namespace, sync_playwright: Any) -> dict[str
         page.wait_for_url("**/ui/teams/**")
         out["overview"] = paint(page, base)
         out["environment"] = paint(page, f"{base}/envs/big")
+        out["mesh"] = paint(page, f"{base}/mesh")
         out["changeVisibleMs"] = change_visible(page, server, base, args.changes)
         if args.screenshots is not None:
             screenshots(browser, server, token, base, args.screenshots)
@@ -143,6 +156,8 @@ def change_visible(page: Any, server: Any, base: str, changes: int) -> dict[str,
 
 def screenshots(browser: Any, server: Any, token: str, base: str, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    with server.client() as admin:  # an app in a dev session, for its page
+        admin.post("/api/v1/teams/acme/environments/dev/apps/web/dev").raise_for_status()
     pages = {
         "overview": "",
         "environment": "/envs/dev",
@@ -152,6 +167,10 @@ def screenshots(browser: Any, server: Any, token: str, base: str, folder: Path) 
         "devices": "/devices",
         "intercepts": "/intercepts",
         "policies": "/policies",
+        "mesh-grouped": "/mesh",
+        "workspaces": "/workspaces",
+        "dev-sessions": "/dev",
+        "edit": "/edit/apps/web?env=dev",
     }
     for scheme in ("light", "dark"):
         context = browser.new_context(color_scheme=scheme, viewport={"width": 1200, "height": 800})
@@ -164,6 +183,12 @@ def screenshots(browser: Any, server: Any, token: str, base: str, folder: Path) 
         for name, path in pages.items():
             page.goto(base + path)
             page.screenshot(path=str(folder / f"{name}-{scheme}.png"))
+        # an edit refused: the error names the field, its line is highlighted
+        page.get_by_label("app/web (YAML)").fill(
+            page.get_by_label("app/web (YAML)").input_value().replace("replicas: ", "replicas: -")
+        )
+        page.get_by_role("button", name="Save").click()
+        page.screenshot(path=str(folder / f"edit-refused-{scheme}.png"))
         context.close()
 
 

@@ -28,6 +28,8 @@ __all__ = ["browser", "page"]  # fixtures
 
 pytestmark = [pytest.mark.slow]
 
+#: ``KLED_CONSOLE_SHOTS=docs/ui`` also saves the logs views in light and dark (docs/console.md)
+SHOTS = os.environ.get("KLED_CONSOLE_SHOTS")
 TEAM = f"conlogs-{random.randint(10**5, 10**6)}"
 MARK = f"conlogs{random.randint(10**6, 10**7)}"  # in every replica's command line
 TICKS = (
@@ -183,6 +185,25 @@ def test_the_logs_views_have_no_serious_accessibility_violations(
     page.goto(f"{hosts.url}/ui/teams/{TEAM}/mesh")
     found["mesh"] = axe(page)
     assert {k: v for k, v in found.items() if v} == {}
+    if SHOTS:
+        _screenshots(page.context.browser, hosts, owner, Path(SHOTS))
+
+
+def _screenshots(browser: Any, hosts: Hosts, owner: str, folder: Path) -> None:
+    for scheme in ("light", "dark"):
+        context = browser.new_context(color_scheme=scheme, viewport={"width": 1200, "height": 800})
+        try:
+            shot = context.new_page()
+            sign_in(shot, hosts, owner)
+            shot.goto(f"{hosts.url}/ui/teams/{TEAM}/envs/dev/apps/ticker")
+            shot.locator("#log-lines").get_by_text("tick 5", exact=True).wait_for(timeout=30_000)
+            shot.get_by_label("Search the lines").fill("tick")
+            shot.locator("#app-logs").scroll_into_view_if_needed()
+            shot.screenshot(path=str(folder / f"logs-live-{scheme}.png"))
+            shot.goto(f"{hosts.url}/ui/teams/{TEAM}/envs/dev/apps/ticker/logs")
+            shot.screenshot(path=str(folder / f"logs-page-{scheme}.png"))
+        finally:
+            context.close()
 
 
 def test_the_mesh_page_draws_nodes_devices_and_apps_live(
