@@ -169,3 +169,24 @@ def test_exec_into_a_container_replica_and_its_command_ends_with_the_client(
         hosts.cli("delete", "app", "ctr", "-e", "dev")
         podman("rm", "-f", "-t", "0", f"kled-{TEAM}.dev.ctr.0")
         eventually(lambda: podman("rmi", "-f", image).returncode == 0, "image removed", 30)
+
+
+def test_exec_ends_with_its_command_while_stdin_stays_open(hosts: Hosts) -> None:
+    import subprocess
+
+    from cli.clikit import KLED
+
+    # a terminal's stdin never reaches EOF: kled exec must not wait for one
+    proc = subprocess.Popen(
+        [str(KLED), "exec", "box", "--", "sh", "-c", "exit 5"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=hosts.cli.env,
+    )
+    try:
+        assert proc.wait(60) == 5
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdin is not None
+        proc.stdin.close()

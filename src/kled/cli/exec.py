@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -40,12 +41,28 @@ async def _copy_out(reader: asyncio.StreamReader, fd: int) -> None:
 
 
 async def _copy_in(stream: ExecStream) -> None:
-    while True:
-        chunk = await asyncio.to_thread(os.read, 0, 65536)
-        if not chunk:
-            await stream.close_stdin()
-            return
+    # A daemon thread of its own, not the loop's executor: a read of a terminal blocks
+    # until a key is pressed, and asyncio.run would wait for it after the command ended.
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(0, 65536)
+            except OSError:
+                chunk = b""
+            try:
+                asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop).result()
+            except RuntimeError:  # the loop is gone: the command ended first
+                return
+            if not chunk:
+                return
+
+    threading.Thread(target=read, name="kled-exec-stdin", daemon=True).start()
+    while chunk := await chunks.get():
         await stream.write(chunk)
+    await stream.close_stdin()
 
 
 async def run_exec(
