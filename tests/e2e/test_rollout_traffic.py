@@ -11,7 +11,9 @@ gateway's DNAT the whole time. Checked, as a user would see it:
 - an update whose replicas never get ready stalls with ProgressDeadlineExceeded in the
   status and an event, the old replicas serving every request, and ``kled rollout undo``
   brings the app back to a complete rollout of the good revision;
-- ``Recreate`` replaces every replica in place (requests may fail then: not counted).
+- ``Recreate`` replaces every replica in place (requests may fail then: not counted);
+- an agent killed and started again in the middle of a rollout: the rollout completes with
+  exactly 3 replica processes, all of the new revision.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from agentlab import IDLE_CMD, MARKER_VAR, Mesh, eventually, lab_mesh, laptop_kled
 
@@ -224,3 +227,49 @@ def _scenario(mesh: Mesh, state: Path, root: Path) -> None:
     eventually(recreated, "revision 5 recreated")
     assert sorted(r["index"] for r in rollout(mesh)["replicas"]) == indexes
     eventually(lambda: names() == {"v3"}, "v3 answering")
+
+
+def test_an_agent_restarted_mid_rollout_finishes_it_without_extra_replicas(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    state = tmp_path / "web-state"
+    state.mkdir()
+    mesh.start_agent(1)
+    mesh.team("a", "100.97.0.0/16")
+    mesh.app("a", "web", web(state, "v1"))
+    try:
+        eventually(lambda: rollout(mesh).get("readyReplicas") == 3, "3 replicas ready")
+        (state / "unready-all").touch()  # v2's replicas will not get ready until told
+        change(mesh, command(state, "v2"))
+
+        def started() -> bool:
+            roll = rollout(mesh).get("rollout") or {}
+            return roll.get("revision") == 2 and roll.get("updatedReplicas") == 1
+
+        eventually(started, "the first new replica placed")
+        mesh.kill_agent("node1")  # replicas outlive their agent by design
+        (state / "unready-all").unlink()
+        mesh.start_agent(1)
+
+        def done() -> bool:
+            roll = rollout(mesh).get("rollout") or {}
+            return roll.get("revision") == 2 and roll.get("phase") == "Complete"
+
+        eventually(done, "revision 2 rolled out after the agent restart")
+
+        def processes() -> list[str]:
+            names = []
+            for p in mesh.replicas():
+                try:
+                    cmdline = p.cmdline()
+                except psutil.NoSuchProcess:
+                    continue  # an old one ending just now
+                if str(APP) in cmdline:
+                    names.append(cmdline[cmdline.index(str(APP)) + 1])
+            return names if len(names) == 3 else []
+
+        assert sorted(eventually(processes, "3 replica processes")) == ["v2", "v2", "v2"]
+        assert len(rollout(mesh)["replicas"]) == 3
+    except BaseException:
+        print(mesh.dump_logs())
+        raise
