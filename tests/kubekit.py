@@ -35,6 +35,12 @@ class Kubectl:
     binary: Path
     kubeconfig: Path
     home: Path
+    #: a lab host (network namespace) to run kubectl in
+    netns: str | None = None
+
+    def argv(self, args: tuple[str, ...]) -> list[str]:
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return [*inside, str(self.binary), *args]
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
@@ -45,7 +51,7 @@ class Kubectl:
         self, *args: str, stdin: str | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [str(self.binary), *args],
+            self.argv(args),
             input=stdin,
             capture_output=True,
             text=True,
@@ -61,7 +67,7 @@ class Kubectl:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [str(self.binary), *args],
+            self.argv(args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

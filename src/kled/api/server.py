@@ -193,11 +193,16 @@ class ControlPlane:
         while not self.server.started and not task.done():
             await asyncio.sleep(0.02)
         await self.kube.start(app)
+        from kled.kube.mirror import WorkloadMirror
+
+        self.kube_mirror = WorkloadMirror(self.service)  # Deployments' Pods from their Apps
+        await self.kube_mirror.start()
         if on_ready is not None and self.server.started:
             on_ready()
         await task
         self.kube.stop()
         await self.kube.wait()
+        await self.kube_mirror.stop()
 
     def stop(self) -> None:
         if self.server is not None:

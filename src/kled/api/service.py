@@ -514,6 +514,9 @@ class Service:
             for held in await ipam.list(key.team):
                 if held.owner_kind == "KubeService" and held.owner_name.startswith(f"{key.name}/"):
                     await ipam.release(key.team, held.owner_kind, held.owner_name)
+            for env in (await self.store.list("Environment", key.team)).items:
+                if (env["metadata"].get("labels") or {}).get("kled.io/cluster") == key.name:
+                    await self.delete(ADMIN, Key.of(env))  # the apps its Deployments ran
         elif key.kind == "Team":
             await self.credentials.revoke_team(key.name)
             for info_kind in (

@@ -27,7 +27,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from kled.admission.request import AdmissionRequest, Operation, UserInfo
 from kled.api.service import Service
 from kled.errors import Conflict, KledError, NotFound
-from kled.kube import access, discovery, lifecycle, patching, selection, tables, validation
+from kled.kube import (
+    access,
+    discovery,
+    lifecycle,
+    mirror,
+    patching,
+    selection,
+    tables,
+    validation,
+    workloads,
+)
 from kled.kube.objects import WRAPPER, ClusterObjects, unwrap
 from kled.kube.served import GROUPS, Served, by_path, in_group_version
 from kled.kube.status import KubeError, bad_request, from_kled, invalid, not_found, status_body
@@ -417,6 +427,7 @@ async def _create(call: Call, target: Target) -> Response:
     obj = _prepare(call, target, await _body(call))
     name = obj["metadata"]["name"]
     await _require_namespace(call, served, obj["metadata"].get("namespace"))
+    _check_runnable(call, served, obj)
     lifecycle.before_create(served, obj)
     obj = await _admit(call, served, Operation.CREATE, obj, None) or obj
     existing = await call.objects.find(served, obj["metadata"].get("namespace", ""), name)
@@ -434,7 +445,32 @@ async def _create(call: Call, target: Target) -> Response:
         ) from None
     if not call.dry_run:
         await lifecycle.after_create(call.objects, served, created)
+        await _run(call, served, created)
     return _json(created, 201)
+
+
+async def _run(call: Call, served: Served, obj: dict[str, Any], *, gone: bool = False) -> None:
+    """What runs follows what was written: a Deployment's App, a namespace's environment."""
+    meta = obj["metadata"]
+    if served.kind == "Deployment":
+        await mirror.sync_deployment(call.svc, call.objects, meta["namespace"], meta["name"])
+    elif served.kind == "Namespace" and gone:
+        await mirror.delete_namespace_apps(call.svc, call.objects, meta["name"])
+
+
+def _check_runnable(call: Call, served: Served, obj: dict[str, Any]) -> None:
+    if served.kind != "Deployment":
+        return
+    workloads.check_runnable(obj)
+    env = workloads.environment_name(call.cluster, obj["metadata"].get("namespace", ""))
+    name = workloads.app_name(obj["metadata"]["name"])
+    if len(env) > 63 or len(name) > 63:
+        raise invalid(
+            "Deployment",
+            obj["metadata"]["name"],
+            [("metadata.name", "cluster, namespace and name must each fit a DNS label to run")],
+            "apps",
+        )
 
 
 def _exists_message(served: Served, name: str) -> str:
@@ -461,11 +497,15 @@ async def _write(
             served, target.namespace or "", target.name, status, expected_version=expected
         )
     lifecycle.keep_immutable(served, current, obj)
+    _check_runnable(call, served, obj)
     obj = await _admit(call, served, Operation.UPDATE, obj, current) or obj
     try:
-        return await call.objects.update(
+        written = await call.objects.update(
             served, obj, expected_version=expected, dry_run=call.dry_run
         )
+        if not call.dry_run:
+            await _run(call, served, written)
+        return written
     except NotFound:
         raise not_found(served.plural, target.name, served.group) from None
     except KledError as e:
@@ -533,9 +573,11 @@ async def _apply(call: Call, target: Target, patch: Any) -> Response:
         obj = await _admit(call, served, Operation.CREATE, obj, None) or obj
         if served.kind == "Service":
             await lifecycle.assign_cluster_ip(call.objects, obj, dry_run=call.dry_run)
+        _check_runnable(call, served, obj)
         created = await call.objects.create(served, obj, dry_run=call.dry_run)
         if not call.dry_run:
             await lifecycle.after_create(call.objects, served, created)
+            await _run(call, served, created)
         return _json(created, 201)
     base = {k: v for k, v in current.items() if k != "status"}
     obj = _prepare(call, target, patching.strategic_merge(base, patch))
@@ -555,6 +597,7 @@ async def _delete(call: Call, target: Target) -> Response:
         raise not_found(served.plural, target.name, served.group) from None
     if not call.dry_run:
         await lifecycle.after_delete(call.objects, served, gone)
+        await _run(call, served, gone, gone=True)
     return _json(gone)
 
 
@@ -578,6 +621,7 @@ async def _delete_collection(call: Call, target: Target) -> Response:
             )
             if not call.dry_run:
                 await lifecycle.after_delete(call.objects, served, obj)
+                await _run(call, served, obj, gone=True)
     return _json(_list_body(served, gone, revision))
 
 
@@ -670,9 +714,13 @@ async def _issue_token(call: Call) -> Response:
     listener = getattr(call.request.app.state, "kube", None)
     answer: dict[str, Any] = {"user": user, "role": role, "token": token, "name": name}
     if listener is not None:
-        host = call.request.url.hostname or "127.0.0.1"
-        if host in ("localhost", "", "kled") or call.request.url.scheme not in ("http", "https"):
-            host = "127.0.0.1"
+        # the listener's own address when it has one (its certificate names it); else the
+        # name the client used, or loopback for a client on the Unix socket
+        host = listener.host
+        if host in ("0.0.0.0", "::", ""):
+            host = call.request.url.hostname or "127.0.0.1"
+            if call.request.scope.get("client") is None or host in ("kled", "localhost"):
+                host = "127.0.0.1"
         shown = f"[{host}]" if ":" in host else host
         answer["server"] = f"https://{shown}:{listener.port}{call.prefix}"
         answer["certificateAuthorityData"] = base64.b64encode(listener.ca_pem).decode()

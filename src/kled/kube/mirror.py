@@ -1,0 +1,178 @@
+"""The async shell of ``workloads``: Deployments written as Apps, Apps read back as Pods.
+
+``sync_deployment`` runs after each write of a Deployment (and after its deletion): it
+makes the cluster's environment for the namespace and applies the App, through the service
+layer as the system, so scheduling, IPAM and the agents do the rest. ``WorkloadMirror``
+follows the store's event log for Apps a cluster owns (by label) and keeps the cluster's
+Pods and each Deployment's ``status`` equal to what the App's status says, so that
+``kubectl get pods -w`` and ``kubectl wait`` see replicas start, become ready and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from kled.api.service import ADMIN, Service
+from kled.errors import Conflict, KledError, NotFound
+from kled.kube import workloads
+from kled.kube.objects import ClusterObjects
+from kled.kube.served import by_kind
+from kled.store.objects import Key
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT = by_kind("apps/v1", "Deployment")
+POD = by_kind("v1", "Pod")
+CONFIG_MAP = by_kind("v1", "ConfigMap")
+SECRET = by_kind("v1", "Secret")
+RESYNC_SECONDS = 30.0
+
+
+async def _lookup_table(objects: ClusterObjects, namespace: str) -> workloads.Lookup:
+    assert CONFIG_MAP is not None and SECRET is not None
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for served in (CONFIG_MAP, SECRET):
+        items, _ = await objects.list(served, namespace)
+        for item in items:
+            found[(served.kind, item["metadata"]["name"])] = item
+
+    def lookup(kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        return found.get((kind, name)) if ns == namespace else None
+
+    return lookup
+
+
+async def sync_deployment(svc: Service, objects: ClusterObjects, namespace: str, name: str) -> None:
+    """Make the App of Deployment ``namespace/name`` match it (or go, with it)."""
+    assert DEPLOYMENT is not None
+    env = workloads.environment_name(objects.cluster, namespace)
+    key = Key("App", objects.team, env, workloads.app_name(name))
+    deployment = await objects.find(DEPLOYMENT, namespace, name)
+    if deployment is None:
+        with contextlib.suppress(NotFound):
+            await svc.delete(ADMIN, key)
+        await mirror_pods(objects, namespace, name, None)
+        return
+    if await svc.store.find(Key("Environment", objects.team, "", env)) is None:
+        doc = {
+            "apiVersion": "kled.io/v1",
+            "kind": "Environment",
+            "metadata": {
+                "name": env,
+                "team": objects.team,
+                "labels": {
+                    workloads.CLUSTER_LABEL: objects.cluster,
+                    workloads.NAMESPACE_LABEL: namespace,
+                },
+            },
+            "spec": {},
+        }
+        with contextlib.suppress(Conflict):
+            await svc.create(ADMIN, doc)
+    lookup = await _lookup_table(objects, namespace)
+    await svc.apply(ADMIN, workloads.app_doc(objects.team, objects.cluster, deployment, lookup))
+
+
+async def delete_namespace_apps(svc: Service, objects: ClusterObjects, namespace: str) -> None:
+    env = workloads.environment_name(objects.cluster, namespace)
+    with contextlib.suppress(NotFound):
+        await svc.delete(ADMIN, Key("Environment", objects.team, "", env))
+
+
+async def mirror_pods(
+    objects: ClusterObjects, namespace: str, name: str, app: dict[str, Any] | None
+) -> None:
+    """The Pods and status of Deployment ``namespace/name`` from its App's status."""
+    assert DEPLOYMENT is not None and POD is not None
+    deployment = await objects.find(DEPLOYMENT, namespace, name)
+    wanted = workloads.pods(deployment, app) if deployment and app else []
+    by_name = {p["metadata"]["name"]: p for p in wanted}
+    current, _ = await objects.list(POD, namespace)
+    for pod in current:
+        owners = pod["metadata"].get("ownerReferences") or []
+        if not any(o.get("kind") == "Deployment" and o.get("name") == name for o in owners):
+            continue
+        if pod["metadata"]["name"] not in by_name:
+            with contextlib.suppress(NotFound):
+                await objects.delete(POD, namespace, pod["metadata"]["name"])
+    for pod_name, pod in by_name.items():
+        existing = await objects.find(POD, namespace, pod_name)
+        if existing is None:
+            with contextlib.suppress(Conflict):
+                await objects.create(POD, pod)
+            continue
+        if existing.get("spec") != pod["spec"]:  # placed on a node since
+            with contextlib.suppress(NotFound, Conflict):
+                await objects.update(POD, {**pod, "metadata": {**existing["metadata"]}})
+        if existing.get("status") != pod["status"]:
+            with contextlib.suppress(NotFound):
+                await objects.update_status(POD, namespace, pod_name, pod["status"])
+    if deployment is not None:
+        status = workloads.deployment_status(deployment, app)
+        if deployment.get("status") != status:
+            with contextlib.suppress(NotFound):
+                await objects.update_status(DEPLOYMENT, namespace, name, status)
+
+
+class WorkloadMirror:
+    """Follows the event log; each change to a cluster-owned App refreshes its Pods."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kube-workload-mirror")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        store = self.svc.store
+        last = await store.revision()
+        await self._resync()
+        while True:
+            try:
+                batch = await store.events_after(last)
+                for event in batch:
+                    last = event.seq
+                    labels = event.object.get("metadata", {}).get("labels") or {}
+                    if event.kind == "App" and workloads.CLUSTER_LABEL in labels:
+                        app = None if event.type == "DELETED" else event.object
+                        await self._mirror(event.team, labels, app)
+                if len(batch) < 500:
+                    await store.wait_for_change(RESYNC_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except KledError as e:  # a compacted log, a store hiccup: read everything again
+                log.warning("kube mirror: %s; resyncing", e)
+                last = await store.revision()
+                await self._resync()
+                await asyncio.sleep(1)
+
+    async def _resync(self) -> None:
+        page = await self.svc.store.list("App")
+        for app in page.items:
+            labels = app["metadata"].get("labels") or {}
+            if workloads.CLUSTER_LABEL in labels:
+                await self._mirror(app["metadata"].get("team") or "", labels, app)
+
+    async def _mirror(self, team: str, labels: dict[str, str], app: dict[str, Any] | None) -> None:
+        objects = ClusterObjects(self.svc.store, team, labels[workloads.CLUSTER_LABEL])
+        try:
+            await mirror_pods(
+                objects,
+                labels.get(workloads.NAMESPACE_LABEL, "default"),
+                labels.get(workloads.DEPLOYMENT_LABEL, ""),
+                app,
+            )
+        except KledError as e:
+            log.warning(
+                "kube mirror: app/%s/%s: %s", team, labels.get(workloads.DEPLOYMENT_LABEL), e
+            )

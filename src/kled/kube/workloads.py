@@ -1,0 +1,263 @@
+"""Deployments run as Kled Apps; Pods and a Deployment's status are views of the App.
+
+A Kled Cluster has no scheduler of its own: a Deployment becomes an App (image, command,
+args, env, ports, replicas, resources, probes) in an environment owned by the cluster —
+``<cluster>-<namespace>`` — and Kled's scheduler, agents and runtimes run it like any
+other app. What the agents report in the App's ``status.replicas`` comes back as one Pod
+per replica and as the Deployment's ``status``. Pure functions of documents; the async
+shell is ``kled.kube.mirror``.
+
+The runtime is ``container`` (the pod's image, run by podman); the annotation
+``kled.io/runtime: process`` runs the container's command as a process instead (no image
+needed), as a process App does. One container per pod is run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from kled.kube.status import KubeError, invalid
+
+CLUSTER_LABEL = "kled.io/cluster"
+NAMESPACE_LABEL = "kled.io/namespace"
+DEPLOYMENT_LABEL = "kled.io/deployment"
+RUNTIME_ANNOTATION = "kled.io/runtime"
+
+#: (kind, namespace, name) → the object, or None
+Lookup = Callable[[str, str, str], dict[str, Any] | None]
+
+
+def environment_name(cluster: str, namespace: str) -> str:
+    return f"{cluster}-{namespace}"
+
+
+def app_name(deployment: str) -> str:
+    return deployment.replace(".", "-")
+
+
+def _env(container: dict[str, Any], namespace: str, lookup: Lookup, at: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for index, item in enumerate(container.get("env") or []):
+        name = str(item.get("name", ""))
+        if "value" in item or "valueFrom" not in item:
+            env[name] = str(item.get("value", ""))
+            continue
+        source = item["valueFrom"] or {}
+        for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+            ref = source.get(key)
+            if ref is None:
+                continue
+            obj = lookup(kind, namespace, str(ref.get("name", "")))
+            data = (obj or {}).get("data") or {}
+            if ref.get("key") not in data:
+                if ref.get("optional"):
+                    break
+                raise invalid(
+                    "Deployment",
+                    "",
+                    [(f"{at}.env[{index}].valueFrom", f"{kind} key {ref.get('key')!r} not found")],
+                    "apps",
+                )
+            value = data[ref["key"]]
+            env[name] = base64.b64decode(value).decode() if kind == "Secret" else str(value)
+            break
+    return env
+
+
+def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup) -> dict[str, Any]:
+    """The App that runs ``deployment``; ``Invalid`` for what Kled cannot run."""
+    meta = deployment["metadata"]
+    namespace = str(meta.get("namespace") or "default")
+    template = deployment["spec"]["template"]
+    containers = template["spec"]["containers"]
+    at = "spec.template.spec.containers"
+    if len(containers) != 1:
+        raise invalid("Deployment", meta["name"], [(at, "one container per pod is run")], "apps")
+    container = containers[0]
+    runtime = (meta.get("annotations") or {}).get(RUNTIME_ANNOTATION, "container")
+    if runtime not in ("container", "process"):
+        raise invalid(
+            "Deployment",
+            meta["name"],
+            [(f"metadata.annotations[{RUNTIME_ANNOTATION}]", "must be container or process")],
+            "apps",
+        )
+    spec: dict[str, Any] = {
+        "runtime": runtime,
+        "replicas": int(deployment["spec"].get("replicas", 1)),
+        "command": list(container.get("command") or []),
+        "args": list(container.get("args") or []),
+        "env": _env(container, namespace, lookup, f"{at}[0]"),
+        "ports": [
+            {
+                "port": p["containerPort"],
+                "targetPort": p["containerPort"],
+                "protocol": p.get("protocol", "TCP"),
+            }
+            | ({"name": p["name"]} if p.get("name") else {})
+            for p in container.get("ports") or []
+        ],
+    }
+    if runtime == "container":
+        spec["image"] = container["image"]
+    if container.get("workingDir"):
+        spec["workingDir"] = container["workingDir"]
+    limits = (container.get("resources") or {}).get("limits") or {}
+    requests = (container.get("resources") or {}).get("requests") or {}
+    wanted = {k: (limits.get(k) or requests.get(k)) for k in ("cpu", "memory")}
+    if any(wanted.values()):
+        spec["resources"] = {k: v for k, v in wanted.items() if v}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if container.get(probe):
+            spec[probe] = {
+                k: v
+                for k, v in container[probe].items()
+                if k in ("httpGet", "tcpSocket", "exec", "initialDelaySeconds", "periodSeconds",
+                         "timeoutSeconds", "failureThreshold", "successThreshold")
+            }  # fmt: skip
+    grace = template["spec"].get("terminationGracePeriodSeconds")
+    if grace is not None:
+        spec["terminationGracePeriodSeconds"] = grace
+    return {
+        "apiVersion": "kled.io/v1",
+        "kind": "App",
+        "metadata": {
+            "name": app_name(meta["name"]),
+            "team": team,
+            "environment": environment_name(cluster, namespace),
+            "labels": {
+                CLUSTER_LABEL: cluster,
+                NAMESPACE_LABEL: namespace,
+                DEPLOYMENT_LABEL: app_name(meta["name"]),
+            },
+        },
+        "spec": spec,
+    }
+
+
+def template_hash(deployment: dict[str, Any]) -> str:
+    text = json.dumps(deployment["spec"]["template"], sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return "".join(c for c in digest if c in "bcdfghjklmnpqrstvwxz2456789")[:10].ljust(10, "b")
+
+
+def pod_name(deployment: str, revision_hash: str, index: int) -> str:
+    return f"{deployment}-{revision_hash}-{index}"
+
+
+def _phase(entry: dict[str, Any]) -> str:
+    state = entry.get("state")
+    if state == "Running":
+        return "Running"
+    if state in ("Failed", "Exited"):
+        return "Failed"
+    if state == "Succeeded":
+        return "Succeeded"
+    return "Pending"
+
+
+def pods(deployment: dict[str, Any], app: dict[str, Any]) -> list[dict[str, Any]]:
+    """One Pod per replica the App's status lists, named and labelled as a Deployment's."""
+    meta = deployment["metadata"]
+    template = deployment["spec"]["template"]
+    revision = template_hash(deployment)
+    container = template["spec"]["containers"][0]
+    out = []
+    for entry in (app.get("status") or {}).get("replicas") or []:
+        ready = entry.get("state") == "Running" and entry.get("ready") is not False
+        index = int(entry.get("index", 0))
+        state: dict[str, Any] = (
+            {"running": {"startedAt": entry.get("startedAt")}}
+            if entry.get("state") == "Running"
+            else {"waiting": {"reason": entry.get("reason") or "ContainerCreating"}}
+        )
+        status: dict[str, Any] = {
+            "phase": _phase(entry),
+            "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False"},
+                {"type": "ContainersReady", "status": "True" if ready else "False"},
+                {"type": "PodScheduled", "status": "True" if entry.get("node") else "False"},
+            ],
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container.get("image", ""),
+                    "ready": ready,
+                    "started": entry.get("state") == "Running",
+                    "restartCount": int(entry.get("restarts", 0)),
+                    "state": state,
+                }
+            ],
+            "qosClass": "BestEffort",
+        }
+        if entry.get("podIP"):
+            status["podIP"] = entry["podIP"]
+            status["podIPs"] = [{"ip": entry["podIP"]}]
+        if entry.get("startedAt"):
+            status["startTime"] = entry["startedAt"]
+        spec = json.loads(json.dumps(template["spec"]))
+        if entry.get("node"):
+            spec["nodeName"] = entry["node"]
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name(meta["name"], revision, index),
+                    "namespace": meta.get("namespace", "default"),
+                    "labels": {
+                        **((template.get("metadata") or {}).get("labels") or {}),
+                        "pod-template-hash": revision,
+                    },
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "apps/v1",
+                            "kind": "Deployment",
+                            "name": meta["name"],
+                            "uid": meta.get("uid", ""),
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": spec,
+                "status": status,
+            }
+        )
+    return out
+
+
+def deployment_status(deployment: dict[str, Any], app: dict[str, Any] | None) -> dict[str, Any]:
+    wanted = int(deployment["spec"].get("replicas", 1))
+    replicas = ((app or {}).get("status") or {}).get("replicas") or []
+    ready = sum(1 for e in replicas if e.get("state") == "Running" and e.get("ready") is not False)
+    available = ready >= wanted
+    return {
+        "observedGeneration": int(deployment["metadata"].get("generation", 1)),
+        "replicas": len(replicas),
+        "updatedReplicas": len(replicas),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "unavailableReplicas": max(wanted - ready, 0),
+        "conditions": [
+            {
+                "type": "Available",
+                "status": "True" if available else "False",
+                "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+            },
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+        ],
+    }
+
+
+def check_runnable(deployment: dict[str, Any]) -> None:
+    """Refuse at admission what :func:`app_doc` could not run (so nothing is half-written)."""
+    try:
+        app_doc("t", "c", deployment, lambda kind, ns, name: {"data": {}})
+    except KubeError as e:
+        if "not found" in e.message:
+            return  # references are resolved when it runs
+        raise

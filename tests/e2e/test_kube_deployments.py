@@ -1,0 +1,113 @@
+"""A Kled Cluster's Deployment run by a real agent on a namespace host, seen with kubectl.
+
+The control plane runs inside a lab host (``agentlab``), one agent on another; kubectl runs
+in the server's host with the kubeconfig the cluster API issues. A 3-replica Deployment
+(process runtime, a readiness probe) becomes an App of the cluster's environment: the
+scheduler places it, the agent starts the replicas, and kubectl sees three Pods go Running
+and Ready with pod IPs and a node, ``kubectl wait`` sees the Deployment Available, a patch
+to 1 replica stops two of them, and ``kubectl delete -f`` stops the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentlab import MARKER_VAR, Mesh, eventually, lab_mesh
+
+from kled.cli.clusters import render
+from kubekit import Kubectl, kubectl_binary
+
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("netns")]
+
+
+def _manifest(marker: str) -> str:
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "annotations": {"kled.io/runtime": "process"}},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": "python:3",
+                            "command": [sys.executable, "-m", "http.server", "8080"],
+                            "env": [{"name": MARKER_VAR, "value": marker}],
+                            "ports": [{"containerPort": 8080}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/", "port": 8080},
+                                "periodSeconds": 1,
+                            },
+                        }
+                    ]
+                },
+            },
+        },
+    }
+    return json.dumps(deployment)
+
+
+def _pods(k: Kubectl) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(k.ok("get", "pods", "-o", "json"))["items"]
+    return items
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def test_a_deployment_runs_on_the_teams_node_and_kubectl_sees_its_pods(tmp_path: Path) -> None:
+    binary = kubectl_binary()
+    if binary is None:
+        pytest.skip("kubectl is not on the PATH")
+    with lab_mesh(tmp_path, 1, "kubetest") as mesh:
+        try:
+            _scenario(mesh, binary, tmp_path)
+        except BaseException:
+            print(mesh.dump_logs())
+            raise
+
+
+def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
+    mesh.start_agent(1)
+    mesh.team("a", "100.97.0.0/16")
+    mesh.api("POST", "/api/v1/teams/a/clusters", {"kind": "Cluster", "metadata": {"name": "c1"}})
+    answer = mesh.api("POST", "/k8s/a/c1/kled/token", {})
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        render(answer["server"], "a", "c1", answer["user"], answer["token"],
+               answer["certificateAuthorityData"])
+    )  # fmt: skip
+    k = Kubectl(binary, config, tmp_path / "home", netns=mesh.lab.host(2))
+    manifest = tmp_path / "web.json"
+    manifest.write_text(_manifest(mesh.marker))
+    assert "deployment.apps/web created" in k.ok("apply", "-f", str(manifest))
+
+    def three_ready() -> bool:
+        pods = _pods(k)
+        return len(pods) == 3 and all(_ready(p) for p in pods)
+
+    eventually(three_ready, "three Ready pods")
+    k.ok("wait", "--for=condition=Available", "deployment/web", "--timeout=60s")
+    pods = _pods(k)
+    assert {p["spec"]["nodeName"] for p in pods} == {"node1"}
+    assert all(p["status"]["podIP"].startswith("100.97.") for p in pods)
+    rows = k.ok("get", "pods").splitlines()[1:]
+    assert len(rows) == 3 and all(r.split()[1:3] == ["1/1", "Running"] for r in rows)
+    assert k.ok("get", "deploy", "web").splitlines()[1].split()[:2] == ["web", "3/3"]
+    assert len(mesh.replicas()) == 3
+
+    k.ok("patch", "deployment", "web", "--type=merge", "-p", '{"spec":{"replicas":1}}')
+    eventually(lambda: len(_pods(k)) == 1 and len(mesh.replicas()) == 1, "one replica left")
+
+    k.ok("delete", "-f", str(manifest))
+    eventually(lambda: not _pods(k) and not mesh.replicas(), "no pods and no replicas")
