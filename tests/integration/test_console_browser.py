@@ -226,7 +226,7 @@ def test_edit_in_place_highlights_the_field_at_fault(
     box.fill(yaml.safe_dump(labelled))
     page.get_by_role("button", name="Save").click()
     assert XSS_IMG in page.get_by_test_id("edit-error").inner_text()
-    assert page.locator("#edit-error img, [data-testid=edit-excerpt] img").count() == 0
+    assert page.locator("#edit-error img, [data-testid=yaml-excerpt] img").count() == 0
     # fixed, it is saved through admission and the app page says so
     box = page.get_by_label("app/web (YAML)")
     box.fill(text.replace("replicas: 1\n", "replicas: 3\n"))
@@ -311,3 +311,19 @@ def test_workspaces_and_dev_sessions_are_listed_live(
     page.reload()
     assert page.locator("tr[data-session]").count() == 0
     assert page.errors == []
+
+
+def test_apply_highlights_the_refused_field_in_the_paste(
+    page: Any, server: RunningServer, team: str
+) -> None:
+    sign_in(page, server, make_user(server, team, "olga", "owner"))
+    page.goto(f"{server.url}/ui/teams/{team}/apply?env=dev")
+    page.get_by_label("Resources (YAML)").fill(
+        "kind: Config\nmetadata: {name: settings}\ndata: {a: b}\n---\n"
+        "kind: App\nmetadata: {name: web}\nspec:\n  command: [sleep, '60']\n  replicas: -1\n"
+    )
+    page.get_by_role("button", name="Apply", exact=True).click()
+    error = page.get_by_test_id("apply-error").inner_text()
+    assert "spec.replicas" in error and "(line 9)" in error
+    assert page.get_by_test_id("fault-line").text_content() == "  replicas: -1"
+    assert page.get_by_test_id("apply-results").inner_text() == "config/settings created"

@@ -51,3 +51,11 @@ def test_text_that_is_not_yaml_has_no_line() -> None:
 def test_any_text_and_path_give_a_line_of_the_text_or_none(text: str, path: str) -> None:
     line = field_line(text, path)
     assert line is None or 1 <= line <= len(text.splitlines()) + 1
+
+
+def test_in_a_stream_the_failing_document_is_searched() -> None:
+    stream = "kind: Environment\nmetadata: {name: dev}\n---\n" + TEXT
+    assert field_line(stream, "spec.replicas", "App", "web") == 10
+    assert field_line(stream, "metadata.name", "Environment", "dev") == 2
+    assert field_line(stream, "spec.replicas", "App", "other") is None
+    assert field_line(stream, "spec.replicas") is None  # which one, without a kind and name?

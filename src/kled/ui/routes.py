@@ -42,6 +42,7 @@ from kled.ui.pages import (
     sessions,
     viewer,
 )
+from kled.ui.yamlpath import field_line
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 WRITE_TRIES = 20
@@ -403,10 +404,15 @@ async def apply(request: Request, team: str) -> Response:
     dry_run = fields.get("dryRun") == "on"
     results: list[str] = []
     error: KledError | None = None
+    failing: dict[str, Any] = {}
     svc = service(request)
     try:
-        docs = [views.place(d, team, env) for d in views.parse_documents(text)]
+        docs = views.parse_documents(text)
         for doc in docs:
+            failing = doc
+            views.place(doc, team, env)
+        for doc in docs:
+            failing = doc
             outcome = await svc.apply(v.user, doc, dry_run=dry_run)
             suffix = " (dry run)" if dry_run else ""
             results.append(f"{views.ref(doc)} {outcome.result}{suffix}")
@@ -426,7 +432,19 @@ async def apply(request: Request, team: str) -> Response:
         results=results,
         error=error,
         dry_run=dry_run,
+        line=_line_of(text, error, failing),
+        lines=text.splitlines(),
     )
+
+
+def _line_of(text: str, error: KledError | None, doc: dict[str, Any]) -> int | None:
+    """The line of the pasted text where the refused field of ``doc`` is written."""
+    if error is None or not error.field or not doc:
+        return None
+    name = (
+        (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+    )
+    return field_line(text, error.field, str(doc.get("kind")), str(name))
 
 
 # ---- acting on apps, devices, intercepts -----------------------------------------------------

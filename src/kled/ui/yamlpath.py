@@ -29,17 +29,57 @@ def path_parts(path: str) -> list[str | int]:
     return parts
 
 
-def field_line(text: str, path: str | None) -> int | None:
+def field_line(
+    text: str, path: str | None, kind: str | None = None, name: str | None = None
+) -> int | None:
     """The 1-based line of ``text`` where ``path`` (or its nearest written parent) is, or
-    None when the text is not one YAML mapping or the path names nothing in it."""
+    None when the path names nothing in it. In a stream of several documents, the one of
+    ``kind`` named ``name`` is searched (a lone document needs neither)."""
     if not path:
         return None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        found = [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if n is not None]
     except yaml.YAMLError:
         return None
+    if kind is None:
+        chosen = found[0] if len(found) == 1 else None
+    else:
+        chosen = next(
+            (
+                n
+                for n in found
+                if _scalar(n, ["kind"]) == kind and _scalar(n, ["metadata", "name"]) == name
+            ),
+            None,
+        )
+    return _walk(chosen, path_parts(path)) if chosen is not None else None
+
+
+def _child(node: yaml.Node, part: str | int) -> yaml.Node | None:
+    """The node under ``part`` (a mapping's value, a sequence's item), or None."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                return key if value is None else value
+        return None
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        item: yaml.Node = node.value[part]
+        return item
+    return None
+
+
+def _scalar(node: yaml.Node, parts: list[str | int]) -> str | None:
+    for part in parts:
+        found = _child(node, part)
+        if found is None:
+            return None
+        node = found
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else None
+
+
+def _walk(node: yaml.Node, parts: list[str | int]) -> int | None:
     line: int | None = None
-    for part in path_parts(path):
+    for part in parts:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode) and key.value == str(part):
