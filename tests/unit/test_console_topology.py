@@ -8,6 +8,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from kled.control.usage import UsageBook
 from kled.resources.hoststate import Capacity, NodeHeartbeat, TeamMeshReport
 from kled.ui.topology import GROUP_ABOVE, Box, age_of, draw
@@ -154,3 +157,32 @@ def test_the_usage_book_keeps_each_nodes_latest_handshakes_per_team() -> None:
     assert book.handshakes("other") == {}
     clock[0] += 61  # a node that stopped heartbeating says nothing any more
     assert book.handshakes("acme") == {}
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    st.integers(0, 150),
+    st.integers(1, 20),
+    st.integers(0, 5),
+    st.lists(st.integers(0, 4), max_size=25),
+)
+def test_no_two_boxes_overlap_whatever_the_team(
+    devices: int, owners: int, nodes: int, replicas_per_app: list[int]
+) -> None:
+    names = [f"n{i}" for i in range(nodes)]
+    apps = [
+        app(f"app{i}", [(names[j % nodes], f"10.0.{i}.{j}") for j in range(count)] if nodes else [])
+        for i, count in enumerate(replicas_per_app)
+    ]
+    d = draw(
+        "acme",
+        [node(n) for n in names],
+        [device(f"d{i}", f"u{i % owners}") for i in range(devices)],
+        apps,
+        [],
+        {},
+        NOW,
+    )
+    assert _overlap(d.boxes) == []
+    assert all(b.y + b.h <= d.height and b.x + b.w <= d.width for b in d.boxes)
+    assert d.grouped == (devices > GROUP_ABOVE)
