@@ -236,6 +236,49 @@ def test_an_unfetchable_feature_is_one_line_and_nothing_is_made(
     assert podman("container", "exists", container("oci")).returncode != 0
 
 
+def container_id(name: str) -> str:
+    return podman("inspect", "--format", "{{.Id}}", container(name)).stdout.strip()
+
+
+def test_a_restarted_agent_adopts_and_recreate_keeps_volumes(hosts: Hosts, tmp_path: Path) -> None:
+    config = {
+        "image": IMAGE,
+        "mounts": ["source=data,target=/data,type=volume"],
+        "onCreateCommand": "echo onCreate >> /data/order",
+        "postStartCommand": "echo postStart >> /data/order",
+    }
+    folder = write_folder(tmp_path / "keep", config)
+    hosts.cli.ok("ws", "up", str(folder))
+    first = container_id("keep")
+
+    hosts.kill_agent("wsnode")  # SIGKILL: no goodbye
+    hosts.start_agent("wsnode", join=False)
+    eventually(lambda: hosts.node_phase("wsnode") == "Ready", "node wsnode Ready again")
+    # adopted: the same container, no hook ran again, and its sessions still work
+    seen = eventually(
+        lambda: hosts.cli("ws", "exec", "keep", "--", "cat", "/data/order").out,
+        "ws exec after the agent restarted",
+    )
+    assert seen.split() == ["onCreate", "postStart"]
+    assert container_id("keep") == first
+    assert hosts.cli.ok("ws", "status", "keep").split()[:2] == ["phase", "Running"]
+
+    hosts.cli.ok("ws", "up", str(folder), "--recreate")
+    assert container_id("keep") != first  # a new container, with the old volume
+    order = in_container("keep", "cat", "/data/order").split()
+    assert order == ["onCreate", "postStart", "onCreate", "postStart"]
+    # a stop and start later, the recreate stays (no third container)
+    recreated = container_id("keep")
+    hosts.cli.ok("ws", "stop", "keep")
+    hosts.cli.ok("ws", "start", "keep")
+    assert container_id("keep") == recreated
+    hosts.cli.ok("ws", "delete", "keep", "--yes")
+    eventually(
+        lambda: podman("container", "exists", container("keep")).returncode != 0,
+        "container of keep removed",
+    )
+
+
 def test_a_failing_hook_is_failed_with_its_name_and_output(hosts: Hosts, tmp_path: Path) -> None:
     config = {"image": IMAGE, "postCreateCommand": "echo boom-line; exit 3"}
     folder = write_folder(tmp_path / "broken", config)
@@ -246,6 +289,12 @@ def test_a_failing_hook_is_failed_with_its_name_and_output(hosts: Hosts, tmp_pat
     assert status["phase"] == "Failed"  # type: ignore[index]
     # the container stays for inspection
     assert podman("container", "exists", container("broken")).returncode == 0
+    assert "postCreateCommand exited with code 3" in hosts.cli.ok("ws", "status", "broken")
+    # up again is another try, on a new container
+    failed_in = container_id("broken")
+    again = hosts.cli("ws", "up", str(folder), timeout=UP_TIMEOUT)
+    assert again.code == 1 and "exited with code 3" in again.err
+    assert container_id("broken") != failed_in
     hosts.cli.ok("ws", "delete", "broken", "--yes")
     eventually(
         lambda: podman("container", "exists", container("broken")).returncode != 0,

@@ -102,3 +102,14 @@ def test_the_sink_joins_replicas_and_workspaces_without_losing_either() -> None:
         [WorkspaceOnHost(team="acme", name="shop")]
     ] * 2
     assert inner.sent[-1][1].generation == 2
+
+
+def test_recreate_is_a_new_spec_for_the_agent_and_survives_stop() -> None:
+    plain = doc("shop", source={"git": "file:///r"})
+    marked = doc("shop", source={"git": "file:///r"})
+    marked["metadata"]["annotations"] = {"kled.io/restartedAt": "2026-12-07T03:00:00Z"}
+    assert on_host(plain).recreated == 0
+    assert on_host(marked).recreated > 0
+    stopped = doc("shop", source={"git": "file:///r"}, running=False)
+    stopped["metadata"]["annotations"] = marked["metadata"]["annotations"]
+    assert on_host(stopped).recreated == on_host(marked).recreated

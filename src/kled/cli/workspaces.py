@@ -23,6 +23,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,7 @@ from kled.cli.client import Client
 from kled.cli.logs import stream_logs
 from kled.cli.output import align, check_format, note, out, show, warn
 from kled.cli.state import STATE, TeamOption
+from kled.control.desired import RESTARTED_AT
 from kled.errors import InvalidInput, KledError, NotFound
 from kled.sync.ignore import Ignore
 from kled.workspace.devcontainer import load_config
@@ -130,6 +132,21 @@ def upload(client: Client, team: str, data: bytes) -> str:
     return digest
 
 
+def _kept_metadata(existing: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` with the existing workspace's labels and annotations (an apply that
+    left out the recreate annotation would make a new container)."""
+    old = existing.get("metadata") or {}
+    out = dict(metadata)
+    for key in ("labels", "annotations"):
+        if old.get(key):
+            out[key] = dict(old[key])
+    return out
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _path(team: str, name: str = "") -> str:
     return f"/api/v1/teams/{team}/workspaces" + (f"/{name}" if name else "")
 
@@ -149,6 +166,9 @@ def up(
     ] = None,
     node: Annotated[str | None, typer.Option("--node", help="Run it on this node.")] = None,
     ref: Annotated[str | None, typer.Option("--ref", help="The git branch or tag.")] = None,
+    recreate: Annotated[
+        bool, typer.Option("--recreate", help="A new container (volumes and files kept).")
+    ] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once applied.")] = False,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for Running.", min=1.0)
@@ -184,15 +204,16 @@ def up(
             existing = client.get(_path(chosen, label))
         except NotFound:
             existing = None
+        metadata: dict[str, Any] = {"name": label, "team": chosen}
         if existing is not None:
             kept = existing.get("spec") or {}
             spec = {**{k: v for k, v in kept.items() if k in ("env",)}, **spec, "running": True}
-        doc = {
-            "apiVersion": "kled.io/v1",
-            "kind": "Workspace",
-            "metadata": {"name": label, "team": chosen},
-            "spec": spec,
-        }
+            metadata = _kept_metadata(existing, metadata)
+            if (existing.get("status") or {}).get("phase") == "Failed":
+                recreate = True  # another try: a new container, as --recreate makes
+        if recreate:
+            metadata.setdefault("annotations", {})[RESTARTED_AT] = _now()
+        doc = {"apiVersion": "kled.io/v1", "kind": "Workspace", "metadata": metadata, "spec": spec}
         since = time.time()
         if not _apply(client, doc):
             since = 0.0  # unchanged: its phase now is the answer
@@ -236,8 +257,6 @@ def _wait(
 
 
 def _after(stamp: str, since: float) -> bool:
-    from datetime import datetime
-
     if not stamp:
         return False
     try:
@@ -286,15 +305,11 @@ def _set_running(name: str, team: str | None, running: bool, wait: bool, timeout
         spec = dict(doc.get("spec") or {})
         spec["running"] = running
         since = time.time()
+        metadata = _kept_metadata(doc, {"name": name, "team": chosen})
         changed = _apply(
-            client,
-            {
-                "apiVersion": "kled.io/v1",
-                "kind": "Workspace",
-                "metadata": {"name": name, "team": chosen},
-                "spec": spec,
-            },
-        )
+            client, {"apiVersion": "kled.io/v1", "kind": "Workspace", "metadata": metadata,
+                     "spec": spec},
+        )  # fmt: skip
         if not changed:
             since = 0.0  # already as asked: its phase now is the answer
         if wait:
@@ -406,3 +421,31 @@ def ssh_command(
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 app.command("exec", context_settings=_EXTRA)(exec_command)
 app.command("ssh", context_settings=_EXTRA)(ssh_command)
+
+
+@app.command()
+def status(
+    name: NameArg,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")] = "table",
+    team: TeamOption = None,
+) -> None:
+    """One workspace: its phase (and why), node, source."""
+    check_format(output)
+    chosen = STATE.team_for(team)
+    with STATE.client() as client:
+        doc = client.get(_path(chosen, name))
+    if output not in ("table", "wide"):
+        out(show("Workspace", [doc], output, single=True))
+        return
+    spec, state = doc.get("spec") or {}, doc.get("status") or {}
+    source = spec.get("source") or {}
+    rows = [
+        ["phase", str(state.get("phase") or "Pending")],
+        ["since", str(state.get("phaseChangedAt") or "-")],
+        ["node", str(state.get("node") or "-")],
+        ["source", str(source.get("git") or source.get("path") or "-")],
+        ["config", str(spec.get("devcontainer") or "(found in the spec's order)")],
+    ]
+    if state.get("reason"):
+        rows.append(["reason", str(state["reason"])])
+    out(align(rows))

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kled.control.desired import restart_generation
 from kled.control.nodes import deleting, node_info
 from kled.control.scheduling import NodeInfo, matches
 from kled.errors import Conflict, KledError, NotFound, Unavailable
@@ -129,6 +130,7 @@ def on_host(doc: Mapping[str, Any]) -> WorkspaceOnHost:
         folder=str(path).rstrip("/").rsplit("/", 1)[-1] if path else None,
         devcontainer=spec.get("devcontainer"),
         env={str(k): str(v) for k, v in (spec.get("env") or {}).items()},
+        recreated=restart_generation(doc),
     )
 
 

@@ -62,6 +62,9 @@ class WorkspaceOnHost(BaseModel):
     #: the config's path inside the source; None: discovery in the spec's order
     devcontainer: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    #: bumped by ``kled ws up --recreate`` (and by ``up`` of a Failed workspace): a new
+    #: container, volumes kept
+    recreated: int = 0
 
     @property
     def id(self) -> str:
