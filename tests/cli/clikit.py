@@ -94,10 +94,11 @@ def free_port() -> int:
 class ServerProcess:
     """``kled server`` as a child process, its stdout collected line by line."""
 
-    def __init__(self, cli: Cli, data_dir: Path, port: int) -> None:
+    def __init__(self, cli: Cli, data_dir: Path, port: int, *extra: str) -> None:
         self.cli = cli
         self.data_dir = data_dir
         self.port = port
+        self.extra = extra  # more ``kled server`` flags (--database, --nats...)
         self.url = f"http://127.0.0.1:{port}"
         self.lines: list[str] = []
         self.errors: list[str] = []
@@ -106,7 +107,12 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.lines, self.errors = [], []
         self.proc = self.cli.popen(
-            "server", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            *self.extra,
         )
         for stream, sink in ((self.proc.stdout, self.lines), (self.proc.stderr, self.errors)):
             threading.Thread(target=_drain, args=(stream, sink), daemon=True).start()

@@ -34,7 +34,9 @@ class AdmissionChain:
         self._mutating.append(hook)
 
     def add_validating(self, hook: Hook) -> None:
-        self._validating.append(hook)
+        # once: a replica adds a controller's check before it wins the lease and starts it
+        if hook not in self._validating:
+            self._validating.append(hook)
 
     async def admit(self, request: AdmissionRequest) -> Admitted:
         """Run the chain; return the object to store, or raise InvalidInput/Forbidden."""

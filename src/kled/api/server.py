@@ -33,12 +33,14 @@ from kled.api.intercepts import InterceptServices
 from kled.api.mesh import MeshServices
 from kled.api.policies import DatabaseViolationSink, PolicyFeed, StorePolicySource, StoreReader
 from kled.api.service import Service
+from kled.control.leadership import Leadership
 from kled.resources.kinds import validate
 from kled.settings import ServerSettings
 from kled.store.cipher import SecretCipher
+from kled.store.compaction import Compactor
 from kled.store.credentials import ADMIN_USER, Credentials
 from kled.store.database import Database
-from kled.store.compaction import Compactor
+from kled.store.lease import lease_for
 from kled.store.objects import Store
 from kled.store.violations import ViolationLog
 
@@ -69,6 +71,9 @@ class ControlPlane:
         self.mesh: MeshServices | None = None
         self.dev: DevSessions | None = None
         self.gitops: GitOps | None = None
+        self.leadership: Leadership | None = None
+        #: set when this replica lost the controllers' lease and stopped for it
+        self.lost_lease = False
 
     async def open(self) -> Service:
         s = self.settings
@@ -83,20 +88,35 @@ class ControlPlane:
         if s.watch_cache:
             await store.open_cache()
         self.compactor = Compactor(store, s.keep_events, s.compact_seconds)
-        self.compactor.start()
         await self._start_policies(store, chain)
         await self._bootstrap(credentials)
         self.mesh = MeshServices(s, self.service)
-        await self.mesh.start()
         self.hosts = HostServices(s, self.service, mesh=self.mesh)
-        await self.hosts.start()
         self.intercepts = InterceptServices(self.service)
-        await self.intercepts.start()
         self.dev = DevSessions(self.service, s.dev_grace_seconds)
-        await self.dev.start()
         self.gitops = GitOps(self.service, s.data_dir / "gitops")
-        await self.gitops.start()
+        # Their admission checks hold on every replica; their controllers run on one.
+        for hook in (self.mesh.check_team, self.intercepts.admit):
+            self.service.chain.add_validating(hook)
+        self.leadership = Leadership(
+            lease_for(s.database_url()), self._start_controllers, self._lost_lease
+        )
+        await self.leadership.begin()
         return self.service
+
+    async def _start_controllers(self) -> None:
+        """On the replica that holds the controllers' lease (control/leadership.py)."""
+        assert self.mesh and self.hosts and self.dev and self.gitops
+        self.compactor.start()  # (each of these also stops cleanly if never started)
+        await self.mesh.start()
+        await self.hosts.start()
+        await self.intercepts.start()
+        await self.dev.start()
+        await self.gitops.start()
+
+    def _lost_lease(self) -> None:
+        self.lost_lease = True
+        self.stop()
 
     async def _start_policies(self, store: Store, chain: AdmissionChain) -> None:
         source = StorePolicySource(store)
@@ -225,6 +245,8 @@ class ControlPlane:
             await self.policy_feed.stop()
         if self.policy_engine is not None:
             await self.policy_engine.close()
+        if self.leadership is not None:
+            await self.leadership.close()  # after the controllers: the lease is free now
         if self.db is not None:
             await self.db.close()
         if self.bound:

@@ -90,8 +90,27 @@ def item_path(info: KindInfo, team: str | None, env: str | None, name: str) -> s
     return f"{collection_path(info, team, env)}/{name}"
 
 
+def server_urls(server: str) -> list[str]:
+    """The URLs of ``--server URL1,URL2`` (the replicas of one control plane), in order."""
+    urls = [u.strip().rstrip("/") for u in server.split(",") if u.strip()]
+    if not urls:
+        raise InvalidInput("--server: give a URL, or several separated by commas")
+    return urls
+
+
+#: failures that show the request never reached a server: any request may go to the next
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+#: methods that may be sent again after a connection broke mid-request
+_REPEATABLE = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
+
 class Client:
-    """A connection to one control plane, with one token."""
+    """A connection to one control plane, with one token.
+
+    ``server`` may name several replicas of one control plane (``URL1,URL2``): a request
+    that cannot reach one goes to the next (a request that may be sent twice, also when
+    the connection broke under it); an answer, even 4xx or 5xx, is the answer.
+    """
 
     def __init__(
         self,
@@ -101,13 +120,15 @@ class Client:
         socket: str | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.server = server.rstrip("/")
+        self.servers = server_urls(server)
+        self.server = self.servers[0]
         self.via_socket = use_socket(self.server, socket)
         #: kept for streams that are not HTTP requests (``kled exec``'s WebSocket)
         self.token = token
         self.socket = str(socket) if self.via_socket else None
         self.where = self.server
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = timeout
         transport: httpx.HTTPTransport | None = None
         base = self.server
         if self.via_socket:
@@ -115,8 +136,22 @@ class Client:
             base = "http://localhost"
             self.where = f"{self.server} (socket {socket})"
         self._http = httpx.Client(
-            base_url=base, headers=headers, timeout=timeout, transport=transport
+            base_url=base, headers=self._headers, timeout=timeout, transport=transport
         )
+
+    def _fail_over(self) -> bool:
+        """Talk to the next replica from now on; False when there is only one."""
+        if len(self.servers) < 2:
+            return False
+        at = self.servers.index(self.server) if self.server in self.servers else -1
+        self.server = self.servers[(at + 1) % len(self.servers)]
+        self._http.close()
+        self.via_socket, self.socket, self.where = False, None, self.server
+        self._http = httpx.Client(
+            base_url=self.server, headers=self._headers, timeout=self._timeout
+        )
+        log.info("failing over to the Kled server at %s", self.server)
+        return True
 
     def close(self) -> None:
         self._http.close()
@@ -139,12 +174,20 @@ class Client:
     ) -> Any:
         """The answer's JSON; raises the KledError the server's Status stands for."""
         clean = {k: v for k, v in (params or {}).items() if v is not None}
-        try:
-            response = self._http.request(
-                method, path, params=clean, json=body if body is not None else None
-            )
-        except httpx.HTTPError as e:
-            raise self._unreachable(e) from e
+        tries = len(self.servers)
+        while True:
+            try:
+                response = self._http.request(
+                    method, path, params=clean, json=body if body is not None else None
+                )
+                break
+            except httpx.HTTPError as e:
+                tries -= 1
+                resend = isinstance(e, _NOT_SENT) or (
+                    isinstance(e, httpx.TransportError) and method in _REPEATABLE
+                )
+                if not (resend and tries > 0 and self._fail_over()):
+                    raise self._unreachable(e) from e
         if response.status_code >= 400:
             raise error_from(response)
         if not response.content:
@@ -228,6 +271,7 @@ class Client:
                 if on_retry is not None:
                     on_retry(why)
                 log.debug("watch of %s dropped (%s); resuming after %s", path, why, last)
+                self._fail_over()  # resume on the next replica, if there is one
             time.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 

@@ -68,7 +68,11 @@ def _global_options(
     ] = None,
     server_url: Annotated[
         str | None,
-        typer.Option("--server", envvar="KLED_SERVER", help="Server URL (overrides the context)."),
+        typer.Option(
+            "--server",
+            envvar="KLED_SERVER",
+            help="Server URL, or several replicas' URLs: URL1,URL2 (overrides the context).",
+        ),
     ] = None,
     token: Annotated[
         str | None,

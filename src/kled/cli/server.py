@@ -229,6 +229,11 @@ async def _serve(
     finally:
         await plane.close()  # removes the socket only if this process bound it
         log.info("control plane stopped")
+    if plane.lost_lease:
+        raise Unavailable(
+            "this replica lost the controllers' lease (its database connection broke); "
+            "start it again"
+        )
 
 
 async def _listen_and_serve(
