@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from kled.control import autoscale, rollout
@@ -144,6 +144,8 @@ class WorkloadController:
         self._targets: dict[Ref, rollout.Target] = {}
         #: apps whose rollout is not complete: re-planned on readiness news and ticks
         self._rolling: set[Ref] = set()
+        #: when a Progressing rollout's deadline runs out (wall time): looked at again then
+        self._due: dict[Ref, datetime] = {}
         #: how many replicas each app wants now (``spec.replicas``, or its autoscaler's)
         self._wanted: dict[Ref, int] = {}
         #: the agents' latest usage, from their heartbeats: what the autoscaler reads
@@ -332,6 +334,7 @@ class WorkloadController:
             self._known.pop(ref, None)
             self._targets.pop(ref, None)
             self._rolling.discard(ref)
+            self._due.pop(ref, None)
             self._wanted.pop(ref, None)
             for table in (self._scaled_at, self._scale_history, self._scale_status):
                 table.pop(ref, None)
@@ -370,9 +373,11 @@ class WorkloadController:
                         self._remember("Node", written)
             if self.tracker.lost(now) != self._lost:
                 self._dirty = True
-            if self._rolling:
-                # A rollout's deadline runs out without news: look again.
-                self._dirty_apps |= self._rolling
+            wall = _now()
+            for ref in [r for r, when in self._due.items() if when <= wall]:
+                # A rollout's deadline ran out without news: look again.
+                del self._due[ref]
+                self._dirty_apps.add(ref)
                 self._dirty = True
             self._autoscale(now)
             if self._dirty:
@@ -556,6 +561,7 @@ class WorkloadController:
             self._revisions[ref] = rollout.plan(wanted, "", blank, rollout.Strategy())
             self._targets.pop(ref, None)
             self._rolling.discard(ref)
+            self._due.pop(ref, None)
             return {}
         history, number = rollout.record(
             status.get("revisions") or [], target, tmpl, now.isoformat().replace("+00:00", "Z")
@@ -587,6 +593,11 @@ class WorkloadController:
             self._rolling.discard(ref)
         else:
             self._rolling.add(ref)
+        if ref in self._rolling and before.phase == rollout.PROGRESSING:
+            since = datetime.fromisoformat(before.since.replace("Z", "+00:00"))
+            self._due[ref] = since + timedelta(seconds=deadline + 0.5)
+        else:
+            self._due.pop(ref, None)
         variants: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
         for index, rev in plan.items():
             if rev == target:
