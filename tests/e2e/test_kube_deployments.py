@@ -5,7 +5,8 @@ in the server's host with the kubeconfig the cluster API issues. A 3-replica Dep
 (process runtime, a readiness probe) becomes an App of the cluster's environment: the
 scheduler places it, the agent starts the replicas, and kubectl sees three Pods go Running
 and Ready with pod IPs and a node, ``kubectl wait`` sees the Deployment Available, a patch
-to 1 replica stops two of them, and ``kubectl delete -f`` stops the last one.
+to 1 replica stops two of them, and ``kubectl delete -f`` stops the last one. Deleting
+the cluster while its pods run stops them and leaves none of its environments.
 """
 
 from __future__ import annotations
@@ -111,3 +112,12 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
 
     k.ok("delete", "-f", str(manifest))
     eventually(lambda: not _pods(k) and not mesh.replicas(), "no pods and no replicas")
+
+    # a cluster deleted while its pods run: they stop, and nothing of it is left
+    k.ok("apply", "-f", str(manifest))
+    eventually(three_ready, "three Ready pods again")
+    mesh.api("DELETE", "/api/v1/teams/a/clusters/c1")
+    eventually(lambda: not mesh.replicas(), "the replicas of the deleted cluster stopped")
+    envs = mesh.api("GET", "/api/v1/teams/a/environments")["items"]
+    assert [e["metadata"]["name"] for e in envs] == ["dev"]
+    assert "You must be logged in" in k("get", "pods").stderr
