@@ -72,6 +72,7 @@ class ControlPlane:
         self.dev: DevSessions | None = None
         self.gitops: GitOps | None = None
         self.leadership: Leadership | None = None
+        self.kube_mirror: Any = None  # kled.kube.mirror (a controller: on the leader only)
         #: set when this replica lost the controllers' lease and stopped for it
         self.lost_lease = False
 
@@ -106,13 +107,17 @@ class ControlPlane:
 
     async def _start_controllers(self) -> None:
         """On the replica that holds the controllers' lease (control/leadership.py)."""
-        assert self.mesh and self.hosts and self.dev and self.gitops
+        assert self.service and self.mesh and self.hosts and self.dev and self.gitops
         self.compactor.start()  # (each of these also stops cleanly if never started)
         await self.mesh.start()
         await self.hosts.start()
         await self.intercepts.start()
         await self.dev.start()
         await self.gitops.start()
+        from kled.kube.mirror import WorkloadMirror
+
+        self.kube_mirror = WorkloadMirror(self.service)  # Deployments' Pods from their Apps
+        await self.kube_mirror.start()
 
     def _lost_lease(self) -> None:
         self.lost_lease = True
@@ -213,16 +218,11 @@ class ControlPlane:
         while not self.server.started and not task.done():
             await asyncio.sleep(0.02)
         await self.kube.start(app)
-        from kled.kube.mirror import WorkloadMirror
-
-        self.kube_mirror = WorkloadMirror(self.service)  # Deployments' Pods from their Apps
-        await self.kube_mirror.start()
         if on_ready is not None and self.server.started:
             on_ready()
         await task
         self.kube.stop()
         await self.kube.wait()
-        await self.kube_mirror.stop()
 
     def stop(self) -> None:
         if self.server is not None:
@@ -231,6 +231,8 @@ class ControlPlane:
             self.kube.stop()
 
     async def close(self) -> None:
+        if self.kube_mirror is not None:
+            await self.kube_mirror.stop()
         if self.gitops is not None:
             await self.gitops.stop()
         if self.dev is not None:
