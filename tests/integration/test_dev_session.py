@@ -296,3 +296,22 @@ def test_two_developers_on_two_apps_at_once_and_one_app_is_one_session(lab: Lab)
     assert codes == (0, 0), (first.lines, second.lines)
     assert lab.spec() == web_before and lab.hosts.app("api")["spec"] == api_before
     eventually(lambda: lab.answer(port) == "api original", "the second app is back")
+
+
+def test_the_loop_goes_on_across_an_agent_restart(lab: Lab) -> None:
+    before = lab.spec()
+    lab.write_app("v1")
+    dev = Dev(lab)
+    try:
+        dev.serves(lab, "v1")
+        lab.hosts.kill_agent("d1", signal.SIGKILL)  # its exec'd commands die with it
+        eventually(lambda: lab.answer() == "", "the dev command died with the agent")
+        lab.hosts.start_agent("d1", join=False)
+        # the sync reconnects through a new stream and the command is started again
+        dev.serves(lab, "v1")
+        lab.write_app("after the agent came back")
+        dev.serves(lab, "after the agent came back")
+    finally:
+        code = dev.stop(signal.SIGINT)
+    assert code == 0, dev.lines
+    assert lab.spec() == before

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -40,6 +41,12 @@ STOP_GRACE = 2.0
 _RECORD_PID = 'echo $$ 2>/dev/null >"$0"; exec "$@"'
 _SIGNAL_PID = 'kill -"$1" "$(cat "$0")" 2>/dev/null; true'
 _FORGET_PID = 'rm -f "$0"'
+_PR_SET_PDEATHSIG = 1
+# loaded before any fork: the child only calls it
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
 
 
 class Planner(Protocol):
@@ -170,6 +177,7 @@ class ExecServer:
                 cwd=plan.cwd,
                 env=plan.env,
                 start_new_session=True,
+                preexec_fn=_die_with_the_agent,
             )
         except OSError as err:
             await link.send("error", message=f"cannot run {command[0]!r}: {err.strerror or err}")
@@ -200,6 +208,14 @@ class ExecServer:
                 with contextlib.suppress(asyncio.CancelledError, KledError):
                     await task
             await running.stop()
+
+
+def _die_with_the_agent() -> None:
+    """In the child before exec: SIGKILL when the agent dies, so that an agent killed
+    with -9 leaves no exec'd command behind holding a port (a graceful stop of the agent
+    stops them itself). Kept across ``ip netns exec`` and ``sh -c 'exec …'``."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _is_argv(value: object) -> bool:

@@ -39,6 +39,8 @@ from kled.sync.session import Batch, SyncSession, new_token
 
 #: how long the dev replica has to come up
 REPLICA_TIMEOUT = 180.0
+#: seconds before the dev command is started again after its stream broke
+RETRY_SECONDS = 1.0
 _IN_FOLDER = 'cd "$1" && shift && exec "$@"'
 
 
@@ -212,11 +214,20 @@ class DevLoop:
             if code != 0:
                 self.say(f"{command!r} exited with code {code}")
 
+    async def _launch(self) -> ExecStream | None:
+        """The dev command started; None (and another try soon) if it could not be."""
+        try:
+            return await self._start_command()
+        except KledError as err:
+            self.say(f"could not start {self.app}: {err}; trying again")
+            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._changed.set)
+            return None
+
     async def _command_loop(self) -> None:
         stream: ExecStream | None = None
         try:
             if self.target.command:
-                stream = await self._start_command()
+                stream = await self._launch()
             while True:
                 waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._changed.wait())]
                 if stream is not None and not stream.done:
@@ -229,20 +240,26 @@ class DevLoop:
                         code = await stream.wait()
                         self.say(f"{self.app} exited with code {code}; waiting for a change")
                     except KledError as err:
-                        self.say(f"{self.app} ended: {err}; waiting for a change")
+                        # the stream broke (a control plane or agent restart), not the
+                        # command: start it again rather than wait for an edit
+                        self.say(f"lost {self.app}'s output ({err}); starting it again")
+                        asyncio.get_running_loop().call_later(RETRY_SECONDS, self._changed.set)
                     await stream.close()
                     stream = None
                     continue
                 self._changed.clear()
                 restart, self._restart_wanted = self._restart_wanted, False
                 if self._execs_wanted:
-                    await self._run_execs()
+                    try:
+                        await self._run_execs()
+                    except KledError as err:
+                        self.say(f"onChange.exec failed: {err}")
                 if (restart or stream is None) and self.target.command:
                     if stream is not None:
                         await self._stop_command(stream)
                     self.restarts += 1
                     self.say(f"restarting {self.app} (restart {self.restarts})")
-                    stream = await self._start_command()
+                    stream = await self._launch()
         finally:
             if stream is not None:
                 await self._stop_command(stream)
