@@ -53,6 +53,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "Policy": doc("Policy", {"javascript": "allow();"}),
     "Cluster": doc("Cluster", {}),
     "GitSource": doc("GitSource", {"url": "file:///srv/git/env.git"}, team="acme"),
+    "KubeObject": doc("KubeObject", {"object": {"kind": "ConfigMap"}}, environment="dev"),
 }
 
 
@@ -207,7 +208,7 @@ def test_defaults_of_the_other_kinds() -> None:
         "violationPolicy": "Deny",
         "auditPolicy": "Log",
     }
-    assert validate(MINIMAL["Cluster"])["spec"] == {"nodeSelector": {}}
+    assert validate(MINIMAL["Cluster"])["spec"] == {"nodeSelector": {}, "users": []}
     assert validate(MINIMAL["Config"])["data"] == {"a": "b"}
 
 
@@ -437,7 +438,7 @@ DNS = "must be a DNS label (lowercase letters, digits and '-', at most 63)"
          "unknown resource type 'widgets' (known: teams, nodes, users, tokens, devices, "
          "environments, workspaces, policies, clusters, gitsources, apps, managedservices, "
          "configs, "
-         "secrets, intercepts)"),
+         "secrets, intercepts, kubeobjects)"),
         (doc("Policy", {"javascript": "x", "objectSelector": {
             "matchExpressions": [{"key": "a", "operator": "In"}]}}),
          "spec.objectSelector.matchExpressions[0].values", "must not be empty for operator In"),
