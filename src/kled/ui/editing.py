@@ -10,6 +10,8 @@ here: their values are never shown in the console.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -46,6 +48,19 @@ def editable(doc: dict[str, Any]) -> str:
     return views.to_yaml({k: v for k, v in doc.items() if k != "status"})
 
 
+def fingerprint(doc: dict[str, Any]) -> str:
+    """What of a resource its editor wrote: all but ``status`` and the resourceVersion.
+
+    The form carries the fingerprint of what it showed; when the stored resource still has
+    it, only the system's part moved on (a replica's status, a heartbeat) and the edit
+    goes ahead on the current version. Anything else changed is someone's edit: 409.
+    """
+    meta = {k: v for k, v in (doc.get("metadata") or {}).items() if k != "resourceVersion"}
+    mine = {**{k: v for k, v in doc.items() if k != "status"}, "metadata": meta}
+    text = json.dumps(mine, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _back(team: str, info: KindInfo, name: str, env: str | None) -> str:
     if info.kind == "App" and env:
         return f"/ui/teams/{team}/envs/{env}/apps/{name}"
@@ -69,6 +84,7 @@ async def edit_page(
         name=name,
         env=env,
         text=editable(doc),
+        base=fingerprint(doc),
         error=None,
         line=None,
         can_write=may(v.user, "update", info.kind, key.team),
@@ -112,7 +128,11 @@ async def edit(
                 "overwriting someone else's change)",
                 field="metadata.resourceVersion",
             )
-        outcome = await service(request).update(v.user, doc)
+        svc = service(request)
+        current = await svc.get(v.user, key)
+        if fields.get("base") == fingerprint(current):  # only the status moved on since
+            meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+        outcome = await svc.update(v.user, doc)
     except KledError as error:
         return render(
             request,
@@ -124,6 +144,7 @@ async def edit(
             name=name,
             env=env,
             text=text,
+            base=fields.get("base", ""),
             error=error,
             line=field_line(text, error.field),
             lines=text.splitlines(),
