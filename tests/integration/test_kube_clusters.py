@@ -332,3 +332,32 @@ def test_a_compacted_resource_version_is_410_expired(
         )
     assert gone.value.status == 410
     assert json.loads(gone.value.body)["reason"] == "Expired"
+
+
+def test_kpolicy_admission_applies_to_cluster_objects(
+    server: RunningServer, configs: dict[str, Path], unique_team: str, tmp_path: Path
+) -> None:
+    script = (
+        "const o = request.object.spec.object;"
+        'if (o.kind === "ConfigMap" && o.metadata.name.startsWith("forbidden")) {'
+        '  deny("config maps named forbidden* are not allowed"); }'
+    )
+    policy = {
+        "kind": "Policy",
+        "metadata": {"name": "no-forbidden"},
+        "spec": {"type": "Validating", "resources": ["kubeobjects"], "javascript": script},
+    }
+    with server.client() as admin:
+        r = admin.post(f"/api/v1/teams/{unique_team}/policies", json=policy)
+        assert r.status_code == 201, r.text
+    k = kubectl(configs, tmp_path)
+    for _ in range(100):  # the policy engine picks the new policy up from the event log
+        done = k("create", "configmap", "forbidden-one", "--from-literal=a=b")
+        if done.returncode != 0:
+            break
+        k.ok("delete", "configmap", "forbidden-one")
+        time.sleep(0.1)
+    assert "denied (policy no-forbidden): config maps named forbidden* are not allowed" in (
+        done.stderr
+    )
+    assert "configmap/fine created" in k.ok("create", "configmap", "fine", "--from-literal=a=b")
