@@ -54,6 +54,16 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "Cluster": doc("Cluster", {}),
     "GitSource": doc("GitSource", {"url": "file:///srv/git/env.git"}, team="acme"),
     "KubeObject": doc("KubeObject", {"object": {"kind": "ConfigMap"}}, environment="dev"),
+    "ServiceTemplate": doc(
+        "ServiceTemplate",
+        {
+            "engine": "redis",
+            "package": "redis-server",
+            "versions": ["7"],
+            "port": 6379,
+            "uri": "redis://{user}:{password}@{host}:{port}/{database}",
+        },
+    ),
 }
 
 
@@ -373,9 +383,9 @@ DNS = "must be a DNS label (lowercase letters, digits and '-', at most 63)"
         (doc("App", {"command": ["x"], "ports": [{"port": 80, "protocol": "tcp"}]}),
          "spec.ports[0].protocol", "must be one of 'TCP' or 'UDP' (got 'tcp')"),
         (doc("App", {"command": ["x"], "envFrom": [{"config": "a", "secret": "b"}]}),
-         "spec.envFrom[0]", "must name exactly one of config or secret"),
+         "spec.envFrom[0]", "must name exactly one of config, secret or managedService"),
         (doc("App", {"command": ["x"], "envFrom": [{}]}), "spec.envFrom[0]",
-         "must name exactly one of config or secret"),
+         "must name exactly one of config, secret or managedService"),
         (doc("App", {"command": ["x"], "env": [{"name": "A", "value": "b"}]}), "spec.env",
          "must be a mapping of NAME: value, not a list"),
         (doc("App", {"command": ["x"], "env": {"A=B": "c"}}), "spec.env['A=B']",
@@ -438,7 +448,7 @@ DNS = "must be a DNS label (lowercase letters, digits and '-', at most 63)"
          "unknown resource type 'widgets' (known: teams, nodes, users, tokens, devices, "
          "environments, workspaces, policies, clusters, gitsources, apps, managedservices, "
          "configs, "
-         "secrets, intercepts, kubeobjects)"),
+         "secrets, intercepts, kubeobjects, servicetemplates)"),
         (doc("Policy", {"javascript": "x", "objectSelector": {
             "matchExpressions": [{"key": "a", "operator": "In"}]}}),
          "spec.objectSelector.matchExpressions[0].values", "must not be empty for operator In"),

@@ -93,8 +93,8 @@ def test_documents_are_numbered_as_they_stand_in_the_file() -> None:
         ("metadata: {name: api}\n", "app.yaml: document 1: kind: field required"),
         ("kind: Widget\nmetadata: {name: w}\n",
          "app.yaml: document 1 (Widget/w): kind: unknown kind 'Widget' (known: Team, Node, "
-         "User, Token, Device, Environment, Workspace, Policy, Cluster, App, ManagedService, "
-         "Config, Secret, Intercept)"),
+         "User, Token, Device, Environment, Workspace, Policy, Cluster, GitSource, App, "
+         "ManagedService, Config, Secret, Intercept, KubeObject, ServiceTemplate)"),
         ("apiVersion: apps/v1\nkind: App\nmetadata: {name: api}\n",
          "app.yaml: document 1 (App/api): apiVersion: unknown apiVersion 'apps/v1' for App "
          "(expected kled.io/v1)"),
@@ -184,8 +184,8 @@ def test_a_crashing_translator_is_reported_as_bad_input() -> None:
 def test_without_a_translator_a_foreign_document_is_refused() -> None:
     assert error_of(FOREIGN, "p.yaml").message == (
         "p.yaml: document 1 (FooPolicy/deny-latest): kind: unknown kind 'FooPolicy' (known: "
-        "Team, Node, User, Token, Device, Environment, Workspace, Policy, Cluster, App, "
-        "ManagedService, Config, Secret, Intercept)"
+        "Team, Node, User, Token, Device, Environment, Workspace, Policy, Cluster, GitSource, "
+        "App, ManagedService, Config, Secret, Intercept, KubeObject, ServiceTemplate)"
     )
 
 

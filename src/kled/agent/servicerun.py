@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
@@ -35,6 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 READY_FILE = "credentials-set"
+_PR_SET_PDEATHSIG = 1
+#: written into the service's folder by `kled service delete --purge`
+PURGE_FILE = "purge-on-stop"
 
 
 class ServiceError(Exception):
@@ -76,6 +80,18 @@ def _as(user: str | None) -> Callable[[], None] | None:
     return drop
 
 
+def _dies_with_parent(signum: int, user: str | None) -> Callable[[], None]:
+    drop = _as(user)
+
+    def setup() -> None:
+        if drop is not None:
+            drop()
+        # after the change of user, which clears the setting
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+    return setup
+
+
 def _chown(path: Path, user: str | None) -> None:
     ids = _ids(user)
     if ids is not None:
@@ -95,12 +111,10 @@ def _run(argv: list[str], *, user: str | None = None, stdin: bytes | None = None
 
 
 def _creds() -> tuple[str, str, str]:
-    # From the credentials Secret, through the app's envFrom (lower-case entries).
-    return (
-        os.environ.get("user", "app"),
-        os.environ.get("password", ""),
-        os.environ.get("database", "app"),
-    )
+    """(user, password, database): the credentials Secret's own (lower-case) entries,
+    which the server app imports with ``envFrom: [{secret: …}]``."""
+    env = os.environ
+    return env.get("user", "app"), env.get("password", ""), env.get("database", "app")
 
 
 def _sql_text(value: str) -> str:
@@ -296,8 +310,9 @@ class MariaDB(Engine):
 
     def backup(self, to: Path) -> None:
         _, _, db = _creds()
-        argv = [str(self.bin / "mariadb-dump"), "--no-defaults", "-S",
-                str(self.at.run / "mysqld.sock"), "-u", "root", "--single-transaction", db]  # fmt: skip
+        sock = str(self.at.run / "mysqld.sock")
+        argv = [str(self.bin / "mariadb-dump"), "--no-defaults", "-S", sock, "-u", "root",
+                "--single-transaction", db]  # fmt: skip
         with open(to, "wb") as out:
             done = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, check=False)
         if done.returncode != 0:
@@ -345,7 +360,12 @@ def serve(args: argparse.Namespace) -> int:
     restored = at.root / "restored"
     loading = first or (args.restore_from is not None and not restored.exists())
     _chown(at.run, engine.user)
-    server = subprocess.Popen(engine.command(first), preexec_fn=_as(engine.user))
+    # The server dies with this process (a killed replica leaves no server holding the
+    # data); postgres takes SIGQUIT as its immediate shutdown, which also ends its children.
+    dying = signal.SIGQUIT if args.engine == "postgres" else signal.SIGTERM
+    server = subprocess.Popen(
+        engine.command(first), cwd=at.root, preexec_fn=_dies_with_parent(dying, engine.user)
+    )
 
     def stop(signum: int, _frame: object) -> None:
         # postgres takes SIGINT as a fast shutdown (SIGTERM waits for every client)
@@ -362,7 +382,12 @@ def serve(args: argparse.Namespace) -> int:
         restored.touch()
     at.ready.touch()
     print(f"servicerun: {args.engine} ready on port {args.port}", flush=True)
-    return server.wait()
+    code = server.wait()
+    if (at.root / PURGE_FILE).exists():
+        # `kled service delete --purge`: the data goes with the server's last stop
+        shutil.rmtree(at.root, ignore_errors=True)
+        print(f"servicerun: data directory {at.root} removed", flush=True)
+    return code
 
 
 def health(args: argparse.Namespace) -> int:

@@ -132,6 +132,9 @@ def _mount() -> None:
     from kled.cli import workspaces
 
     app.add_typer(workspaces.app, name="ws", help="Workspaces: dev containers on the team's nodes.")
+    from kled.cli import services
+
+    app.add_typer(services.app, name="service", help="Managed services: databases, caches.")
     from kled.cli import clusters
 
     app.add_typer(clusters.app, name="cluster", help="Kled Clusters: a Kubernetes API per tenant.")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -111,6 +112,17 @@ def resolve_env(
                     f"in environment {env}; create it or remove the reference",
                 )
             merged.update({str(k): str(v) for k, v in (config.get("data") or {}).items()})
+        elif source.get("managedService"):
+            wanted = str(source["managedService"])
+            found = credentials_of(secrets, team, env, wanted)
+            if found is None:
+                return BadReference(
+                    "ManagedServiceNotFound",
+                    f"app {name}: managed service {wanted!r} (envFrom[{position}]) has no "
+                    f"credentials in environment {env} yet; create it or wait until it is "
+                    "provisioned",
+                )
+            merged.update(found)
         elif source.get("secret"):
             wanted = str(source["secret"])
             secret = secrets.get((team, env, wanted))
@@ -131,6 +143,32 @@ def resolve_env(
                 merged[str(key)] = raw.decode("utf-8", errors="replace")
     merged.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
     return dict(sorted(merged.items()))
+
+
+#: the label a managed service's credentials Secret carries: the service's name
+MANAGED_BY = "kled.io/managed-service"
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")
+
+
+def credentials_of(
+    secrets: Mapping[Ref, Mapping[str, Any]], team: str, env: str, service: str
+) -> dict[str, str] | None:
+    """The variables of managed service ``service``: the upper-case entries of the Secret
+    labelled as its credentials (``DATABASE_URL``…); None if there is none yet."""
+    for (s_team, s_env, _), doc in sorted(secrets.items()):
+        labels = (doc.get("metadata") or {}).get("labels") or {}
+        if s_team != team or s_env != env or labels.get(MANAGED_BY) != service:
+            continue
+        out: dict[str, str] = {}
+        for key, encoded in (doc.get("data") or {}).items():
+            if not _ENV_NAME.match(str(key)):
+                continue
+            try:
+                out[str(key)] = base64.b64decode(str(encoded), validate=True).decode("utf-8")
+            except (binascii.Error, ValueError):
+                continue
+        return out
+    return None
 
 
 def replica_spec(app: Mapping[str, Any], index: int, env: Mapping[str, str]) -> ReplicaSpec:

@@ -200,6 +200,17 @@ def snapshot_from_documents(
             for p in (doc.get("spec") or {}).get("ports") or []
         )
         env = str(meta.get("environment") or "")
+        if doc.get("kind") == "ManagedService":
+            # Its server runs as an App (``control/managed.py``): that app's replicas are
+            # the backends of the service's own IP, on the port the template gives.
+            app = status.get("app")
+            ports = tuple(
+                ServicePort(port=int(p), protocol="TCP", target_port=int(p))
+                for p in status.get("ports") or []
+            )
+            if app:
+                snap.services.append(ServiceInfo(meta["team"], env, str(app), status["ip"], ports))
+            continue
         snap.services.append(ServiceInfo(meta["team"], env, meta["name"], status["ip"], ports))
         for index, ip in (status.get("podIPs") or {}).items():
             snap.pod_ip_seeds[f"{meta['team']}.{env}.{meta['name']}.{index}"] = str(ip)

@@ -55,6 +55,8 @@ def relevant(kind: str, doc: Doc | None) -> Any:
             status.get("podIPs"),
             running,
             "replicas" in status,
+            status.get("app"),  # a ManagedService's server app and its ports
+            status.get("ports"),
         )
     if kind == "Device":
         return (deleting, status.get("ip"))

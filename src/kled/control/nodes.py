@@ -181,7 +181,8 @@ def node_info(doc: Mapping[str, Any], *, lost: bool = False) -> NodeInfo:
         memory = _quantity(declared.get("memory"), parse_memory)
     return NodeInfo(
         name=str(meta["name"]),
-        labels=dict(meta.get("labels") or {}),
+        # every node also carries its own name, so that a workload can be pinned to it
+        labels={**(meta.get("labels") or {}), "kled.io/hostname": str(meta["name"])},
         ready=status.get("phase") == READY and not deleting(doc),
         schedulable=not spec.get("unschedulable") and not deleting(doc) and not hard,
         lost=lost or deleting(doc),

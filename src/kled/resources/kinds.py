@@ -46,6 +46,7 @@ from kled.resources.specs import (
     UserSpec,
     WorkspaceSpec,
 )
+from kled.resources.templates import ServiceTemplateSpec
 
 _DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+\Z")
 
@@ -97,6 +98,11 @@ class App(Resource):
 class ManagedService(Resource):
     kind: Literal["ManagedService"] = "ManagedService"
     spec: ManagedServiceSpec
+
+
+class ServiceTemplate(Resource):
+    kind: Literal["ServiceTemplate"] = "ServiceTemplate"
+    spec: ServiceTemplateSpec
 
 
 class Workspace(Resource):
@@ -186,7 +192,7 @@ _MODELS: dict[str, type[Resource]] = {
     model.__name__: model
     for model in (
         Team, User, Token, Node, Device, Environment, App, ManagedService, Config, Secret,
-        Workspace, Intercept, Policy, Cluster, GitSource, KubeObject,
+        Workspace, Intercept, Policy, Cluster, GitSource, KubeObject, ServiceTemplate,
     )
 }  # fmt: skip
 
@@ -207,6 +213,7 @@ _SPEC_MODELS: dict[str, type[KledModel]] = {
     "Cluster": ClusterSpec,
     "GitSource": GitSourceSpec,
     "KubeObject": KubeObjectSpec,
+    "ServiceTemplate": ServiceTemplateSpec,
 }
 
 
@@ -311,6 +318,7 @@ __all__ = [
     "Resource",
     "SchemaError",
     "Secret",
+    "ServiceTemplate",
     "Team",
     "Token",
     "User",

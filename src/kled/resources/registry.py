@@ -55,6 +55,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Secret", "secrets", Scope.ENVIRONMENT, (), data_kind=True),
     KindInfo("Intercept", "intercepts", Scope.ENVIRONMENT, ("icpt",)),
     KindInfo("KubeObject", "kubeobjects", Scope.ENVIRONMENT),
+    KindInfo("ServiceTemplate", "servicetemplates", Scope.SERVER, ("st", "template")),
 )
 
 _BY_KIND = {k.kind: k for k in KINDS}

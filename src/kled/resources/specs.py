@@ -162,15 +162,17 @@ class EnvironmentSpec(KledModel):
 
 
 class EnvFromSource(KledModel):
-    """All entries of one Config or one Secret as variables."""
+    """All entries of one Config or one Secret as variables, or the variables of a managed
+    service's credentials (``DATABASE_URL``…, see ``resources/templates.py``)."""
 
     config: DnsLabel | None = None
     secret: DnsLabel | None = None
+    managed_service: DnsLabel | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> EnvFromSource:
-        if (self.config is None) == (self.secret is None):
-            raise problem("must name exactly one of config or secret")
+        if [self.config, self.secret, self.managed_service].count(None) != 2:
+            raise problem("must name exactly one of config, secret or managedService")
         return self
 
 
@@ -480,6 +482,8 @@ class ManagedServiceSpec(KledModel):
     parameters: dict[str, Any] = {}
     secret_name: DnsLabel | None = None
     """The Secret that receives the credentials (default: the service's name)."""
+    resources: Resources | None = None
+    """CPU and memory of the server (``docs/services.md``)."""
 
 
 # --- Workspace, Intercept ------------------------------------------------------------------

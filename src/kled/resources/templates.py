@@ -158,7 +158,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
             "port": 6379,
             "user": "default",
             "database": "0",
-            "uri": "redis://:{password}@{host}:{port}/{database}",
+            "uri": "redis://{user}:{password}@{host}:{port}/{database}",
             "env": {
                 "REDIS_URL": "uri",
                 "REDIS_HOST": "host",
