@@ -137,6 +137,11 @@ def test_another_teams_pages_do_not_exist(server: RunningServer, team: str) -> N
             f"/ui/teams/{other}/envs/dev/apps/secret-app",
             f"/ui/teams/{other}/yaml/apps/secret-app?env=dev",
             f"/ui/teams/{other}/watch?kinds=App",
+            f"/ui/teams/{other}/edit/apps/secret-app?env=dev",
+            f"/ui/teams/{other}/envs/dev/apps/secret-app/logs/stream",
+            f"/ui/teams/{other}/mesh",
+            f"/ui/teams/{other}/workspaces",
+            f"/ui/teams/{other}/dev",
         ):
             r = browser.get(path)
             assert r.status_code == 404, path
@@ -165,6 +170,15 @@ def test_a_viewer_sees_no_write_buttons_and_is_refused_anyway(
         r = browser.post(
             f"/ui/teams/{team}/envs/dev/apps/web/scale",
             data={"csrf": csrf_of(page.text), "replicas": "5"},
+        )
+        assert r.status_code == 403
+        assert "role viewer" in r.text
+        edit = browser.get(f"/ui/teams/{team}/edit/apps/web?env=dev")
+        assert edit.status_code == 200 and 'name="yaml"' not in edit.text  # no form
+        text = "kind: App\nmetadata: {name: web, resourceVersion: '1'}\nspec: {replicas: 5}\n"
+        r = browser.post(
+            f"/ui/teams/{team}/edit/apps/web?env=dev",
+            data={"csrf": csrf_of(page.text), "yaml": text},
         )
         assert r.status_code == 403
         assert "role viewer" in r.text
