@@ -197,3 +197,21 @@ async def test_a_document_outside_the_bounds_is_skipped_as_by_the_database(
     for limit in (0, 4):
         kwargs = {"team": "green", "environment": "dev", "limit": limit}
         assert await all_pages(pair.cached, **kwargs) == await all_pages(pair.direct, **kwargs)
+
+
+async def test_followers_read_the_same_events_from_memory(pair: Pair) -> None:
+    start = await pair.direct.revision()
+    for n in range(12):
+        await pair.cached.create(app("blue", "prod", f"ev-{n}", n=str(n)))
+        await pair.cached.update(app("blue", "prod", f"ev-{n}", n="changed"))
+    await pair.cached.delete(Key("App", "blue", "prod", "ev-3"))
+    for after, limit in ((start, 500), (start + 5, 500), (start + 3, 4)):
+        kept = await pair.cached.events_after(after, limit)
+        logged = await pair.direct.events_after(after, limit)
+        assert [(e.seq, e.type, e.name, e.object) for e in kept] == [
+            (e.seq, e.type, e.name, e.object) for e in logged
+        ]
+        assert kept
+    kept = await pair.cached.events_after(start)
+    kept[0].object["spec"]["replicas"] = 99  # a follower's copy is its own
+    assert (await pair.cached.events_after(start))[0].object["spec"]["replicas"] == 1

@@ -429,6 +429,11 @@ class Store:
 
     async def events_after(self, seq: int, limit: int = 500) -> Events:
         """The events after ``seq``, in order; ``Gone`` if some were compacted away."""
+        cache = self.cache
+        if cache is not None and await cache.reach(self.written):
+            kept = cache.events_after(seq, limit)
+            if kept is not None:
+                return kept
         out: Events = []
         for event in await self.raw_events_after(seq, limit):
             if bounds.problem(event.object, max_bytes=_NO_SIZE_CHECK) is not None:

@@ -15,6 +15,10 @@ bisection and pagination gives the same answers, continue tokens included.
 
 Secrets are not cached: the event log holds them without their values, and their reads
 are rare; they are read from the database as before.
+
+The latest events are kept too (``RECENT``, as their JSON text), so that the followers of
+the log in this process — watches, feeds, controllers — read them from here rather than
+each polling the database after every write; one older than those is read from the log.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import asyncio
 import bisect
 import json
 import logging
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from kled.errors import Gone
@@ -38,6 +44,8 @@ log = logging.getLogger(__name__)
 #: kinds read from the database, not the cache (see the module's docstring)
 UNCACHED = frozenset({"Secret"})
 BATCH = 1000
+#: events kept in memory for followers
+RECENT = 10_000
 #: how long a read waits for the cache to reach this process's last write
 CATCH_UP_SECONDS = 5.0
 
@@ -110,6 +118,8 @@ class WatchCache:
         self.revision = 0
         self.kinds: dict[str, KindIndex] = {}
         self._pending: dict[int, tuple[Event, Entry]] = {}
+        #: (seq, type, kind, team, environment, name, object as JSON), in sequence order
+        self.recent: deque[tuple[int, str, str, str, str, str, str]] = deque(maxlen=RECENT)
         self._moved = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.ready = False
@@ -144,6 +154,7 @@ class WatchCache:
         self.kinds = kinds
         self.revision = revision
         self._pending.clear()
+        self.recent.clear()
         self.ready = True
         log.info("watch cache: %d resources at revision %d", self.size, revision)
 
@@ -176,7 +187,11 @@ class WatchCache:
     def _apply(self, event: Event, entry: Entry | None = None) -> None:
         self.revision = max(self.revision, event.seq)
         if event.kind in UNCACHED:
+            self._remember(event, json.dumps(event.object, separators=(",", ":")))
             return
+        entry = entry or entry_of(event.object, event.seq, checked=False)
+        if entry.text is not None:
+            self._remember(event, entry.text)
         index = self.kinds.setdefault(event.kind, KindIndex())
         ident = (event.team, event.environment, event.name)
         known = index.entries.get(ident)
@@ -185,7 +200,7 @@ class WatchCache:
         if event.type == "DELETED":
             index.drop(ident)
         else:
-            index.put(ident, entry or entry_of(event.object, event.seq, checked=False))
+            index.put(ident, entry)
 
     async def _follow(self) -> None:
         while True:
@@ -235,6 +250,28 @@ class WatchCache:
             )
             return False
         return self.ready
+
+    def _remember(self, event: Event, text: str) -> None:
+        e = event
+        self.recent.append((e.seq, e.type, e.kind, e.team, e.environment, e.name, text))
+
+    def events_after(self, seq: int, limit: int) -> list[Event] | None:
+        """The events after ``seq`` from memory, each object a fresh copy; None when the
+        ones kept do not reach back that far (the log has them, or says they are gone)."""
+        from kled.store.objects import Event
+
+        recent = self.recent
+        if not self.ready or seq > self.revision:
+            return None
+        if seq == self.revision:
+            return []
+        if not recent or recent[0][0] > seq + 1:
+            return None
+        at = bisect.bisect_right(recent, seq, key=lambda r: r[0])
+        return [
+            Event(s, change, kind, team, env, name, json.loads(text))
+            for s, change, kind, team, env, name, text in islice(recent, at, at + limit)
+        ]
 
     # ---- reading ---------------------------------------------------------------------
 
