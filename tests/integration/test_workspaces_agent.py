@@ -12,12 +12,14 @@ inputs give one line and leave nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from hostkit import Hosts, eventually
 
@@ -132,6 +134,7 @@ def test_up_runs_hooks_in_order_and_a_volume_survives_stop_start(
     up = hosts.cli("ws", "up", str(folder), timeout=UP_TIMEOUT)
     assert up.code == 0, up
     assert "shop: Running" in up.err
+    assert "  | [kled] postCreateCommand (devcontainer.json)" in up.err  # output, live
     status = ws(hosts, "shop")["status"]
     assert status["phase"] == "Running" and status["node"] == "wsnode"  # type: ignore[index]
 
@@ -300,3 +303,34 @@ def test_a_failing_hook_is_failed_with_its_name_and_output(hosts: Hosts, tmp_pat
         lambda: podman("container", "exists", container("broken")).returncode != 0,
         "container of broken removed",
     )
+
+
+def test_source_uploads_resume_check_their_digest_and_serve_only_nodes(hosts: Hosts) -> None:
+    data = bytes(range(256)) * 5000  # 1.28 MB: two parts of the CLI's size
+    digest = hashlib.sha256(data).hexdigest()
+    base = f"{hosts.url}/api/v1/teams/{TEAM}/workspace-sources/{digest}"
+    auth = {"Authorization": f"Bearer {hosts.token}"}
+    half = len(data) // 2
+    assert httpx.put(f"{base}/parts/1", content=data[half:], headers=auth).status_code == 200
+    missing = httpx.post(f"{base}/complete", params={"parts": 2}, headers=auth)
+    assert missing.status_code == 422 and "parts missing: [0]" in missing.text
+    assert httpx.get(base, headers=auth).json() == {"complete": False, "parts": [1]}
+    assert httpx.put(f"{base}/parts/0", content=data[:half], headers=auth).status_code == 200
+    done = httpx.post(f"{base}/complete", params={"parts": 2}, headers=auth)
+    assert done.status_code == 200
+    assert httpx.get(base, headers=auth).json()["complete"] is True
+
+    other = "0" * 64
+    wrong = f"{hosts.url}/api/v1/teams/{TEAM}/workspace-sources/{other}"
+    httpx.put(f"{wrong}/parts/0", content=b"not it", headers=auth)
+    refused = httpx.post(f"{wrong}/complete", params={"parts": 1}, headers=auth)
+    assert refused.status_code == 422 and "do not make the archive named" in refused.text
+    bad = httpx.get(f"{hosts.url}/api/v1/teams/{TEAM}/workspace-sources/nope", headers=auth)
+    assert bad.status_code == 422 and "sha256" in bad.text
+
+    reg = json.loads((hosts.root / "wsnode" / "registration.json").read_text())
+    node_url = f"{hosts.url}/api/v1/nodes/wsnode/workspace-sources/{TEAM}/{digest}"
+    assert httpx.get(node_url, auth=(reg["nats_user"], "wrong")).status_code == 401
+    assert httpx.get(node_url, headers=auth).status_code == 401  # a user is not a node
+    # the right node, but no workspace placed there names this archive
+    assert httpx.get(node_url, auth=(reg["nats_user"], reg["nats_password"])).status_code == 404

@@ -1,14 +1,22 @@
-"""A workspace's source folder, from the user's CLI to the node that runs it.
+"""A workspace's routes beside the generic resource ones: its source, logs and exec.
+
+The source folder goes from the user's CLI to the node that runs it:
 
 ``kled ws up ./folder`` packs the folder (a gzipped tar) and uploads it here in parts no
 larger than the API's body limit, named by the archive's sha256: parts already here are
 skipped, so an interrupted upload resumes. When every part is in, ``complete`` joins them
 and checks the digest; only then can a Workspace name it (``spec.source.upload``).
 
+Archives no workspace names are removed an hour after they were written, parts of an
+upload left unfinished after a day (at the next upload of the team).
+
 The node's agent fetches the archive with its Message Office credentials (HTTP basic:
 the NATS user and password the control plane gave it at join), and only an archive that a
 workspace placed on that node names. Archives live under the control plane's data dir,
 so a scale-out control plane with several replicas needs a shared folder there.
+
+``…/workspaces/{name}/logs`` reads what the build and hooks printed from the Message
+Office; ``…/workspaces/{name}/exec`` is ``exec_stream``'s WebSocket, into the workspace.
 """
 
 from __future__ import annotations
@@ -23,8 +31,10 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import APIRouter, Request, WebSocket
@@ -34,7 +44,7 @@ from kled.admission.request import UserInfo
 from kled.api import authz, exec_stream, openapi
 from kled.api.hosts import HostServices
 from kled.api.rest import User, service
-from kled.api.service import Service
+from kled.api.service import Service, parse_duration
 from kled.bus.exec_link import ExecLink
 from kled.bus.office import MessageOffice
 from kled.errors import Conflict, InvalidInput, KledError, NotFound, Unauthorized, Unavailable
@@ -126,7 +136,32 @@ async def complete(
         raise InvalidInput("the parts do not make the archive named: upload again", field="digest")
     os.replace(tmp, target)
     shutil.rmtree(folder, ignore_errors=True)
+    await _prune(request, team, keep=digest)
     return JSONResponse({"complete": True})
+
+
+#: an archive no workspace names is removed this long after it was written
+UNUSED_FOR = 3600.0
+#: an upload's parts are removed this long after the last one came
+PARTS_FOR = 86400.0
+
+
+async def _prune(request: Request, team: str, *, keep: str) -> None:
+    """Remove the team's archives that no workspace names (any more), and stale parts."""
+    root = _root(request, team)
+    docs = (await _hosts(request).store.list("Workspace", team)).items
+    named = {((d.get("spec") or {}).get("source") or {}).get("upload") for d in docs} | {keep}
+    now = time.time()
+    for path in root.iterdir():
+        try:
+            age = now - path.stat().st_mtime
+        except OSError:
+            continue
+        digest = path.name.split(".", 1)[0]
+        if path.name.endswith(".tar.gz") and digest not in named and age > UNUSED_FOR:
+            path.unlink(missing_ok=True)
+        elif path.name.endswith(".parts") and digest != keep and age > PARTS_FOR:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _node_login(request: Request, node: str) -> None:
@@ -172,17 +207,24 @@ async def node_source(request: Request, node: str, team: str, digest: str) -> Re
     responses=openapi.stream("application/x-ndjson", "log lines, one JSON object a line"),
 )
 async def workspace_logs(
-    request: Request, team: str, name: str, user: UserInfo = User, follow: bool = False
+    request: Request,
+    team: str,
+    name: str,
+    user: UserInfo = User,
+    follow: bool = False,
+    since: str | None = None,
 ) -> Response:
-    """What the workspace's build and lifecycle commands printed, as JSON lines."""
+    """What the workspace's build and lifecycle commands printed, as JSON lines
+    (``since``: only the last ``90s``, ``5m``…)."""
     authz.authorize(user, "get", kind_info("Workspace"), team, f"workspace/{team}/{name}")
     await service(request).get(user, Key("Workspace", team, "", name))
     office = _hosts(request).office
     if office is None:
         raise Unavailable("this server has no Message Office: no logs to read")
+    start = datetime.now(UTC) - parse_duration(since, "since") if since else None
 
     async def lines() -> AsyncIterator[bytes]:
-        async for line in office.read_logs(workspace_id(team, name), follow=follow):
+        async for line in office.read_logs(workspace_id(team, name), since=start, follow=follow):
             entry = {
                 "stream": line.stream,
                 "line": line.line,

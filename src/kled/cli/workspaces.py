@@ -21,8 +21,9 @@ import os
 import re
 import sys
 import tarfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -220,7 +221,40 @@ def up(
         note(f"workspace {label} {'unchanged' if not since else 'applied'}")
         if no_wait:
             return
-        _wait(client, chosen, label, ("Running",), timeout, since=since)
+        stop = _show_output(chosen, label, since) if since else None
+        try:
+            _wait(client, chosen, label, ("Running",), timeout, since=since)
+        finally:
+            if stop is not None:
+                stop()
+
+
+def _show_output(team: str, name: str, since: float) -> Callable[[], None]:
+    """Print the build's and hooks' lines as they come, on stderr, beside the phases;
+    returns what ends it (the stream closed, the thread joined)."""
+    seconds = max(1, int(time.time() - since) + 2)
+    done = threading.Event()
+    client = STATE.client()
+
+    def follow() -> None:
+        path = f"{_path(team, name)}/logs"
+        # only a display: however the stream ends (closed by ``stop`` included), quietly
+        with contextlib.suppress(Exception):
+            for entry in stream_logs(client, path, {"follow": "true", "since": f"{seconds}s"}):
+                if done.is_set():
+                    return
+                print(f"  | {entry.get('line', '')}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=follow, name="ws-output", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        time.sleep(0.3)  # the last lines of a hook that just ended
+        done.set()
+        client.close()
+        thread.join(2.0)
+
+    return stop
 
 
 def _wait(
