@@ -13,8 +13,8 @@ from kled.control.devswap import (
     HOLDER,
     SESSION_ENV,
     DevSession,
-    LeaseBook,
     dev_spec,
+    lapsed,
     restored,
     session_of,
     swapped_in,
@@ -103,16 +103,11 @@ def test_a_foreign_annotation_is_bad_input_naming_the_field() -> None:
 
 
 def test_leases_lapse_after_the_grace_unless_renewed() -> None:
-    book = LeaseBook(grace=3.0)
-    book.renew("acme/dev/api", "s1", now=100.0)
-    book.renew("acme/dev/web", "s2", now=100.0)
-    assert book.due(102.9) == []
-    book.renew("acme/dev/api", "s1", now=102.0)
-    assert book.due(103.5) == [("acme/dev/web", "s2")]
-    assert book.holds("acme/dev/api", "s1") and not book.holds("acme/dev/api", "s2")
-    book.drop("acme/dev/web")
-    assert book.due(104.0) == [] and book.due(105.5) == [("acme/dev/api", "s1")]
-    assert len(book) == 1
+    leases = {"acme.dev.api": ("s1", 102.0), "acme.dev.web": ("s2", 100.0)}
+    assert lapsed(leases, now=102.9, grace=3.0) == []
+    assert lapsed(leases, now=103.5, grace=3.0) == [("acme.dev.web", "s2")]
+    assert lapsed(leases, now=105.5, grace=3.0) == [("acme.dev.api", "s1"), ("acme.dev.web", "s2")]
+    assert lapsed({}, now=1e9, grace=3.0) == []
 
 
 def test_swapping_does_not_share_state_with_the_input() -> None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +29,9 @@ from kled.admission.request import UserInfo
 from kled.api import authz, openapi
 from kled.api.rest import User, _body, service
 from kled.api.service import ADMIN, Service
-from kled.control.devswap import DevSession, LeaseBook, restored, session_of, swapped_in
+from kled.bus.dev_leases import BucketLeases, Leases, MemoryLeases
+from kled.bus.office import MessageOffice
+from kled.control.devswap import DevSession, lapsed, restored, session_of, swapped_in
 from kled.errors import Conflict, InvalidInput, KledError, NotFound, Unavailable
 from kled.resources.registry import kind_info
 from kled.store.objects import Key
@@ -40,36 +43,56 @@ _RETRIES = 20
 
 
 def _app_key(key: Key) -> str:
-    return f"{key.team}/{key.environment}/{key.name}"
+    """An app's lease key: ``team.env.app`` (a key of the leases bucket)."""
+    return f"{key.team}.{key.environment}.{key.name}"
+
+
+def _key_of(app: str) -> Key:
+    team, env, name = app.split(".", 2)
+    return Key("App", team, env, name)
 
 
 class DevSessions:
-    """The leases of every dev session on this control plane, and their sweeper."""
+    """The dev sessions' leases on this control plane, and their sweeper."""
 
-    def __init__(self, svc: Service, grace: float) -> None:
+    def __init__(
+        self,
+        svc: Service,
+        grace: float,
+        office: Callable[[], MessageOffice | None] | None = None,
+    ) -> None:
         self.service = svc
-        self.book = LeaseBook(grace)
-        self._keys: dict[str, Key] = {}
+        self.grace = grace
+        #: the Message Office once connected (its bucket is shared by every replica)
+        self._office = office or (lambda: None)
+        self._memory = MemoryLeases()
+        self._bucket: BucketLeases | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     @property
-    def grace(self) -> float:
-        return self.book.grace
-
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+    def leases(self) -> Leases:
+        """The bucket of the Message Office when there is one, else this replica's memory."""
+        office = self._office()
+        if office is None:
+            return self._memory
+        if self._bucket is None or self._bucket.office is not office:
+            self._bucket = BucketLeases(office)
+        return self._bucket
 
     async def start(self) -> None:
-        """Take up the sessions the apps carry, then sweep until stopped."""
+        """Give each session the apps carry without a lease one (a fresh grace), then
+        sweep until stopped."""
+        known = await self.leases.all()
         token: str | None = None
         while True:
             page = await self.service.store.list("App", limit=500, continue_token=token)
             for doc in page.items:
                 with contextlib.suppress(KledError):
                     found = session_of(doc)
-                    if found is not None:
-                        self._hold(Key.of(doc), found.session)
+                    app = _app_key(Key.of(doc))
+                    if found is not None and known.get(app, ("", 0.0))[0] != found.session:
+                        await self.leases.renew(app, found.session)
             token = page.continue_token
             if not token:
                 break
@@ -81,10 +104,6 @@ class DevSessions:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _hold(self, key: Key, session: str) -> None:
-        self._keys[_app_key(key)] = key
-        self.book.renew(_app_key(key), session, self._now())
-
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, max(self.grace / 4, 0.1)))
@@ -94,15 +113,14 @@ class DevSessions:
                 log.exception("dev session sweep failed")
 
     async def sweep(self) -> None:
-        """Restore every app whose session's lease lapsed."""
-        for app, session in self.book.due(self._now()):
-            key = self._keys.get(app)
-            self.book.drop(app)
-            if key is None:
-                continue
+        """Restore every app whose session's lease lapsed (on any replica: a second
+        restore of the same app finds nothing to do)."""
+        for app, session in lapsed(await self.leases.all(), time.time(), self.grace):
             log.warning("app/%s dev session %s lapsed; restoring the app", app, session[:8])
-            with contextlib.suppress(NotFound):
-                await self.restore(ADMIN, key, session)
+            try:
+                await self.restore(ADMIN, _key_of(app), session)
+            except NotFound:
+                await self.leases.drop(app)
 
     # -- the operations --------------------------------------------------------------------
     async def begin(self, user: UserInfo, key: Key) -> dict[str, Any]:
@@ -115,7 +133,7 @@ class DevSessions:
         )
         async with self._lock:
             await _written(self.service, user, key, lambda doc: swapped_in(doc, session))
-            self._hold(key, session.session)
+            await self.leases.renew(_app_key(key), session.session)
         log.info(
             "app/%s dev session %s begun by %s", _app_key(key), session.session[:8], user.username
         )
@@ -123,12 +141,10 @@ class DevSessions:
 
     async def renew(self, user: UserInfo, key: Key, session: str) -> dict[str, Any]:
         authz.authorize(user, "update", kind_info("App"), key.team, str(key))
-        if not self.book.holds(_app_key(key), session):
-            doc = await self.service.get(user, key)
-            found = session_of(doc)
-            if found is None or found.session != session:
-                raise NotFound(f"app {key.name} is not in dev session {session[:8]} any more")
-        self._hold(key, session)
+        found = session_of(await self.service.get(user, key))
+        if found is None or found.session != session:
+            raise NotFound(f"app {key.name} is not in dev session {session[:8]} any more")
+        await self.leases.renew(_app_key(key), session)
         return {"session": session, "graceSeconds": self.grace}
 
     async def restore(self, user: UserInfo, key: Key, session: str | None) -> dict[str, Any]:
@@ -146,10 +162,8 @@ class DevSessions:
             return out
 
         async with self._lock:
-            try:
-                await _written(self.service, user, key, back)
-            finally:
-                self.book.drop(_app_key(key))
+            await _written(self.service, user, key, back)
+            await self.leases.drop(_app_key(key))
         found = ended[-1]
         log.info("app/%s restored after dev session %s", _app_key(key), found.session[:8])
         return {"restored": True, "session": found.session}

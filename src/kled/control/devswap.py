@@ -11,14 +11,17 @@ go (the dev command is restarted at will and may not answer yet), and
 The app's original spec is kept in the app itself, in the ``kled.io/dev-session``
 annotation, so the swap and its undo are each one write, survive a control plane restart,
 and the restore puts back exactly what was there (the spec compares equal to the one
-before). ``LeaseBook`` is the pure clock of the sessions: a session renewed within its
-grace period lives on; one that is not (a laptop that vanished) is due for a restore.
+before). ``lapsed`` is the pure clock of the sessions: a session renewed within its grace
+period lives on; one that is not (a laptop that vanished) is due for a restore. The
+renewals themselves are kept where every control plane replica sees them
+(``kled.bus.dev_leases``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,32 +115,9 @@ def restored(doc: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-@dataclass
-class _Lease:
-    session: str
-    deadline: float
-
-
-class LeaseBook:
-    """Deadlines of the dev sessions, by app key: renewed by their CLI, else due."""
-
-    def __init__(self, grace: float) -> None:
-        self.grace = grace
-        self._leases: dict[str, _Lease] = {}
-
-    def renew(self, app: str, session: str, now: float) -> None:
-        self._leases[app] = _Lease(session, now + self.grace)
-
-    def holds(self, app: str, session: str) -> bool:
-        lease = self._leases.get(app)
-        return lease is not None and lease.session == session
-
-    def drop(self, app: str) -> None:
-        self._leases.pop(app, None)
-
-    def due(self, now: float) -> list[tuple[str, str]]:
-        """(app, session) of every lease past its deadline."""
-        return [(app, lease.session) for app, lease in self._leases.items() if now > lease.deadline]
-
-    def __len__(self) -> int:
-        return len(self._leases)
+def lapsed(
+    leases: Mapping[str, tuple[str, float]], now: float, grace: float
+) -> list[tuple[str, str]]:
+    """(app, session) of every lease not renewed within ``grace`` seconds of ``now``;
+    a lease is (session, last renewal), both times in the same clock."""
+    return [(app, session) for app, (session, at) in sorted(leases.items()) if now - at > grace]
