@@ -111,6 +111,9 @@ class MeshController:
         self._given: dict[tuple[str, str, str, str], str] = {}
         # (team, pool) → why it is full, until something in it is released
         self._full: dict[tuple[str, str], str] = {}
+        # Status writes the rebuild found wanting: written by the loop, so that the API
+        # serves while a first start over thousands of apps catches up.
+        self._backlog: dict[Key, Callable[[dict[str, Any]], None]] = {}
 
     def zone_of(self, spec: dict[str, Any]) -> str:
         """A team's zone: its own, or the server's (``--zone``) when it sets none."""
@@ -176,9 +179,48 @@ class MeshController:
         for team in teams:
             await self._guarded(self._team_changed(team), "team", team)
         for kind in ("Device", *_SERVICE_KINDS):
-            for doc in (await self.store.list(kind)).items:
+            docs = (await self.store.list(kind)).items
+            await self._allocate_missing(kind, docs)
+            for doc in docs:
                 await self._guarded(self._changed(kind, doc), kind, doc)
         await self._free_orphans(teams, nodes)
+
+    async def _allocate_missing(self, kind: str, docs: list[dict[str, Any]]) -> None:
+        """Addresses for every resource of ``kind`` that has none yet, a batch per team:
+        a first start over thousands of apps takes a few transactions, not one each.
+        Whatever this leaves out (a full range) is handled one by one, as before."""
+        pool: Pool = "mesh" if kind == "Device" else "service"
+        missing: dict[str, list[tuple[str, str]]] = {}
+        for doc in docs:
+            meta = doc["metadata"]
+            team, name = meta["team"], meta["name"]
+            owner = name if kind == "Device" else f"{meta.get('environment') or ''}/{name}"
+            known = (team, pool, kind, owner) in self._given
+            if team in self._teams and not known and not _deleting(doc):
+                missing.setdefault(team, []).append((kind, owner))
+        for team, owners in missing.items():
+            try:
+                given = await self.ipam.allocate_many(team, pool, owners)
+            except Unavailable:
+                raise
+            except KledError as e:
+                log.warning("meshctl: team %s: batch allocation failed (%s)", team, e)
+                continue
+            for (owner_kind, owner), ip in given.items():
+                self._given[(team, pool, owner_kind, owner)] = ip
+
+    async def _write_backlog(self) -> None:
+        """The status writes the rebuild left; each reads the resource as it is now."""
+        while self._backlog:
+            key = next(iter(self._backlog))
+            change = self._backlog.pop(key)
+            try:
+                await self._set_status(key, change)
+            except Unavailable:
+                self._backlog[key] = change  # again, after the pause the loop takes
+                raise
+            except KledError as e:
+                log.warning("meshctl: %s: %s", key, e)
 
     async def _guarded(self, work: Awaitable[None], kind: str, doc: dict[str, Any]) -> None:
         """One resource's failure (a refused block, a full range) must not stop the rest;
@@ -202,6 +244,7 @@ class MeshController:
 
     async def step(self, limit: int = 500) -> int:
         """Handle the events after ``seq``; returns how many there were."""
+        await self._write_backlog()
         batch = await self.store.events_after(self.seq, limit)
         for event in batch:
             try:
@@ -505,6 +548,9 @@ class MeshController:
             status = copy.deepcopy(held.get("status") or {})
             change(status)
             if status == (held.get("status") or {}):
+                return held
+            if self._rebuilding:
+                self._backlog[key] = change  # written by the loop, once serving
                 return held
         for _ in range(_STATUS_TRIES):
             doc = await self.store.find(key)
