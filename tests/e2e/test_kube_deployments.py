@@ -4,9 +4,10 @@ The control plane runs inside a lab host (``agentlab``), one agent on another; k
 in the server's host with the kubeconfig the cluster API issues. A 3-replica Deployment
 (process runtime, a readiness probe) becomes an App of the cluster's environment: the
 scheduler places it, the agent starts the replicas, and kubectl sees three Pods go Running
-and Ready with pod IPs and a node, ``kubectl wait`` sees the Deployment Available, a patch
-to 1 replica stops two of them, and ``kubectl delete -f`` stops the last one. Deleting
-the cluster while its pods run stops them and leaves none of its environments.
+and Ready with pod IPs and a node; ``kubectl logs`` shows a replica's output; ``kubectl
+wait`` sees the Deployment Available; a patch to 1 replica stops two of them, and
+``kubectl delete -f`` stops the last one. Deleting the cluster while its pods run stops
+them and leaves none of its environments.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
     assert len(rows) == 3 and all(r.split()[1:3] == ["1/1", "Running"] for r in rows)
     assert k.ok("get", "deploy", "web").splitlines()[1].split()[:2] == ["web", "3/3"]
     assert len(mesh.replicas()) == 3
+    # kubectl logs: the replica's own output (http.server logs each readiness probe)
+    first = pods[0]["metadata"]["name"]
+    eventually(lambda: '"GET / HTTP/1.1" 200' in k.ok("logs", first), "probe requests logged")
 
     k.ok("patch", "deployment", "web", "--type=merge", "-p", '{"spec":{"replicas":1}}')
     eventually(lambda: len(_pods(k)) == 1 and len(mesh.replicas()) == 1, "one replica left")

@@ -90,7 +90,7 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
                     "singularName": "",
                     "namespaced": item.namespaced,
                     "kind": item.kind,
-                    "verbs": ["get", "patch", "update"],
+                    "verbs": ["get"] if sub == "log" else ["get", "patch", "update"],
                 }
             )
     return {

@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import yaml
@@ -202,6 +203,10 @@ async def _dispatch(call: Call, target: Target, method: str) -> Response:
         raise KubeError(405, "MethodNotAllowed", f"{method} needs an object name")
     if served.kind == "Node":
         return await _nodes(call, target, verb)
+    if target.sub == "log":
+        if verb != "get":
+            raise KubeError(405, "MethodNotAllowed", "pods/log is read-only")
+        return await _logs(call, target)
     if verb == "list":
         return await _list(call, target)
     if verb == "watch":
@@ -623,6 +628,42 @@ async def _delete_collection(call: Call, target: Target) -> Response:
                 await lifecycle.after_delete(call.objects, served, obj)
                 await _run(call, served, obj, gone=True)
     return _json(_list_body(served, gone, revision))
+
+
+# ---- logs -------------------------------------------------------------------------------
+
+
+async def _logs(call: Call, target: Target) -> Response:
+    """``kubectl logs``: the lines of the App replica a Deployment's Pod is, from the
+    Message Office as ``kled logs`` reads them (``follow``, ``sinceSeconds``, ``tailLines``)."""
+    pod = await _find(call, target)
+    owners = pod["metadata"].get("ownerReferences") or []
+    owner = next((o for o in owners if o.get("kind") == "Deployment"), None)
+    hosts = getattr(call.request.app.state, "hosts", None)
+    office = getattr(hosts, "office", None)
+    if owner is None or office is None:
+        raise bad_request(f'pod "{target.name}" has no logs: it is not run by a Deployment')
+    env = workloads.environment_name(call.cluster, target.namespace or "default")
+    index = str(target.name).rsplit("-", 1)[-1]
+    prefix = f"{call.team}.{env}.{workloads.app_name(str(owner['name']))}.{index}"
+    since = None
+    if (call.query("sinceSeconds") or "").isdigit():
+        since = datetime.now(UTC) - timedelta(seconds=int(call.query("sinceSeconds") or 0))
+    follow = call.flag("follow")
+    tail = int(call.query("tailLines") or -1) if (call.query("tailLines") or "").isdigit() else -1
+
+    async def lines() -> AsyncIterator[bytes]:
+        if follow or tail < 0:
+            async for line in office.read_logs(prefix, since=since, follow=follow):
+                yield (line.line.rstrip("\n") + "\n").encode()
+            return
+        kept: list[str] = []
+        async for line in office.read_logs(prefix, since=since, follow=False):
+            kept = [*kept[-tail + 1 :], line.line] if tail else []
+        for text in kept:
+            yield (text.rstrip("\n") + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="text/plain")
 
 
 # ---- nodes ------------------------------------------------------------------------------
