@@ -16,6 +16,7 @@ import contextlib
 import json
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -657,9 +658,9 @@ async def _logs(call: Call, target: Target) -> Response:
             async for line in office.read_logs(prefix, since=since, follow=follow):
                 yield (line.line.rstrip("\n") + "\n").encode()
             return
-        kept: list[str] = []
+        kept: deque[str] = deque(maxlen=tail)
         async for line in office.read_logs(prefix, since=since, follow=False):
-            kept = [*kept[-tail + 1 :], line.line] if tail else []
+            kept.append(line.line)
         for text in kept:
             yield (text.rstrip("\n") + "\n").encode()
 
