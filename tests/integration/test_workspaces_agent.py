@@ -23,6 +23,7 @@ import httpx
 import pytest
 from hostkit import Hosts, eventually
 
+from cli.clikit import Cli
 from imagekit import busybox_image, podman
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workspaces")]
@@ -334,3 +335,38 @@ def test_source_uploads_resume_check_their_digest_and_serve_only_nodes(hosts: Ho
     assert httpx.get(node_url, headers=auth).status_code == 401  # a user is not a node
     # the right node, but no workspace placed there names this archive
     assert httpx.get(node_url, auth=(reg["nats_user"], reg["nats_password"])).status_code == 404
+
+
+def _member(hosts: Hosts, team: str, name: str, role: str, home: Path) -> Cli:
+    """A logged-in CLI of a user with ``role`` in ``team`` (made when it is not ours)."""
+    admin = {"Authorization": f"Bearer {hosts.token}"}
+    with httpx.Client(base_url=hosts.url, headers=admin) as c:
+        if team != TEAM:
+            c.post("/api/v1/teams", json={"metadata": {"name": team}}).raise_for_status()
+        body = {"metadata": {"name": name}, "spec": {"role": role}}
+        c.post(f"/api/v1/teams/{team}/users", json=body).raise_for_status()
+        token = {"metadata": {"name": f"{name}-token"}, "spec": {"user": name}}
+        answer = c.post(f"/api/v1/teams/{team}/tokens", json=token)
+        answer.raise_for_status()
+    cli = Cli(home)
+    home.mkdir(parents=True, exist_ok=True)
+    cli.ok("login", "--server", hosts.url, "--token", answer.json()["token"], "--team", team)
+    return cli
+
+
+def test_a_viewer_may_look_not_enter_and_another_team_sees_nothing(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    folder = write_folder(tmp_path / "walled", {"image": IMAGE})
+    hosts.cli.ok("ws", "up", str(folder))
+    viewer = _member(hosts, TEAM, "vic", "viewer", tmp_path / "vic")
+    assert viewer.ok("ws", "status", "walled").split()[:2] == ["phase", "Running"]
+    refused = viewer("ws", "exec", "walled", "--", "true")
+    assert refused.code == 1 and "may not update workspaces" in refused.err, refused
+    stranger = _member(hosts, f"{TEAM}x", "eve", "owner", tmp_path / "eve")
+    for args in (("status", "walled"), ("exec", "walled", "--", "true"), ("logs", "walled")):
+        result = stranger("ws", *args, "--team", TEAM)
+        assert result.code == 1 and len(result.err.strip().splitlines()) == 1, result
+        assert "not found" in result.err or "does not exist" in result.err, result
+    assert "walled" not in stranger.ok("ws", "list")
+    hosts.cli.ok("ws", "delete", "walled", "--yes")
