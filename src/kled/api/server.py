@@ -30,6 +30,7 @@ from kled.api.gitops import router as gitops_router
 from kled.api.gitsync import GitOps
 from kled.api.hosts import HostServices
 from kled.api.intercepts import InterceptServices
+from kled.api.managed import ManagedServices
 from kled.api.mesh import MeshServices
 from kled.api.policies import DatabaseViolationSink, PolicyFeed, StorePolicySource, StoreReader
 from kled.api.service import Service
@@ -97,8 +98,9 @@ class ControlPlane:
         hosts = self.hosts
         self.dev = DevSessions(self.service, s.dev_grace_seconds, lambda: hosts.office)
         self.gitops = GitOps(self.service, s.data_dir / "gitops")
+        self.managed = ManagedServices(self.service)
         # Their admission checks hold on every replica; their controllers run on one.
-        for hook in (self.mesh.check_team, self.intercepts.admit):
+        for hook in (self.mesh.check_team, self.intercepts.admit, self.managed.admit):
             self.service.chain.add_validating(hook)
         self.leadership = Leadership(
             lease_for(s.database_url()), self._start_controllers, self._lost_lease
@@ -115,6 +117,7 @@ class ControlPlane:
         await self.intercepts.start()
         await self.dev.start()
         await self.gitops.start()
+        await self.managed.start()
         from kled.kube.mirror import WorkloadMirror
 
         self.kube_mirror = WorkloadMirror(self.service)  # Deployments' Pods from their Apps
@@ -234,6 +237,8 @@ class ControlPlane:
     async def close(self) -> None:
         if self.kube_mirror is not None:
             await self.kube_mirror.stop()
+        if getattr(self, "managed", None) is not None:
+            await self.managed.stop()
         if self.gitops is not None:
             await self.gitops.stop()
         if self.dev is not None:
