@@ -53,6 +53,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "Policy": doc("Policy", {"javascript": "allow();"}),
     "Cluster": doc("Cluster", {}),
     "GitSource": doc("GitSource", {"url": "file:///srv/git/env.git"}, team="acme"),
+    "Job": doc("Job", {"command": ["true"]}, environment="dev"),
     "KubeObject": doc("KubeObject", {"object": {"kind": "ConfigMap"}}, environment="dev"),
     "ServiceTemplate": doc(
         "ServiceTemplate",
@@ -448,7 +449,7 @@ DNS = "must be a DNS label (lowercase letters, digits and '-', at most 63)"
          "unknown resource type 'widgets' (known: teams, nodes, users, tokens, devices, "
          "environments, workspaces, policies, clusters, gitsources, apps, managedservices, "
          "configs, "
-         "secrets, intercepts, kubeobjects, servicetemplates)"),
+         "secrets, intercepts, jobs, kubeobjects, servicetemplates)"),
         (doc("Policy", {"javascript": "x", "objectSelector": {
             "matchExpressions": [{"key": "a", "operator": "In"}]}}),
          "spec.objectSelector.matchExpressions[0].values", "must not be empty for operator In"),

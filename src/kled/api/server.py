@@ -118,6 +118,10 @@ class ControlPlane:
         await self.dev.start()
         await self.gitops.start()
         await self.managed.start()
+        from kled.control.jobs import JobController
+
+        self.jobs = JobController(self.service.store)  # each attempt of a Job is an App
+        await self.jobs.start()
         from kled.kube.mirror import WorkloadMirror
 
         self.kube_mirror = WorkloadMirror(self.service)  # Deployments' Pods from their Apps
@@ -235,6 +239,8 @@ class ControlPlane:
             self.kube.stop()
 
     async def close(self) -> None:
+        if getattr(self, "jobs", None) is not None:
+            await self.jobs.stop()
         if self.kube_mirror is not None:
             await self.kube_mirror.stop()
         if getattr(self, "managed", None) is not None:

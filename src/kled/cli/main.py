@@ -119,6 +119,9 @@ def _mount() -> None:
     from kled.cli import rollout
 
     app.add_typer(rollout.app, name="rollout", help="Rolling updates: status, history, undo.")
+    from kled.cli import jobs
+
+    app.add_typer(jobs.app, name="job", help="Jobs: runs, attempts, logs, run-now.")
     from kled.cli import ips
 
     app.add_typer(ips.app, name="ip", help="Who holds which address of a team's block.")

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ValidationError, model_validator
 
 from kled.errors import InvalidInput
+from kled.resources.jobspec import JobSpec
 from kled.resources.meta import (
     KledModel,
     ObjectMeta,
@@ -130,6 +131,11 @@ class GitSource(Resource):
     spec: GitSourceSpec
 
 
+class Job(Resource):
+    kind: Literal["Job"] = "Job"
+    spec: JobSpec
+
+
 class KubeObject(Resource):
     kind: Literal["KubeObject"] = "KubeObject"
     spec: KubeObjectSpec
@@ -196,6 +202,8 @@ _MODELS: dict[str, type[Resource]] = {
     )
 }  # fmt: skip
 
+_MODELS["Job"] = Job
+
 _SPEC_MODELS: dict[str, type[KledModel]] = {
     "Team": TeamSpec,
     "User": UserSpec,
@@ -212,6 +220,7 @@ _SPEC_MODELS: dict[str, type[KledModel]] = {
     "Policy": PolicySpec,
     "Cluster": ClusterSpec,
     "GitSource": GitSourceSpec,
+    "Job": JobSpec,
     "KubeObject": KubeObjectSpec,
     "ServiceTemplate": ServiceTemplateSpec,
 }
@@ -311,6 +320,7 @@ __all__ = [
     "Environment",
     "GitSource",
     "Intercept",
+    "Job",
     "KubeObject",
     "ManagedService",
     "Node",

@@ -54,6 +54,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Config", "configs", Scope.ENVIRONMENT, ("cfg", "cm", "configmap"), data_kind=True),
     KindInfo("Secret", "secrets", Scope.ENVIRONMENT, (), data_kind=True),
     KindInfo("Intercept", "intercepts", Scope.ENVIRONMENT, ("icpt",)),
+    KindInfo("Job", "jobs", Scope.ENVIRONMENT, ("cronjob", "cronjobs")),
     KindInfo("KubeObject", "kubeobjects", Scope.ENVIRONMENT),
     KindInfo("ServiceTemplate", "servicetemplates", Scope.SERVER, ("st", "template")),
 )
