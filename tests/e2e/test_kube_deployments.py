@@ -5,7 +5,7 @@ in the server's host with the kubeconfig the cluster API issues. A 3-replica Dep
 (process runtime, a readiness probe) becomes an App of the cluster's environment: the
 scheduler places it, the agent starts the replicas, and kubectl sees three Pods go Running
 and Ready with pod IPs and a node; ``kubectl logs`` shows a replica's output; ``kubectl
-wait`` sees the Deployment Available; a patch to 1 replica stops two of them, and
+wait`` and ``rollout status`` see the Deployment Available; ``kubectl scale`` to 1 stops two, and
 ``kubectl delete -f`` stops the last one. Deleting the cluster while its pods run stops
 them and leaves none of its environments.
 """
@@ -100,6 +100,7 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
 
     eventually(three_ready, "three Ready pods")
     k.ok("wait", "--for=condition=Available", "deployment/web", "--timeout=60s")
+    assert "successfully rolled out" in k.ok("rollout", "status", "deployment/web", "--timeout=60s")
     pods = _pods(k)
     assert {p["spec"]["nodeName"] for p in pods} == {"node1"}
     assert all(p["status"]["podIP"].startswith("100.97.") for p in pods)
@@ -111,7 +112,7 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
     first = pods[0]["metadata"]["name"]
     eventually(lambda: '"GET / HTTP/1.1" 200' in k.ok("logs", first), "probe requests logged")
 
-    k.ok("patch", "deployment", "web", "--type=merge", "-p", '{"spec":{"replicas":1}}')
+    assert "deployment.apps/web scaled" in k.ok("scale", "deployment", "web", "--replicas=1")
     eventually(lambda: len(_pods(k)) == 1 and len(mesh.replicas()) == 1, "one replica left")
 
     k.ok("delete", "-f", str(manifest))

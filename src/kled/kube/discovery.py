@@ -89,8 +89,9 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
                     "name": f"{item.plural}/{sub}",
                     "singularName": "",
                     "namespaced": item.namespaced,
-                    "kind": item.kind,
+                    "kind": "Scale" if sub == "scale" else item.kind,
                     "verbs": ["get"] if sub == "log" else ["get", "patch", "update"],
+                    **({"group": "autoscaling", "version": "v1"} if sub == "scale" else {}),
                 }
             )
     return {

@@ -208,6 +208,8 @@ async def _dispatch(call: Call, target: Target, method: str) -> Response:
         if verb != "get":
             raise KubeError(405, "MethodNotAllowed", "pods/log is read-only")
         return await _logs(call, target)
+    if target.sub == "scale":
+        return await _scale(call, target, verb)
     if verb == "list":
         return await _list(call, target)
     if verb == "watch":
@@ -629,6 +631,49 @@ async def _delete_collection(call: Call, target: Target) -> Response:
                 await lifecycle.after_delete(call.objects, served, obj)
                 await _run(call, served, obj, gone=True)
     return _json(_list_body(served, gone, revision))
+
+
+# ---- scale ------------------------------------------------------------------------------
+
+
+def _scale_view(deployment: dict[str, Any]) -> dict[str, Any]:
+    meta = deployment["metadata"]
+    labels = deployment["spec"]["selector"].get("matchLabels") or {}
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta
+        },
+        "spec": {"replicas": deployment["spec"].get("replicas", 1)},
+        "status": {
+            "replicas": (deployment.get("status") or {}).get("replicas", 0),
+            "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+        },
+    }
+
+
+async def _scale(call: Call, target: Target, verb: str) -> Response:
+    """``deployments/scale``, as ``kubectl scale`` reads and writes it."""
+    current = await _find(call, target)
+    if verb == "get":
+        return _json(_scale_view(current))
+    body = await _body(call)
+    if verb == "patch":
+        ctype = call.request.headers.get("content-type", "").split(";")[0].strip()
+        view = _scale_view(current)
+        if ctype == "application/json-patch+json":
+            body = patching.json_patch(view, body)
+        else:
+            body = patching.merge_patch(view, body)
+    replicas = (body.get("spec") or {}).get("replicas") if isinstance(body, dict) else None
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        raise invalid("Scale", str(target.name), [("spec.replicas", "must be an integer >= 0")])
+    obj = {k: v for k, v in current.items() if k != "status"}
+    obj["spec"] = {**obj["spec"], "replicas": replicas}
+    written = await _write(call, Target(target.served, target.namespace, target.name, None),
+                           current, obj, None)  # fmt: skip
+    return _json(_scale_view(written))
 
 
 # ---- logs -------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ SERVED: tuple[Served, ...] = (
         True,
         ("deploy",),
         categories=("all",),
-        subresources=("status",),
+        subresources=("status", "scale"),
     ),
 )
 
