@@ -21,6 +21,7 @@ from typing import Any
 from kled.admission.chain import AdmissionChain
 from kled.admission.request import AdmissionRequest, Operation, UserInfo
 from kled.api import authz
+from kled.control.desired import MANAGED_BY
 from kled.control.ipam import Ipam
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
 from kled.resources import bounds
@@ -345,6 +346,10 @@ class Service:
         for kind in CLONED_KINDS:
             page = await self.store.list(kind, team, source)
             for doc in page.items:
+                if (doc["metadata"].get("labels") or {}).get(MANAGED_BY):
+                    # A managed service's server app and credentials: its controller makes
+                    # new ones for the clone (own data, own password), never shared ones.
+                    continue
                 copy_doc = {k: copy.deepcopy(v) for k, v in doc.items() if k != "status"}
                 meta = doc["metadata"]
                 copy_doc["metadata"] = {

@@ -63,6 +63,8 @@ BACKUPS = "kled.io/backups"
 #: set by ``kled service restore``: the dump to load at first start, and its node
 RESTORE_FROM = "kled.io/restore-from"
 RESTORE_NODE = "kled.io/restore-node"
+#: on the credentials Secret: the uid of the service whose password it holds
+SERVICE_UID = "kled.io/service-uid"
 DEFAULT_ROOT = "/var/lib/kled/services"
 _KEEP_BACKUPS = 50
 
@@ -196,7 +198,11 @@ def plan(
                       message="waiting for the service's IP and DNS name")  # fmt: skip
         return Plan(status)
     old = {str(k): _unb64(v) for k, v in ((secret or {}).get("data") or {}).items()}
-    password = old.get("password") or new_password
+    # Only this service's own password is kept: a Secret made for another service of the
+    # same name (a copy, an earlier service) gets a new one.
+    held = ((secret or {}).get("metadata") or {}).get("annotations") or {}
+    own = held.get(SERVICE_UID) == uid
+    password = (old.get("password") if own else None) or new_password
     rotation = annotations.get(ROTATE)
     if rotation and rotation != status.get("rotation"):
         password = new_password
@@ -214,7 +220,7 @@ def plan(
         "apiVersion": "kled.io/v1",
         "kind": "Secret",
         "metadata": {"name": secret_name(ms), "team": ref[0], "environment": ref[1],
-                     "labels": {MANAGED_BY: ref[2]}},
+                     "labels": {MANAGED_BY: ref[2]}, "annotations": {SERVICE_UID: uid}},
         "data": {k: _b64(v) for k, v in sorted(entries.items())},
     }  # fmt: skip
     node = status.get("node") or annotations.get(RESTORE_NODE)
@@ -395,7 +401,12 @@ class ManagedServiceController:
             except Conflict:
                 pass  # created meanwhile: the next round compares it
             return
-        same_labels = (current["metadata"].get("labels") or {}) == wanted["metadata"]["labels"]
+        # the Secret's annotations are ours; an App's may be a user's (kled app restart)
+        compared = ("labels", "annotations") if doc["kind"] == "Secret" else ("labels",)
+        same_labels = all(
+            (current["metadata"].get(k) or {}) == (wanted["metadata"].get(k) or {})
+            for k in compared
+        )
         part = "data" if doc["kind"] == "Secret" else "spec"
         if current.get(part) == wanted.get(part) and same_labels:
             return
