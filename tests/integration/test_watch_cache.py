@@ -215,3 +215,43 @@ async def test_followers_read_the_same_events_from_memory(pair: Pair) -> None:
     kept = await pair.cached.events_after(start)
     kept[0].object["spec"]["replicas"] = 99  # a follower's copy is its own
     assert (await pair.cached.events_after(start))[0].object["spec"]["replicas"] == 1
+
+
+async def test_a_feed_behind_the_compacted_log_lists_again_and_goes_on(pair: Pair) -> None:
+    from kled.errors import Gone
+    from kled.store.follow import follow_events
+
+    store = pair.direct  # no cache: the log itself answers
+    start = await store.revision()
+    for n in range(5):
+        await store.create(app("green", "dev", f"old-{n}"))
+    assert await store.compact(2) == start + 3
+    with pytest.raises(Gone) as gone:
+        await store.events_after(start)
+    assert gone.value.oldest == start + 4
+    assert "the oldest kept is" in str(gone.value)
+
+    seen: list[str] = []
+    relisted: list[int] = []
+
+    async def handle(event: Any) -> None:
+        seen.append(event.name)
+
+    async def resync() -> int:
+        relisted.append(await store.revision())
+        return relisted[-1]
+
+    feed = asyncio.create_task(follow_events(store, start, handle, what="t", resync=resync))
+    try:
+        for _ in range(100):
+            if relisted:
+                break
+            await asyncio.sleep(0.05)
+        await store.create(app("green", "dev", "after"))
+        for _ in range(100):
+            if "after" in seen:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        feed.cancel()
+    assert relisted and seen == ["after"]

@@ -136,7 +136,9 @@ class PolicyFeed:
     async def start(self) -> None:
         after = await self.store.revision()
         self._task = asyncio.create_task(
-            follow_events(self.store, after, self._on_event, what="policy feed"),
+            follow_events(
+                self.store, after, self._on_event, what="policy feed", resync=self._resync
+            ),
             name="policy-feed",
         )
 
@@ -145,6 +147,12 @@ class PolicyFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def _resync(self) -> int:
+        """After a compaction: forget every cached policy; go on from now."""
+        self.source.forget()
+        self._seen.clear()
+        return await self.store.revision()
 
     def changed(self, event_type: str, doc: Mapping[str, Any]) -> bool:
         """Whether this event changes what the user asked for (always, for a deletion)."""

@@ -5,6 +5,11 @@ a deleted node's credentials withdrawn) all read the log the same way: a batch a
 last sequence seen, each event handed on in order, a wait for the next write when the
 batch was not full. A failure to read is retried after a second; a handler that raises
 on one event is logged and the next event goes on, so one bad event never wedges a feed.
+
+A feed that falls so far behind that its next events were compacted (``Gone``) calls its
+``resync``, which rebuilds what it keeps from the store as it is now and says the
+revision to go on from, as a Kubernetes informer lists again after a 410. A feed without
+one goes on from the oldest event kept, with an error in the log naming what it missed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from kled.errors import Gone
 from kled.store.objects import Event, Store
 
 log = logging.getLogger(__name__)
@@ -27,6 +33,7 @@ async def follow_events(
     *,
     what: str,
     idle: float = 1.0,
+    resync: Callable[[], Awaitable[int]] | None = None,
 ) -> None:
     """Hand each event after ``after`` to ``handle``; runs until cancelled."""
     while True:
@@ -34,6 +41,19 @@ async def follow_events(
             batch = await store.events_after(after, BATCH)
         except asyncio.CancelledError:
             raise
+        except Gone as gone:
+            if resync is not None:
+                log.warning("%s: events after %d were compacted; listing again", what, after)
+                after = await _resynced(resync, what)
+            else:
+                log.error(
+                    "%s: events %d to %d were compacted before this feed read them",
+                    what,
+                    after + 1,
+                    gone.oldest - 1,
+                )
+                after = gone.oldest - 1
+            continue
         except Exception:
             log.exception("%s: reading the event log failed; retrying", what)
             await asyncio.sleep(1)
@@ -50,3 +70,14 @@ async def follow_events(
                 )
         if len(batch) < BATCH:
             await store.wait_for_change(idle)
+
+
+async def _resynced(resync: Callable[[], Awaitable[int]], what: str) -> int:
+    while True:
+        try:
+            return await resync()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: listing again failed; retrying", what)
+            await asyncio.sleep(1)
