@@ -267,10 +267,21 @@ def test_a_restarted_agent_adopts_and_recreate_keeps_volumes(hosts: Hosts, tmp_p
     assert container_id("keep") == first
     assert hosts.cli.ok("ws", "status", "keep").split()[:2] == ["phase", "Running"]
 
+    # as after a reboot: the container stopped while no agent ran; the agent starts it
+    hosts.kill_agent("wsnode")
+    podman("stop", "-t", "0", container("keep"))
+    hosts.start_agent("wsnode", join=False)
+    seen = eventually(
+        lambda: hosts.cli("ws", "exec", "keep", "--", "cat", "/data/order").out,
+        "ws exec after the container was started again",
+    )
+    assert seen.split() == ["onCreate", "postStart", "postStart"]
+    assert container_id("keep") == first
+
     hosts.cli.ok("ws", "up", str(folder), "--recreate")
     assert container_id("keep") != first  # a new container, with the old volume
     order = in_container("keep", "cat", "/data/order").split()
-    assert order == ["onCreate", "postStart", "onCreate", "postStart"]
+    assert order == ["onCreate", "postStart", "postStart", "onCreate", "postStart"]
     # a stop and start later, the recreate stays (no third container)
     recreated = container_id("keep")
     hosts.cli.ok("ws", "stop", "keep")
