@@ -3,13 +3,15 @@
 The plain API port stays as it is (the CLI and the console use it); this second uvicorn
 server serves the same ASGI application over TLS so that kubectl sends its token. Its
 address is the API's host and the API's port + 1 (an ephemeral port when the API's is 0,
-as in tests); ``port`` and ``ca_pem`` are what kubeconfigs are made of.
+as in tests, or when that one is taken); ``port`` and ``ca_pem`` are what kubeconfigs are
+made of.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from typing import Any
 import uvicorn
 
 from kled.kube import tls
+
+log = logging.getLogger(__name__)
 
 
 class KubeListener:
@@ -26,7 +30,11 @@ class KubeListener:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, api_port + 1 if api_port else 0))
+        try:
+            self._socket.bind((host, api_port + 1 if api_port else 0))
+        except OSError as e:  # taken: any free port (kubeconfigs name the port they got)
+            log.warning("kube listener: %s:%d: %s; using a free port", host, api_port + 1, e)
+            self._socket.bind((host, 0))
         self.server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
