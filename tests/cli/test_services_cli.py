@@ -88,3 +88,29 @@ spec:
     bad = stored.replace("env: {DATABASE_URL: uri}", "env: {DATABASE_URL: url}")
     done = admin("apply", "-f", "-", stdin=bad.replace("pg-small", "pg-bad"))
     assert done.code == 2 and "spec.env.DATABASE_URL" in done.err, done
+
+
+def _secret(admin: Cli, team: str, env: str) -> dict[str, str]:
+    out = admin.ok("secret", "get", "db", "--reveal", "-e", env, "--team", team)
+    return dict(line.split("=", 1) for line in out.strip().splitlines() if "=" in line)
+
+
+def test_env_clone_gives_the_service_its_own_credentials(admin: Cli, team: str) -> None:
+    code, _, err = _apply(admin, team, "metadata: {name: db}\nspec: {template: postgres}")
+    assert code == 0, err
+    wait_for(lambda: admin("secret", "get", "db", "-e", "dev", "--team", team).code == 0)
+    source = _secret(admin, team, "dev")
+    assert source["DATABASE_URL"].startswith("postgresql://app:")
+    admin.ok("env", "clone", "dev", "qa", "--team", team)
+
+    def cloned() -> bool:
+        done = admin("secret", "get", "db", "--reveal", "-e", "qa", "--team", team)
+        return done.code == 0 and "db.qa." in done.out
+
+    wait_for(cloned)
+    copy = _secret(admin, team, "qa")
+    assert copy["password"] != source["password"]
+    assert "@db.qa." in copy["uri"]
+    app = admin.ok("get", "app", "ms-db", "-e", "qa", "--team", team, "-o", "yaml")
+    data_dirs = {line for line in app.splitlines() if "/data/" in line}
+    assert data_dirs and all(".qa.db-" in line for line in data_dirs), data_dirs

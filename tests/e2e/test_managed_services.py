@@ -1,4 +1,4 @@
-"""Managed services on a real agent: PostgreSQL and Redis from Debian's packages.
+"""Managed services on a real agent: PostgreSQL, Redis, MariaDB from Debian's packages.
 
 One lab host runs an agent with the mesh on (``agentlab``); the control plane runs in this
 process inside a host of its own, its services' folders under the test's tmp folder
@@ -8,7 +8,8 @@ rows through the service's DNS name; the agent killed with SIGKILL and the serve
 killed meanwhile, the restarted agent brings the server back on the same data; ``kled
 service backup`` writes a real dump listed on the service, ``restore --as`` makes a new
 service with the rows; ``rotate`` changes the password (the old one is refused); ``delete``
-keeps a final backup. Redis likewise with ``REDIS_URL``.
+keeps a final backup. Redis likewise with ``REDIS_URL``, MariaDB with the ``MYSQL_*``
+variables and an SQL dump.
 """
 
 from __future__ import annotations
@@ -224,3 +225,32 @@ def test_redis_service_env_from_and_backup_restore(mesh: Mesh, tmp_path: Path) -
     _ready(mesh, "cache2")
     restored = _secret(mesh, "cache2")["uri"]
     eventually(lambda: get(restored, "greeting") == "hello", "the restored key")
+
+
+def test_mariadb_service_env_from_and_backup(mesh: Mesh, tmp_path: Path) -> None:
+    token = mesh.user_token("a", "carol")
+    body = {"metadata": {"name": "shop"}, "spec": {"template": "mariadb"}}
+    mesh.api("POST", f"{ENV}/managedservices", body)
+    _ready(mesh, "shop")
+    # The mariadb client reads MYSQL_PWD itself; the other variables name the rest.
+    sql = "CREATE TABLE IF NOT EXISTS items (n text); INSERT INTO items VALUES ('pen')"
+    write = (
+        'mariadb -h "$MYSQL_HOST" -P "$MYSQL_TCP_PORT" -u "$MYSQL_USER" "$MYSQL_DATABASE" '
+        f'-e "{sql}" && exec sleep 100000'
+    )
+    mesh.app("a", "client", {"command": IDLE_CMD})
+    mesh.app("a", "writer", {"command": ["sh", "-c", write],
+                             "envFrom": [{"managedService": "shop"}]})  # fmt: skip
+    creds = _secret(mesh, "shop")
+    assert creds["DATABASE_URL"].startswith("mysql://app:")
+
+    def rows() -> str:
+        argv = ["mariadb", "--no-defaults", "-h", creds["host"], "-P", creds["port"], "-u",
+                creds["user"], f"-p{creds['password']}", "-N", "-B", creds["database"], "-e",
+                "SELECT n FROM items"]  # fmt: skip
+        return _in_pod(mesh, "a.dev.client.0", argv).stdout.strip()
+
+    eventually(lambda: rows() == "pen", "the app's row")
+    _cli(mesh, tmp_path, token, "service", "backup", "shop")
+    taken = eventually(lambda: _service(mesh, "shop")["status"].get("backups"), "listed")[0]
+    assert "CREATE TABLE `items`" in Path(taken["path"]).read_text()

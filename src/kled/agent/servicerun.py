@@ -433,8 +433,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: variables the client tools read by themselves (``MYSQL_PWD``, ``PGUSER``…): the
+#: credentials Secret carries them for apps; here they would speak for the wrong user
+_CLIENT_VARS = ("MYSQL_", "MARIADB_", "PG", "REDIS", "DATABASE_URL")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    for name in [n for n in os.environ if n.startswith(_CLIENT_VARS)]:
+        del os.environ[name]
     verbs = {"serve": serve, "health": health, "backup": backup}
     try:
         return verbs[args.verb](args)
