@@ -108,6 +108,7 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
     assert len(rows) == 3 and all(r.split()[1:3] == ["1/1", "Running"] for r in rows)
     assert k.ok("get", "deploy", "web").splitlines()[1].split()[:2] == ["web", "3/3"]
     assert len(mesh.replicas()) == 3
+    assert k.ok("get", "nodes").splitlines()[1].split()[:2] == ["node1", "Ready"]
     # kubectl logs: the replica's own output (http.server logs each readiness probe)
     first = pods[0]["metadata"]["name"]
     eventually(lambda: '"GET / HTTP/1.1" 200' in k.ok("logs", first), "probe requests logged")
