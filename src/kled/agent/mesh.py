@@ -32,6 +32,7 @@ from pathlib import Path
 from kled.agent.dnsrelay import DnsRelays
 from kled.agent.net import liveness, netns, wireguard
 from kled.agent.net.host import HostNetworkLayer, HostReport
+from kled.agent.net.router_process import read_activity
 from kled.errors import KledError
 from kled.resources.hoststate import ReplicaSpec, TeamMeshReport
 from kled.resources.netstate import HostNetwork, PodNetwork
@@ -299,11 +300,14 @@ class MeshKeeper:
                     for p in status.peers
                     if p.latest_handshake is not None
                 }
+            connections, waiting = read_activity(Path(gw.state_dir) / gw.host_id, team)
             out[team] = TeamMeshReport(
                 public_key=gw.public_key,
                 listen_port=gw.listen_port,
                 handshakes=handshakes,
                 fallback=sorted(self._fallen.get(team, [])),
                 intercepts=self._intercepts.get(team, []),
+                connections=connections,
+                waiting=waiting,
             )
         return out

@@ -34,6 +34,8 @@ class Target:
     cpu_percent: int
     request_millicores: int
     window_seconds: int = 300
+    #: with ``min_replicas`` 0: no new connection for this long means no replica
+    idle_seconds: int = 300
 
 
 @dataclass
@@ -49,11 +51,12 @@ def target_of(app: Mapping[str, Any], request_millicores: int) -> Target | None:
     if not doc or request_millicores <= 0:
         return None
     return Target(
-        min_replicas=int(doc.get("minReplicas") or 1),
+        min_replicas=int(doc.get("minReplicas", 1)),
         max_replicas=int(doc["maxReplicas"]),
         cpu_percent=int(doc.get("targetCPUUtilizationPercentage") or 80),
         request_millicores=request_millicores,
         window_seconds=int(doc.get("scaleDownStabilizationSeconds", 300)),
+        idle_seconds=int(doc.get("scaleToZeroAfterSeconds", 300)),
     )
 
 
@@ -69,7 +72,7 @@ def wanted_replicas(app: Mapping[str, Any]) -> int:
     bounds = spec.get("autoscale")
     if not bounds:
         return replicas
-    low, high = int(bounds.get("minReplicas") or 1), int(bounds["maxReplicas"])
+    low, high = int(bounds.get("minReplicas", 1)), int(bounds["maxReplicas"])
     decided = ((app.get("status") or {}).get("autoscale") or {}).get("desiredReplicas")
     value = int(decided) if isinstance(decided, int) else replicas
     return max(low, min(high, value))
@@ -83,14 +86,36 @@ def utilization(cpu_millicores: Sequence[int], request_millicores: int) -> int |
 
 
 def recommend(current: int, cpu_millicores: Sequence[int], target: Target) -> int:
-    """The replica count the samples ask for (``current`` when they say nothing)."""
+    """The replica count the samples ask for (``current`` when they say nothing). CPU never
+    asks for 0: only idleness does (:func:`idle`)."""
     used = utilization(cpu_millicores, target.request_millicores)
     if used is None:
         return clamp(current, target)
     ratio = used / target.cpu_percent
     if abs(ratio - 1) <= TOLERANCE:
         return clamp(current, target)
-    return clamp(math.ceil(len(cpu_millicores) * ratio), target)
+    return clamp(max(1, math.ceil(len(cpu_millicores) * ratio)), target)
+
+
+def idle(target: Target, last_active: float | None, since: float, now: float) -> bool:
+    """Whether an app that may scale to zero has had no new connection for its window:
+    since its last one (``last_active``), or since ``since`` (when the controller began
+    to watch it) when it had none."""
+    if target.min_replicas > 0:
+        return False
+    quiet_from = max(since, last_active) if last_active is not None else since
+    return now - quiet_from >= target.idle_seconds
+
+
+def wake_reason() -> str:
+    return "new size 1 (was 0): a request is waiting at a gateway"
+
+
+def idle_reason(before: int, target: Target) -> str:
+    return (
+        f"new size 0 (was {before}): no new connection for {target.idle_seconds}s "
+        "(scaleToZeroAfterSeconds)"
+    )
 
 
 def decide(

@@ -94,6 +94,8 @@ class ServiceInfo:
     name: str
     ip: str
     ports: tuple[ServicePort, ...]
+    #: ``autoscale.minReplicas: 0``: its connections go through the gateways' routers
+    hold: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,11 @@ def snapshot_from_documents(
             if app:
                 snap.services.append(ServiceInfo(meta["team"], env, str(app), status["ip"], ports))
             continue
-        snap.services.append(ServiceInfo(meta["team"], env, meta["name"], status["ip"], ports))
+        bounds = (doc.get("spec") or {}).get("autoscale") or {}
+        hold = bounds.get("minReplicas", 1) == 0
+        snap.services.append(
+            ServiceInfo(meta["team"], env, meta["name"], status["ip"], ports, hold=hold)
+        )
         for index, ip in (status.get("podIPs") or {}).items():
             snap.pod_ip_seeds[f"{meta['team']}.{env}.{meta['name']}.{index}"] = str(ip)
         if snap.running is None:
@@ -382,6 +388,7 @@ def _service(
         backends=backends,
         intercept=global_icpt,
         personal=tuple(personal),
+        hold=info.hold,
     )
 
 

@@ -157,6 +157,11 @@ class WorkloadController:
         self._scale_history: dict[Ref, autoscale.History] = {}
         self._scale_status: dict[Ref, dict[str, Any]] = {}
         self._scale_events: dict[Ref, list[dict[str, Any]]] = {}
+        #: apps that may scale to zero: (node, connections its gateway counted) last seen,
+        #: when a new connection was last seen (our clock), and since when we watch
+        self._conns_seen: dict[tuple[Ref, str], int] = {}
+        self._active_at: dict[Ref, float] = {}
+        self._watched_since: dict[Ref, float] = {}
         self._bad: dict[Ref, BadReference] = {}
         self._sent: dict[str, HostDesiredState] = {}
         self._ready: dict[str, bool] = {}
@@ -626,7 +631,8 @@ class WorkloadController:
         for ref, app in self._apps.items():
             target = autoscale.target_of(app, app_request(app, []).cpu_millicores)
             if target is None:
-                for table in (self._scaled_at, self._scale_history, self._scale_status):
+                for table in (self._scaled_at, self._scale_history, self._scale_status,
+                              self._active_at, self._watched_since):  # fmt: skip
                     table.pop(ref, None)
                 continue
             if now - self._scaled_at.get(ref, -math.inf) < self._autoscale_every:
@@ -650,6 +656,10 @@ class WorkloadController:
             )
             self._scale_history[ref] = history
             used = autoscale.utilization(samples, target.request_millicores)
+            since = self._watched_since.setdefault(ref, now)
+            to_zero = current > 0 and autoscale.idle(target, self._active_at.get(ref), since, now)
+            if to_zero:
+                decided = 0
             before = self._scale_status.get(ref) or dict(status.get("autoscale") or {})
             block = {
                 "desiredReplicas": decided,
@@ -661,7 +671,11 @@ class WorkloadController:
             if decided != current:
                 wall = _now()
                 block["lastScaleTime"] = wall.isoformat().replace("+00:00", "Z")
-                message = autoscale.reason(current, decided, used, target)
+                message = (
+                    autoscale.idle_reason(current, target)
+                    if to_zero
+                    else autoscale.reason(current, decided, used, target)
+                )
                 log.info("%s: autoscaled: %s", _name(ref), message)
                 self._scale_events.setdefault(ref, []).append(
                     event(wall, "SuccessfulRescale", message)
@@ -706,6 +720,7 @@ class WorkloadController:
             self._heartbeat_seen[hb.node] = hb.time
             self.usage.record(hb)
             now = self._clock()
+            self._gateway_activity(hb, now)
             self.tracker.heartbeat(hb.node, now)
             quiet = _only_time_moved(status, apply_heartbeat(status, hb))
             due = now - self._heartbeat_written.get(hb.node, -HEARTBEAT_WRITE_EVERY)
@@ -721,6 +736,44 @@ class WorkloadController:
                 await self._reconcile()
             for replica in hb.replicas:
                 await self._replica(hb.node, replica)
+
+    def _gateway_activity(self, hb: NodeHeartbeat, now: float) -> None:
+        """New connections counted by this node's gateways keep a scale-to-zero app awake;
+        a request held at a gateway for an app at 0 replicas wakes it at once."""
+        for team, report in hb.mesh.items():
+            for key, count in report.connections.items():
+                env, _, name = key.partition("/")
+                ref = (team, env, name)
+                if self._conns_seen.get((ref, hb.node)) != count:
+                    self._conns_seen[(ref, hb.node)] = count
+                    self._active_at[ref] = now
+            for key in report.waiting:
+                env, _, name = key.partition("/")
+                ref = (team, env, name)
+                self._active_at[ref] = now
+                app = self._apps.get(ref)
+                bounds = ((app or {}).get("spec") or {}).get("autoscale") or {}
+                if app is None or bounds.get("minReplicas", 1) != 0:
+                    continue
+                status = (self._latest.get(Key("App", *ref)) or app).get("status") or {}
+                if self._wanted_now(ref, app, status) != 0:
+                    continue
+                before = self._scale_status.get(ref) or dict(status.get("autoscale") or {})
+                wall = _now()
+                message = autoscale.wake_reason()
+                log.info("%s: autoscaled: %s", _name(ref), message)
+                self._scale_events.setdefault(ref, []).append(
+                    event(wall, "SuccessfulRescale", message)
+                )
+                self._scale_status[ref] = {
+                    **before,
+                    "desiredReplicas": 1,
+                    "lastScaleTime": wall.isoformat().replace("+00:00", "Z"),
+                }
+                self._scale_history.pop(ref, None)
+                self._scaled_at[ref] = now  # the next evaluation a period from now
+                self._dirty_apps.add(ref)
+                self._dirty = True
 
     async def on_replica_status(self, report: ReplicaStatusReport) -> None:
         """One replica changed on a node: fold it into its app's status."""

@@ -235,6 +235,20 @@ class TeamMeshReport(_Model):
     #: on included): ``kled intercept start|stop`` wait until every gateway of the team
     #: lists theirs, or no longer does
     intercepts: list[str] = Field(default_factory=list)
+    #: apps that may scale to zero (``env/app``) → new connections the gateway's router
+    #: counted since it started; any change is activity (the router's restart resets it)
+    connections: dict[str, int] = Field(default_factory=dict)
+    #: apps (``env/app``) with a request held at this gateway, waiting for a replica
+    waiting: list[str] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _omit_no_activity(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A control plane older than scale to zero refuses keys it does not know.
+        data: dict[str, Any] = handler(self)
+        for key in ("connections", "waiting"):
+            if not data.get(key):
+                data.pop(key, None)
+        return data
 
 
 class ReplicaUsage(_Model):

@@ -14,9 +14,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 Protocol = Literal["TCP", "UDP"]
 
@@ -158,6 +166,17 @@ class Service(_Model):
     intercept: Intercept | None = None
     #: header-selected intercepts, one per developer; first match (in this order) wins
     personal: tuple[PersonalIntercept, ...] = ()
+    #: the app may scale to zero: its TCP ports go through the gateway's router, which
+    #: counts connections and holds them while there is no backend
+    hold: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_no_hold(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An agent older than scale to zero refuses keys it does not know.
+        data: dict[str, Any] = handler(self)
+        if not data.get("hold"):
+            data.pop("hold", None)
+        return data
 
     @field_validator("ip")
     @classmethod

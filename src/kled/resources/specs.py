@@ -358,7 +358,8 @@ class Autoscale(KledModel):
     """Replicas follow CPU use, as a HorizontalPodAutoscaler does: the replica count that
     brings the mean CPU of the ready replicas (a share of ``resources.cpu``) to the target."""
 
-    min_replicas: Annotated[int, Strict(), in_range(1, 1000), range_schema(1, 1000)] = 1
+    min_replicas: Annotated[int, Strict(), in_range(0, 1000), range_schema(0, 1000)] = 1
+    """0: the app goes to no replica when idle; its first request waits at the gateway."""
     max_replicas: Annotated[int, Strict(), in_range(1, 1000), range_schema(1, 1000)]
     target_cpu_utilization_percentage: Annotated[
         int, Strict(), in_range(1, 1000), range_schema(1, 1000)
@@ -368,6 +369,10 @@ class Autoscale(KledModel):
         int, Strict(), in_range(0, 3600), range_schema(0, 3600)
     ] = 300
     """A scale-down takes the highest recommendation of this window, against flapping."""
+    scale_to_zero_after_seconds: Annotated[
+        int, Strict(), in_range(1, 86400), range_schema(1, 86400)
+    ] = 300
+    """With ``minReplicas: 0``: no new connection for this long scales the app to 0."""
 
     @model_validator(mode="after")
     def _check(self) -> Autoscale:
@@ -440,6 +445,13 @@ class AppSpec(KledModel):
         if self.autoscale is not None and self.resources.cpu is None:
             raise problem("required with autoscale: the CPU target is a share of it",
                           at=("resources", "cpu"))  # fmt: skip
+        if self.autoscale is not None and self.autoscale.min_replicas == 0:
+            if not any(p.protocol == "TCP" for p in self.ports):
+                raise problem(
+                    "0 needs a TCP port in spec.ports: the first request is held there "
+                    "until a replica is ready",
+                    at=("autoscale", "minReplicas"),
+                )
         return self
 
     def _check_probe_ports(self) -> None:

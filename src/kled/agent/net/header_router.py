@@ -20,6 +20,14 @@ The decision is per connection: later requests on a kept-alive connection follow
 one (docs/intercept.md says why). Non-HTTP bytes, a head that cannot be read, and clients
 that wait for the server to speak first (after ``SNIFF_TIMEOUT``) go to the replicas.
 
+Scale to zero: the TCP ports of an app that may have no replica (``hold`` in its route:
+``autoscale.minReplicas: 0``) always come here. The router counts their new connections and,
+while such a route has no backend, holds each one (its first bytes kept) instead of
+refusing it; it writes both to ``FILE.activity`` (``{"connections": {env/app: n},
+"waiting": [env/app]}``), which the agent reports with its heartbeats, so the control plane
+starts a replica. The reload that brings the first backend sends the held connections on;
+one held longer than ``HOLD_SECONDS`` gets a 503.
+
 SIGHUP reloads the config (existing connections keep their upstream); SIGTERM stops
 accepting and lets open connections finish for up to ``DRAIN_SECONDS``. After each load the
 router writes the config's digest to ``FILE.loaded``, so its supervisor knows when a change
@@ -46,7 +54,7 @@ from typing import Any, cast
 
 from kled.agent.net.httpsniff import Kind, Sniffed, sniff
 from kled.agent.net.nftables import ROUTER_PORT
-from kled.resources.netstate import TeamNetwork
+from kled.resources.netstate import Service, ServicePort, TeamNetwork
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,10 @@ SNIFF_TIMEOUT = 1.0
 #: a device that went offline would otherwise hold callers for the kernel's SYN retries
 CONNECT_TIMEOUT = 10.0
 DRAIN_SECONDS = 10.0
+#: how long a connection to an app at zero replicas waits for one to become ready
+HOLD_SECONDS = 120.0
+#: the activity file is written at most this often
+ACTIVITY_EVERY = 0.2
 
 Address = tuple[str, int]
 
@@ -65,10 +77,11 @@ Address = tuple[str, int]
 
 
 def render_config(team: TeamNetwork, listen_port: int = ROUTER_PORT) -> dict[str, Any] | None:
-    """The router's config for the team's personal intercepts; None when it has none. Pure."""
+    """The router's config for the team's personal intercepts and the apps that may scale to
+    zero; None when it has neither. Pure."""
     routes = []
     for svc in sorted(team.services, key=lambda s: (s.env, s.name)):
-        for port in svc.personal_ports():
+        for port in _routed_ports(svc):
             personal = [
                 {
                     "header": p.header,
@@ -86,6 +99,8 @@ def render_config(team: TeamNetwork, listen_port: int = ROUTER_PORT) -> dict[str
                     "port": port.port,
                     "backends": [[ip, port.target_port] for ip in svc.backends],
                     "personal": personal,
+                    "hold": svc.hold,
+                    "key": f"{svc.env}/{svc.name}",
                 }
             )
     if not routes:
@@ -93,6 +108,19 @@ def render_config(team: TeamNetwork, listen_port: int = ROUTER_PORT) -> dict[str
     body = {"listen": listen_port, "routes": routes}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     return {**body, "digest": digest}
+
+
+def _routed_ports(svc: Service) -> list[ServicePort]:
+    """The ports the gateway's rules redirect here (``nftables._service_rules``)."""
+    personal = svc.personal_ports()
+    ports = list(personal)
+    if svc.hold:
+        icpt = svc.intercept
+        for sp in svc.ports:
+            taken = icpt is not None and "TCP" in icpt.protocols and sp.port in icpt.port_map
+            if sp.protocol == "TCP" and sp not in personal and not taken:
+                ports.append(sp)
+    return sorted(ports, key=lambda sp: sp.port)
 
 
 @dataclass(frozen=True)
@@ -109,6 +137,10 @@ class Route:
     service: str
     backends: list[Address]
     personal: list[Personal]
+    #: hold connections while there is no backend (the app may scale to zero)
+    hold: bool = False
+    #: ``env/app``: how the activity file names it
+    key: str = ""
     _next: Iterator[int] = field(default_factory=itertools.count)
 
     def pick(self, head: Sniffed) -> tuple[Address | None, str]:
@@ -132,6 +164,8 @@ def load_routes(config: dict[str, Any]) -> dict[Address, Route]:
                 Personal(p["header"], p["value"], (p["target"][0], int(p["target"][1])))
                 for p in r["personal"]
             ],
+            hold=bool(r.get("hold", False)),
+            key=str(r.get("key", "")),
         )
     return routes
 
@@ -203,12 +237,14 @@ class Downstream(asyncio.Protocol):
         self.client_eof = False
         self.eofs = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.dest: Address | None = None
 
     # -- the client side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         dest = original_dst(self.transport.get_extra_info("socket"))
+        self.dest = dest
         self.route = self.router.routes.get(dest) if dest else None
         if self.route is None:
             # Not redirected here by the gateway's rules (or the route just went away).
@@ -216,6 +252,8 @@ class Downstream(asyncio.Protocol):
             self.transport.abort()
             return
         self.router.connections.add(self)
+        if self.route.hold:
+            self.router.counted(self.route.key)
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(SNIFF_TIMEOUT, self._decide, Sniffed(Kind.OTHER))
 
@@ -240,6 +278,7 @@ class Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.router.connections.discard(self)
+        self.router.unpark(self)
         if self.timer is not None:
             self.timer.cancel()
         if self.upstream is not None and self.upstream.transport is not None:
@@ -290,6 +329,9 @@ class Downstream(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         target, who = self.route.pick(head)
+        if target is None and self.route.hold:
+            self.router.park(self, head)
+            return
         if target is None:
             if head.kind is Kind.HTTP1:
                 self.transport.write(
@@ -302,6 +344,21 @@ class Downstream(asyncio.Protocol):
         task = asyncio.get_running_loop().create_task(self._connect(target, head))
         self.router.tasks.add(task)
         task.add_done_callback(self.router.tasks.discard)
+
+    def wake(self, route: Route, head: Sniffed) -> None:
+        """Held until now: decide again on ``route``, which has backends."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.route, self.decided = route, False
+        self._decide(head)
+
+    def give_up(self) -> None:
+        """Held too long: no replica became ready."""
+        self.router.unpark(self)
+        if self.transport is not None and not self.closed:
+            text = b"no replica became ready in time\n"
+            self.transport.write(_error_response(503, b"Service Unavailable", text))
+            self.transport.close()
 
     async def _connect(self, target: Address, head: Sniffed) -> None:
         assert self.transport is not None and self.route is not None
@@ -344,6 +401,12 @@ class Router:
         self.tasks: set[asyncio.Task[None]] = set()
         self.listen = ROUTER_PORT
         self.digest = ""
+        #: connections held for a route without backends, with their first request
+        self.held: dict[Downstream, Sniffed] = {}
+        #: ``env/app`` → new connections counted (routes that hold)
+        self.connection_counts: dict[str, int] = {}
+        self._activity_due: asyncio.TimerHandle | None = None
+        self._activity_written: str | None = None
 
     def load(self) -> None:
         config = json.loads(self.config_path.read_text())
@@ -366,6 +429,54 @@ class Router:
             log.error("router: config %s not reloaded: %s", self.config_path, exc)
             return
         self.acknowledge()
+        for down, head in list(self.held.items()):
+            route = self.routes.get(down.dest) if down.dest else None
+            if route is not None and route.backends:
+                del self.held[down]
+                log.info("router: %s has a replica now; held connection sent on", route.key)
+                down.wake(route, head)
+        self.activity_changed()
+
+    # -- scale to zero
+
+    def counted(self, key: str) -> None:
+        self.connection_counts[key] = self.connection_counts.get(key, 0) + 1
+        self.activity_changed()
+
+    def park(self, down: Downstream, head: Sniffed) -> None:
+        assert down.route is not None
+        log.info("router: %s has no replica; connection held", down.route.key)
+        self.held[down] = head
+        down.timer = asyncio.get_running_loop().call_later(HOLD_SECONDS, down.give_up)
+        self.activity_changed()
+
+    def unpark(self, down: Downstream) -> None:
+        if self.held.pop(down, None) is not None:
+            self.activity_changed()
+
+    def activity(self) -> dict[str, Any]:
+        waiting = sorted({d.route.key for d in self.held if d.route is not None})
+        return {"connections": dict(sorted(self.connection_counts.items())), "waiting": waiting}
+
+    def activity_changed(self) -> None:
+        if self._activity_due is None:
+            loop = asyncio.get_running_loop()
+            self._activity_due = loop.call_later(ACTIVITY_EVERY, self.write_activity)
+
+    def write_activity(self) -> None:
+        self._activity_due = None
+        text = json.dumps(self.activity(), sort_keys=True)
+        if text == self._activity_written:
+            return
+        path = self.config_path.with_name(self.config_path.name + ".activity")
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("router: activity not written to %s: %s", path, exc)
+            return
+        self._activity_written = text
 
 
 async def serve(config_path: Path) -> None:

@@ -112,6 +112,11 @@ def _service_rules(service: Service, router_port: int) -> tuple[list[Json], list
         elif local is not None and service.intercept is not None:
             target = {"dnat": {"addr": service.intercept.target_ip, "port": local}}
             dnat.append(_rule("services", [*match, target], f"{who} intercepted"))
+        elif service.hold and proto == "tcp":
+            # May scale to zero: the router counts its connections, and holds them while
+            # it has no replica (``header_router``).
+            target = {"redirect": {"port": router_port}}
+            dnat.append(_rule("services", [*match, target], f"{who} via router (scale to zero)"))
         elif service.backends:
             target = _dnat_backends(service.backends, port.target_port)
             dnat.append(_rule("services", [*match, target], who))

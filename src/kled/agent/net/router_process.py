@@ -32,6 +32,17 @@ from kled.resources.netstate import TeamNetwork
 
 log = logging.getLogger(__name__)
 
+
+def read_activity(folder: Path, team: str) -> tuple[dict[str, int], list[str]]:
+    """What the team's router last wrote: connections counted and apps with held ones."""
+    try:
+        data = json.loads(RouterFiles(folder, team).activity.read_text())
+        counts = {str(k): int(v) for k, v in (data.get("connections") or {}).items()}
+        return counts, sorted(str(k) for k in data.get("waiting") or [])
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}, []
+
+
 MODULE = "kled.agent.net.header_router"
 #: how long a started or signalled router may take to acknowledge its config
 ACK_SECONDS = 10.0
@@ -49,6 +60,11 @@ class RouterFiles:
     @property
     def ack(self) -> Path:
         return self.folder / f"{self.team}.router.json.loaded"
+
+    @property
+    def activity(self) -> Path:
+        """Connections counted and held for apps that may scale to zero (the router's)."""
+        return self.folder / f"{self.team}.router.json.activity"
 
     @property
     def pid(self) -> Path:
@@ -168,5 +184,5 @@ def stop_router(folder: Path, team: str, *, drain: bool = True) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM if drain else signal.SIGKILL)
         log.info("teamgateway/%s header router stopped pid=%d", team, pid)
-    for path in (files.pid, files.config, files.ack):
+    for path in (files.pid, files.config, files.ack, files.activity):
         path.unlink(missing_ok=True)
