@@ -4,8 +4,9 @@ The control plane runs inside a lab host (``agentlab``), one agent on another; k
 in the server's host with the kubeconfig the cluster API issues. A 3-replica Deployment
 (process runtime, a readiness probe) becomes an App of the cluster's environment: the
 scheduler places it, the agent starts the replicas, and kubectl sees three Pods go Running
-and Ready with pod IPs and a node; ``kubectl logs`` shows a replica's output; ``kubectl
-wait`` and ``rollout status`` see the Deployment Available; ``kubectl scale`` to 1 stops two, and
+and Ready with pod IPs and a node. ``kubectl logs`` shows a replica's output, ``kubectl
+exec`` runs a command in it (exit code, stdout, stderr); ``kubectl wait`` and ``rollout
+status`` see the Deployment Available; ``kubectl scale`` to 1 stops two replicas, and
 ``kubectl delete -f`` stops the last one. Deleting the cluster while its pods run stops
 them and leaves none of its environments.
 """
@@ -112,6 +113,10 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
     # kubectl logs: the replica's own output (http.server logs each readiness probe)
     first = pods[0]["metadata"]["name"]
     eventually(lambda: '"GET / HTTP/1.1" 200' in k.ok("logs", first), "probe requests logged")
+    # kubectl exec (WebSocket, v5.channel.k8s.io) into that replica, through its agent
+    done = k("exec", first, "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (done.returncode, done.stdout) == (3, "out\n"), done.stderr
+    assert "err" in done.stderr
 
     assert "deployment.apps/web scaled" in k.ok("scale", "deployment", "web", "--replicas=1")
     eventually(lambda: len(_pods(k)) == 1 and len(mesh.replicas()) == 1, "one replica left")

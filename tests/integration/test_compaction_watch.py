@@ -156,3 +156,30 @@ def test_applying_the_same_document_again_writes_nothing(server: RunningServer) 
         r = c.post("/api/v1/apply", json=config("2"))
         assert r.json()["result"] == "configured"
         assert revision(server) == before + 1
+
+
+def test_a_list_from_memory_is_the_documents_a_get_shows(server: RunningServer) -> None:
+    make_team(server, "blue")
+    with server.client() as c:
+        for n in range(5):
+            doc = app(f"l-{n}", tier="web" if n % 2 else "db")
+            doc["metadata"]["annotations"] = {"note": 'ünïcode ✓ "quoted"'}
+            assert c.post("/api/v1/apply", json=doc).status_code == 201
+        names, token = [], None
+        while True:
+            params = {"labelSelector": "tier=db", "limit": "2"}
+            if token:
+                params["continue"] = token
+            r = c.get(APPS, params=params)
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "application/json"
+            page = r.json()
+            assert page["kind"] == "List"
+            for item in page["items"]:
+                assert item == c.get(f"{APPS}/{item['metadata']['name']}").json()
+                assert item["metadata"]["annotations"]["note"] == 'ünïcode ✓ "quoted"'
+            names += [i["metadata"]["name"] for i in page["items"]]
+            token = page["metadata"]["continue"]
+            if not token:
+                break
+        assert names == ["l-0", "l-2", "l-4"]

@@ -222,16 +222,22 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.include_router(observability.router)
+    # Routes are matched in order, one after the other: the resources' own routes, the
+    # busiest, come first; the catch-alls that would hide other routers' paths come last.
+    app.include_router(rest.router)
     app.include_router(extra)
     for router in extra_routers:
         app.include_router(router)
     from kled.api.graphql import graphql_router
 
     app.include_router(graphql_router(), prefix="/graphql")
-    app.include_router(rest.router)
+    app.include_router(rest.misplaced_router)
     from kled.kube.routes import router as kube_router
 
     app.include_router(kube_router)  # Kled Clusters: the Kubernetes API at /k8s/{team}/{cluster}
+    from kled.kube.execs import router as kube_exec_router
+
+    app.include_router(kube_exec_router)  # kubectl exec (WebSocket)
     from kled.ui import serving as console
 
     console.install(app)  # the web console at /ui, on this same service layer

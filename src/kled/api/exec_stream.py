@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -139,7 +140,15 @@ async def app_exec(ws: WebSocket, team: str, env: str, name: str) -> None:
         await link.close()
 
 
-async def _relay(ws: WebSocket, link: ExecLink, rid: str, command: list[str]) -> None:
+Ending = Callable[[WebSocket, dict[str, Any]], Awaitable[None]]
+
+
+async def _relay(
+    ws: WebSocket, link: ExecLink, rid: str, command: list[str], end: Ending | None = None
+) -> None:
+    """Relay one exec session; ``end`` sends the result (``{"exitCode"}`` or ``{"error"}``)
+    in the client's protocol (Kled's own by default; Kled Clusters send a ``Status``)."""
+    _end = end or _end_kled
     await link.send("open", replica=rid, command=command)
     try:
         first = await asyncio.wait_for(link.recv(), START_TIMEOUT)
@@ -202,7 +211,7 @@ async def _from_client(ws: WebSocket, link: ExecLink) -> None:
     await link.send("close")
 
 
-async def _end(ws: WebSocket, result: dict[str, Any]) -> None:
+async def _end_kled(ws: WebSocket, result: dict[str, Any]) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         await ws.send_bytes(bytes([END]) + json.dumps(result).encode())
         await ws.close(1000)

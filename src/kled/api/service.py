@@ -117,7 +117,10 @@ class Service:
         matches: LabelMatcher | None = None,
         limit: int = 0,
         continue_token: str | None = None,
+        as_text: bool = False,
     ) -> Page:
+        """``as_text``: the items as JSON text where the store has it (``Page.texts``) and
+        they are shown as stored (not Secrets, Tokens or Teams)."""
         scope_team = team or ""
         what = f"{info.plural} in team {team}" if team else info.plural
         authz.authorize(user, "list", info, scope_team, what)
@@ -131,7 +134,10 @@ class Service:
             matches=matches,
             limit=limit,
             continue_token=continue_token,
+            as_text=as_text and info.kind not in ("Secret", "Token", "Team"),
         )
+        if page.texts is not None:
+            return page  # every one visible and shown as stored: no Secret, Token or Team
         page.items = [self.present(d) for d in page.items if self._visible(user, info, d)]
         if info.kind == "Token":
             page.items = [*await self._token_truth(page.items)]
@@ -153,9 +159,9 @@ class Service:
         error response rather than a broken stream.
         """
         page = await self.list(user, info, team, environment, matches=matches)
-        return self._follow(user, info, team, environment, since, matches, page)
         if since is not None:
             await self.store.check_since(since)  # Gone (410) when compacted: list again
+        return self._follow(user, info, team, environment, since, matches, page)
 
     async def _follow(
         self,

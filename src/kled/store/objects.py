@@ -98,6 +98,8 @@ class Page:
     items: Docs
     continue_token: str | None
     revision: int
+    #: the items as JSON text instead (``list(..., as_text=True)`` from the cache)
+    texts: list[str] | None = None
 
 
 @dataclass
@@ -205,14 +207,23 @@ class Store:
         matches: LabelMatcher | None = None,
         limit: int = 0,
         continue_token: str | None = None,
+        as_text: bool = False,
     ) -> Page:
-        """Resources of a kind, ordered by (team, environment, name), a page at a time."""
+        """Resources of a kind, ordered by (team, environment, name), a page at a time.
+
+        ``as_text``: when the cache answers, the items come as their JSON text, in
+        ``texts`` (an API answers with them as they are); otherwise as documents.
+        """
         after = _decode_continue(continue_token) if continue_token else None
         cache = await self._from_cache(kind)
         if cache is not None:
             at = cache.revision
-            page = cache.page(kind, team, environment, matches=matches, limit=limit, after=after)
+            page = cache.page(
+                kind, team, environment, matches=matches, limit=limit, after=after, text=as_text
+            )
             token = _encode_continue(page.after) if page.after is not None else None
+            if as_text:
+                return Page([], token, at, texts=page.items)
             return Page(page.items, token, at)
         items: Docs = []
         batch = max(limit, 200) if limit else 1000

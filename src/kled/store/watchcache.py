@@ -50,6 +50,8 @@ RECENT = 10_000
 CATCH_UP_SECONDS = 5.0
 
 Ident = tuple[str, str, str]  # team, environment, name
+#: the JSON the API answers with (Starlette's JSONResponse): compact, UTF-8
+COMPACT = (",", ":")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def entry_of(doc: Any, version: int, checked: bool) -> Entry:
     if not isinstance(doc, dict) or not isinstance(doc.get("metadata"), dict):
         return Entry(version, {}, None)
     labels = doc["metadata"].get("labels") or {}
-    return Entry(version, dict(labels), json.dumps(doc, separators=(",", ":")))
+    return Entry(version, dict(labels), json.dumps(doc, separators=COMPACT, ensure_ascii=False))
 
 
 class KindIndex:
@@ -106,7 +108,7 @@ class KindIndex:
 
 @dataclass
 class CachedPage:
-    items: list[dict[str, Any]]
+    items: list[Any]  # documents, or their JSON text when asked for text
     after: Ident | None  # where the next page starts, when there is one
 
 
@@ -291,13 +293,14 @@ class WatchCache:
         matches: LabelMatcher | None,
         limit: int,
         after: Ident | None,
+        text: bool = False,
     ) -> CachedPage:
         """As ``Store.list`` pages: matching items in order; ``after`` set if more follow."""
         index = self.kinds.get(kind)
         if index is None:
             return CachedPage([], None)
         span = index.span(team, environment, after)
-        items: list[dict[str, Any]] = []
+        items: list[Any] = []
         for at in span:
             ident = index.order[at]
             if environment is not None and team is None and ident[1] != environment:
@@ -305,7 +308,7 @@ class WatchCache:
             entry = index.entries[ident]
             if entry.text is None or (matches is not None and not matches(entry.labels)):
                 continue
-            items.append(entry.doc())
+            items.append(entry.text if text else entry.doc())
             if limit and len(items) >= limit:
                 more = at + 1 < span.stop
                 return CachedPage(items, ident if more else None)
