@@ -1,10 +1,24 @@
-"""API throughput and latency: get, list (100 items) and apply on 10,000 stored resources.
+"""API throughput and latency, driven by ``wrk``: /healthz, get, list of 100, apply.
 
-Runs a real control plane in a subprocess (so the load generator does not share its
-interpreter) on SQLite and on PostgreSQL (when reachable), seeds 10,000 apps, then drives it
-with 16 concurrent clients. Prints one JSON document on stdout.
+Seeds a number of apps straight into the database (batch inserts, as a restore would) —
+teams of 1,000 apps, each with 10 environments of 100 —
+starts a real control plane in a subprocess, times its first start until ``/readyz`` and
+until its controllers have caught up (no write for 3 s),
+then drives it with ``wrk`` (a C load generator in a process of its own, so the load's CPU
+is not the server's interpreter) for a fixed time per request shape:
 
-    python bench/api.py [--resources 10000] [--requests 2000] [--concurrency 16]
+- ``healthz``: the framework's own ceiling on this machine, in the same run;
+- ``get``: one app, a different one each request;
+- ``list_100``: the 100 apps of one environment (fewer with under 1,000 apps);
+- ``apply``: a changed app each request (a label counts up): only 2xx answers count as
+  writes, refused ones are reported apart;
+- ``apply_unchanged``: the same document again (answers ``unchanged``).
+
+Each on SQLite and on PostgreSQL (a throwaway database at 127.0.0.1:5432, when reachable).
+Prints one JSON document with requests/s, p50/p99 and the ratios get/healthz and
+list/healthz.
+
+    python bench/api.py [--apps 2000] [--seconds 10] [--connections 16]
 """
 
 from __future__ import annotations
@@ -13,19 +27,134 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+#: a team's service range holds 1,022 addresses: apps are spread over teams of 1,000, each
+#: with 10 environments (of 100 apps each, when the team is full)
+PER_TEAM = 1000
+ENVS = 10
+
+
+def teams(apps: int) -> int:
+    return max(1, -(-apps // PER_TEAM))
+
+
+def place(i: int) -> tuple[str, str, str]:
+    """Team, environment and name of app number ``i``."""
+    return f"bench-{i // PER_TEAM}", f"env-{i % ENVS}", f"app-{i:05d}"
+
+
+BASE = "/api/v1/teams/bench-%d/environments/env-%d/apps"
+
+# wrk's Lua: each thread counts answers by class; done() prints one JSON line.
+LUA_COMMON = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+ok, refused, failed = 0, 0, 0
+function response(status, headers, body)
+  if status < 300 then ok = ok + 1 elseif status < 500 then refused = refused + 1
+  else failed = failed + 1 end
+end
+function done(summary, latency, requests)
+  local o, r, f = 0, 0, 0
+  for _, t in ipairs(threads) do o = o + t:get("ok"); r = r + t:get("refused");
+    f = f + t:get("failed") end
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"seconds":%.3f,"ok":%d,"refused":%d,"failed":%d,' ..
+    '"socket_errors":%d,"p50_ms":%.2f,"p99_ms":%.2f}\\n',
+    summary.requests, summary.duration / 1e6, o, r, f,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+LUA_SHAPES = {
+    "healthz": """
+function request() return wrk.format("GET", "/healthz") end
+""",
+    "get": """
+local n = 0
+function request()
+  n = n + 1
+  local i = (n * 7919 + math.random(0, APPS - 1)) % APPS
+  return wrk.format("GET", string.format("BASE/app-%05d", math.floor(i / PER_TEAM), i % ENVS, i))
+end
+""",
+    "list_100": """
+local n = 0
+function request()
+  n = n + 1
+  return wrk.format("GET", string.format("BASE", math.random(0, TEAMS - 1), n % ENVS))
+end
+""",
+    "apply": """
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+local seed = math.random(0, 1000000)
+function request()
+  n = n + 1
+  local i = (n * 7919 + seed) % APPS
+  local body = string.format(DOC, string.format("app-%05d", i),
+    string.format("bench-%d", math.floor(i / PER_TEAM)), string.format("env-%d", i % ENVS),
+    string.format("%d-%d", seed, n))
+  return wrk.format("POST", "/api/v1/apply", nil, body)
+end
+""",
+    "apply_unchanged": """
+wrk.headers["Content-Type"] = "application/json"
+function request()
+  local body = string.format(DOC, "app-00000", "bench-0", "env-0", "1")
+  return wrk.format("POST", "/api/v1/apply", nil, body)
+end
+""",
+}
+
+
+def app_doc(name: str, team: str, env: str, gen: str = "1") -> dict[str, Any]:
+    return {
+        "apiVersion": "kled.io/v1",
+        "kind": "App",
+        "metadata": {
+            "name": name,
+            "team": team,
+            "environment": env,
+            "labels": {"b": "1", "gen": gen},
+        },
+        "spec": {
+            "runtime": "process",
+            "command": ["sleep", "1"],
+            "args": [],
+            "replicas": 1,
+            "env": {},
+            "envFrom": [],
+            "ports": [],
+            "resources": {},
+            "nodeSelector": {},
+            "restartPolicy": "Always",
+        },
+    }
+
+
+def _lua_doc() -> str:
+    """The apply body as a Lua format string: name, environment and label filled in."""
+    text = json.dumps(app_doc("NAME", "TEAM", "ENV", "GEN"), separators=(",", ":"))
+    text = text.replace("%", "%%").replace('"NAME"', '"%s"').replace('"TEAM"', '"%s"')
+    text = text.replace('"ENV"', '"%s"')
+    return json.dumps(text.replace('"GEN"', '"%s"'))
 
 
 def free_port() -> int:
@@ -34,80 +163,122 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def seed(data_dir: Path, database: str, count: int) -> None:
-    """Write the resources straight through the store: the benchmark is of reads and applies."""
+async def seed(data_dir: Path, database: str, count: int) -> float:
+    """Write a team, its environments and ``count`` apps in a few large transactions.
+
+    Rows and events are written as the store writes them (one revision each), but many to
+    a statement, so that 10,000 apps take seconds, not minutes. Returns the seconds taken.
+    """
+    from sqlalchemy import insert, update
+
     from kled.store.cipher import SecretCipher
     from kled.store.database import Database
-    from kled.store.objects import Store
+    from kled.store.objects import Key, Store
+    from kled.store.schema import events, resources, revision
 
+    began = time.perf_counter()
     db = await Database.open(database)
     store = Store(db, SecretCipher.from_data_dir(data_dir))
-    await store.create({"kind": "Team", "metadata": {"name": "bench"}, "spec": {}})
-    for n in range(100):
-        env = {"kind": "Environment", "metadata": {"name": f"env-{n:02d}", "team": "bench"}}
-        await store.create({**env, "spec": {}})
-    sem = asyncio.Semaphore(8)
-
-    async def one(n: int) -> None:
-        async with sem:
-            await store.create(app_doc(f"app-{n:05d}", env=f"env-{n % 100:02d}"))
-
-    await asyncio.gather(*(one(n) for n in range(count)))
+    docs: list[dict[str, Any]] = []
+    for t in range(teams(count)):
+        team = f"bench-{t}"
+        docs.append({"kind": "Team", "metadata": {"name": team}, "spec": {}})
+        for e in range(ENVS):
+            env = {"kind": "Environment", "metadata": {"name": f"env-{e}", "team": team}}
+            docs.append({**env, "spec": {}})
+    for n in range(count):
+        team, env, name = place(n)
+        docs.append(app_doc(name, team, env))
+    rev = await db.current_revision()
+    now = datetime.now(UTC)
+    for start in range(0, len(docs), 1000):
+        rows, logged = [], []
+        for doc in docs[start : start + 1000]:
+            rev += 1
+            key = Key.of(doc)
+            new = store._stamp_new(doc, f"{rev:08d}-0000-0000-0000-000000000000", rev, now)
+            rows.append(store._columns(key, new))
+            logged.append(
+                {
+                    "seq": rev,
+                    "type": "ADDED",
+                    "kind": key.kind,
+                    "team": key.team,
+                    "environment": key.environment,
+                    "name": key.name,
+                    "object": new,
+                    "created_at": now,
+                }
+            )
+        async with db.engine.begin() as conn:
+            await conn.execute(insert(resources), rows)
+            await conn.execute(insert(events), logged)
+            await conn.execute(update(revision).where(revision.c.id == 1).values(value=rev))
     await db.close()
+    return time.perf_counter() - began
 
 
-def app_doc(name: str, env: str = "dev", replicas: int = 1) -> dict[str, Any]:
+def run_wrk(url: str, token: str, shape: str, args: argparse.Namespace) -> dict[str, Any]:
+    script = LUA_COMMON + LUA_SHAPES[shape].replace("APPS", str(args.apps)).replace(
+        "TEAMS", str(teams(args.apps))
+    ).replace("PER_TEAM", str(PER_TEAM)).replace("ENVS", str(ENVS)).replace("BASE", BASE).replace(
+        "DOC", _lua_doc()
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t2",
+                f"-c{args.connections}",
+                f"-d{args.seconds}s",
+                "--timeout",
+                "10s",
+                "-H",
+                f"Authorization: Bearer {token}",
+                "-s",
+                f.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    lines = [x for x in out.splitlines() if x.startswith("WRKJSON ")]
+    if not lines:
+        raise SystemExit(f"wrk printed no summary for {shape}:\n{out}")
+    line = lines[0]
+    raw = json.loads(line[len("WRKJSON ") :])
+    seconds = raw["seconds"] or 1.0
     return {
-        "apiVersion": "kled.io/v1",
-        "kind": "App",
-        "metadata": {"name": name, "team": "bench", "environment": env, "labels": {"b": "1"}},
-        "spec": {
-            "runtime": "process",
-            "command": ["sleep", "1"],
-            "args": [],
-            "replicas": replicas,
-            "env": {},
-            "envFrom": [],
-            "ports": [],
-            "resources": {},
-            "nodeSelector": {},
-            "restartPolicy": "Always",
-        },
-        "status": {},
+        "requests_per_s": round(raw["requests"] / seconds, 1),
+        "ok_per_s": round(raw["ok"] / seconds, 1),
+        "refused": raw["refused"],
+        "failed": raw["failed"] + raw["socket_errors"],
+        "p50_ms": raw["p50_ms"],
+        "p99_ms": raw["p99_ms"],
     }
 
 
-async def drive(
-    url: str, token: str, requests: int, concurrency: int, make: Any
-) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(requests))
+def settle(url: str, quiet: float = 3.0, most: float = 300.0) -> float:
+    """Wait until the controllers have caught up (no write for ``quiet`` seconds).
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors
-        for n in counter:
-            method, path, body = make(n)
-            start = time.perf_counter()
-            r = await client.request(method, path, json=body)
-            latencies.append(time.perf_counter() - start)
-            if r.status_code >= 400:
-                errors += 1
-
-    limits = httpx.Limits(max_connections=concurrency)
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as c:
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "requests_per_s": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
-    }
+    A server may answer before its controllers have gone through every app (service IPs,
+    status): measured while they still write, reads and applies would compete with them.
+    """
+    began = time.time()
+    last, since = -1, time.time()
+    while time.time() - began < most:
+        revision = httpx.get(url + "/readyz", timeout=10).json().get("revision")
+        if revision != last:
+            last, since = revision, time.time()
+        elif time.time() - since >= quiet:
+            break
+        time.sleep(0.5)
+    return time.time() - began - quiet
 
 
 def run_backend(name: str, database: str | None, args: argparse.Namespace) -> dict[str, Any]:
@@ -115,7 +286,7 @@ def run_backend(name: str, database: str | None, args: argparse.Namespace) -> di
         data = Path(tmp) / "data"
         data.mkdir()
         db_url = database or f"sqlite:///{data / 'kled.db'}"
-        asyncio.run(seed(data, db_url, args.resources))
+        seeded = asyncio.run(seed(data, db_url, args.apps))
         port = free_port()
         env = {
             **os.environ,
@@ -132,7 +303,6 @@ def run_backend(name: str, database: str | None, args: argparse.Namespace) -> di
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            # A first start gives every seeded app its service IP before it serves.
             started = time.time()
             while True:
                 try:
@@ -143,44 +313,30 @@ def run_backend(name: str, database: str | None, args: argparse.Namespace) -> di
                 if proc.poll() is not None or time.time() - started > 900:
                     tail = (Path(tmp) / "server.log").read_text(errors="replace")[-2000:]
                     raise SystemExit(f"the {name} server did not become ready:\n{tail}")
-            seconds_to_ready = round(time.time() - started, 1)
+            ready = round(time.time() - started, 1)
+            settled = round(ready + settle(url), 1)
             token = (data / "admin.token").read_text().strip()
-            base = "/api/v1/teams/bench/environments"
-            n_res = args.resources
-
-            def get_one(n: int) -> tuple[str, str, None]:
-                i = (n * 7919) % n_res
-                return "GET", f"{base}/env-{i % 100:02d}/apps/app-{i:05d}", None
-
-            def list_env(n: int) -> tuple[str, str, None]:
-                return "GET", f"{base}/env-{n % 100:02d}/apps", None
-
-            def apply_one(n: int) -> tuple[str, str, dict[str, Any]]:
-                i = n % n_res
-                return (
-                    "POST",
-                    "/api/v1/apply",
-                    app_doc(f"app-{i:05d}", env=f"env-{i % 100:02d}", replicas=2 + n),
-                )
-
-            c = args.concurrency
-            results = {
-                "get": asyncio.run(drive(url, token, args.requests, c, get_one)),
-                "list_100": asyncio.run(
-                    drive(url, token, max(args.requests // 4, 100), c, list_env)
-                ),
-                "apply": asyncio.run(drive(url, token, args.requests, c, apply_one)),
-            }
+            shapes = {shape: run_wrk(url, token, shape, args) for shape in LUA_SHAPES}
+            ceiling = shapes["healthz"]["requests_per_s"] or 1.0
             return {
                 "backend": name,
-                "resources": args.resources,
-                "concurrency": args.concurrency,
-                "first_start_seconds_to_ready": seconds_to_ready,
-                **results,
+                "apps": args.apps,
+                "connections": args.connections,
+                "seconds_per_shape": args.seconds,
+                "seed_seconds": round(seeded, 1),
+                "first_start_seconds_to_ready": ready,
+                "first_start_seconds_to_settled": settled,
+                **shapes,
+                "ratio_get_to_healthz": round(shapes["get"]["ok_per_s"] / ceiling, 3),
+                "ratio_list_to_healthz": round(shapes["list_100"]["ok_per_s"] / ceiling, 3),
             }
         finally:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             server_log.close()
 
 
@@ -204,23 +360,29 @@ def serve() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--resources", type=int, default=10_000)
-    parser.add_argument("--requests", type=int, default=2_000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--apps", type=int, default=2_000, help="apps stored before the run")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk's duration per shape")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve()
         return
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench/api.py needs wrk: apt-get install wrk (make deps does)")
     from servers import postgres_available, postgres_database
 
-    runs = [run_backend("sqlite", None, args)]
-    why = postgres_available()
-    if why is None:
-        with postgres_database() as url:
-            runs.append(run_backend("postgresql", url, args))
-    else:
-        runs.append({"backend": "postgresql", "skipped": why})
+    runs = []
+    if args.backend in ("sqlite", "both"):
+        runs.append(run_backend("sqlite", None, args))
+    if args.backend in ("postgresql", "both"):
+        why = postgres_available()
+        if why is None:
+            with postgres_database() as url:
+                runs.append(run_backend("postgresql", url, args))
+        else:
+            runs.append({"backend": "postgresql", "skipped": why})
     print(json.dumps({"benchmark": "api", "runs": runs}, indent=2))
 
 
