@@ -19,10 +19,18 @@ the rollout time in seconds.
 (tests/e2e/test_autoscale_load.py), min 1, max 3, target 50 %, no scale-down window, the
 agent sampling usage every 2 s and the autoscaler looking every 15 s: seconds from the load
 starting to the decision of 3 replicas and to 3 ready, and from the load stopping to the
-decision of 1. Everything shares this machine's cores, so the counts carry
-over, the times only roughly. Needs root, ``ip``, ``nft``, ``wireguard-go``.
+decision of 1.
 
-    python bench/rollout.py [--quick]     # --quick: 3 replicas only
+``from_zero``: ``web`` with ``autoscale.minReplicas: 0`` and ``scaleToZeroAfterSeconds: 3``
+(tests/e2e/test_scale_from_zero.py), scaled to zero, then one ``curl`` from the client pod
+to its service IP: seconds from the request to its answer (held at the gateway's router
+while the control plane starts a replica and it gets ready), for each of ``ZERO_ROUNDS``
+rounds, with their median.
+
+Everything shares this machine's cores, so the counts carry over, the times only roughly.
+Needs root, ``ip``, ``nft``, ``wireguard-go``, ``curl``.
+
+    python bench/rollout.py [--quick] [--zero-only]  # --quick: 3 replicas only
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from agentlab import IDLE_CMD, Mesh, eventually, lab_mesh  # noqa: E402 - after the path set-up
 from test_autoscale_load import BURN  # noqa: E402
 from test_rollout_traffic import Load, change, command, web  # noqa: E402
+from test_scale_from_zero import APP, curl  # noqa: E402
+
+ZERO_ROUNDS = 3
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -140,12 +151,58 @@ def autoscaling(root: Path) -> dict[str, Any]:
                 "down_decided_seconds": down}  # fmt: skip
 
 
+def from_zero(root: Path) -> dict[str, Any]:
+    state = root / "web-state"
+    state.mkdir()
+    with lab_mesh(root, 1, "benchzero") as mesh:
+        mesh.start_agent(1)
+        mesh.team("a", "100.97.0.0/16")
+        mesh.app("a", "web", {
+            "command": [sys.executable, str(APP), "cold", str(state), "8080"],
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"},
+                               "periodSeconds": 1, "failureThreshold": 1},
+            "resources": {"cpu": "100m"},
+            "autoscale": {"minReplicas": 0, "maxReplicas": 2, "scaleToZeroAfterSeconds": 3},
+        })  # fmt: skip
+        mesh.app("a", "client", {"command": IDLE_CMD})
+
+        def status() -> dict[str, Any]:
+            found: dict[str, Any] = mesh.get_app("a", "web").get("status") or {}
+            return found
+
+        ip = eventually(lambda: status().get("ip"), "web service IP")
+        client = mesh.pod_ns(1, "a", "a.dev.client.0")
+        eventually(lambda: Path(f"/run/netns/{client}").exists(), "the client's pod")
+        times: list[float] = []
+        for _ in range(ZERO_ROUNDS):
+            eventually(
+                lambda: (
+                    (status().get("autoscale") or {}).get("desiredReplicas") == 0
+                    and not status().get("replicas")
+                ),
+                "scaled to zero",
+            )
+            started = time.monotonic()
+            answer = curl(client, ip)
+            if answer.returncode != 0 or not answer.stdout.startswith("cold-"):
+                raise RuntimeError(f"no answer from zero: {answer}")
+            times.append(round(time.monotonic() - started, 2))
+        return {"first_answer_seconds": times, "median_seconds": statistics.median(times)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 replicas only")
+    parser.add_argument("--zero-only", action="store_true", help="only from_zero")
     args = parser.parse_args()
     sizes = [3] if args.quick else [3, 10]
     out: dict[str, Any] = {"bench": "rollout", "load": "sequential GETs, 5 ms apart"}
+    with tempfile.TemporaryDirectory(prefix="kled-bench-zero-") as tmp:
+        out["from_zero"] = from_zero(Path(tmp))
+    if args.zero_only:
+        print(json.dumps(out, indent=2))
+        return 0
     for replicas in sizes:
         for strategy, label in (("RollingUpdate", "rolling"), ("Recreate", "recreate")):
             with tempfile.TemporaryDirectory(prefix="kled-bench-rollout-") as tmp:
