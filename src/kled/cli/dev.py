@@ -72,32 +72,22 @@ def dev(
     """Develop APP live: its dev replica in the environment, your folder synced into it,
     its command restarted on change; the app is restored when this ends."""
     rest = list(ctx.args)
-    chosen_team, chosen_env = STATE.team_for(team), STATE.env_for(env)
-    if app == "stop":
-        if len(rest) != 1:
-            raise InvalidInput("say which app: kled dev stop APP", field="APP")
-        with STATE.client() as client:
-            client.request("DELETE", dev_path(chosen_team, chosen_env, rest[0]))
-        out(f"app {rest[0]} restored")
+    chosen_team = STATE.team_for(team)
+    if app == "stop" or status:
+        name = rest[0] if app == "stop" and len(rest) == 1 else app
+        if name is None or (app == "stop" and len(rest) != 1):
+            raise InvalidInput("say which app: kled dev stop APP / --status APP", field="APP")
+        if name.startswith("ws/"):
+            raise InvalidInput("a workspace has no dev session to show or end", field="APP")
+        _session_command(chosen_team, STATE.env_for(env), name, app == "stop", output)
         return
     if rest:
         raise InvalidInput(f"unexpected argument {rest[0]!r}", field="APP")
-    if status:
-        if app is None:
-            raise InvalidInput("say which app: kled dev --status APP", field="APP")
-        with STATE.client() as client:
-            answer = client.get(dev_path(chosen_team, chosen_env, app))
-        if output == "json":
-            out(json.dumps(answer))
-        elif answer.get("active"):
-            out(f"app {app}: dev session {answer.get('session')} of {answer.get('user')} "
-                f"since {answer.get('since')}")  # fmt: skip
-        else:
-            out(f"app {app}: no dev session")
-        return
     path = file if file is not None else find_config(Path.cwd())
     config = devconfig.load(path)
     name, target = devconfig.target(config, app, path)
+    # an app belongs to an environment; a workspace (ws/NAME) to the team only
+    chosen_env = "" if name.startswith("ws/") else STATE.env_for(env)
     if not target.command:
         out("(no command in kled.yaml: syncing only)")
     with STATE.client() as client:
@@ -105,6 +95,23 @@ def dev(
             client, endpoint(), (chosen_team, chosen_env), name, target, path.parent.resolve()
         )
         asyncio.run(_session(runner))
+
+
+def _session_command(team: str, env: str, app: str, stop: bool, output: str) -> None:
+    """``kled dev stop APP`` or ``kled dev --status APP``."""
+    with STATE.client() as client:
+        if stop:
+            client.request("DELETE", dev_path(team, env, app))
+            out(f"app {app} restored")
+            return
+        answer = client.get(dev_path(team, env, app))
+    if output == "json":
+        out(json.dumps(answer))
+    elif answer.get("active"):
+        out(f"app {app}: dev session {answer.get('session')} of {answer.get('user')} "
+            f"since {answer.get('since')}")  # fmt: skip
+    else:
+        out(f"app {app}: no dev session")
 
 
 def register(root: typer.Typer) -> None:

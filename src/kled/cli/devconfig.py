@@ -2,7 +2,7 @@
 
 ```yaml
 dev:
-  api:                                   # an App of the current environment
+  api:                                   # an App of the current environment, or ws/NAME
     sync: [{local: ./api, remote: /app, exclude: [".git", "*.pyc"]}]
     command: ["python", "-m", "api"]     # run from the first sync's remote folder
     onChange: {restart: ["**/*.py"], exec: [{glob: "package.json", run: "npm install"}]}
@@ -125,8 +125,6 @@ def target(config: DevFile, name: str | None, path: Path) -> tuple[str, DevTarge
     if name not in config.dev:
         known = ", ".join(sorted(config.dev))
         raise InvalidInput(f"{path.name} has no dev.{name} (it has: {known})", field="APP")
-    if name.startswith("ws/"):
-        raise InvalidInput("workspaces (ws/NAME) are not supported by kled dev yet", field="APP")
     return name, config.dev[name]
 
 

@@ -64,6 +64,8 @@ class DevLoop:
         self.endpoint = endpoint
         self.team, self.env = place
         self.app = app
+        #: ``ws/NAME`` targets a running workspace: no swap, no lease, nothing to restore
+        self.workspace = app[3:] if app.startswith("ws/") else None
         self.target = target
         self.base_dir = base_dir
         self.out = out or sys.stdout
@@ -104,7 +106,10 @@ class DevLoop:
                 self.say(f"could not renew the session: {err}; retrying")
 
     async def _exec(self, command: list[str]) -> ExecStream:
-        return await open_exec(self.endpoint, self.team, self.env, self.app, command)
+        route = None
+        if self.workspace is not None:
+            route = f"/api/v1/teams/{self.team}/workspaces/{self.workspace}/exec"
+        return await open_exec(self.endpoint, self.team, self.env, self.app, command, route=route)
 
     async def _wait_replica(self) -> None:
         loop = asyncio.get_running_loop()
@@ -271,6 +276,9 @@ class DevLoop:
         task.add_done_callback(self._tasks.discard)
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.workspace is not None:
+            await self._run_in_workspace(stop)
+            return
         begun = await self._api("POST", {})
         self.session = str(begun["session"])
         grace = float(begun.get("graceSeconds") or 60)
@@ -291,18 +299,40 @@ class DevLoop:
             for task in (work, ender, renewer):
                 with contextlib.suppress(asyncio.CancelledError, KledError):
                     await task
-            for forward in self.forwards:
-                await forward.close()
-            for session in self.syncs:
-                with contextlib.suppress(Exception):
-                    await session.stop()
-            for task in list(self._tasks):
-                task.cancel()
+            await self._wind_down()
             await self._restore()
 
-    async def _work(self) -> None:
-        await self._wait_replica()
-        self.say("dev replica running")
+    async def _run_in_workspace(self, stop: asyncio.Event) -> None:
+        """A workspace runs already and is the developer's own: sync into it and run the
+        command there, until stopped; nothing to swap or restore."""
+        self.say(f"dev session in workspace {self.workspace}")
+        work = asyncio.create_task(self._work(swapped=False))
+        ender = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({work, ender}, return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                work.result()
+        finally:
+            for task in (work, ender):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KledError):
+                    await task
+            await self._wind_down()
+            self.say(f"left workspace {self.workspace} as it is")
+
+    async def _wind_down(self) -> None:
+        for forward in self.forwards:
+            await forward.close()
+        for session in self.syncs:
+            with contextlib.suppress(Exception):
+                await session.stop()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _work(self, swapped: bool = True) -> None:
+        if swapped:
+            await self._wait_replica()
+            self.say("dev replica running")
         await self._start_syncs()
         for spec in self.target.ports:
             local, remote = parse(spec)
