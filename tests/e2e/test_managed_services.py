@@ -163,6 +163,8 @@ def test_postgres_service_env_from_restart_backup_restore_rotate(
     assert taken["id"] in said and Path(taken["path"]).read_bytes()[:5] == b"PGDMP"
     described = _cli(mesh, tmp_path, token, "service", "describe", "db")
     assert taken["id"] in described and "Ready" in described
+    logs = lambda: _cli(mesh, tmp_path, token, "service", "logs", "db")  # noqa: E731
+    eventually(lambda: "servicerun: postgres ready on port 5432" in logs(), "the server's log")
 
     # Restore into a new service: its own credentials, the rows of the backup.
     _sql(mesh, url, "INSERT INTO notes VALUES ('after the backup')")

@@ -1,4 +1,4 @@
-"""``kled service list|describe|backup|restore|rotate|delete``: a team's managed services.
+"""``kled service list|describe|logs|backup|restore|rotate|delete``: a team's managed services.
 
 A ManagedService is run by the control plane (``control/managed.py``) as a server app
 ``ms-<name>`` on one node; these commands read its status and act through the API:
@@ -21,6 +21,7 @@ import typer
 
 from kled.cli.exec import endpoint
 from kled.cli.exec_client import open_exec
+from kled.cli.logs import logs as show_logs
 from kled.cli.output import align, out, to_json, to_yaml
 from kled.cli.state import STATE, EnvOption, TeamOption
 from kled.errors import Conflict, InvalidInput, NotFound, PermanentError
@@ -195,6 +196,25 @@ def describe(
     if not backups:
         lines.append("  none (`kled service backup NAME`)")
     out("\n".join(lines))
+
+
+@app.command("logs")
+def service_logs(
+    name: str,
+    env: EnvOption = None,
+    team: TeamOption = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep showing new lines.")] = False,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only lines newer than this: 30s, 5m, 2h.")
+    ] = None,
+) -> None:
+    """The server's log lines (its server app's replica, as `kled logs ms-NAME`)."""
+    t, e = _where(env, team)
+    doc = _get(t, e, name)
+    server = (doc.get("status") or {}).get("app")
+    if not server:
+        raise PermanentError(f"service {name} has no server yet (see `kled service describe`)")
+    show_logs(str(server), env=e, team=t, follow=follow, replica=None, since=since)
 
 
 @app.command()
