@@ -107,7 +107,7 @@ def postgres_backup(mb: int, rounds: int) -> dict[str, Any]:
     root.chmod(0o755)
     try:
         with _server(root / "src") as (port, _):
-            rows = mb * 1024 * 1024 // 220  # ~220 bytes a row on disk, with its overhead
+            rows = mb * 1024 * 1024 // 165  # ~165 bytes a row on disk, with its overhead
             _psql(port, "CREATE TABLE t (id bigint, a text, b text)")
             _psql(port, f"INSERT INTO t SELECT g, md5(g::text), md5((g * 7)::text) || "
                         f"md5(g::text) FROM generate_series(1, {rows}) g")  # fmt: skip
