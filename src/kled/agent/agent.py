@@ -368,7 +368,9 @@ class Agent:
                         generation=spec.generation,
                     )
                 )
-            raise TemporaryError(f"{spec.resource_name}: {message}", delay=1.0)
+            # Looked at again soon: the pod network is usually a pass of the mesh away, and a
+            # request may be held at a gateway for this replica (scale from zero).
+            raise TemporaryError(f"{spec.resource_name}: {message}", delay=0.2)
         self._network_waits.discard(spec.id)
         log.info("%s %s: %s", spec.resource_name, action.kind.value, action.reason)
         await rt.start(spec)

@@ -40,6 +40,9 @@ from kled.resources.netstate import Peer as WgPeer
 
 log = logging.getLogger(__name__)
 
+#: how often the routers' activity files are read for requests held at a gateway
+WAITING_POLL = 0.1
+
 
 @dataclass(frozen=True)
 class PodPlace:
@@ -242,8 +245,30 @@ class MeshKeeper:
             log.info("node/%s intercepts falling back to replicas: %s", self.node, fallen or "none")
             self._fallen = fallen
 
+    async def _watch_waiting(self) -> None:
+        """A request held at a gateway for an app at zero replicas is reported at once, not
+        at the next heartbeat: the heartbeat waits on ``intercepts_changed``."""
+        reported: set[tuple[str, str]] = set()
+        while True:
+            await asyncio.sleep(WAITING_POLL)
+            report = self._report
+            waiting: set[tuple[str, str]] = set()
+            for team, gw in (report.gateways if report is not None else {}).items():
+                _, keys = read_activity(Path(gw.state_dir) / gw.host_id, team)
+                waiting.update((team, key) for key in keys)
+            if waiting - reported:
+                self.intercepts_changed.set()
+            reported = waiting
+
     async def run(self) -> None:
         """Apply on every change and every ``recheck_interval`` seconds; tick in between."""
+        watcher = asyncio.create_task(self._watch_waiting(), name="mesh-waiting")
+        try:
+            await self._run()
+        finally:
+            watcher.cancel()
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
