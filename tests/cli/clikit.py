@@ -118,7 +118,8 @@ class ServerProcess:
             threading.Thread(target=_drain, args=(stream, sink), daemon=True).start()
         for _ in range(600):  # the server is up when it answers, however long that takes
             if self.proc.poll() is not None:
-                raise AssertionError(f"kled server exited {self.proc.returncode}: {self.lines}")
+                code, why = self.proc.returncode, self.errors[-20:]
+                raise AssertionError(f"kled server exited {code}: {self.lines} {why}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self

@@ -70,6 +70,10 @@ def pair(tmp_path: Path, embedded: EmbeddedNats) -> Iterator[Pair]:
             cli.ok("login", "--server", f"{a.url},{b.url}", "--token", token, "--team", TEAM)
             cli.ok("team", "create", TEAM)
             cli.ok("env", "create", "dev")
+            # b's followers hear of a's writes by NOTIFY (or their poll): at once, not in step
+            headers = {"Authorization": f"Bearer {token}"}
+            env = f"{b.url}/api/v1/teams/{TEAM}/environments/dev"
+            wait_for(lambda: httpx.get(env, headers=headers).status_code == 200, "b sees dev")
             yield Pair(a, b, token, cli)
         finally:
             b.stop(signal.SIGKILL)

@@ -42,6 +42,7 @@ from kled.store.compaction import Compactor
 from kled.store.credentials import ADMIN_USER, Credentials
 from kled.store.database import Database
 from kled.store.lease import lease_for
+from kled.store.notices import RevisionNotices
 from kled.store.objects import Store
 from kled.store.violations import ViolationLog
 
@@ -74,8 +75,11 @@ class ControlPlane:
         self.gitops: GitOps | None = None
         self.leadership: Leadership | None = None
         self.kube_mirror: Any = None  # kled.kube.mirror (a controller: on the leader only)
-        #: set when this replica lost the controllers' lease and stopped for it
-        self.lost_lease = False
+        self.notices: RevisionNotices | None = None
+        #: why this replica stopped by itself (it lost the controllers' lease)
+        self.lost_lease: str | None = None
+        #: open() returns once the controllers started (False: they start meanwhile)
+        self.wait_for_controllers = True
 
     async def open(self) -> Service:
         s = self.settings
@@ -84,6 +88,9 @@ class ControlPlane:
         self.db = await Database.open(s.database_url())
         cipher = SecretCipher.from_data_dir(s.data_dir, s.secret_key)
         store = Store(self.db, cipher)
+        if not self.db.is_sqlite:  # other replicas' writes wake this one's followers
+            self.notices = RevisionNotices(s.database_url(), store._notify)
+            await self.notices.start()
         credentials = Credentials(self.db)
         chain = AdmissionChain(validate_resource)
         self.service = Service(store, credentials, chain)
@@ -105,8 +112,13 @@ class ControlPlane:
         self.leadership = Leadership(
             lease_for(s.database_url()), self._start_controllers, self._lost_lease
         )
-        await self.leadership.begin()
+        await self.leadership.begin(wait=self.wait_for_controllers)
         return self.service
+
+    async def settled(self) -> None:
+        """Until the controllers run here, or this replica found them on another one."""
+        if self.leadership is not None:
+            await self.leadership.settled.wait()
 
     async def _start_controllers(self) -> None:
         """On the replica that holds the controllers' lease (control/leadership.py)."""
@@ -127,8 +139,9 @@ class ControlPlane:
         self.kube_mirror = WorkloadMirror(self.service)  # Deployments' Pods from their Apps
         await self.kube_mirror.start()
 
-    def _lost_lease(self) -> None:
-        self.lost_lease = True
+    def _lost_lease(self, why: str) -> None:
+        log.error("this replica stops: %s", why)
+        self.lost_lease = why
         self.stop()
 
     async def _start_policies(self, store: Store, chain: AdmissionChain) -> None:
@@ -221,6 +234,7 @@ class ControlPlane:
             app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
         )
         self.server = uvicorn.Server(config)
+        self.server.should_exit = self.lost_lease is not None  # it stopped while opening
         sockets = self._sockets or self.bind()
         task = asyncio.create_task(self.server.serve(sockets=sockets))
         while not self.server.started and not task.done():
@@ -239,6 +253,8 @@ class ControlPlane:
             self.kube.stop()
 
     async def close(self) -> None:
+        if self.leadership is not None:
+            await self.leadership.halt()  # no controller starts while they are stopped
         if getattr(self, "jobs", None) is not None:
             await self.jobs.stop()
         if self.kube_mirror is not None:
@@ -261,6 +277,8 @@ class ControlPlane:
             await self.policy_engine.close()
         if self.leadership is not None:
             await self.leadership.close()  # after the controllers: the lease is free now
+        if self.notices is not None:
+            await self.notices.stop()
         if self.db is not None:
             await self.db.close()
         if self.bound:

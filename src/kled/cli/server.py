@@ -219,9 +219,12 @@ async def _serve(
     from kled.api.server import ControlPlane
 
     plane = ControlPlane(settings)
+    plane.wait_for_controllers = False  # serve while they catch up with a large store
     loop = asyncio.get_running_loop()
     try:
         await plane.open()
+        if parts:
+            await plane.settled()  # the parts use what the controllers start (NATS)
         async with contextlib.AsyncExitStack() as running:
             for part in parts:
                 await running.enter_async_context(part(plane))
@@ -230,10 +233,7 @@ async def _serve(
         await plane.close()  # removes the socket only if this process bound it
         log.info("control plane stopped")
     if plane.lost_lease:
-        raise Unavailable(
-            "this replica lost the controllers' lease (its database connection broke); "
-            "start it again"
-        )
+        raise Unavailable(f"the server stopped: {plane.lost_lease}; start it again")
 
 
 async def _listen_and_serve(
@@ -249,7 +249,17 @@ async def _listen_and_serve(
             ) from e
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, plane.stop)
-        await plane.serve(on_ready=lambda: announce(plane))
+
+        async def announce_when_settled() -> None:
+            await plane.settled()  # the Message Office line needs the started controllers
+            announce(plane)
+
+        announcing: set[asyncio.Task[None]] = set()  # held, so that it is not collected
+
+        def on_ready() -> None:
+            announcing.add(asyncio.ensure_future(announce_when_settled()))
+
+        await plane.serve(on_ready=on_ready)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
