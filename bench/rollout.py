@@ -183,6 +183,15 @@ def from_zero(root: Path) -> dict[str, Any]:
                 ),
                 "scaled to zero",
             )
+            # and the gateway's router has no backend left (the last replica is gone)
+            eventually(
+                lambda: all(
+                    not route["backends"]
+                    for path in root.glob("node1/net/*/a.router.json")
+                    for route in json.loads(path.read_text())["routes"]
+                ),
+                "no backend at the gateway",
+            )
             started = time.monotonic()
             answer = curl(client, ip)
             if answer.returncode != 0 or not answer.stdout.startswith("cold-"):
