@@ -39,7 +39,7 @@ from kled.agent.runtime.container import ContainerRuntime, container_engine
 from kled.agent.runtime.process import ProcessRuntime
 from kled.agent.runtime.records import private_dir
 from kled.agent.usage import Running, UsageMeter
-from kled.agent.workspaces import SourceFetcher, WorkspaceRunner
+from kled.agent.workspaces import PodPlace, SourceFetcher, WorkspaceRunner
 from kled.bus.office import MessageOffice
 from kled.errors import Forbidden, KledError, PermanentError, TemporaryError, Unavailable
 from kled.resources.hoststate import (
@@ -177,7 +177,7 @@ class Agent:
         if container_engine() is not None:
             self.workspaces = WorkspaceRunner(
                 self.data_dir, fetcher=sources, on_status=self._workspace_status,
-                on_log=self._log_line,
+                on_log=self._log_line, pods=self._workspace_pod,
             )  # fmt: skip
         #: the host's team gateways and pods; None on a host without the network layer
         self.mesh: MeshKeeper | None = None
@@ -226,6 +226,11 @@ class Agent:
             for rt in self.runtimes.values():
                 await rt.detach()
             log.info("node/%s agent stopped; replicas left running", self.node)
+
+    def _workspace_pod(self, team: str, workspace_id: str) -> PodPlace | None:
+        """The workspace's pod on the team mesh, when the desired network gives it one."""
+        found = None if self.mesh is None else self.mesh.pod_of(team, workspace_id)
+        return None if found is None else PodPlace(*found)
 
     async def _exec_target(self, replica_id: str) -> Target | None:
         """A replica's runtime, or this host's workspace of that id (``kled ws exec``)."""

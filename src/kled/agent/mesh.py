@@ -298,6 +298,18 @@ class MeshKeeper:
         path = self.layer.pod_netns_path(pod.team, pod.replica_id)
         return spec.model_copy(update={"pod_netns": path, "pod_ip": pod.ip})
 
+    def pod_of(self, team: str, pod_id: str) -> tuple[str, str, bool] | None:
+        """A pod the desired network gives ``pod_id`` (a workspace's): its namespace path,
+        its IP, and whether the last pass built it so. None: no pod for it."""
+        pods = () if self._desired is None else self._desired.pods
+        pod = next((p for p in pods if p.replica_id == pod_id and p.team == team), None)
+        if pod is None:
+            return None
+        path = self.layer.pod_netns_path(team, pod_id)
+        built = None if self._report is None else self._report.pods.get(pod_id)
+        ready = built is not None and built.ip == pod.ip and os.path.exists(path)
+        return path, pod.ip, ready
+
     def pod_ready(self, spec: ReplicaSpec) -> bool:
         """Whether the replica's pod namespace was built (in the last pass) as ``spec`` says."""
         report = self._report

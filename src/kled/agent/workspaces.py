@@ -67,6 +67,24 @@ log = logging.getLogger(__name__)
 
 StatusSink = Callable[[ReplicaStatus], None]
 LogSink = Callable[[LogLine], None]
+#: the network label: ``<pod namespace path> <pod IP>`` the container joined ("" for
+#: podman's own network); another value makes a new container
+NETNS_LABEL = "kled.netns"
+#: how long a workspace waits for the network layer to build its pod namespace
+NETWORK_WAIT = 120.0
+
+
+@dataclass(frozen=True)
+class PodPlace:
+    """The workspace's pod on the team mesh: its namespace's path, its IP, built yet."""
+
+    netns: str
+    ip: str
+    ready: bool
+
+
+#: the workspace's pod, if the host's desired network gives it one (``MeshKeeper.pod_of``)
+PodFinder = Callable[[str, str], "PodPlace | None"]
 BUILDING = "Building"
 SESSION_FILE = "session.json"
 SESSION_ENV = "session.env"
@@ -81,8 +99,8 @@ _REFUSED_RUN_ARGS = (
     "--uts",
     "--userns",
     "--device",
-    "--network=host",
-    "--net=host",
+    "--network",
+    "--net",
     "--cap-add",
     "--security-opt",
 )
@@ -137,8 +155,10 @@ class WorkspaceRunner:
         on_status: StatusSink,
         on_log: LogSink,
         engine: WorkspaceEngine | None = None,
+        pods: PodFinder | None = None,
     ) -> None:
         self.root = Path(data_dir) / "workspaces"
+        self.pods = pods
         self.owner = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.fetcher = fetcher
@@ -148,7 +168,7 @@ class WorkspaceRunner:
         self._desired: dict[str, WorkspaceOnHost] | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         #: workspace id → (spec hash, running) of what the worker last finished
-        self._done: dict[str, tuple[str, bool]] = {}
+        self._done: dict[str, tuple[str, bool, str]] = {}
         self._kick = asyncio.Event()
         self._seq: dict[str, int] = {}
 
@@ -185,7 +205,7 @@ class WorkspaceRunner:
         for wid, ws in desired.items():
             if wid in self._workers:
                 continue
-            if self._done.get(wid) == (spec_hash(ws), ws.running):
+            if self._done.get(wid) == (spec_hash(ws), ws.running, self._netns(ws)):
                 continue
             self._start(wid, self._converge(ws))
         existing = await self.engine.containers()
@@ -242,7 +262,25 @@ class WorkspaceRunner:
     def _folder(self, ws: WorkspaceOnHost) -> Path:
         return self.root / ws.team / ws.name
 
+    def _netns(self, ws: WorkspaceOnHost) -> str:
+        """The pod namespace (and IP) the workspace's container should join ("": none)."""
+        place = None if self.pods is None else self.pods(ws.team, ws.id)
+        return "" if place is None else f"{place.netns} {place.ip}"
+
+    async def _network_ready(self, ws: WorkspaceOnHost) -> None:
+        """Wait until the network layer has built the workspace's pod namespace."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + NETWORK_WAIT
+        while self.pods is not None:
+            place = self.pods(ws.team, ws.id)
+            if place is None or place.ready:
+                return
+            if loop.time() > until:
+                raise EngineError(f"its network namespace {place.netns} was not built")
+            await asyncio.sleep(0.3)
+
     async def _converge(self, ws: WorkspaceOnHost) -> None:
+        netns = self._netns(ws)
         digest = spec_hash(ws)
         failed = self._folder(ws) / "failed"
         try:
@@ -255,7 +293,7 @@ class WorkspaceRunner:
                 failed.parent.mkdir(parents=True, exist_ok=True)
                 failed.write_text(json.dumps({"spec": digest, "message": message}))
             self._report(ws, ReplicaState.FAILED, reason="Failed", message=message)
-        self._done[ws.id] = (digest, ws.running)
+        self._done[ws.id] = (digest, ws.running, netns)
 
     async def _converge_once(self, ws: WorkspaceOnHost, digest: str, failed: Path) -> None:
         engine = self.engine
@@ -263,6 +301,11 @@ class WorkspaceRunner:
         info = await engine.inspect(container)
         if info is not None and info.labels.get("kled.spec") != digest:
             self._say(ws, "the workspace changed: making a new container (volumes kept)")
+            await engine.remove(container)
+            info = None
+        netns = self._netns(ws)
+        if info is not None and info.labels.get(NETNS_LABEL, "") != netns:
+            self._say(ws, "its network changed: making a new container (volumes kept)")
             await engine.remove(container)
             info = None
         if info is not None and failed.exists():
@@ -292,6 +335,7 @@ class WorkspaceRunner:
                 started_at=info.started_at,
             )
             self._report(ws, ReplicaState.STARTING, reason="Starting")
+            await self._network_ready(ws)
             await engine.start(container)
             await self._hooks(ws, container, resolved, features, before, Event.START)
             self._report(ws, ReplicaState.RUNNING, started_at=utcnow())
@@ -301,6 +345,7 @@ class WorkspaceRunner:
         resolved, features = await self._config(ws)
         image = await self._image(ws, resolved, features)
         self._report(ws, ReplicaState.STARTING, reason="Starting")
+        await self._network_ready(ws)
         await self._create(ws, container, image, resolved, features, digest)
         await engine.start(container)
         await self._hooks(ws, container, resolved, features, ContainerState(), Event.UP)
@@ -433,6 +478,7 @@ class WorkspaceRunner:
             OWNER_LABEL: self.owner,
             "kled.spec": digest,
             "kled.uid": ws.uid,
+            NETNS_LABEL: self._netns(ws),
             **resolved.id_labels,
         }
         env_file = write_env_file(self._folder(ws), env)
@@ -444,6 +490,8 @@ class WorkspaceRunner:
                 mounts=mounts,
                 env_file=env_file,
                 resolved=resolved,
+                hostname=ws.name,
+                pod=tuple(labels[NETNS_LABEL].split(" ", 1)) if labels[NETNS_LABEL] else None,
             )
         finally:
             env_file.unlink(missing_ok=True)

@@ -274,9 +274,24 @@ class WorkspaceEngine:
         mounts: Sequence[Mount],
         env_file: Path,
         resolved: ResolvedConfig,
+        hostname: str | None = None,
+        pod: tuple[str, ...] | None = None,
     ) -> None:
+        """``pod``: (namespace path, IP) of the workspace's pod on the team mesh."""
         config = resolved.config
         args = ["create", "--name", container, *self.run_flags]
+        if hostname:
+            args += ["--hostname", hostname]
+        if pod:
+            # The pod the network layer built, with the resolver `ip netns exec` gives it:
+            # the team gateway, the team's search domain. Its own name is its pod IP.
+            netns, ip = pod
+            args += ["--network", f"ns:{netns}"]
+            if hostname:
+                args += ["--add-host", f"{hostname}:{ip}"]
+            resolv = Path("/etc/netns", os.path.basename(netns), "resolv.conf")
+            if resolv.exists():
+                args += ["--volume", f"{resolv}:/etc/resolv.conf:ro"]
         for key, value in labels.items():
             args += ["--label", f"{key}={value}"]
         for mount in mounts:

@@ -56,6 +56,7 @@ from kled.control.netdocs import KINDS as NETWORK_KINDS
 from kled.control.netdocs import NetworkDocs
 from kled.control.netmap import Deltas
 from kled.control.peersync import PeerBucket, PeerPublisher
+from kled.control.workspaces import write_addresses
 from kled.dns.forward import parse_upstream
 from kled.dns.server import DnsServer
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
@@ -92,6 +93,10 @@ class MeshServices:
         self.peers: PeerPublisher | None = None
         #: how many times the host networks were recomputed (tests, benchmarks)
         self.publishes = 0
+        #: each team's records as the mesh controller sent them, and its workspaces' pod
+        #: IPs (``<ws>.<team>.<zone>``, named like devices; a device of the same name wins)
+        self._team_records: dict[str, RecordSet] = {}
+        self._workspace_ips: dict[str, dict[str, str]] = {}
 
     # ---- lifetime ------------------------------------------------------------------
 
@@ -170,6 +175,7 @@ class MeshServices:
         """Wrap the workload controller's sink so that each host's state carries its
         network; from then on, mesh changes are published to the hosts too."""
         self.composer = HostStateComposer(inner)
+        self.composer.on_workspace_ips = self._workspaces_moved
         if self._task is None:
             self._task = asyncio.create_task(self._publish_networks(), name="hostnet")
         self._changed.set()
@@ -185,8 +191,32 @@ class MeshServices:
     # ---- callbacks from the mesh controller -----------------------------------------
 
     def _records(self, team: str, records: RecordSet | None) -> None:
-        if self.dns is not None:
-            self.dns.apply(team, records)
+        if records is None:
+            self._team_records.pop(team, None)
+        else:
+            self._team_records[team] = records
+        self._apply_records(team)
+
+    def _apply_records(self, team: str) -> None:
+        if self.dns is None:
+            return
+        records = self._team_records.get(team)
+        workspaces = self._workspace_ips.get(team)
+        if records is not None and workspaces:
+            records = records.copy()
+            records.devices = {**workspaces, **records.devices}
+        self.dns.apply(team, records)
+
+    async def _workspaces_moved(self, ips: dict[str, dict[str, str]]) -> None:
+        before, self._workspace_ips = self._workspace_ips, ips
+        for team in sorted(set(before) | set(ips)):
+            old, new = before.get(team, {}), ips.get(team, {})
+            if old == new:
+                continue
+            if team in self._team_records:
+                self._apply_records(team)
+            changed = {n: new.get(n) for n in set(old) | set(new) if old.get(n) != new.get(n)}
+            await write_addresses(self.store, team, changed)
 
     def _netmap(self, deltas: Deltas) -> None:
         if self.peers is not None and self.controller is not None:

@@ -477,6 +477,7 @@ def status(
         ["phase", str(state.get("phase") or "Pending")],
         ["since", str(state.get("phaseChangedAt") or "-")],
         ["node", str(state.get("node") or "-")],
+        ["address", str(state.get("ip") or "-")],
         ["source", str(source.get("git") or source.get("path") or "-")],
         ["config", str(spec.get("devcontainer") or "(found in the spec's order)")],
     ]

@@ -29,7 +29,7 @@ import asyncio
 import inspect
 import ipaddress
 import logging
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -48,6 +48,7 @@ from kled.resources.netstate import (
     TeamNetwork,
 )
 from kled.resources.netstate import Peer as WgPeer
+from kled.resources.workspacestate import WorkspaceOnHost, parse_workspace_id
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ class ServiceInfo:
     name: str
     ip: str
     ports: tuple[ServicePort, ...]
-    #: ``autoscale.minReplicas: 0``: its connections go through the gateways' routers
+    #: ``autoscale.minReplicas: 0`` or ``targetRequestsPerSecond``: its connections go
+    #: through the gateways' routers, which count them
     hold: bool = False
 
 
@@ -214,7 +216,7 @@ def snapshot_from_documents(
                 snap.services.append(ServiceInfo(meta["team"], env, str(app), status["ip"], ports))
             continue
         bounds = (doc.get("spec") or {}).get("autoscale") or {}
-        hold = bounds.get("minReplicas", 1) == 0
+        hold = bounds.get("minReplicas", 1) == 0 or bool(bounds.get("targetRequestsPerSecond"))
         snap.services.append(
             ServiceInfo(meta["team"], env, meta["name"], status["ip"], ports, hold=hold)
         )
@@ -401,9 +403,13 @@ def build_networks(
     replicas: Mapping[str, Iterable[ReplicaSpec]],
     book: PodAddressBook,
     node_names: Iterable[str] = (),
+    workspaces: Mapping[str, Iterable[WorkspaceOnHost]] | None = None,
 ) -> dict[str, HostNetwork]:
     """Every node's ``HostNetwork``: the nodes in ``snap`` and those in ``replicas``/
-    ``node_names`` (a node with no addresses yet gets an empty network)."""
+    ``node_names`` (a node with no addresses yet gets an empty network).
+
+    A workspace placed on a node gets a pod there too (id ``<team>._ws.<name>.0``, no
+    environment, never a service backend), from the same subnet and book as replicas."""
     nodes = sorted({n for _, n in snap.nodes} | set(replicas) | set(node_names))
     pods: dict[str, list[PodNetwork]] = {n: [] for n in nodes}
     backends: dict[tuple[str, str, str], list[str]] = {}
@@ -411,11 +417,19 @@ def build_networks(
         by_team: dict[str, list[ReplicaSpec]] = {}
         for r in replicas.get(node, ()):
             by_team.setdefault(r.team, []).append(r)
-        for team, rs in sorted(by_team.items()):
+        ws_by_team: dict[str, list[str]] = {}
+        for w in (workspaces or {}).get(node, ()):
+            ws_by_team.setdefault(w.team, []).append(w.id)
+        for team in sorted(set(by_team) | set(ws_by_team)):
+            rs = by_team.get(team, [])
             where = snap.nodes.get((team, node))
             if where is None:
                 continue  # the team's addresses on this node are not known yet
-            ips = book.assign(where.pod_subnet, [r.id for r in rs], snap.pod_ip_seeds)
+            wids = ws_by_team.get(team, [])
+            ips = book.assign(where.pod_subnet, [r.id for r in rs] + wids, snap.pod_ip_seeds)
+            for wid in wids:
+                if wid in ips:
+                    pods[node].append(PodNetwork(replica_id=wid, team=team, ip=ips[wid]))
             for r in rs:
                 ip = ips.get(r.id)
                 if ip is None:
@@ -469,8 +483,18 @@ def pod_ips_by_app(book: PodAddressBook) -> dict[tuple[str, str, str], dict[str,
     out: dict[tuple[str, str, str], dict[str, str]] = {}
     for rid, ip in book.snapshot().items():
         parts = rid.split(".")
-        if len(parts) == 4:
+        if len(parts) == 4 and parse_workspace_id(rid) is None:
             out.setdefault((parts[0], parts[1], parts[2]), {})[parts[3]] = ip
+    return out
+
+
+def workspace_ips(book: PodAddressBook) -> dict[str, dict[str, str]]:
+    """The workspaces' pod IPs in the book: team → {workspace: ip} (their DNS names)."""
+    out: dict[str, dict[str, str]] = {}
+    for rid, ip in book.snapshot().items():
+        parsed = parse_workspace_id(rid)
+        if parsed is not None:
+            out.setdefault(parsed[0], {})[parsed[1]] = ip
     return out
 
 
@@ -508,6 +532,9 @@ class HostStateComposer:
         self.networks: dict[str, HostNetwork] = {}
         self._states: dict[str, HostDesiredState] = {}
         self._sent: dict[str, HostDesiredState] = {}
+        #: told the workspaces' pod IPs (team → {name: ip}) whenever they change: DNS
+        self.on_workspace_ips: Callable[[dict[str, dict[str, str]]], object] | None = None
+        self._workspace_ips: dict[str, dict[str, str]] = {}
         # One recomputation at a time: an older one still sending must not overwrite a
         # node's newer value.
         self._lock = asyncio.Lock()
@@ -526,7 +553,15 @@ class HostStateComposer:
         snap = self.snapshot
         if snap is not None:
             replicas = {node: s.replicas for node, s in self._states.items()}
-            self.networks = build_networks(snap, replicas, self.book, self._states)
+            placed = {node: s.workspaces or [] for node, s in self._states.items()}
+            self.networks = build_networks(snap, replicas, self.book, self._states, placed)
+            ws_ips = workspace_ips(self.book)
+            if ws_ips != self._workspace_ips:
+                self._workspace_ips = ws_ips
+                if self.on_workspace_ips is not None:
+                    told = self.on_workspace_ips(ws_ips)
+                    if inspect.isawaitable(told):
+                        await told
         for node, state in list(self._states.items()):
             network = None if snap is None else self.networks.get(node, HostNetwork())
             combined = with_network(state, network)

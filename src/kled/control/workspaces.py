@@ -290,3 +290,32 @@ class WorkspaceController:
             except KledError as e:
                 log.warning("workspace/%s/%s: status not written: %s", ref[0], ref[1], e)
                 return
+
+
+async def write_addresses(store: Store, team: str, ips: Mapping[str, str | None]) -> None:
+    """Keep ``Workspace.status.ip`` (its pod IP on the team mesh) as the host networks give
+    it; None removes it (the workspace has no pod now)."""
+    for name, ip in sorted(ips.items()):
+        key = Key("Workspace", team, "", name)
+        for _ in range(8):
+            doc = await store.find(key)
+            if doc is None or deleting(doc):
+                break
+            old = doc.get("status") or {}
+            new = {k: v for k, v in old.items() if k != "ip"}
+            if ip:
+                new["ip"] = ip
+            if new == old:
+                break
+            try:
+                await store.update_status(
+                    key, new, expected_version=doc["metadata"]["resourceVersion"]
+                )
+                break
+            except NotFound:
+                break
+            except Conflict:
+                continue
+            except KledError as e:
+                log.warning("workspace/%s/%s: address not written: %s", team, name, e)
+                break
