@@ -36,6 +36,8 @@ class Target:
     window_seconds: int = 300
     #: with ``min_replicas`` 0: no new connection for this long means no replica
     idle_seconds: int = 300
+    #: new connections per second per replica; None: CPU only
+    requests_per_second: int | None = None
 
 
 @dataclass
@@ -57,6 +59,7 @@ def target_of(app: Mapping[str, Any], request_millicores: int) -> Target | None:
         request_millicores=request_millicores,
         window_seconds=int(doc.get("scaleDownStabilizationSeconds", 300)),
         idle_seconds=int(doc.get("scaleToZeroAfterSeconds", 300)),
+        requests_per_second=doc.get("targetRequestsPerSecond"),
     )
 
 
@@ -95,6 +98,25 @@ def recommend(current: int, cpu_millicores: Sequence[int], target: Target) -> in
     if abs(ratio - 1) <= TOLERANCE:
         return clamp(current, target)
     return clamp(max(1, math.ceil(len(cpu_millicores) * ratio)), target)
+
+
+def recommend_for_rate(current: int, rate: float | None, target: Target) -> int | None:
+    """The replica count a rate of new connections per second asks for (the HPA's
+    average-value rule: ``ceil(rate / target)``); None when there is no rate target or
+    no measurement. Within 10 % of the target for ``current`` replicas: ``current``."""
+    if target.requests_per_second is None or rate is None:
+        return None
+    if current > 0 and abs(rate / (current * target.requests_per_second) - 1) <= TOLERANCE:
+        return clamp(current, target)
+    return clamp(max(1, math.ceil(rate / target.requests_per_second)), target)
+
+
+def rate_reason(before: int, after: int, rate: float, target: Target) -> str:
+    where = "above" if after > before else "below"
+    return (
+        f"new size {after} (was {before}): {rate:.1f} new connections/s, {where} the target "
+        f"{target.requests_per_second}/s per replica"
+    )
 
 
 def idle(target: Target, last_active: float | None, since: float, now: float) -> bool:

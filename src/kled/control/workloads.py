@@ -162,6 +162,9 @@ class WorkloadController:
         self._conns_seen: dict[tuple[Ref, str], int] = {}
         self._active_at: dict[Ref, float] = {}
         self._watched_since: dict[Ref, float] = {}
+        #: new connections counted since the last evaluation, and when that was (rate target)
+        self._conn_delta: dict[Ref, int] = {}
+        self._rate_since: dict[Ref, float] = {}
         self._bad: dict[Ref, BadReference] = {}
         self._sent: dict[str, HostDesiredState] = {}
         self._ready: dict[str, bool] = {}
@@ -632,7 +635,8 @@ class WorkloadController:
             target = autoscale.target_of(app, app_request(app, []).cpu_millicores)
             if target is None:
                 for table in (self._scaled_at, self._scale_history, self._scale_status,
-                              self._active_at, self._watched_since):  # fmt: skip
+                              self._active_at, self._watched_since, self._rate_since,
+                              self._conn_delta):  # fmt: skip
                     table.pop(ref, None)
                 continue
             if now - self._scaled_at.get(ref, -math.inf) < self._autoscale_every:
@@ -651,6 +655,13 @@ class WorkloadController:
                 and row.usage.cpu_millicores is not None
             ]
             proposal = autoscale.recommend(current, samples, target)
+            rate_from = self._rate_since.get(ref)
+            self._rate_since[ref] = now
+            grown = self._conn_delta.pop(ref, 0)
+            rate = grown / (now - rate_from) if rate_from is not None and now > rate_from else None
+            by_rate = autoscale.recommend_for_rate(current, rate, target)
+            if by_rate is not None:
+                proposal = max(proposal, by_rate) if samples else by_rate
             decided, history = autoscale.decide(
                 current, proposal, self._scale_history.get(ref, autoscale.History()), now, target
             )
@@ -668,14 +679,22 @@ class WorkloadController:
                 "targetCPUUtilizationPercentage": target.cpu_percent,
                 "lastScaleTime": before.get("lastScaleTime"),
             }
+            if target.requests_per_second is not None:
+                block["currentRequestsPerSecond"] = None if rate is None else round(rate, 1)
+                block["targetRequestsPerSecond"] = target.requests_per_second
             if decided != current:
                 wall = _now()
                 block["lastScaleTime"] = wall.isoformat().replace("+00:00", "Z")
-                message = (
-                    autoscale.idle_reason(current, target)
-                    if to_zero
-                    else autoscale.reason(current, decided, used, target)
-                )
+                if to_zero:
+                    message = autoscale.idle_reason(current, target)
+                elif (
+                    rate is not None
+                    and by_rate == decided
+                    and proposal != autoscale.recommend(current, samples, target)
+                ):
+                    message = autoscale.rate_reason(current, decided, rate, target)
+                else:
+                    message = autoscale.reason(current, decided, used, target)
                 log.info("%s: autoscaled: %s", _name(ref), message)
                 self._scale_events.setdefault(ref, []).append(
                     event(wall, "SuccessfulRescale", message)
@@ -744,9 +763,13 @@ class WorkloadController:
             for key, count in report.connections.items():
                 env, _, name = key.partition("/")
                 ref = (team, env, name)
-                if self._conns_seen.get((ref, hb.node)) != count:
+                seen = self._conns_seen.get((ref, hb.node))
+                if seen != count:
                     self._conns_seen[(ref, hb.node)] = count
                     self._active_at[ref] = now
+                    if seen is not None:  # a smaller count: the router started again
+                        grown = count - seen if count >= seen else count
+                        self._conn_delta[ref] = self._conn_delta.get(ref, 0) + grown
             for key in report.waiting:
                 env, _, name = key.partition("/")
                 ref = (team, env, name)

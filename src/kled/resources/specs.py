@@ -365,6 +365,10 @@ class Autoscale(KledModel):
         int, Strict(), in_range(1, 1000), range_schema(1, 1000)
     ] = Field(default=80, alias="targetCPUUtilizationPercentage")
     """Mean CPU of the ready replicas, in percent of their ``resources.cpu``."""
+    target_requests_per_second: (
+        Annotated[int, Strict(), in_range(1, 1_000_000), range_schema(1, 1_000_000)] | None
+    ) = None
+    """New connections per second per ready replica, counted by the gateways' routers."""
     scale_down_stabilization_seconds: Annotated[
         int, Strict(), in_range(0, 3600), range_schema(0, 3600)
     ] = 300
@@ -445,13 +449,20 @@ class AppSpec(KledModel):
         if self.autoscale is not None and self.resources.cpu is None:
             raise problem("required with autoscale: the CPU target is a share of it",
                           at=("resources", "cpu"))  # fmt: skip
-        if self.autoscale is not None and self.autoscale.min_replicas == 0:
-            if not any(p.protocol == "TCP" for p in self.ports):
-                raise problem(
-                    "0 needs a TCP port in spec.ports: the first request is held there "
-                    "until a replica is ready",
-                    at=("autoscale", "minReplicas"),
-                )
+        routed = self.autoscale is not None and (
+            self.autoscale.min_replicas == 0
+            or self.autoscale.target_requests_per_second is not None
+        )
+        if routed and not any(p.protocol == "TCP" for p in self.ports):
+            assert self.autoscale is not None
+            if self.autoscale.min_replicas != 0:
+                raise problem("needs a TCP port in spec.ports: connections are counted there",
+                              at=("autoscale", "targetRequestsPerSecond"))  # fmt: skip
+            raise problem(
+                "0 needs a TCP port in spec.ports: the first request is held there "
+                "until a replica is ready",
+                at=("autoscale", "minReplicas"),
+            )
         return self
 
     def _check_probe_ports(self) -> None:
