@@ -114,3 +114,16 @@ def test_env_clone_gives_the_service_its_own_credentials(admin: Cli, team: str) 
     app = admin.ok("get", "app", "ms-db", "-e", "qa", "--team", team, "-o", "yaml")
     data_dirs = {line for line in app.splitlines() if "/data/" in line}
     assert data_dirs and all(".qa.db-" in line for line in data_dirs), data_dirs
+
+
+def test_env_clone_with_data_without_a_backup_is_refused_and_stores_nothing(
+    admin: Cli, team: str
+) -> None:
+    code, _, err = _apply(admin, team, "metadata: {name: db}\nspec: {template: postgres}")
+    assert code == 0, err
+    done = admin("env", "clone", "dev", "qa", "--with-data", "--team", team)
+    assert done.code == 2, done
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1 and "withData" in lines[0] and "has no backup" in lines[0], done.err
+    listed = admin.ok("env", "list", "--team", team).split()
+    assert "dev" in listed and "qa" not in listed

@@ -10,7 +10,16 @@ import pytest
 
 from kled.control.desired import resolve_env
 from kled.control.hostnet import snapshot_from_documents
-from kled.control.managed import HOSTNAME, ROTATE, Layout, plan
+from kled.control.managed import (
+    BACKUPS,
+    HOSTNAME,
+    RESTORE_FROM,
+    RESTORE_NODE,
+    ROTATE,
+    Layout,
+    clone_annotations,
+    plan,
+)
 from kled.errors import InvalidInput
 from kled.resources.kinds import validate
 from kled.resources.templates import BUILTIN, check_service, effective_parameters, template_spec
@@ -172,3 +181,28 @@ def test_mesh_sends_the_service_ip_to_the_server_app_replicas() -> None:
                                    dns_server=None)  # fmt: skip
     [info] = snap.services
     assert (info.name, info.ip, [p.port for p in info.ports]) == ("ms-db", "100.64.4.1", [5432])
+
+
+def test_clone_leaves_backups_rotation_and_restore_behind() -> None:
+    restored = service({"template": "postgres"}, annotations={
+        BACKUPS: '[{"id": "db-1.pgdump", "path": "/b/db-1.pgdump", "node": "n1"}]',
+        RESTORE_FROM: "/elsewhere/old.pgdump", RESTORE_NODE: "n0", ROTATE: "7", "team.io/x": "y",
+    })  # fmt: skip
+    assert clone_annotations(restored, with_data=False) == {"team.io/x": "y"}
+
+
+def test_clone_with_data_restores_the_latest_backup_on_its_node() -> None:
+    backups = [
+        {"id": "db-20261207T010000Z.pgdump", "path": "/b/old", "time": "2026-12-07T01:00:00Z",
+         "node": "n1"},
+        {"id": "db-20261207T020000Z.pgdump", "path": "/b/new", "time": "2026-12-07T02:00:00Z",
+         "node": "n2"},
+    ]  # fmt: skip
+    ms = service({"template": "postgres"}, status={"backups": list(reversed(backups))},
+                 annotations={RESTORE_FROM: "/b/older-still"})  # fmt: skip
+    assert clone_annotations(ms, with_data=True) == {RESTORE_FROM: "/b/new", RESTORE_NODE: "n2"}
+
+
+def test_clone_with_data_of_a_service_without_backup_is_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"withData: managed service 'db' has no backup"):
+        clone_annotations(service({"template": "postgres"}), with_data=True)

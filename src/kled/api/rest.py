@@ -218,7 +218,11 @@ async def _require_team(request: Request, user: UserInfo, team: str) -> None:
     tags=["Environment"],
     responses=openapi.responses(201, "Outcome"),
     openapi_extra=openapi.json_body(
-        {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+        {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "withData": {"type": "boolean"}},
+        }
     ),
 )
 async def clone_env(request: Request, team: str, env: str, user: UserInfo = User) -> Response:
@@ -226,7 +230,11 @@ async def clone_env(request: Request, team: str, env: str, user: UserInfo = User
     target = body.get("name")
     if not isinstance(target, str) or not target:
         raise InvalidInput("the new environment's name is required", field="name")
-    return _outcome(await service(request).clone_environment(user, team, env, target), 201)
+    with_data = body.get("withData", False)
+    if not isinstance(with_data, bool):
+        raise InvalidInput("withData: must be true or false", field="withData")
+    outcome = await service(request).clone_environment(user, team, env, target, with_data=with_data)
+    return _outcome(outcome, 201)
 
 
 # ---- the routes of every kind, at its own path -------------------------------------------

@@ -23,6 +23,7 @@ from kled.admission.request import AdmissionRequest, Operation, UserInfo
 from kled.api import authz
 from kled.control.desired import MANAGED_BY
 from kled.control.ipam import Ipam
+from kled.control.managed import clone_annotations
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
 from kled.resources import bounds
 from kled.resources.fields import MAX_DURATION_SECONDS
@@ -334,10 +335,18 @@ class Service:
         return Outcome(self.present(written.object), written.result, admitted.warnings)
 
     async def clone_environment(
-        self, user: UserInfo, team: str, source: str, target: str
+        self, user: UserInfo, team: str, source: str, target: str, *, with_data: bool = False
     ) -> Outcome:
-        """A new environment with copies of the source's apps, configs and secrets."""
+        """A new environment with copies of the source's apps, configs and secrets.
+
+        Managed services come as new services of the same template with their own data
+        and credentials: empty, or (``with_data``) loaded from the source's latest backup."""
         src = await self.get(user, Key("Environment", team, "", source))
+        # Every service to clone with data has a backup, checked before anything is stored.
+        services = (await self.store.list("ManagedService", team, source)).items
+        cloned_annotations = {
+            d["metadata"]["name"]: clone_annotations(d, with_data=with_data) for d in services
+        }
         env = {
             "apiVersion": src["apiVersion"],
             "kind": "Environment",
@@ -365,6 +374,8 @@ class Service:
                     "labels": copy.deepcopy(meta.get("labels") or {}),
                     "annotations": copy.deepcopy(meta.get("annotations") or {}),
                 }
+                if kind == "ManagedService":
+                    copy_doc["metadata"]["annotations"] = cloned_annotations[meta["name"]]
                 result = await self.create(user, copy_doc)
                 outcome.warnings.extend(result.warnings)
         return outcome

@@ -7,7 +7,7 @@ a private copy of ``staging`` to break.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -59,13 +59,25 @@ def delete(name: str, team: TeamOption = None) -> None:
 
 
 @app.command()
-def clone(source: str, target: str, team: TeamOption = None) -> None:
+def clone(
+    source: str,
+    target: str,
+    team: TeamOption = None,
+    with_data: Annotated[
+        bool,
+        typer.Option(
+            "--with-data",
+            help="Load each managed service of the clone from its source's latest backup.",
+        ),
+    ] = False,
+) -> None:
     """Copy an environment, with its apps, configs and secrets, to a new one."""
     chosen = STATE.team_for(team)
+    body: dict[str, Any] = {"name": target}
+    if with_data:
+        body["withData"] = True
     with STATE.client() as client:
-        answer = client.post(
-            f"/api/v1/teams/{chosen}/environments/{source}/clone", {"name": target}
-        )
+        answer = client.post(f"/api/v1/teams/{chosen}/environments/{source}/clone", body)
     for text in answer.get("warnings") or []:
         warn(text)
     out(f"environment/{target} created (a clone of {source})")

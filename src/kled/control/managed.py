@@ -99,6 +99,38 @@ def find_template(name: str, stored: Mapping[str, Any] | None) -> dict[str, Any]
     return BUILTIN.get(name)
 
 
+#: what a clone of a service never takes from its source (``kled env clone``)
+_NOT_CLONED = (BACKUPS, RESTORE_FROM, RESTORE_NODE, ROTATE)
+
+
+def clone_annotations(ms: Mapping[str, Any], *, with_data: bool) -> dict[str, str]:
+    """The annotations of a clone of ``ms`` in another environment. Pure.
+
+    The source's backups, rotation and restore instructions stay behind (a clone of a
+    restored service is not restored from the same dump); ``with_data`` makes the clone
+    load the source's latest backup at its first start, on the node that holds it. A
+    service with no backup cannot be cloned with data (:class:`InvalidInput`)."""
+    meta = ms.get("metadata") or {}
+    kept = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()
+            if k not in _NOT_CLONED}  # fmt: skip
+    if not with_data:
+        return kept
+    backups = (ms.get("status") or {}).get("backups") or _backups(
+        (meta.get("annotations") or {}).get(BACKUPS)
+    )
+    if not backups:
+        raise InvalidInput(
+            f"withData: managed service {meta.get('name')!r} has no backup to clone from "
+            f"(run `kled service backup {meta.get('name')}` first)",
+            field="withData",
+        )
+    latest = max(backups, key=lambda b: (str(b.get("time") or ""), str(b.get("id") or "")))
+    kept[RESTORE_FROM] = str(latest["path"])
+    if latest.get("node"):
+        kept[RESTORE_NODE] = str(latest["node"])
+    return kept
+
+
 @dataclass
 class Plan:
     """What the store should hold for one service."""
