@@ -51,9 +51,12 @@ async def sync_deployment(svc: Service, objects: ClusterObjects, namespace: str,
     env = workloads.environment_name(objects.cluster, namespace)
     key = Key("App", objects.team, env, workloads.app_name(name))
     deployment = await objects.find(DEPLOYMENT, namespace, name)
+    sealed_key = Key("Secret", objects.team, env, workloads.env_secret_name(name))
     if deployment is None:
         with contextlib.suppress(NotFound):
             await svc.delete(ADMIN, key)
+        with contextlib.suppress(NotFound):
+            await svc.delete(ADMIN, sealed_key)
         await mirror_pods(objects, namespace, name, None)
         return
     if await svc.store.find(Key("Environment", objects.team, "", env)) is None:
@@ -73,7 +76,14 @@ async def sync_deployment(svc: Service, objects: ClusterObjects, namespace: str,
         with contextlib.suppress(Conflict):
             await svc.create(ADMIN, doc)
     lookup = await _lookup_table(objects, namespace)
-    await svc.apply(ADMIN, workloads.app_doc(objects.team, objects.cluster, deployment, lookup))
+    app = workloads.app_doc(objects.team, objects.cluster, deployment, lookup)
+    sealed = workloads.env_secret_doc(objects.team, objects.cluster, deployment, lookup)
+    if sealed is not None:
+        await svc.apply(ADMIN, sealed)
+    await svc.apply(ADMIN, app)
+    if sealed is None:
+        with contextlib.suppress(NotFound):
+            await svc.delete(ADMIN, sealed_key)
 
 
 async def delete_namespace_apps(svc: Service, objects: ClusterObjects, namespace: str) -> None:

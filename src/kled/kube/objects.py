@@ -8,6 +8,11 @@ compacted revision is ``410 Expired``. The store's name of a document is a diges
 (group, kind, namespace, name), since Kubernetes names outgrow the store's 63 characters;
 the object's own identity is in ``spec.object``. Labels are the document's labels, so the
 store (and its watch cache) applies label selectors.
+
+A Secret's ``data`` is sealed with the store's key before it is written, as a Kled Secret's
+is: the database, the event log and the watch cache hold one encrypted blob
+(``spec.object.encryptedData``), and only these reads open it — after the route has
+checked that the caller may read secrets.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 from kled.kube.served import Served, by_kind
 from kled.resources.registry import API_VERSION
+from kled.store.cipher import ENCRYPTED_FIELD, SecretCipher
 from kled.store.objects import Docs, Key, Store
 
 WRAPPER = "KubeObject"
@@ -40,9 +46,24 @@ def served_of(stored: dict[str, Any]) -> Served | None:
     return by_kind(str(obj.get("apiVersion")), str(obj.get("kind")))
 
 
-def unwrap(stored: dict[str, Any]) -> dict[str, Any]:
-    """The Kubernetes object a stored document holds, with the store's metadata."""
+def sealed(served: Served, stored: dict[str, Any], cipher: SecretCipher) -> dict[str, Any]:
+    """The document as written: a Secret's values in one encrypted blob."""
+    obj = stored["spec"]["object"]
+    if served.kind != "Secret" or ENCRYPTED_FIELD in obj:
+        return stored
+    out = dict(stored)
+    out["spec"] = {**stored["spec"], "object": cipher.seal(obj)}
+    return out
+
+
+def unwrap(stored: dict[str, Any], cipher: SecretCipher | None = None) -> dict[str, Any]:
+    """The Kubernetes object a stored document holds, with the store's metadata; a Secret's
+    values opened with ``cipher`` (without one they stay sealed)."""
     obj = copy.deepcopy((stored.get("spec") or {}).get("object") or {})
+    if cipher is not None and ENCRYPTED_FIELD in obj:
+        obj = cipher.open(obj)
+        if not obj.get("data"):
+            obj.pop("data", None)
     meta = obj.setdefault("metadata", {})
     outer = stored["metadata"]
     for field in SYSTEM:
@@ -69,6 +90,10 @@ class ClusterObjects:
         self.store = store
         self.team = team
         self.cluster = cluster
+        self.cipher = store.cipher
+
+    def _open(self, stored: dict[str, Any]) -> dict[str, Any]:
+        return unwrap(stored, self.cipher)
 
     def key(self, served: Served, namespace: str, name: str) -> Key:
         return Key(WRAPPER, self.team, self.cluster, store_name(served, namespace, name))
@@ -94,7 +119,7 @@ class ClusterObjects:
 
     async def find(self, served: Served, namespace: str, name: str) -> dict[str, Any] | None:
         stored = await self.store.find(self.key(served, namespace, name))
-        return None if stored is None else unwrap(stored)
+        return None if stored is None else self._open(stored)
 
     async def list(
         self,
@@ -109,7 +134,7 @@ class ClusterObjects:
         for stored in page.items:
             if served_of(stored) is not served:
                 continue
-            obj = unwrap(stored)
+            obj = self._open(stored)
             if namespace and obj["metadata"].get("namespace") != namespace:
                 continue
             if fields is not None and not fields(obj):
@@ -124,13 +149,13 @@ class ClusterObjects:
     async def create(
         self, served: Served, obj: dict[str, Any], *, dry_run: bool = False
     ) -> dict[str, Any]:
-        stored = self.wrap(served, obj)
+        stored = sealed(served, self.wrap(served, obj), self.cipher)
         if obj.get("status"):
             stored["status"] = copy.deepcopy(obj["status"])
         created = await self.store.create(stored, dry_run=dry_run)
         if obj.get("status"):
             created["status"] = copy.deepcopy(obj["status"])
-        return unwrap(created)
+        return self._open(created)
 
     async def update(
         self,
@@ -141,9 +166,11 @@ class ClusterObjects:
         dry_run: bool = False,
     ) -> dict[str, Any]:
         written = await self.store.update(
-            self.wrap(served, obj), expected_version=expected_version or None, dry_run=dry_run
+            sealed(served, self.wrap(served, obj), self.cipher),
+            expected_version=expected_version or None,
+            dry_run=dry_run,
         )
-        return unwrap(written.object)
+        return self._open(written.object)
 
     async def update_status(
         self,
@@ -157,13 +184,13 @@ class ClusterObjects:
         written = await self.store.update_status(
             self.key(served, namespace, name), status, expected_version=expected_version or None
         )
-        return unwrap(written)
+        return self._open(written)
 
     async def delete(
         self, served: Served, namespace: str, name: str, *, dry_run: bool = False
     ) -> dict[str, Any]:
         written = await self.store.delete(self.key(served, namespace, name), dry_run=dry_run)
-        return unwrap(written.object)
+        return self._open(written.object)
 
     async def changes(self, since: int, served: Served) -> AsyncIterator[Change]:
         """Every change to ``served`` objects of this cluster after revision ``since``."""
@@ -182,7 +209,7 @@ class ClusterObjects:
                 if served_of(event.object) is not served:
                     continue
                 matched = True
-                yield Change(event.type, unwrap(event.object), event.seq)
+                yield Change(event.type, self._open(event.object), event.seq)
             if not matched:
                 # idle: the caller may send a bookmark of how far the log was read
                 yield Change("BOOKMARK", {}, last)

@@ -10,11 +10,14 @@ shell is ``kled.kube.mirror``.
 The runtime is ``container`` (the pod's image, run by podman); the annotation
 ``kled.io/runtime: process`` runs the container's command as a process instead (no image
 needed), as a process App does. One container per pod is run.
+
+Variables from a Secret key (``valueFrom.secretKeyRef``) never enter the App document: they
+go into a Kled Secret of the environment, ``<app>-env`` (``env_secret_doc``), encrypted at
+rest like every Kled Secret, which the App takes with ``envFrom``.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -39,8 +42,17 @@ def app_name(deployment: str) -> str:
     return deployment.replace(".", "-")
 
 
-def _env(container: dict[str, Any], namespace: str, lookup: Lookup, at: str) -> dict[str, str]:
+def env_secret_name(deployment: str) -> str:
+    """The Kled Secret holding a Deployment's variables taken from Secret keys."""
+    return f"{app_name(deployment)[:59]}-env"
+
+
+def _env(
+    container: dict[str, Any], namespace: str, lookup: Lookup, at: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The container's variables: (literal or from a ConfigMap, from a Secret — base64)."""
     env: dict[str, str] = {}
+    sealed: dict[str, str] = {}
     for index, item in enumerate(container.get("env") or []):
         name = str(item.get("name", ""))
         if "value" in item or "valueFrom" not in item:
@@ -63,9 +75,12 @@ def _env(container: dict[str, Any], namespace: str, lookup: Lookup, at: str) -> 
                     "apps",
                 )
             value = data[ref["key"]]
-            env[name] = base64.b64decode(value).decode() if kind == "Secret" else str(value)
+            if kind == "Secret":
+                sealed[name] = str(value)
+            else:
+                env[name] = str(value)
             break
-    return env
+    return env, sealed
 
 
 def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup) -> dict[str, Any]:
@@ -86,12 +101,13 @@ def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup)
             [(f"metadata.annotations[{RUNTIME_ANNOTATION}]", "must be container or process")],
             "apps",
         )
+    env, sealed = _env(container, namespace, lookup, f"{at}[0]")
     spec: dict[str, Any] = {
         "runtime": runtime,
         "replicas": int(deployment["spec"].get("replicas", 1)),
         "command": list(container.get("command") or []),
         "args": list(container.get("args") or []),
-        "env": _env(container, namespace, lookup, f"{at}[0]"),
+        "env": env,
         "ports": [
             {
                 "port": p["containerPort"],
@@ -102,6 +118,8 @@ def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup)
             for p in container.get("ports") or []
         ],
     }
+    if sealed:
+        spec["envFrom"] = [{"secret": env_secret_name(meta["name"])}]
     if runtime == "container":
         spec["image"] = container["image"]
     if container.get("workingDir"):
@@ -136,6 +154,30 @@ def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup)
             },
         },
         "spec": spec,
+    }
+
+
+def env_secret_doc(
+    team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup
+) -> dict[str, Any] | None:
+    """The Kled Secret of the Deployment's variables from Secret keys (None: it has none)."""
+    meta = deployment["metadata"]
+    namespace = str(meta.get("namespace") or "default")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    at = "spec.template.spec.containers[0]"
+    _, sealed = _env(container, namespace, lookup, at)
+    if not sealed:
+        return None
+    return {
+        "apiVersion": "kled.io/v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": env_secret_name(meta["name"]),
+            "team": team,
+            "environment": environment_name(cluster, namespace),
+            "labels": {CLUSTER_LABEL: cluster, NAMESPACE_LABEL: namespace},
+        },
+        "data": sealed,
     }
 
 

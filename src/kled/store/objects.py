@@ -162,6 +162,11 @@ class Store:
         self._staged: dict[int, Event] = {}
         db.after_write = self._after_write
 
+    @property
+    def cipher(self) -> SecretCipher:
+        """The key that seals Secret values (Kled Clusters seal their Secrets with it too)."""
+        return self._cipher
+
     async def open_cache(self) -> WatchCache:
         """Load every resource into memory and keep it current; reads come from it."""
         cache = WatchCache(self)
