@@ -55,7 +55,7 @@ from kled.resources.hoststate import (
     ReplicaStatusReport,
     RuntimeKind,
 )
-from kled.resources.workspacestate import parse_workspace_id
+from kled.resources.workspacestate import WS_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class Agent:
 
     async def _exec_target(self, replica_id: str) -> Target | None:
         """A replica's runtime, or this host's workspace of that id (``kled ws exec``)."""
-        if self.workspaces is not None and parse_workspace_id(replica_id) is not None:
+        if self.workspaces is not None and WS_TOKEN in replica_id.split("."):
             return await self.workspaces.exec_target(replica_id)
         return await find_running(self.runtimes, replica_id)
 

@@ -30,6 +30,7 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -88,6 +89,10 @@ PodFinder = Callable[[str, str], "PodPlace | None"]
 BUILDING = "Building"
 SESSION_FILE = "session.json"
 SESSION_ENV = "session.env"
+#: the workspace's SSH host key, beside its session file (made on the first connection)
+SSH_HOST_KEY = "ssh_host_ed25519_key"
+#: the index of a workspace's SSH stream in its exec id (``<team>._ws.<name>.ssh``)
+SSH_INDEX = "ssh"
 #: runArgs that would reach past the workspace's own container into the node
 _REFUSED_RUN_ARGS = (
     "-v",
@@ -605,7 +610,11 @@ class WorkspaceRunner:
         tmp.replace(path)
 
     async def exec_target(self, replica_id: str) -> Target | None:
-        """The running workspace of that id, as an exec's target; None if there is none."""
+        """The running workspace of that id, as an exec's target; None if there is none.
+        ``<team>._ws.<name>.ssh`` is its SSH stream: an SSH server (``wsssh``) on the node."""
+        ssh = replica_id.endswith("." + SSH_INDEX)
+        if ssh:
+            replica_id = replica_id.removesuffix(SSH_INDEX) + "0"
         parsed = parse_workspace_id(replica_id)
         if parsed is None:
             return None
@@ -617,11 +626,14 @@ class WorkspaceRunner:
         info = await self.engine.inspect(session.container)
         if info is None or not info.running:
             return None
+        planner = SessionPlanner(self.engine, session, folder / SESSION_ENV)
         spec = ReplicaSpec(
             team=parsed[0], environment=WS_TOKEN, app=parsed[1], index=0,
-            runtime=RuntimeKind.CONTAINER,
+            runtime=RuntimeKind.PROCESS if ssh else RuntimeKind.CONTAINER,
         )  # fmt: skip
-        return Target(SessionPlanner(self.engine, session, folder / SESSION_ENV), spec)
+        if ssh:
+            return Target(SshPlanner(planner, folder / SSH_HOST_KEY), spec)
+        return Target(planner, spec)
 
     # ---- removal -----------------------------------------------------------------------
 
@@ -656,7 +668,8 @@ class SessionPlanner:
         self.session = session
         self.env_file = env_file
 
-    def exec_plan(self, spec: ReplicaSpec, command: list[str]) -> ExecPlan:
+    def prefix(self) -> list[str]:
+        """``podman exec`` and its options, up to the container's name."""
         argv = [self.engine.engine, *self.engine.global_flags, "exec"]
         if self.session.user:
             argv += ["--user", self.session.user]
@@ -664,7 +677,31 @@ class SessionPlanner:
             argv += ["--workdir", self.session.workdir]
         if self.env_file.exists():
             argv += ["--env-file", str(self.env_file)]
-        return ExecPlan(argv=[*argv, self.session.container, *command])
+        return argv
+
+    def exec_plan(self, spec: ReplicaSpec, command: list[str]) -> ExecPlan:
+        return ExecPlan(argv=[*self.prefix(), self.session.container, *command])
+
+
+class SshPlanner:
+    """The SSH stream of a workspace: ``["ssh", PUBLIC_KEY]`` runs ``kled.agent.wsssh``
+    on the node, which serves one SSH connection on the stream and turns each of its
+    sessions into an exec of ``SessionPlanner``'s. Any other command is refused."""
+
+    def __init__(self, sessions: SessionPlanner, host_key: Path) -> None:
+        self.sessions = sessions
+        self.host_key = host_key
+
+    def exec_plan(self, spec: ReplicaSpec, command: list[str]) -> ExecPlan:
+        if len(command) != 2 or command[0] != "ssh":
+            return ExecPlan(argv=["false"])
+        plan = {
+            "argv": self.sessions.prefix(),
+            "container": self.sessions.session.container,
+            "host_key": str(self.host_key),
+            "key": command[1],
+        }
+        return ExecPlan(argv=[sys.executable, "-m", "kled.agent.wsssh", json.dumps(plan)])
 
 
 def _extract(archive: Path, into: Path) -> None:

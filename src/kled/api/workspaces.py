@@ -239,6 +239,25 @@ async def workspace_logs(
 async def workspace_exec(ws: WebSocket, team: str, name: str) -> None:
     """``kled ws exec``: the exec stream of ``exec_stream``, into a Running workspace, as
     its remoteUser, in its workspaceFolder, with its remoteEnv (the agent knows them)."""
+    await _workspace_stream(ws, team, name, ssh=False)
+
+
+@router.websocket("/teams/{team}/workspaces/{name}/ssh")
+async def workspace_ssh(ws: WebSocket, team: str, name: str) -> None:
+    """``kled ws proxy``: the same stream, carrying SSH to a server the node's agent runs
+    for this one connection (``agent/wsssh.py``). The command is ``ssh KEY``: the client's
+    public key, the only one that server accepts. Who may exec may connect."""
+    await _workspace_stream(ws, team, name, ssh=True)
+
+
+def _ssh_command(command: list[str]) -> list[str]:
+    key = command[1].split() if len(command) == 2 and command[0] == "ssh" else []
+    if len(key) < 2 or not key[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        raise InvalidInput("command: give ssh and an OpenSSH public key", field="command")
+    return ["ssh", " ".join(key[:2])]
+
+
+async def _workspace_stream(ws: WebSocket, team: str, name: str, *, ssh: bool) -> None:
     svc: Service = ws.app.state.service
     what = f"workspace/{team}/{name}"
     try:
@@ -247,6 +266,8 @@ async def workspace_exec(ws: WebSocket, team: str, name: str) -> None:
         doc = await svc.get(user, Key("Workspace", team, "", name))
         authz.authorize(user, "update", kind_info("Workspace"), team, what)
         command = exec_stream._command(ws)
+        if ssh:
+            command = _ssh_command(command)
         status = doc.get("status") or {}
         if status.get("phase") != "Running" or not status.get("node"):
             raise Conflict(f"{what} is {status.get('phase') or 'Pending'}, not Running")
@@ -259,6 +280,8 @@ async def workspace_exec(ws: WebSocket, team: str, name: str) -> None:
         await exec_stream._deny(ws, err)
         return
     rid = workspace_id(team, name)
+    if ssh:
+        rid = rid.removesuffix(".0") + ".ssh"
     session = uuid.uuid4().hex
     subjects = office.subjects
     link = ExecLink(office, subjects.exec_in(node, session), subjects.exec_out(node, session))

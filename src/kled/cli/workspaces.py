@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import re
+import subprocess
 import sys
 import tarfile
 import threading
@@ -444,17 +445,54 @@ def ssh_command(
     name: NameArg,
     team: TeamOption = None,
 ) -> None:
-    """A shell in a Running workspace (`-- CMD…` runs that instead), through the API.
-    No PTY yet: a plain interactive shell, as `sh -i` gives over a pipe."""
+    """SSH into a Running workspace with OpenSSH's `ssh` (a shell with a PTY; `-- CMD…`
+    runs that instead and exits with its code), relayed through the API."""
+    from kled.cli import wsssh
+
     command = list(ctx.args)
     if command and command[0] == "--":
         command = command[1:]
-    _exec_in(STATE.team_for(team), name, command or ["/bin/sh", "-i"], True)
+    chosen = STATE.team_for(team)
+    argv = wsssh.ssh_argv(chosen, wsssh.check_name(name), command, STATE.context)
+    env = dict(os.environ)
+    # The proxy is another kled: it gets this run's server and token, not on its argv.
+    if STATE.server:
+        env["KLED_SERVER"] = STATE.server
+    if STATE.token:
+        env["KLED_TOKEN"] = STATE.token
+    done = subprocess.run(argv, env=env, check=False)
+    raise typer.Exit(done.returncode)
+
+
+def proxy_command(name: NameArg, team: TeamOption = None) -> None:
+    """Relay SSH on stdin/stdout to the workspace (OpenSSH's ProxyCommand; through the
+    API, so it works off the mesh). Uses the CLI's own key (made on first use)."""
+    from kled.cli import wsssh
+    from kled.cli.exec import run_exec
+
+    chosen = STATE.team_for(team)
+    _, public = wsssh.ensure_key()
+    route = f"{_path(chosen, wsssh.check_name(name))}/ssh"
+    code = asyncio.run(run_exec(chosen, "", name, ["ssh", public], None, True, route=route))
+    raise typer.Exit(code)
+
+
+def ssh_config_command(name: NameArg, team: TeamOption = None) -> None:
+    """Print the workspace's Host block for ~/.ssh/config (`ssh ws-NAME`, VS Code
+    Remote-SSH, JetBrains Gateway): kled's key, the proxy through the API, its host key."""
+    from kled.cli import wsssh
+
+    chosen = STATE.team_for(team)
+    with STATE.client() as client:
+        client.get(_path(chosen, name))  # 404 for a workspace that does not exist
+    out(wsssh.host_block(chosen, wsssh.check_name(name), STATE.context).rstrip("\n"))
 
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 app.command("exec", context_settings=_EXTRA)(exec_command)
 app.command("ssh", context_settings=_EXTRA)(ssh_command)
+app.command("proxy")(proxy_command)
+app.command("ssh-config")(ssh_config_command)
 
 
 @app.command()
