@@ -36,7 +36,7 @@ from typing import Any
 
 from kled.control.ipam import Ipam, Pool
 from kled.control.netmap import Deltas, Netmap, Peer
-from kled.errors import Conflict, KledError, NotFound, Unavailable
+from kled.errors import Conflict, Gone, KledError, NotFound, Unavailable
 from kled.store.objects import Event, Key, Store
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,10 @@ class MeshController:
             except Unavailable as e:
                 log.warning("meshctl: store unavailable (%s); retrying", e)
                 await asyncio.sleep(self._poll)
+                continue
+            except Gone:  # fell behind the compacted event log: build everything again
+                log.warning("meshctl: events were compacted before being read; rebuilding")
+                await self.rebuild()
                 continue
             if not handled:
                 await self.store.wait_for_change(self._poll)

@@ -49,7 +49,7 @@ from kled.control.nodes import (
 )
 from kled.control.scheduling import NodeInfo, Placement, app_request, schedule
 from kled.control.usage import UsageBook
-from kled.errors import Conflict, KledError, NotFound, Unavailable
+from kled.errors import Conflict, Gone, KledError, NotFound, Unavailable
 from kled.resources.hoststate import (
     AgentEvent,
     HostDesiredState,
@@ -201,6 +201,9 @@ class WorkloadController:
                 await self.tick()
             except Unavailable as e:
                 log.warning("workloads: store unavailable (%s); retrying", e)
+            except Gone:  # fell behind the compacted event log: list everything again
+                log.warning("workloads: events were compacted before being read; resyncing")
+                await self.resync()
             except Exception:  # one bad round must not end scheduling for everyone
                 log.exception("workloads: reconcile failed; retrying")
             if not handled:
