@@ -49,6 +49,8 @@ RUN_LABEL = "kled.io/job-run"
 ATTEMPT_LABEL = "kled.io/job-attempt"
 #: set by ``kled job run-now``: each new value starts a run
 RUN_NOW = "kled.io/run-now"
+#: how often every App is looked at for attempts of a Job that is gone
+ORPHAN_SCAN_SECONDS = 30.0
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 ACTIVE = (PENDING, RUNNING)
@@ -286,6 +288,7 @@ class JobController:
         self._tick = tick
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._orphans_at = -ORPHAN_SCAN_SECONDS
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="jobs-controller")
@@ -324,8 +327,15 @@ class JobController:
                 await asyncio.sleep(1.0)
 
     async def reconcile_all(self) -> None:
+        """Every Job (schedules and deadlines), and now and then every App a Job owns, so
+        that the attempts of a Job deleted while the controller was away go too."""
         found = {_ref(d) for d in (await self.store.list("Job")).items}
-        for app in (await self.store.list("App")).items:
+        now = asyncio.get_running_loop().time()
+        apps = []
+        if now - self._orphans_at >= ORPHAN_SCAN_SECONDS:
+            self._orphans_at = now
+            apps = (await self.store.list("App")).items
+        for app in apps:
             owner = ((app.get("metadata") or {}).get("labels") or {}).get(JOB_LABEL)
             if owner:
                 m = app["metadata"]
