@@ -134,8 +134,12 @@ class DevLoop:
     # -- syncs ------------------------------------------------------------------------------
     def _connector(self, rule: SyncRule, token: str) -> Callable[[], Any]:
         async def connect() -> Link:
-            stream = await self._exec(remote_argv(rule.remote))
-            await stream.write(preamble(token))
+            try:
+                stream = await self._exec(remote_argv(rule.remote))
+                await stream.write(preamble(token))
+            except KledError as err:
+                # no stream now (a cut link, a restarting agent): the sync tries again
+                raise ConnectionError(str(err)) from err
             self._spawn(_drain_lines(stream.stderr, lambda t: self.say(f"sync: {t}")))
             return stream.link()
 

@@ -29,6 +29,10 @@ from kled.sync.channel import MAX_FRAME, Link
 STDIN, STDOUT, STDERR, END, SIGNAL, CLOSE = 0, 1, 2, 3, 4, 255
 #: most bytes of stdin in one message (the server cuts further for the bus)
 _CHUNK = 64 * 1024
+#: a WebSocket ping every PING_SECONDS; no pong within PONG_SECONDS: the link is taken for
+#: cut, the stream ends with an error and ``kled dev`` reconnects (≤ 15 s after a cut)
+PING_SECONDS = 5.0
+PONG_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -164,8 +168,8 @@ async def open_exec(
         "additional_headers": headers,
         "max_size": MAX_FRAME * 2,
         "open_timeout": 30,
-        "ping_interval": 20,
-        "ping_timeout": 60,
+        "ping_interval": PING_SECONDS,
+        "ping_timeout": PONG_SECONDS,
         "compression": None,
     }
     try:
