@@ -282,6 +282,23 @@ def test_postgres_only_its_team_reaches_it_and_clone_with_data(mesh: Mesh, tmp_p
     assert done.returncode != 0 and "kept" not in done.stdout, done
     assert "connection to server" in done.stderr, done.stderr  # not a password refused
 
+    # kled top and /metrics show the service under its name, not as its server app.
+    def top() -> list[str] | None:
+        rows = _cli(mesh, tmp_path, token, "top", "services").splitlines()
+        row = next((r.split() for r in rows if r.startswith("db ")), None)
+        return row if row and row[3].endswith("m") else None
+
+    row = eventually(top, "db measured in kled top services")
+    assert row[:3] == ["db", "postgres", "Ready"] and row[-1] == "node1", row
+    assert "ms-db" not in _cli(mesh, tmp_path, token, "top", "apps")
+    with mesh.server.client() as c:
+        text = c.get("/metrics").text
+    assert (
+        'kled_service_ready{environment="dev",node="node1",service="db",team="a"'
+        in text.replace(',template="postgres"', "")
+    ), text
+    assert 'app="ms-db"' not in text
+
     # The environment cloned with its data: the clone's service has the backup's rows and
     # its own password; the source's backups are not listed on it.
     _cli(mesh, tmp_path, token, "service", "backup", "db")

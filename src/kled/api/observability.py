@@ -31,7 +31,7 @@ from kled.api import authz
 from kled.api.openapi import json_body
 from kled.api.rest import User, _body, service
 from kled.api.service import parse_duration
-from kled.api.usage import UsageSeries, book_of
+from kled.api.usage import UsageSeries, book_of, service_index
 from kled.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from kled.resources.meta import is_dns_label
 from kled.store.credentials import Credential
@@ -99,7 +99,8 @@ async def metrics(request: Request, authorization: str | None = Header(default=N
         token = authorization[7:].strip()
     team = await _metrics_scope(request, token)
     own: Any = REGISTRY if team is None else TeamSeries(team)
-    registry = Scrape([own, UsageSeries(book_of(request), team)])
+    series = UsageSeries(book_of(request), team, await service_index(request, team))
+    registry = Scrape([own, series])
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

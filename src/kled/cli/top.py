@@ -1,4 +1,5 @@
-"""``kled top apps|nodes``: what apps and nodes use now, as ``kubectl top`` shows it.
+"""``kled top apps|services|nodes``: what apps, managed services and nodes use now, as
+``kubectl top`` shows it (a managed service under its name, not as its server app).
 
 The numbers are the agents' latest samples (every 10 s), summed per app over its
 replicas: CPU in millicores (``250m``), memory in Mi, restarts and ready replicas.
@@ -74,6 +75,47 @@ def top_apps(
             millicores(row.get("cpuMillicores")),
             mebibytes(row.get("memoryBytes")),
             str(row["restarts"]),
+        ]
+        table.append([str(row["environment"]), *cells] if show_env else cells)
+    out(align(table))
+
+
+@app.command("services")
+def top_services(
+    env: EnvOption = None,
+    all_envs: Annotated[
+        bool, typer.Option("--all-environments", "-A", help="Every environment of the team.")
+    ] = False,
+    team: TeamOption = None,
+    output: Output = "table",
+) -> None:
+    """CPU, memory, restarts and health of a team's managed services (their servers)."""
+    _format(output)
+    chosen_team = STATE.team_for(team)
+    chosen_env = None if all_envs else STATE.env_or_none(env)
+    params = {"environment": chosen_env} if chosen_env else {}
+    with STATE.client() as client:
+        path = f"/api/v1/teams/{chosen_team}/usage/services"
+        rows: list[dict[str, Any]] = client.get(path, **params)["items"]
+    if output == "json":
+        out(to_json(rows))
+        return
+    if not rows:
+        where = f"environment {chosen_env}" if chosen_env else f"team {chosen_team}"
+        note(f"no managed services in {where}")
+        return
+    head = ["NAME", "TEMPLATE", "PHASE", "CPU(cores)", "MEMORY(bytes)", "RESTARTS", "NODE"]
+    show_env = chosen_env is None
+    table = [["ENVIRONMENT", *head] if show_env else head]
+    for row in rows:
+        cells = [
+            str(row["service"]),
+            str(row.get("template") or "-"),
+            str(row.get("phase") or "-"),
+            millicores(row.get("cpuMillicores")),
+            mebibytes(row.get("memoryBytes")),
+            str(row["restarts"]),
+            ",".join(row.get("nodes") or []) or "-",
         ]
         table.append([str(row["environment"]), *cells] if show_env else cells)
     out(align(table))

@@ -12,7 +12,7 @@ Pure: no I/O, the clock passed in; ``api/usage.py`` is the shell that serves it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "kled_app_network_receive_bytes_total": ("counter", "Bytes received by a replica's pod"),
     "kled_app_network_transmit_bytes_total": ("counter", "Bytes sent by a replica's pod"),
     "kled_app_ready_replicas": ("gauge", "Replicas of an app that are ready to serve"),
+    "kled_service_cpu_seconds_total": ("counter", "CPU time used by a managed service's server"),
+    "kled_service_memory_bytes": ("gauge", "Memory used by a managed service's server"),
+    "kled_service_restarts_total": ("counter", "Restarts of a managed service's server"),
+    "kled_service_ready": ("gauge", "1 when a managed service's server passes its health check"),
     "kled_node_cpu_seconds_total": ("counter", "CPU time used on a node (all of it)"),
     "kled_node_memory_bytes": ("gauge", "Memory in use on a node"),
     "kled_node_replicas": ("gauge", "Replicas an agent runs"),
@@ -131,13 +135,41 @@ class UsageBook:
                 rows.append(ReplicaRow(node, *parsed, status=status, usage=usage))
         return rows
 
-    def apps(self, team: str, environment: str | None = None) -> list[dict[str, Any]]:
-        """One row per app of ``team`` (in ``environment``), as ``kled top apps`` shows."""
+    def apps(
+        self, team: str, environment: str | None = None, services: ServiceIndex | None = None
+    ) -> list[dict[str, Any]]:
+        """One row per app of ``team`` (in ``environment``), as ``kled top apps`` shows;
+        the managed services' server apps (``services``) are left to :meth:`services`."""
         grouped: dict[tuple[str, str], list[ReplicaRow]] = {}
         for row in self.replicas(team):
+            if (row.team, row.environment, row.app) in (services or {}):
+                continue
             if environment is None or row.environment == environment:
                 grouped.setdefault((row.environment, row.app), []).append(row)
         return [_app_row(team, env, app, rows) for (env, app), rows in sorted(grouped.items())]
+
+    def services(
+        self, team: str, services: ServiceIndex, environment: str | None = None
+    ) -> list[dict[str, Any]]:
+        """One row per managed service of ``team`` (``kled top services``): its server's
+        usage under the service's name, with its template and phase; a service whose
+        server reports nothing yet has a row without numbers."""
+        measured: dict[tuple[str, str, str], list[ReplicaRow]] = {}
+        for row in self.replicas(team):
+            measured.setdefault((row.team, row.environment, row.app), []).append(row)
+        out: list[dict[str, Any]] = []
+        for key, about in sorted(services.items(), key=lambda kv: (kv[0][1], about_name(kv[1]))):
+            if key[0] != team or (environment is not None and key[1] != environment):
+                continue
+            rows = measured.get(key, [])
+            app_row = _app_row(team, key[1], key[2], rows)
+            out.append({
+                "team": team, "environment": key[1], "service": about_name(about),
+                "template": about.get("template", ""), "phase": about.get("phase", ""),
+                **{k: app_row[k] for k in ("ready", "restarts", "cpuMillicores", "cpuSeconds",
+                                           "memoryBytes", "nodes")},
+            })  # fmt: skip
+        return out
 
     def nodes(self) -> list[dict[str, Any]]:
         """One row per fresh node, as ``kled top nodes`` shows."""
@@ -157,11 +189,18 @@ class UsageBook:
             out.append(row)
         return out
 
-    def samples(self, team: str | None = None) -> dict[str, list[tuple[dict[str, str], float]]]:
-        """Prometheus samples per family name (of ``team`` only, if given)."""
+    def samples(
+        self, team: str | None = None, services: ServiceIndex | None = None
+    ) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """Prometheus samples per family name (of ``team`` only, if given); a managed
+        service's server (``services``) as ``kled_service_*`` under the service's name."""
         out: dict[str, list[tuple[dict[str, str], float]]] = {name: [] for name in FAMILIES}
         ready: dict[tuple[str, str, str], int] = {}
         for row in self.replicas(team):
+            about = (services or {}).get((row.team, row.environment, row.app))
+            if about is not None:
+                _service_samples(out, row, about)
+                continue
             app = {"team": row.team, "environment": row.environment, "app": row.app}
             key = (row.team, row.environment, row.app)
             ready[key] = ready.get(key, 0) + (1 if row.ready else 0)
@@ -187,6 +226,27 @@ class UsageBook:
                     out["kled_node_cpu_seconds_total"].append((node, u.cpu_seconds))
                     out["kled_node_memory_bytes"].append((node, float(u.memory_bytes)))
         return out
+
+
+#: managed services by their server app ``(team, environment, app)``: ``service`` (its
+#: name), ``template`` and ``phase`` (what ``api/usage.py`` reads from the store)
+ServiceIndex = Mapping[tuple[str, str, str], Mapping[str, Any]]
+
+
+def about_name(about: Mapping[str, Any]) -> str:
+    return str(about.get("service") or "")
+
+
+def _service_samples(
+    out: dict[str, list[tuple[dict[str, str], float]]], row: ReplicaRow, about: Mapping[str, Any]
+) -> None:
+    labels = {"team": row.team, "environment": row.environment, "service": about_name(about),
+              "template": str(about.get("template") or ""), "node": row.node}  # fmt: skip
+    out["kled_service_restarts_total"].append((labels, float(row.status.restarts)))
+    out["kled_service_ready"].append((labels, 1.0 if row.ready else 0.0))
+    if row.usage is not None:
+        out["kled_service_cpu_seconds_total"].append((labels, row.usage.cpu_seconds))
+        out["kled_service_memory_bytes"].append((labels, float(row.usage.memory_bytes)))
 
 
 def _percent(used: int | None, total: int) -> int | None:
