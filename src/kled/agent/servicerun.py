@@ -28,8 +28,10 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -320,8 +322,55 @@ class MariaDB(Engine):
             raise ServiceError(f"mariadb-dump failed: {msg}")
 
 
-ENGINES: dict[str, type[Engine]] = {"postgres": Postgres, "redis": Redis, "mariadb": MariaDB}
-SUFFIX = {"postgres": "pgdump", "redis": "rdb", "mariadb": "sql"}
+class Nats(Engine):
+    """nats-server with JetStream, its streams stored in the data directory."""
+
+    user = "nats"
+
+    def initialise(self, into: Path) -> None:
+        pass  # JetStream writes its store on its own
+
+    def prepare_restore(self, source: str) -> None:
+        with tarfile.open(source) as tar:
+            tar.extractall(self.at.data, filter="data")
+        _chown(self.at.data, self.user)
+
+    def command(self, first: bool) -> list[str]:
+        user, password, _ = _creds()
+        # In a file of the server's user, not on the command line where ps shows it.
+        lines = [f"port: {self.port}", 'host: "0.0.0.0"',
+                 f"authorization {{ user: {json.dumps(user)}, password: {json.dumps(password)} }}",
+                 f"jetstream {{ store_dir: {json.dumps(str(self.at.data))} }}"]  # fmt: skip
+        lines += [f"{name}: {value}" for name, value in self.params.items()]
+        conf = self.at.run / "nats.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        conf.chmod(0o600)
+        _chown(self.at.run, self.user)
+        return [str(self.bin / "nats-server"), "--config", str(conf)]
+
+    def alive(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
+                return conn.makefile("rb").readline().startswith(b"INFO ")
+        except OSError:
+            return False
+
+    def provision(self, restore: str | None, first: bool) -> None:
+        pass  # the account is in the configuration
+
+    def backup(self, to: Path) -> None:
+        # A copy of the JetStream store as it is on disk (taken live).
+        with tarfile.open(to, "w") as tar:
+            tar.add(self.at.data, arcname=".")
+
+
+ENGINES: dict[str, type[Engine]] = {
+    "postgres": Postgres,
+    "redis": Redis,
+    "mariadb": MariaDB,
+    "nats": Nats,
+}
+SUFFIX = {"postgres": "pgdump", "redis": "rdb", "mariadb": "sql", "nats": "tar"}
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -435,7 +484,7 @@ def _parser() -> argparse.ArgumentParser:
 
 #: variables the client tools read by themselves (``MYSQL_PWD``, ``PGUSER``…): the
 #: credentials Secret carries them for apps; here they would speak for the wrong user
-_CLIENT_VARS = ("MYSQL_", "MARIADB_", "PG", "REDIS", "DATABASE_URL")
+_CLIENT_VARS = ("MYSQL_", "MARIADB_", "PG", "REDIS", "NATS_", "DATABASE_URL")
 
 
 def main(argv: list[str] | None = None) -> int:

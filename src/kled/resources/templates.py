@@ -1,13 +1,14 @@
 """``ServiceTemplate``: how a managed service of one kind is run, and the built-in set.
 
 A template is data an administrator manages (server-wide, like a Node): which *engine*
-drives the server (``postgres``, ``redis``, ``mariadb``: the steps to initialise a data
+drives the server (``postgres``, ``redis``, ``mariadb``, ``nats``: the steps to initialise a data
 directory, set credentials, check health, dump and load, which ``agent/servicerun.py``
 implements once per engine), where the Debian package's binaries are, the port, the
 versions a node can provide, the parameters a ManagedService may set (a small schema:
 type, default, bounds, choices) and the entries of the credentials Secret. The built-in
-templates (``postgres``, ``redis``, ``mariadb``) apply when no stored template of that name
-exists; an admin may store one of the same name to change it, or add others on an engine.
+templates (``postgres``, ``redis``, ``mariadb``, ``nats``) apply when no stored template of
+that name exists; an admin may store one of the same name to change it, or add others on an
+engine.
 
 The checks of a ManagedService against its template (:func:`check_service`) are pure and
 raise :class:`InvalidInput` naming the field path, so the API refuses bad input at the door.
@@ -51,7 +52,7 @@ class TemplateParameter(KledModel):
 class ServiceTemplateSpec(KledModel):
     """How to run one kind of managed service on a node."""
 
-    engine: Literal["postgres", "redis", "mariadb"]
+    engine: Literal["postgres", "redis", "mariadb", "nats"]
     """The driver of init, credentials, health, backup and restore (``agent/servicerun``)."""
     description: str | None = None
     runtime: Literal["process"] = "process"
@@ -212,6 +213,35 @@ BUILTIN: dict[str, dict[str, Any]] = {
                     "maximum": 100000,
                 },
                 "innodb_buffer_pool_size": {"type": "string", "default": "128M"},
+            },
+        },
+    ),
+    "nats": _builtin(
+        "nats",
+        {
+            "engine": "nats",
+            "description": "NATS with JetStream from Debian's nats-server package",
+            "package": "nats-server",
+            "binDir": "/usr/sbin",
+            "versions": ["2.9"],
+            "port": 4222,
+            "user": "app",
+            "uri": "nats://{user}:{password}@{host}:{port}",
+            "env": {
+                "NATS_URL": "uri",
+                "NATS_HOST": "host",
+                "NATS_PORT": "port",
+                "NATS_USER": "user",
+                "NATS_PASSWORD": "password",
+            },
+            "parameters": {
+                "max_payload": {
+                    "type": "integer",
+                    "default": 1048576,
+                    "minimum": 1024,
+                    "maximum": 67108864,
+                },
+                "max_connections": {"type": "integer", "default": 65536, "minimum": 1},
             },
         },
     ),
