@@ -315,3 +315,43 @@ def test_the_loop_goes_on_across_an_agent_restart(lab: Lab) -> None:
         code = dev.stop(signal.SIGINT)
     assert code == 0, dev.lines
     assert lab.spec() == before
+
+
+def test_a_reverse_port_lets_the_replica_reach_the_laptop(lab: Lab) -> None:
+    import http.server
+
+    from cli.clikit import free_port
+
+    class Laptop(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"laptop answers {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Laptop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    inside = free_port()
+    config = lab.hosts.root / "reverse.yaml"
+    target = yaml.safe_load(lab.config.read_text())["dev"]["web"]
+    target.pop("ports")
+    target["sync"][0]["local"] = str(lab.laptop)
+    target["reversePorts"] = [f"{server.server_address[1]}:{inside}"]
+    config.write_text(yaml.safe_dump({"dev": {"web": target}}))
+    lab.write_app("v1")
+    fetch = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{inside}/x').read().decode())"
+    dev = Dev(lab, config=config)
+    try:
+        dev.serves(lab, "v1")
+        eventually(lambda: dev.said(f"reverse port {inside}"), "the reverse port listens")
+        for _ in range(2):  # a second connection through the same listener
+            answer = lab.hosts.cli("exec", "web", "--", "python3", "-c", fetch)
+            assert answer.code == 0 and answer.out.strip() == "laptop answers /x", answer
+    finally:
+        code = dev.stop(signal.SIGINT)
+        server.shutdown()
+    assert code == 0, dev.lines

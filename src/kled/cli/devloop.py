@@ -32,6 +32,7 @@ from kled.cli.client import Client
 from kled.cli.devconfig import DevTarget, SyncRule, matches
 from kled.cli.exec_client import Endpoint, ExecStream, open_exec
 from kled.cli.portforward import Forward, parse
+from kled.cli.reverseport import ReverseForward
 from kled.errors import Conflict, KledError, NotFound, Unavailable
 from kled.sync.carry import preamble, remote_argv
 from kled.sync.channel import Link
@@ -41,6 +42,8 @@ from kled.sync.session import Batch, SyncSession, new_token
 REPLICA_TIMEOUT = 180.0
 #: seconds before the dev command is started again after its stream broke
 RETRY_SECONDS = 1.0
+#: seconds the dev command waits for the reverse ports' listeners before it starts anyway
+REVERSE_WAIT = 10.0
 _IN_FOLDER = 'cd "$1" && shift && exec "$@"'
 
 
@@ -77,6 +80,7 @@ class DevLoop:
         self._execs_wanted: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self.forwards: list[Forward] = []
+        self.reverse: list[ReverseForward] = []
 
     # -- output -----------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -327,6 +331,8 @@ class DevLoop:
     async def _wind_down(self) -> None:
         for forward in self.forwards:
             await forward.close()
+        for back in self.reverse:
+            await back.close()
         for session in self.syncs:
             with contextlib.suppress(Exception):
                 await session.stop()
@@ -344,6 +350,14 @@ class DevLoop:
             await forward.start()
             self.forwards.append(forward)
             self.say(f"forwarding 127.0.0.1:{local} → {self.app}:{remote}")
+        for spec in self.target.reverse_ports:
+            local, remote = parse(spec)
+            back = ReverseForward(local, remote, self._exec, on_state=self.say)
+            await back.start()
+            self.reverse.append(back)
+        for back in self.reverse:  # the command may call the laptop as it starts
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(back.listening.wait(), REVERSE_WAIT)
         await self._command_loop()
 
     async def _restore(self) -> None:
