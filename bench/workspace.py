@@ -10,6 +10,9 @@ builds an image) and every create-time hook. Measured, each as the wall time of 
 - ``up_edited``: ``kled ws up`` after a file changed (a new archive and container; the
   feature layer comes from the engine's cache);
 - ``stop`` and ``start`` (postStartCommand runs);
+- ``ssh_true``: ``kled ws ssh NAME -- true``: OpenSSH's ``ssh``, the ``kled ws proxy``
+  it starts, the API's stream, the node's SSH server for the connection, the handshake,
+  one session; ``exec_true`` beside it (``kled ws exec NAME -- true``, no SSH);
 - ``upload_10k_files``: packing and uploading a folder of 10,000 small files (``up
   --no-wait``), and the archive's size.
 
@@ -86,6 +89,13 @@ def main() -> None:
                 )
                 results.setdefault("stop", []).append(timed(h, "ws", "stop", name))
                 results.setdefault("start", []).append(timed(h, "ws", "start", name))
+                for _ in range(3):
+                    results.setdefault("ssh_true", []).append(
+                        timed(h, "ws", "ssh", name, "--", "true")
+                    )
+                    results.setdefault("exec_true", []).append(
+                        timed(h, "ws", "exec", name, "--", "true")
+                    )
                 h.cli.ok("ws", "delete", name, "--yes")
             many = write_folder(root / "many" / "big", {"image": image})
             for i in range(10_000):
