@@ -82,8 +82,10 @@ def make_cluster(
     *,
     cluster: str = "dev",
     users: dict[str, str] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """A team with ``users`` (name → cluster role, each a team member) and one cluster;
+    """A team with ``users`` (name → cluster role, each a team member) and one cluster
+    (``spec``: more of the Cluster's spec, such as ``quota``);
     the kubeconfig of each user and of the server administrator (``admin``), by name."""
     users = users or {}
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ def make_cluster(
             body = {"metadata": {"name": name}, "spec": {"role": "member"}}
             r = admin.post(f"/api/v1/teams/{team}/users", json=body)
             assert r.status_code == 201, r.text
-        spec: dict[str, Any] = {"users": [{"name": n, "role": r} for n, r in users.items()]}
+        spec = {**(spec or {}), "users": [{"name": n, "role": r} for n, r in users.items()]}
         r = admin.post(
             f"/api/v1/teams/{team}/clusters",
             json={"kind": "Cluster", "metadata": {"name": cluster}, "spec": spec},

@@ -16,7 +16,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,13 +35,14 @@ from kled.kube import (
     lifecycle,
     mirror,
     patching,
+    quota,
     selection,
     tables,
     validation,
     workloads,
 )
 from kled.kube.objects import WRAPPER, ClusterObjects, unwrap
-from kled.kube.served import GROUPS, Served, by_path, in_group_version
+from kled.kube.served import GROUPS, Served, by_kind, by_path, in_group_version
 from kled.kube.status import KubeError, bad_request, from_kled, invalid, not_found, status_body
 from kled.resources import bounds
 from kled.store.objects import Key
@@ -204,6 +205,8 @@ async def _dispatch(call: Call, target: Target, method: str) -> Response:
         raise KubeError(405, "MethodNotAllowed", f"{method} needs an object name")
     if served.kind == "Node":
         return await _nodes(call, target, verb)
+    if served.kind == "ResourceQuota":
+        return await _quotas(call, target, verb)
     if target.sub == "log":
         if verb != "get":
             raise KubeError(405, "MethodNotAllowed", "pods/log is read-only")
@@ -436,6 +439,7 @@ async def _create(call: Call, target: Target) -> Response:
     name = obj["metadata"]["name"]
     await _require_namespace(call, served, obj["metadata"].get("namespace"))
     _check_runnable(call, served, obj)
+    await _check_quota(call, served, obj, None)
     lifecycle.before_create(served, obj)
     obj = await _admit(call, served, Operation.CREATE, obj, None) or obj
     existing = await call.objects.find(served, obj["metadata"].get("namespace", ""), name)
@@ -481,6 +485,28 @@ def _check_runnable(call: Call, served: Served, obj: dict[str, Any]) -> None:
         )
 
 
+async def _quota_used(call: Call) -> Counter[str]:
+    counted: list[tuple[str, dict[str, Any]]] = []
+    for kind in quota.COUNTED:
+        served = by_kind("apps/v1" if kind == "Deployment" else "v1", kind)
+        assert served is not None
+        items, _ = await call.objects.list(served, None)
+        counted.extend((kind, item) for item in items)
+    return quota.used(counted)
+
+
+async def _check_quota(
+    call: Call, served: Served, obj: dict[str, Any], old: dict[str, Any] | None
+) -> None:
+    """403 ``exceeded quota`` for a write that takes the cluster past ``spec.quota``."""
+    bounds = quota.hard(call.spec.get("quota"))
+    if not bounds or served.kind not in quota.COUNTED:
+        return
+    plural = f"{served.plural}.{served.group}" if served.group else served.plural
+    what = f'{plural} "{obj["metadata"]["name"]}"'
+    quota.check(bounds, what, served.kind, obj, old, await _quota_used(call))
+
+
 def _exists_message(served: Served, name: str) -> str:
     what = f"{served.plural}.{served.group}" if served.group else served.plural
     return f'{what} "{name}" already exists'
@@ -506,6 +532,7 @@ async def _write(
         )
     lifecycle.keep_immutable(served, current, obj)
     _check_runnable(call, served, obj)
+    await _check_quota(call, served, obj, current)
     obj = await _admit(call, served, Operation.UPDATE, obj, current) or obj
     try:
         written = await call.objects.update(
@@ -582,6 +609,7 @@ async def _apply(call: Call, target: Target, patch: Any) -> Response:
         if served.kind == "Service":
             await lifecycle.assign_cluster_ip(call.objects, obj, dry_run=call.dry_run)
         _check_runnable(call, served, obj)
+        await _check_quota(call, served, obj, None)
         created = await call.objects.create(served, obj, dry_run=call.dry_run)
         if not call.dry_run:
             await lifecycle.after_create(call.objects, served, created)
@@ -740,6 +768,34 @@ async def _nodes(call: Call, target: Target, verb: str) -> Response:
     if tables.wants_table(call.request.headers.get("accept")):
         return _json(tables.table(served, items, str(page.revision)))
     return _json(_list_body(served, items, page.revision))
+
+
+async def _quotas(call: Call, target: Target, verb: str) -> Response:
+    """The cluster's ``spec.quota`` as one read-only ResourceQuota per namespace."""
+    served = target.served
+    bounds = quota.hard(call.spec.get("quota"))
+    namespaces, revision = await call.objects.list(lifecycle.NAMESPACE, None)
+    items: list[dict[str, Any]] = []
+    if bounds:
+        cluster = await call.svc.store.get(Key("Cluster", call.team, "", call.cluster))
+        current = await _quota_used(call)
+        for ns in namespaces:
+            name = ns["metadata"]["name"]
+            if target.namespace in (None, name):
+                items.append(quota.view(bounds, current, name, cluster["metadata"]))
+    if verb == "watch":
+        raise KubeError(405, "MethodNotAllowed", "watching resourcequotas is not served yet")
+    as_table = tables.wants_table(call.request.headers.get("accept"))
+    if verb == "get":
+        for item in items:
+            if item["metadata"]["name"] == target.name:
+                if as_table:
+                    return _json(tables.table(served, [item], str(revision)))
+                return _json(item)
+        raise not_found(served.plural, target.name or "", served.group)
+    if as_table:
+        return _json(tables.table(served, items, str(revision)))
+    return _json(_list_body(served, items, revision))
 
 
 def _node_view(node: dict[str, Any]) -> dict[str, Any]:

@@ -64,6 +64,7 @@ SERVED: tuple[Served, ...] = (
     Served("", "v1", "Event", "events", True, ("ev",)),
     Served("", "v1", "ServiceAccount", "serviceaccounts", True, ("sa",)),
     Served("", "v1", "Node", "nodes", False, ("no",), READ_VERBS),
+    Served("", "v1", "ResourceQuota", "resourcequotas", True, ("quota",), READ_VERBS),
     Served(
         "apps",
         "v1",

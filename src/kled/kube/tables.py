@@ -64,6 +64,12 @@ def _node_ready(obj: dict[str, Any]) -> str:
     return "Unknown"
 
 
+def _quota_request(obj: dict[str, Any]) -> str:
+    status = _status(obj)
+    hard, used = status.get("hard") or {}, status.get("used") or {}
+    return ", ".join(f"{r}: {used.get(r, '0')}/{hard[r]}" for r in sorted(hard))
+
+
 Column = tuple[str, str, str, Cell]
 
 _NAME: Column = ("Name", "string", "name", lambda o: o["metadata"]["name"])
@@ -124,6 +130,12 @@ COLUMNS: dict[str, list[Column]] = {
             ),
         ),
         ("Message", "string", "", lambda o: o.get("message", "")),
+    ],
+    "ResourceQuota": [
+        _NAME,
+        _AGE,
+        ("Request", "string", "", _quota_request),
+        ("Limit", "string", "", lambda o: ""),
     ],
     "Node": [
         _NAME,

@@ -681,6 +681,16 @@ class Quotas(KledModel):
     workspaces: Annotated[int, Strict(), Field(ge=0)] | None = None
 
 
+class ClusterQuota(KledModel):
+    """What a Kled Cluster's objects may ask for in all, enforced when they are written."""
+
+    cpu: Cpu | None = None
+    memory: Memory | None = None
+    gpu: Annotated[int, Strict(), Field(ge=0)] | None = None
+    pods: Annotated[int, Strict(), Field(ge=0)] | None = None
+    services: Annotated[int, Strict(), Field(ge=0)] | None = None
+
+
 class ClusterUser(KledModel):
     """A team member and the Kubernetes role they hold in one Kled Cluster."""
 
@@ -693,6 +703,8 @@ class ClusterSpec(KledModel):
 
     node_selector: Labels = {}
     quotas: Quotas | None = None
+    quota: ClusterQuota | None = None
+    """The cluster's ResourceQuota: requests of its pods in all, pods, services."""
     description: str | None = None
     users: list[ClusterUser] = []
     """Who may use the cluster's Kubernetes API and how; team owners and admins are
