@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from kled.cli.client import Client
 from kled.cli.devconfig import DevTarget, SyncRule, matches
+from kled.cli.devstatus import LastSync, Snapshot, View
 from kled.cli.exec_client import Endpoint, ExecStream, open_exec
 from kled.cli.portforward import Forward, parse
 from kled.cli.reverseport import ReverseForward
@@ -62,6 +63,7 @@ class DevLoop:
         base_dir: Path,
         *,
         out: TextIO | None = None,
+        live: bool | None = None,
     ) -> None:
         self.client = client
         self.endpoint = endpoint
@@ -81,15 +83,30 @@ class DevLoop:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.forwards: list[Forward] = []
         self.reverse: list[ReverseForward] = []
+        #: what the session does now, for the status line
+        self.phase = "starting"
+        self.last_sync: LastSync | None = None
+        self.view = View(self.snapshot, self.out, live=live)
 
     # -- output -----------------------------------------------------------------------------
     def say(self, text: str) -> None:
-        self.out.write(f"[kled dev] {text}\n")
-        self.out.flush()
+        self.view.line(f"[kled dev] {text}")
 
     def _line(self, text: str) -> None:
-        self.out.write(f"[{self.app}] {text}\n")
-        self.out.flush()
+        self.view.line(f"[{self.app}] {text}")
+
+    def snapshot(self) -> Snapshot:
+        """The session as the status line shows it."""
+        state = self.phase
+        if state == "running" and any(s.state != "watching" for s in self.syncs):
+            lost = any(s.state in ("connecting", "disconnected") for s in self.syncs)
+            state = "reconnecting" if lost else "syncing"
+        ports = [f"{f.local}→{f.remote}" for f in self.forwards]
+        ports += [
+            f"{'' if b.listening.is_set() else '(down) '}remote {b.remote}→{b.local}"
+            for b in self.reverse
+        ]
+        return Snapshot(self.app, state, self.last_sync, self.restarts, tuple(ports))
 
     # -- the control plane ------------------------------------------------------------------
     async def _api(self, method: str, body: Any = None, **params: Any) -> Any:
@@ -152,6 +169,7 @@ class DevLoop:
     def _on_batch(self, batch: Batch) -> None:
         if batch.direction != "up" or batch.initial:
             return
+        self.last_sync = LastSync(batch.files, batch.bytes, batch.ms)
         self.say(f"synced {batch.files} file(s), {batch.bytes} B in {batch.ms:.0f} ms")
         changes = self.target.on_change
         for rule in changes.exec:
@@ -284,9 +302,17 @@ class DevLoop:
         task.add_done_callback(self._tasks.discard)
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.view.start()
+        try:
+            await self._run(stop)
+        finally:
+            self.view.stop()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         if self.workspace is not None:
             await self._run_in_workspace(stop)
             return
+        self.phase = "swapping"
         begun = await self._api("POST", {})
         self.session = str(begun["session"])
         grace = float(begun.get("graceSeconds") or 60)
@@ -307,6 +333,7 @@ class DevLoop:
             for task in (work, ender, renewer):
                 with contextlib.suppress(asyncio.CancelledError, KledError):
                     await task
+            self.phase = "restoring"
             await self._wind_down()
             await self._restore()
 
@@ -341,8 +368,10 @@ class DevLoop:
 
     async def _work(self, swapped: bool = True) -> None:
         if swapped:
+            self.phase = "waiting for the dev replica"
             await self._wait_replica()
             self.say("dev replica running")
+        self.phase = "first sync"
         await self._start_syncs()
         for spec in self.target.ports:
             local, remote = parse(spec)
@@ -358,6 +387,7 @@ class DevLoop:
         for back in self.reverse:  # the command may call the laptop as it starts
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(back.listening.wait(), REVERSE_WAIT)
+        self.phase = "running"
         await self._command_loop()
 
     async def _restore(self) -> None:
