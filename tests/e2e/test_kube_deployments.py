@@ -117,9 +117,15 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
     done = k("exec", first, "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (done.returncode, done.stdout) == (3, "out\n"), done.stderr
     assert "err" in done.stderr
+    # Events of the pod's life, as the scheduler and kubelet word them
+    described = k.ok("describe", "pod", first)
+    assert f"Successfully assigned default/{first} to node1" in described
+    assert "Started container web" in described
 
     assert "deployment.apps/web scaled" in k.ok("scale", "deployment", "web", "--replicas=1")
     eventually(lambda: len(_pods(k)) == 1 and len(mesh.replicas()) == 1, "one replica left")
+    killed = k.ok("get", "events", "--field-selector", "reason=Killing")
+    assert killed.count("Stopping container web") == 2, killed
 
     k.ok("delete", "-f", str(manifest))
     eventually(lambda: not _pods(k) and not mesh.replicas(), "no pods and no replicas")

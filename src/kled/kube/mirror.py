@@ -17,7 +17,7 @@ from typing import Any
 
 from kled.api.service import ADMIN, Service
 from kled.errors import Conflict, KledError, NotFound
-from kled.kube import workloads
+from kled.kube import events, workloads
 from kled.kube.objects import ClusterObjects
 from kled.kube.served import by_kind
 from kled.store.objects import Key
@@ -108,11 +108,13 @@ async def mirror_pods(
         if pod["metadata"]["name"] not in by_name:
             with contextlib.suppress(NotFound):
                 await objects.delete(POD, namespace, pod["metadata"]["name"])
+                await events.record(objects, events.lifecycle(pod, None))
     for pod_name, pod in by_name.items():
         existing = await objects.find(POD, namespace, pod_name)
         if existing is None:
             with contextlib.suppress(Conflict):
-                await objects.create(POD, pod)
+                created = await objects.create(POD, pod)
+                await events.record(objects, events.lifecycle(None, created))
             continue
         if existing.get("spec") != pod["spec"]:  # placed on a node since
             with contextlib.suppress(NotFound, Conflict):
@@ -120,6 +122,8 @@ async def mirror_pods(
         if existing.get("status") != pod["status"]:
             with contextlib.suppress(NotFound):
                 await objects.update_status(POD, namespace, pod_name, pod["status"])
+        now = {**pod, "metadata": existing["metadata"]}
+        await events.record(objects, events.lifecycle(existing, now))
     if deployment is not None:
         status = workloads.deployment_status(deployment, app)
         if deployment.get("status") != status:

@@ -2,7 +2,8 @@
 
 Labels use Kled's selector grammar (the Kubernetes one); fields are the equality-based
 subset Kubernetes supports for these kinds: ``metadata.name``, ``metadata.namespace``,
-``status.phase``, ``spec.nodeName``, ``type`` (Secret), with ``=``, ``==`` and ``!=``.
+``status.phase``, ``spec.nodeName``, ``type`` (Secret, Event), and an Event's
+``involvedObject.*`` and ``reason``, with ``=``, ``==`` and ``!=``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,19 @@ from kled.errors import InvalidInput
 from kled.kube.status import bad_request
 from kled.resources.selectors import parse_selector
 
-FIELDS = ("metadata.name", "metadata.namespace", "status.phase", "spec.nodeName", "type")
+FIELDS = (
+    "metadata.name",
+    "metadata.namespace",
+    "status.phase",
+    "spec.nodeName",
+    "type",
+    # Events, as ``kubectl describe`` asks for those of one object
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "reason",
+)
 LabelMatcher = Callable[[dict[str, str]], bool]
 FieldMatcher = Callable[[dict[str, Any]], bool]
 
