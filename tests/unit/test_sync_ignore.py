@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kled.sync.ignore import Ignore
+from kled.sync.ignore import Ignore, nested
 from kled.sync.index import Escape, link_escapes, resolve, scan, valid_rel
 
 
@@ -83,3 +83,61 @@ def test_paths_that_leave_the_root_are_refused(tmp_path: Path) -> None:
     assert link_escapes(str(tmp_path), "a/l", "../../etc")
     assert link_escapes(str(tmp_path), "l", "/etc/passwd")
     assert not link_escapes(str(tmp_path), "a/l", "../b")
+
+
+def _tree(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def test_nested_gitignores_hold_under_their_folder_and_the_nearest_wins(tmp_path: Path) -> None:
+    _tree(
+        tmp_path,
+        {
+            ".gitignore": "*.log\nbuild/\n",
+            "web/.gitignore": "*.tmp\n/dist\n!keep.log\n",
+            "web/static/.gitignore": "!*.tmp\n",
+            "api/x.tmp": "",
+        },
+    )
+    ignore = Ignore.for_root(tmp_path, ["secret.txt"])
+    verdicts = {
+        "a.log": True,
+        "web/a.log": True,
+        "web/keep.log": False,  # web's "!keep.log" is nearer than the root's "*.log"
+        "keep.log": True,  # … and holds only under web/
+        "web/a.tmp": True,
+        "web/deep/b.tmp": True,
+        "api/x.tmp": False,  # web's rules stay in web/
+        "web/static/c.tmp": False,  # the deeper file re-includes
+        "web/dist/app.js": True,  # "/dist" anchored to web/
+        "dist/app.js": False,
+        "web/sub/dist/app.js": False,
+        "secret.txt": True,  # the session's excludes still apply
+    }
+    assert {rel: ignore.excluded(rel) for rel in verdicts} == verdicts
+
+
+def test_gitignores_inside_excluded_folders_and_dot_git_are_not_read(tmp_path: Path) -> None:
+    _tree(
+        tmp_path,
+        {
+            ".gitignore": "build/\n",
+            "build/.gitignore": "!*\n",
+            ".git/.gitignore": "*.py\n",
+            "src/.gitignore": "*.o\n",
+        },
+    )
+    ignore = Ignore.for_root(tmp_path)
+    assert ignore.excluded("build/x.c") and ignore.excluded("src/a.o")
+    assert not ignore.excluded("src/a.py")
+    assert Ignore.for_root(tmp_path, gitignore=False).patterns == []
+
+
+def test_folder_names_with_glob_characters_are_taken_literally() -> None:
+    rules = nested("a[1]/b*", ["x", "/y/", "!z"])
+    assert rules == ["/a\\[1]/b\\*/**/x", "/a\\[1]/b\\*/y/", "!/a\\[1]/b\\*/**/z"]
+    ignore = Ignore(rules)
+    assert ignore.excluded("a[1]/b*/q/x") and not ignore.excluded("a1/bb/q/x")
+    assert ignore.excluded("a[1]/b*/y", True) and not ignore.excluded("a[1]/b*/y", False)

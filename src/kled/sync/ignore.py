@@ -4,12 +4,16 @@ Rules are read in order and the last one that matches a path decides, as in git:
 ``!`` negates, a leading or inner ``/`` anchors a pattern to the root, a trailing ``/``
 matches directories only, ``**`` spans directories, ``*``/``?``/``[...]`` stay inside one.
 A path inside an excluded directory is excluded (git cannot re-include it either); the
-index walk prunes such directories. Only the root ``.gitignore`` is read, not nested ones.
-Standard library only: the remote side builds the same rules from the patterns it is sent.
+index walk prunes such directories. ``for_root`` reads the root's ``.gitignore`` and every
+nested one (outside excluded directories and ``.git``), each rule rewritten to hold only
+under its own folder (``nested``), deeper files after shallower ones so that, as in git,
+the nearer file has the last word. Standard library only: the remote side builds the same
+rules from the flat list of patterns it is sent.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -102,13 +106,24 @@ class Ignore:
     def for_root(
         cls, root: str | Path, exclude: Iterable[str] = (), *, gitignore: bool = True
     ) -> Ignore:
-        """The root's ``.gitignore`` (when asked and present), then the session's excludes."""
-        lines: list[str] = []
-        path = Path(root) / ".gitignore"
-        if gitignore and path.is_file():
-            lines += path.read_text(errors="replace").splitlines()
-        lines += list(exclude)
-        return cls(lines)
+        """The ``.gitignore`` files under the root (when asked), then the session's
+        excludes."""
+        extra = list(exclude)
+        if not gitignore:
+            return cls(extra)
+        lines = _read(Path(root) / ".gitignore")
+        current = cls([*lines, *extra])
+        for folder, dirs, files in os.walk(root):
+            rel = os.path.relpath(folder, root).replace(os.sep, "/")
+            if rel != "." and ".gitignore" in files:
+                found = nested(rel, _read(Path(folder) / ".gitignore"))
+                if found:
+                    lines += found
+                    current = cls([*lines, *extra])
+            base = "" if rel == "." else rel + "/"
+            # git reads no .gitignore inside an excluded folder, nor inside .git
+            dirs[:] = sorted(d for d in dirs if d != ".git" and not current.matches(base + d, True))
+        return current
 
     def matches(self, rel: str, is_dir: bool) -> bool:
         """This path by itself (not its parents) is excluded."""
@@ -130,3 +145,35 @@ class Ignore:
             if self.matches("/".join(parts[:k]), True):
                 return True
         return self.matches(rel, is_dir)
+
+
+def _read(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _escape(folder: str) -> str:
+    return re.sub(r"([*?\[\\!#])", r"\\\1", folder)
+
+
+def nested(folder: str, lines: Iterable[str]) -> list[str]:
+    """The rules of ``folder/.gitignore`` as rules of the root: each holds only under
+    ``folder`` (``*.log`` → ``/folder/**/*.log``, ``/build`` → ``/folder/build``)."""
+    prefix = "/" + _escape(folder.strip("/")) + "/"
+    out: list[str] = []
+    for line in lines:
+        rule = parse_rule(line)
+        if rule is None:
+            continue
+        text = line.strip()
+        negate = text.startswith("!")
+        if negate or text.startswith(("\\!", "\\#")):
+            text = text[1:]
+        dir_only = text.endswith("/")
+        text = text.rstrip("/")
+        anchored = "/" in text
+        body = prefix + (text.lstrip("/") if anchored else "**/" + text)
+        out.append(("!" if negate else "") + body + ("/" if dir_only else ""))
+    return out
