@@ -100,7 +100,10 @@ def run(root: Path, edits: int) -> dict[str, Any]:
             {
                 "apiVersion": "kled.io/v1",
                 "kind": "App",
-                "metadata": {"name": "web"},
+                "metadata": {
+                    "name": "web",
+                    "annotations": {"kled.io/dev-sync-roots": str(root / "remote")},
+                },
                 "spec": {"command": ["python3", str(original / "app.py"), str(port)]},
             }
         )

@@ -68,7 +68,10 @@ def test_the_service_name_reaches_the_dev_replica_and_the_app_again_after(
     mesh.start_agent(1)
     mesh.team("a", "100.93.0.0/16")
     ports = [{"name": "http", "port": 80, "targetPort": 8080}]
-    mesh.app("a", "web", {"command": [sys.executable, str(original), "8080"], "ports": ports})
+    remote = tmp_path / "remote"  # the dev session syncs into the app's workingDir
+    remote.mkdir()
+    web = {"command": [sys.executable, str(original), "8080"], "ports": ports}
+    mesh.app("a", "web", {**web, "workingDir": str(remote)})
     mesh.app("a", "client", {"command": IDLE_CMD})
     client = mesh.pod_ns(1, "a", "a.dev.client.0")
     eventually(lambda: Path(f"/run/netns/{client}").exists(), "the client's pod")
@@ -76,9 +79,8 @@ def test_the_service_name_reaches_the_dev_replica_and_the_app_again_after(
     try:
         eventually(lambda: _get(mesh, client, url) == "original", "the app by its name")
         before = mesh.get_app("a", "web")["spec"]
-        laptop, remote = tmp_path / "laptop", tmp_path / "remote"
+        laptop = tmp_path / "laptop"
         laptop.mkdir()
-        remote.mkdir()
         (laptop / "app.py").write_text(APP.format(message="from the laptop"))
         rule = {"local": ".", "remote": str(remote)}
         dev = {"sync": [rule], "command": [sys.executable, "app.py", "8080"],

@@ -148,7 +148,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             {
                 "apiVersion": "kled.io/v1",
                 "kind": "App",
-                "metadata": {"name": "web"},
+                "metadata": {
+                    "name": "web",
+                    "annotations": {"kled.io/dev-sync-roots": str(root / "remote")},
+                },
                 "spec": {
                     "command": ["python3", str(original), str(lab.port)],
                     "env": {MARK_VAR: MARK},

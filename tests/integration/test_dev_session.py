@@ -145,7 +145,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             {
                 "apiVersion": "kled.io/v1",
                 "kind": "App",
-                "metadata": {"name": "web", "labels": {"tier": "front"}},
+                "metadata": {
+                    "name": "web",
+                    "labels": {"tier": "front"},
+                    "annotations": {"kled.io/dev-sync-roots": str(root / "remote")},
+                },
                 "spec": {
                     "command": ["python3", str(original / "app.py"), str(port)],
                     "env": {MARK_VAR: MARK, "GREETING": "hi"},
@@ -254,6 +258,15 @@ def test_a_viewer_and_a_bad_kled_yaml_are_refused_with_one_line(lab: Lab) -> Non
     assert len(result.err.strip().splitlines()) == 1
     result = lab.hosts.cli("dev", "api", "-f", str(lab.config))
     assert result.code == 2 and "no dev.api" in result.err, result
+    # a process replica writes the node's own files: only where the app lets it
+    outside = lab.hosts.root / "outside.yaml"
+    outside.write_text(
+        yaml.safe_dump({"dev": {"web": {"sync": [{"local": ".", "remote": "/etc"}]}}})
+    )
+    result = lab.hosts.cli("dev", "web", "-f", str(outside))
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result
+    assert "dev.web.sync[0].remote: /etc is outside" in result.err, result
+    assert lab.spec() == before and "kled.io/dev-session" not in lab.annotations()
 
 
 def test_two_developers_on_two_apps_at_once_and_one_app_is_one_session(lab: Lab) -> None:
@@ -265,7 +278,10 @@ def test_two_developers_on_two_apps_at_once_and_one_app_is_one_session(lab: Lab)
         {
             "apiVersion": "kled.io/v1",
             "kind": "App",
-            "metadata": {"name": "api"},
+            "metadata": {
+                "name": "api",
+                "annotations": {"kled.io/dev-sync-roots": str(root / "remote2")},
+            },
             "spec": {
                 "command": ["python3", str(root / "api-original.py"), str(port)],
                 "env": {MARK_VAR: MARK},

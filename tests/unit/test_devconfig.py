@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kled.cli.devconfig import load, matches, target
+from kled.cli.devconfig import DevTarget, check_roots, load, matches, target
 from kled.errors import InvalidInput
 from kled.sync.plan import Strategy
 
@@ -91,3 +91,48 @@ def test_not_yaml_and_a_missing_file_are_one_line(tmp_path: Path) -> None:
 )
 def test_change_globs(patterns: list[str], paths: tuple[str, ...], expected: bool) -> None:
     assert matches(patterns, paths) is expected
+
+
+def _target(*remotes: str) -> DevTarget:
+    return DevTarget.model_validate({"sync": [{"local": ".", "remote": r} for r in remotes]})
+
+
+def _app(runtime: str = "process", working_dir: str | None = None, roots: str = "") -> dict:
+    spec: dict[str, object] = {"runtime": runtime}
+    if working_dir:
+        spec["workingDir"] = working_dir
+    annotations = {"kled.io/dev-sync-roots": roots} if roots else {}
+    return {"metadata": {"name": "api", "annotations": annotations}, "spec": spec}
+
+
+@pytest.mark.parametrize(
+    ("remotes", "app"),
+    [
+        (("src", "./lib"), _app()),  # relative: in the replica's working dir
+        (("/srv/api", "/srv/api/static"), _app(working_dir="/srv/api")),
+        (("/data/cache",), _app(working_dir="/srv/api", roots="/tmp/x, /data")),
+        (("/etc",), _app(runtime="container")),  # a container's own files
+    ],
+)
+def test_sync_folders_inside_the_allowed_roots(remotes: tuple[str, ...], app: dict) -> None:
+    check_roots("api", _target(*remotes), app, "kled.yaml")
+
+
+@pytest.mark.parametrize(
+    ("remotes", "app", "index", "where"),
+    [
+        (("/etc",), _app(), 0, "relative folders only, in its working dir"),
+        (("src", "/srv/apiary"), _app(working_dir="/srv/api"), 1, "/srv/api"),
+        (("/srv",), _app(working_dir="/srv/api", roots="/data"), 0, "/srv/api or /data"),
+    ],
+)
+def test_a_sync_folder_outside_the_roots_is_one_line(
+    remotes: tuple[str, ...], app: dict, index: int, where: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_roots("api", _target(*remotes), app, "kled.yaml")
+    message = str(caught.value)
+    assert message.startswith(
+        f"kled.yaml: dev.api.sync[{index}].remote: {remotes[index]} is outside"
+    )
+    assert f"({where})" in message and "\n" not in message

@@ -91,6 +91,11 @@ def dev(
     if not target.command:
         out("(no command in kled.yaml: syncing only)")
     with STATE.client() as client:
+        if not name.startswith("ws/"):
+            app_doc = client.get(
+                f"/api/v1/teams/{chosen_team}/environments/{chosen_env}/apps/{name}"
+            )
+            devconfig.check_roots(name, target, app_doc, path.name)
         runner = DevLoop(
             client, endpoint(), (chosen_team, chosen_env), name, target, path.parent.resolve()
         )

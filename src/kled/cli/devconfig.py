@@ -20,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -142,3 +142,38 @@ def matches(patterns: list[str], paths: tuple[str, ...]) -> bool:
             if "/" not in pattern and fnmatch.fnmatchcase(name, pattern):
                 return True
     return False
+
+
+#: the app annotation naming more folders (comma-separated, absolute) a process replica's
+#: dev session may sync into, besides its workingDir
+SYNC_ROOTS_ANNOTATION = "kled.io/dev-sync-roots"
+
+
+def allowed_roots(app: dict[str, Any]) -> list[str] | None:
+    """Where a dev session may sync into the app's replica: None for a container (its
+    own filesystem), else the process app's workingDir and its declared roots."""
+    spec = app.get("spec") or {}
+    if spec.get("runtime", "process") != "process":
+        return None
+    roots = [str(spec["workingDir"])] if spec.get("workingDir") else []
+    declared = ((app.get("metadata") or {}).get("annotations") or {}).get(SYNC_ROOTS_ANNOTATION)
+    roots += [r.strip() for r in str(declared or "").split(",") if r.strip()]
+    return [str(PurePosixPath(r)) for r in roots if r.startswith("/")]
+
+
+def check_roots(name: str, dev: DevTarget, app: dict[str, Any], config: str) -> None:
+    """Each sync's remote folder inside the allowed roots of ``app``, or one line naming
+    the rule. A relative folder stays in the replica's working dir (``..`` is refused)."""
+    roots = allowed_roots(app)
+    if roots is None:
+        return
+    for i, rule in enumerate(dev.sync):
+        remote = PurePosixPath(rule.remote)
+        if not remote.is_absolute() or any(remote.is_relative_to(r) for r in roots):
+            continue
+        where = " or ".join(roots) if roots else "relative folders only, in its working dir"
+        raise InvalidInput(
+            f"{config}: dev.{name}.sync[{i}].remote: {rule.remote} is outside what app {name}"
+            f" lets a dev session sync into ({where}): a process replica writes the node's"
+            f" own files; add the folder to the app's {SYNC_ROOTS_ANNOTATION} annotation"
+        )
