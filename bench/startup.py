@@ -145,22 +145,27 @@ class Server:
     def revision(self) -> int:
         return int(httpx.get(self.url + "/readyz", timeout=30).json()["revision"])
 
-    def without_ip(self, token: str) -> int:
+    def without_ip(self, token: str, teams: int, apps: int) -> int:
         """How many apps have no service IP yet (every team's, page by page)."""
         headers = {"Authorization": f"Bearer {token}"}
-        missing, cont = 0, None
+        having = 0
         with httpx.Client(base_url=self.url, headers=headers, timeout=60) as http:
-            while True:
-                params: dict[str, Any] = {"limit": 500}
-                if cont:
-                    params["continue"] = cont
-                page = http.get("/api/v1/apps", params=params).json()
-                for doc in page.get("items") or []:
-                    if not (doc.get("status") or {}).get("ip"):
-                        missing += 1
-                cont = (page.get("metadata") or {}).get("continue")
-                if not cont:
-                    return missing
+            for t in range(teams):
+                cont = None
+                while True:
+                    params: dict[str, Any] = {"limit": 500}
+                    if cont:
+                        params["continue"] = cont
+                    response = http.get(f"/api/v1/teams/t{t:03d}/apps", params=params)
+                    response.raise_for_status()
+                    page = response.json()
+                    for doc in page.get("items") or []:
+                        if (doc.get("status") or {}).get("ip"):
+                            having += 1
+                    cont = (page.get("metadata") or {}).get("continue")
+                    if not cont:
+                        break
+        return apps - having
 
 
 def run_backend(name: str, database: str | None, args: argparse.Namespace) -> dict[str, Any]:
@@ -174,10 +179,13 @@ def run_backend(name: str, database: str | None, args: argparse.Namespace) -> di
             began = time.perf_counter()
             serving = server.start()
             token = (data / "admin.token").read_text().strip()
-            while server.without_ip(token) and time.perf_counter() - began < args.give_up:
+            missing = server.without_ip
+            while (
+                missing(token, args.teams, args.apps) and time.perf_counter() - began < args.give_up
+            ):
                 time.sleep(0.5)
             caught_up = time.perf_counter() - began
-            left = server.without_ip(token)
+            left = missing(token, args.teams, args.apps)
             time.sleep(args.idle)  # let the other controllers finish their first round
             written = server.revision() - seeded_revision
             server.stop()
