@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import copy
 import inspect
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ZONE = "kled.internal"
 _SERVICE_KINDS = ("App", "ManagedService")
+#: status writes left by a rebuild, written at once (PostgreSQL's round trips overlap)
+BACKLOG_PARALLEL = 16
 _STATUS_TRIES = 8
 
 
@@ -214,17 +217,26 @@ class MeshController:
                 self._given[(team, pool, owner_kind, owner)] = ip
 
     async def _write_backlog(self) -> None:
-        """The status writes the rebuild left; each reads the resource as it is now."""
+        """The status writes the rebuild left, ``BACKLOG_PARALLEL`` at a time (one
+        resource each, so they never race); each reads the resource as it is now."""
         while self._backlog:
-            key = next(iter(self._backlog))
-            change = self._backlog.pop(key)
-            try:
-                await self._set_status(key, change)
-            except Unavailable:
-                self._backlog[key] = change  # again, after the pause the loop takes
-                raise
-            except KledError as e:
-                log.warning("meshctl: %s: %s", key, e)
+            keys = list(itertools.islice(self._backlog, BACKLOG_PARALLEL))
+            changes = [self._backlog.pop(key) for key in keys]
+            done = await asyncio.gather(
+                *(self._set_status(key, change) for key, change in zip(keys, changes, strict=True)),
+                return_exceptions=True,
+            )
+            failed: Unavailable | None = None
+            for key, change, result in zip(keys, changes, done, strict=True):
+                if isinstance(result, Unavailable):
+                    self._backlog[key] = change  # again, after the pause the loop takes
+                    failed = result
+                elif isinstance(result, KledError):
+                    log.warning("meshctl: %s: %s", key, result)
+                elif isinstance(result, BaseException):
+                    raise result
+            if failed is not None:
+                raise failed
 
     async def _guarded(self, work: Awaitable[None], kind: str, doc: dict[str, Any]) -> None:
         """One resource's failure (a refused block, a full range) must not stop the rest;
