@@ -134,3 +134,13 @@ def delete(name: str) -> None:
         except NotFound:
             raise NotFound(f"node/{name} not found: see `kled node list`") from None
     out(f"node/{name} deleted")
+
+
+def _register_ssh() -> None:
+    # after the commands above, so that `kled node --help` lists add/remove last
+    from kled.cli import nodes_ssh
+
+    nodes_ssh.register(app)
+
+
+_register_ssh()

@@ -1,0 +1,188 @@
+"""``kled node add --ssh``: a machine reached over real OpenSSH becomes a node, and goes.
+
+Host 1 of the lab (``agentlab.lab_mesh``) is "the machine": Debian's ``sshd`` runs in its
+network namespace with a throwaway host key and an authorized_keys in the test's folder;
+host 2 is the laptop that runs ``kled``; the control plane is on host 3. The install goes to
+a prefix of its own in the test's folder, so the agent really runs from the copied bundle
+(its own venv, not this checkout). The node registers, becomes Ready, runs an App's
+process replica; ``kled node remove`` stops it and removes every file. Bad input — a port
+with no sshd, a key the machine does not accept — is one line, and nothing is left. sshd,
+agents and replicas are killed at the end, even on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from agentlab import Mesh, eventually, lab_mesh, laptop_kled
+
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("netns")]
+
+SSHD = "/usr/sbin/sshd"
+PORT = 2222
+MACHINE = 1
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    if shutil.which(SSHD) is None or shutil.which("ssh") is None:
+        pytest.skip("needs Debian's openssh-server and openssh-client (make apt)")
+    with lab_mesh(tmp_path, 2, "sshnode") as m:
+        yield m
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def sshd(mesh: Mesh, tmp_path: Path) -> Iterator[Path]:
+    """sshd on host 1 at 198.18.0.1:2222; yields the folder with the client key ``id``."""
+    folder = tmp_path / "sshd"
+    folder.mkdir()
+    _keygen(folder / "host_key")
+    _keygen(folder / "id")
+    _keygen(folder / "other")
+    (folder / "authorized_keys").write_text((folder / "id.pub").read_text())
+    config = folder / "sshd_config"
+    config.write_text(
+        f"Port {PORT}\nListenAddress {mesh.lab.underlay_ip(MACHINE)}\n"
+        f"HostKey {folder / 'host_key'}\nAuthorizedKeysFile {folder / 'authorized_keys'}\n"
+        f"PidFile {folder / 'sshd.pid'}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        "StrictModes no\nUsePAM no\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+    # nsenter, not `ip netns exec`: the agent sshd starts must share the host's mount
+    # namespace, as a real machine's would, or the namespaces it makes stay hidden in one.
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{mesh.lab.host(MACHINE)}", SSHD, "-D", "-e", "-f",
+         str(config)],
+        stdout=subprocess.DEVNULL, stderr=open(folder / "sshd.log", "wb"),  # noqa: SIM115
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        eventually(lambda: (folder / "sshd.pid").exists() or proc.poll() is not None, "sshd")
+        assert proc.poll() is None, (folder / "sshd.log").read_text()
+        yield folder
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _kill_under(tmp_path / "remote")
+
+
+def _kill_under(prefix: Path) -> None:
+    """Whatever runs from an install under ``prefix`` (the loop and the agent)."""
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(str(prefix) in part for part in p.info["cmdline"] or []):
+            procs.append(p)
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(procs, timeout=10)
+
+
+def _kled(mesh: Mesh, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return laptop_kled(mesh, home, mesh.server.admin_token, *args)
+
+
+def _add_args(mesh: Mesh, folder: Path, prefix: Path, key: str = "id") -> list[str]:
+    return [
+        "node", "add", "--ssh", f"root@{mesh.lab.underlay_ip(MACHINE)}", "--port", str(PORT),
+        "--identity", str(folder / key), "--name", "far", "--prefix", str(prefix),
+        "--supervisor", "loop", "--timeout", "120",
+        "--agent-arg=--network=off", "--agent-arg=--heartbeat=1",
+    ]  # fmt: skip
+
+
+def _nodes(mesh: Mesh) -> list[str]:
+    docs = mesh.api("GET", "/api/v1/nodes")["items"]
+    return [d["metadata"]["name"] for d in docs]
+
+
+def test_a_machine_over_ssh_becomes_a_node_runs_a_replica_and_is_removed(
+    mesh: Mesh, sshd: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "laptop"
+    prefix = tmp_path / "remote" / "far"
+    added = _kled(mesh, home, *_add_args(mesh, sshd, prefix))
+    assert added.returncode == 0, added.stderr + added.stdout
+    assert "node/far added" in added.stdout
+
+    # the agent runs from the copy, with the token in a 0600 file and not on its command line
+    assert (prefix / "token").stat().st_mode & 0o777 == 0o600
+    agents = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if f"{prefix}/venv/bin/python" in (p.info["cmdline"] or [])
+    ]
+    assert agents, "no agent running from the copied venv"
+    assert all(mesh.token not in " ".join(p.cmdline()) for p in agents)
+    listed = _kled(mesh, home, "node", "list")
+    assert "far" in listed.stdout and "Ready" in listed.stdout
+
+    marker = tmp_path / "replica-ran"
+    mesh.team("a", "100.93.0.0/16")
+    mesh.app(
+        "a",
+        "worker",
+        {"runtime": "process", "command": ["sh", "-c", f"echo $$ > {marker}; exec sleep 100000"]},
+    )
+    eventually(marker.exists, "the app's replica running on the ssh node")
+    hosting = eventually(
+        lambda: {r.get("node") for r in mesh.get_app("a", "worker")["status"]["replicas"]},
+        "the replica's node in the app's status",
+    )
+    assert hosting == {"far"}
+
+    removed = _kled(mesh, home, "node", "remove", "far", "--timeout", "30")
+    assert removed.returncode == 0, removed.stderr + removed.stdout
+    assert "node/far removed" in removed.stdout
+    assert "far" not in _nodes(mesh)
+    assert not prefix.exists()
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(prefix) in " ".join(p.info["cmdline"] or [])
+    ]
+    # drained before the agent stopped: its replica went with it
+    replica = int(marker.read_text())
+    assert not psutil.pid_exists(replica) or psutil.Process(replica).status() == "zombie"
+
+
+def test_an_unreachable_machine_or_a_refused_key_is_one_line_and_leaves_nothing(
+    mesh: Mesh, sshd: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "laptop"
+    prefix = tmp_path / "remote" / "far"
+    args = _add_args(mesh, sshd, prefix)
+    wrong_port = [*args]
+    wrong_port[wrong_port.index(str(PORT))] = "2299"
+    refused = _kled(mesh, home, *wrong_port)
+    assert refused.returncode != 0
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot connect to root@198.18.0.1" in lines[0], refused.stderr
+
+    bad_key = _kled(mesh, home, *_add_args(mesh, sshd, prefix, key="other"))
+    assert bad_key.returncode != 0
+    assert "Permission denied" in bad_key.stderr, bad_key.stderr
+    assert len(bad_key.stderr.strip().splitlines()) == 1
+
+    assert not prefix.exists()
+    assert "far" not in _nodes(mesh)
+    never_added = _kled(mesh, home, "node", "remove", "far")
+    assert never_added.returncode != 0 and "not added with" in never_added.stderr
