@@ -152,7 +152,7 @@ def postgres_backup(mb: int, rounds: int) -> dict[str, Any]:
 
 def _packages() -> dict[str, str]:
     out = {}
-    for name in ("postgresql-15", "redis-server", "mariadb-server"):
+    for name in ("postgresql-15", "redis-server", "mariadb-server", "nats-server"):
         done = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", name],
                               capture_output=True, text=True, check=False)  # fmt: skip
         out[name] = done.stdout.strip() or "not installed"
@@ -204,7 +204,7 @@ def main() -> None:
     mb, rounds = (10, 1) if args.quick else (args.mb, args.rounds)
     result: dict[str, Any] = {"packages": _packages()}
     if not args.no_lab:
-        result["ready"] = ready_per_template(["postgres", "redis", "mariadb"])
+        result["ready"] = ready_per_template(["postgres", "redis", "mariadb", "nats"])
     result["postgres_backup"] = postgres_backup(mb, rounds)
     print(json.dumps(result, indent=2))
 

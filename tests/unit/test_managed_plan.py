@@ -17,10 +17,12 @@ from kled.control.managed import (
     RESTORE_NODE,
     ROTATE,
     Layout,
+    backup_command,
     clone_annotations,
     plan,
+    recorded,
 )
-from kled.errors import InvalidInput
+from kled.errors import Conflict, InvalidInput
 from kled.resources.kinds import validate
 from kled.resources.templates import BUILTIN, check_service, effective_parameters, template_spec
 
@@ -206,3 +208,25 @@ def test_clone_with_data_restores_the_latest_backup_on_its_node() -> None:
 def test_clone_with_data_of_a_service_without_backup_is_refused() -> None:
     with pytest.raises(InvalidInput, match=r"withData: managed service 'db' has no backup"):
         clone_annotations(service({"template": "postgres"}), with_data=True)
+
+
+def test_backup_command_is_the_server_command_made_a_dump() -> None:
+    serve = ["/py", "-m", "kled.agent.servicerun", "serve", "--engine", "postgres", "--param",
+             "max_connections=40", "--restore-from", "/b/x", "--port", "5432"]  # fmt: skip
+    status = {"phase": "Ready", "serverCommand": serve, "backupDir": "/b/db"}
+    ms = service({"template": "postgres"}, status=status)
+    assert backup_command(ms, "db") == [
+        "/py", "-m", "kled.agent.servicerun", "backup", "--engine", "postgres", "--port", "5432",
+        "--to", "/b/db", "--label", "db",
+    ]  # fmt: skip
+    ms["status"]["phase"] = "Provisioning"
+    with pytest.raises(Conflict, match="service db is Provisioning: its server must run"):
+        backup_command(ms, "db")
+
+
+def test_backups_of_status_and_of_an_older_annotation_together_oldest_first() -> None:
+    old = '[{"id": "a", "path": "/b/a", "time": "2026-01-01T00:00:00Z"}]'
+    listed = [{"id": "b", "path": "/b/b", "time": "2026-02-01T00:00:00Z"},
+              {"id": "a", "path": "/b/a", "time": "2026-01-01T00:00:00Z"}]  # fmt: skip
+    ms = service({"template": "postgres"}, annotations={BACKUPS: old}, status={"backups": listed})
+    assert [b["id"] for b in recorded(ms)] == ["a", "b"]

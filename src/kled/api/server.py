@@ -31,6 +31,7 @@ from kled.api.gitsync import GitOps
 from kled.api.hosts import HostServices
 from kled.api.intercepts import InterceptServices
 from kled.api.managed import ManagedServices
+from kled.api.managed import router as managed_router
 from kled.api.mesh import MeshServices
 from kled.api.policies import DatabaseViolationSink, PolicyFeed, StorePolicySource, StoreReader
 from kled.api.service import Service
@@ -218,6 +219,7 @@ class ControlPlane:
                 device_feed.router,
                 intercepts.router,
                 usage.router,
+                managed_router,
                 gitops_router,
                 workspace_sources.router,
             ],

@@ -29,7 +29,6 @@ from kled.errors import Conflict, InvalidInput, NotFound, PermanentError
 app = typer.Typer(no_args_is_help=True)
 
 ROTATE = "kled.io/rotate"
-BACKUPS = "kled.io/backups"
 RESTORE_FROM = "kled.io/restore-from"
 RESTORE_NODE = "kled.io/restore-node"
 PURGE_FILE = "purge-on-stop"
@@ -99,46 +98,11 @@ def _run_in_server(team: str, env: str, doc: dict[str, Any], command: list[str])
     return stdout.decode(errors="replace")
 
 
-def _runner(doc: dict[str, Any], verb: str) -> list[str]:
-    """The server app's own ``servicerun`` command line, with ``verb`` instead of serve."""
-    status = doc.get("status") or {}
-    server = status.get("serverCommand") or []
-    if not server:
-        raise PermanentError("the service's status has no server command yet: try again")
-    cut = server.index("serve")
-    keep, rest, skip = server[:cut], [], False
-    for arg in server[cut + 1 :]:
-        if skip:
-            skip = False
-            continue
-        if arg in ("--param", "--restore-from"):
-            skip = True
-            continue
-        rest.append(arg)
-    return [*keep, verb, *rest]
-
-
 def take_backup(team: str, env: str, name: str, label: str | None = None) -> dict[str, Any]:
-    doc = _get(team, env, name)
-    status = doc.get("status") or {}
-    command = _runner(doc, "backup")
-    command += ["--to", str(status.get("backupDir")), "--label", label or name]
-    taken: dict[str, Any] = json.loads(_run_in_server(team, env, doc, command))
-    taken["node"] = status.get("node")
-    for attempt in range(_TRIES):
-        current = _get(team, env, name)
-        notes = (current["metadata"].get("annotations") or {}).get(BACKUPS) or "[]"
-        try:
-            listed = json.loads(notes)
-        except ValueError:
-            listed = []
-        listed = [*listed, taken][-50:]
-        try:
-            _annotate(team, env, name, BACKUPS, json.dumps(listed, separators=(",", ":")))
-            break
-        except Conflict:
-            if attempt == _TRIES - 1:
-                raise
+    """The control plane dumps the service in its server and lists it in status.backups."""
+    body = {"label": label} if label else {}
+    with STATE.client() as client:
+        taken: dict[str, Any] = client.post(f"{_path(team, env, name)}/backup", body)
     return taken
 
 

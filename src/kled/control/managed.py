@@ -99,6 +99,39 @@ def find_template(name: str, stored: Mapping[str, Any] | None) -> dict[str, Any]
     return BUILTIN.get(name)
 
 
+def backup_command(ms: Mapping[str, Any], label: str) -> list[str]:
+    """The server's own ``servicerun`` command line made a dump into its backup folder.
+    Pure; :class:`Conflict` when the server does not run."""
+    status = ms.get("status") or {}
+    name = ms["metadata"]["name"]
+    server = [str(a) for a in status.get("serverCommand") or []]
+    if "serve" not in server or status.get("phase") not in ("Ready", "Degraded"):
+        raise Conflict(
+            f"service {name} is {status.get('phase') or 'not provisioned'}: "
+            "its server must run for this (see `kled service describe`)"
+        )
+    cut = server.index("serve")
+    rest, skip = [], False
+    for arg in server[cut + 1 :]:
+        if skip or arg in ("--param", "--restore-from"):
+            skip = not skip
+            continue
+        rest.append(arg)
+    return [*server[:cut], "backup", *rest, "--to", str(status["backupDir"]), "--label", label]
+
+
+def recorded(ms: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The service's backups: those in its status (recorded by the control plane) and
+    those an older ``kled service backup`` wrote in its annotation, oldest first."""
+    annotations = (ms.get("metadata") or {}).get("annotations") or {}
+    found = {b["id"]: b for b in _backups(annotations.get(BACKUPS))}
+    for b in (ms.get("status") or {}).get("backups") or []:
+        if isinstance(b, dict) and "id" in b:
+            found[str(b["id"])] = dict(b)
+    ordered = sorted(found.values(), key=lambda b: (str(b.get("time") or ""), str(b["id"])))
+    return ordered[-_KEEP_BACKUPS:]
+
+
 #: what a clone of a service never takes from its source (``kled env clone``)
 _NOT_CLONED = (BACKUPS, RESTORE_FROM, RESTORE_NODE, ROTATE)
 
@@ -115,9 +148,7 @@ def clone_annotations(ms: Mapping[str, Any], *, with_data: bool) -> dict[str, st
             if k not in _NOT_CLONED}  # fmt: skip
     if not with_data:
         return kept
-    backups = (ms.get("status") or {}).get("backups") or _backups(
-        (meta.get("annotations") or {}).get(BACKUPS)
-    )
+    backups = recorded(ms)
     if not backups:
         raise InvalidInput(
             f"withData: managed service {meta.get('name')!r} has no backup to clone from "
@@ -221,9 +252,9 @@ def plan(
         dataDir=data,
         backupDir=backups,
     )
-    recorded = _backups(annotations.get(BACKUPS))
-    if recorded:
-        status["backups"] = recorded
+    listed = recorded(ms)
+    if listed:
+        status["backups"] = listed
     host = status.get("dns")
     if not host:
         status.update(phase="Provisioning", reason="WaitingForAddress",
@@ -453,6 +484,12 @@ class ManagedServiceController:
             if current is None:
                 return
             merged = {**(current.get("status") or {}), **status}
+            # the backup route appends to status.backups: keep what it recorded meanwhile
+            both = [*((current.get("status") or {}).get("backups") or []),
+                    *(status.get("backups") or [])]  # fmt: skip
+            listed = recorded({"metadata": current["metadata"], "status": {"backups": both}})
+            if listed:
+                merged["backups"] = listed
             # meshctl owns ip/dns: keep what it wrote meanwhile
             for field_name in ("ip", "dns"):
                 if field_name in (current.get("status") or {}):
