@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 APT_STAMP := .apt.installed
 APT_PACKAGES := iproute2 nftables wireguard-go wireguard-tools podman runc \
 	bind9-dnsutils dnsperf dnsmasq-base iperf3 wrk busybox-static procps chromium \
-	postgresql redis-server mariadb-server openssh-client
+	postgresql redis-server mariadb-server openssh-client openssh-server debootstrap
 PYTEST_WORKERS ?= 2
 # extra flags for kled up, e.g. UP_FLAGS="--listen 0.0.0.0:7080 --dns-listen 0.0.0.0:53"
 UP_FLAGS ?=
