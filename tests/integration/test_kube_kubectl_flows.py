@@ -77,3 +77,57 @@ def test_kustomize_apply_diff_delete(
     # the first generated ConfigMap (its name hashes "blue") is left, as without --prune
     left = k.ok("get", "svc,cm", "-l", "team=shop", "-o", "name").split()
     assert left == [f"configmap/{name}"]
+
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: "localhost/kled-test:v1"}
+"""
+
+
+def _image(k: Kubectl) -> str:
+    return k.ok("get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}")
+
+
+@pytest.mark.parametrize("version", ["1.27", None, "1.33"])
+def test_rollout_history_and_undo_through_replicasets(
+    configs: dict[str, Path], tmp_path: Path, version: str | None
+) -> None:
+    binary = kubectl_binary(version)
+    if binary is None:
+        pytest.skip(f"kubectl {version or ''} is not installed beside the one on the PATH")
+    k = Kubectl(binary, configs["admin"], tmp_path / "home")
+    k.ok("apply", "-f", "-", stdin=DEPLOYMENT)
+    k.ok("set", "image", "deploy/web", "web=localhost/kled-test:v2")
+    k.ok("annotate", "deploy/web", "kubernetes.io/change-cause=to v2")
+
+    history = k.ok("rollout", "history", "deploy/web")
+    rows = [line.split(None, 1) for line in history.splitlines()[2:] if line.strip()]
+    assert [r[0] for r in rows] == ["1", "2"], history
+    sets = k.ok("get", "rs").splitlines()
+    assert sets[0].split()[:4] == ["NAME", "DESIRED", "CURRENT", "READY"]
+    assert sorted(line.split()[1] for line in sets[1:]) == ["0", "2"]
+    assert "localhost/kled-test:v2" in k.ok("rollout", "history", "deploy/web", "--revision=2")
+
+    assert "rolled back" in k.ok("rollout", "undo", "deploy/web")
+    assert _image(k) == "localhost/kled-test:v1"
+    history = k.ok("rollout", "history", "deploy/web")
+    assert [line.split()[0] for line in history.splitlines()[2:] if line.strip()] == ["2", "3"]
+    k.ok("rollout", "undo", "deploy/web", "--to-revision=2")
+    assert _image(k) == "localhost/kled-test:v2"
+    revision = "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}"
+    assert k.ok("get", "deploy", "web", "-o", revision) == "4"
+
+    done = k("delete", "rs", "--all")
+    assert done.returncode == 1 and "not supported" in done.stderr
+    k.ok("delete", "deploy", "web")
+    assert "No resources found" in k("get", "rs").stderr

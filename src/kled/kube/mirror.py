@@ -17,7 +17,7 @@ from typing import Any
 
 from kled.api.service import ADMIN, Service
 from kled.errors import Conflict, KledError, NotFound
-from kled.kube import events, workloads
+from kled.kube import events, history, workloads
 from kled.kube.objects import ClusterObjects
 from kled.kube.served import by_kind
 from kled.store.objects import Key
@@ -58,6 +58,7 @@ async def sync_deployment(svc: Service, objects: ClusterObjects, namespace: str,
         with contextlib.suppress(NotFound):
             await svc.delete(ADMIN, sealed_key)
         await mirror_pods(objects, namespace, name, None)
+        await history.sync(objects, namespace, name)
         return
     if await svc.store.find(Key("Environment", objects.team, "", env)) is None:
         doc = {
@@ -84,6 +85,7 @@ async def sync_deployment(svc: Service, objects: ClusterObjects, namespace: str,
     if sealed is None:
         with contextlib.suppress(NotFound):
             await svc.delete(ADMIN, sealed_key)
+    await history.sync(objects, namespace, name)
 
 
 async def delete_namespace_apps(svc: Service, objects: ClusterObjects, namespace: str) -> None:
@@ -129,6 +131,7 @@ async def mirror_pods(
         if deployment.get("status") != status:
             with contextlib.suppress(NotFound):
                 await objects.update_status(DEPLOYMENT, namespace, name, status)
+            await history.sync(objects, namespace, name)
 
 
 class WorkloadMirror:

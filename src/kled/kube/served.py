@@ -75,6 +75,16 @@ SERVED: tuple[Served, ...] = (
         categories=("all",),
         subresources=("status", "scale"),
     ),
+    Served(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        True,
+        ("rs",),
+        READ_VERBS,
+        categories=("all",),
+    ),
 )
 
 GROUPS: dict[str, tuple[str, ...]] = {"apps": ("v1",)}

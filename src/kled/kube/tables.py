@@ -131,6 +131,13 @@ COLUMNS: dict[str, list[Column]] = {
         ),
         ("Message", "string", "", lambda o: o.get("message", "")),
     ],
+    "ReplicaSet": [
+        _NAME,
+        ("Desired", "integer", "", lambda o: _spec(o).get("replicas", 0)),
+        ("Current", "integer", "", lambda o: _status(o).get("replicas", 0)),
+        ("Ready", "integer", "", lambda o: _status(o).get("readyReplicas", 0)),
+        _AGE,
+    ],
     "ResourceQuota": [
         _NAME,
         _AGE,

@@ -181,8 +181,18 @@ def env_secret_doc(
     }
 
 
+def _without_nulls(value: Any) -> Any:
+    """``value`` with null fields dropped: Kubernetes clients send ``creationTimestamp:
+    null`` in a template (``kubectl rollout undo`` does), which means no value."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def template_hash(deployment: dict[str, Any]) -> str:
-    text = json.dumps(deployment["spec"]["template"], sort_keys=True)
+    text = json.dumps(_without_nulls(deployment["spec"]["template"]), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()
     return "".join(c for c in digest if c in "bcdfghjklmnpqrstvwxz2456789")[:10].ljust(10, "b")
 
