@@ -5,7 +5,8 @@ control plane runs on host 3 (``agentlab.lab_mesh``). ``kled ws up`` from the la
 busybox workspace on node1: it gets its own pod namespace with a team IP (shown by ``kled ws
 status``), ``wget http://api.dev/`` inside it reaches the app through the team's DNS, and,
 once the laptop joined the mesh over WireGuard, ``<ws>.a.<zone>`` resolves to that IP and a
-server started in the workspace answers the laptop there.
+server started in the workspace answers the laptop there; ``kled intercept start api --to
+ws/NAME`` sends the app's traffic to that server until ``stop``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def test_a_workspace_reaches_apps_by_name_and_a_laptop_reaches_it_by_its_name(
     mesh.team("a", TEAM_A_BLOCK)
     token = mesh.user_token("a", "alice")
     mesh.app("a", "api", {"command": serve_cmd(), "ports": [{"port": 80, "targetPort": 8080}]})
-    eventually(lambda: mesh.get_app("a", "api")["status"]["ip"], "api service IP")
+    service_ip = eventually(lambda: mesh.get_app("a", "api")["status"]["ip"], "api service IP")
     folder = tmp_path / name
     (folder / ".devcontainer").mkdir(parents=True)
     (folder / ".devcontainer" / "devcontainer.json").write_text(json.dumps({"image": image}))
@@ -103,6 +104,22 @@ def test_a_workspace_reaches_apps_by_name_and_a_laptop_reaches_it_by_its_name(
             return mesh.ask(mesh.lab.host(2), ip, 9000, count=1) == ["ws-box"]
 
         assert eventually(answered, "the workspace answering the laptop over the mesh")
+
+        # An intercept to the workspace: the app's traffic goes to its server, then back.
+        def lands(where: str) -> bool:
+            answers = mesh.ask(mesh.lab.host(2), service_ip, 80, count=2)
+            return all(a.startswith(where) for a in answers)
+
+        assert eventually(lambda: lands("api-"), "the replica answering the laptop")
+        started = laptop_kled(mesh, home, token, "intercept", "start", "api", "-e", "dev",
+                              "--to", f"ws/{name}", "--port", "80:9000")  # fmt: skip
+        assert started.returncode == 0, started.stderr + mesh.dump_logs()
+        assert f"goes to workspace/{name}" in started.stdout
+        assert "active on 1/1 gateways" in started.stdout, started.stdout
+        assert lands("ws-box"), "the replica answered right after `intercept start` returned"
+        stopped = laptop_kled(mesh, home, token, "intercept", "stop", "api", "-e", "dev")
+        assert stopped.returncode == 0, stopped.stderr
+        assert lands("api-"), "the workspace answered after `intercept stop` returned"
 
         gone = laptop_kled(mesh, home, token, "ws", "delete", name, "--yes")
         assert gone.returncode == 0, gone.stderr

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from kled.control.hostnet import (
     HostStateComposer,
+    InterceptInfo,
     MeshSnapshot,
     NodeAddresses,
     PodAddressBook,
@@ -16,6 +20,7 @@ from kled.control.hostnet import (
 )
 from kled.resources.hoststate import HostDesiredState, ReplicaSpec
 from kled.resources.netstate import ServicePort
+from kled.resources.specs import InterceptSpec
 from kled.resources.workspacestate import WorkspaceOnHost
 
 
@@ -72,3 +77,24 @@ async def test_the_composer_tells_the_workspaces_names_when_they_move() -> None:
     await composer.put("n1", HostDesiredState(node="n1", workspaces=[]))
     assert told[-1] == {}
     assert sent["n1"].network.pods == ()
+
+
+def test_an_intercept_to_a_workspace_points_the_service_at_its_pod() -> None:
+    snap = _snap()
+    snap.intercepts.append(
+        InterceptInfo("acme", "dev", "api-ws-shop", "api", "", ((80, 9000),), workspace="shop")
+    )
+    ws = WorkspaceOnHost(team="acme", name="shop")
+    nets = build_networks(snap, {"n1": [_api(0)]}, PodAddressBook(), workspaces={"n1": [ws]})
+    [svc] = nets["n1"].teams[0].services
+    assert svc.intercept is not None
+    assert (svc.intercept.target_ip, svc.intercept.port_map) == ("100.65.8.10", {80: 9000})
+    # No pod for it (not placed): the app keeps its replicas.
+    alone = build_networks(snap, {"n1": [_api(0)]}, PodAddressBook())
+    assert alone["n1"].teams[0].services[0].intercept is None
+
+
+def test_an_intercept_target_is_a_device_or_ws_and_a_workspace() -> None:
+    assert InterceptSpec(app="api", device="ws/shop").device == "ws/shop"
+    with pytest.raises(ValidationError, match="ws/ and a workspace's name"):
+        InterceptSpec(app="api", device="ws/Shop!")

@@ -42,6 +42,7 @@ from kled.api.service import Service
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
 from kled.resources.netstate import PersonalIntercept
 from kled.resources.registry import kind_info
+from kled.resources.specs import WORKSPACE_TARGET
 from kled.store.follow import follow_events
 from kled.store.objects import Event, Key, Store
 
@@ -189,7 +190,19 @@ class InterceptServices:
         if header:
             check_header(header)
             self._check_tcp(app, spec)
-        device = await self.store.find(Key("Device", team, "", str(spec.get("device", ""))))
+        target = str(spec.get("device", ""))
+        device = await self._target(team, target)
+        if target.startswith(WORKSPACE_TARGET):
+            if device is None or _deleting(device):
+                raise InvalidInput(
+                    f"workspace {target[3:]!r} not found in team {team}", field="spec.device"
+                )
+            # Who may exec into the workspace may point traffic at it.
+            authz.authorize(
+                request.user, "update", kind_info("Workspace"), team, f"workspace/{team}/{target}"
+            )
+            await self._check_unique(team, env, request.name, spec)
+            return HookResult()
         if device is None or _deleting(device):
             raise InvalidInput(
                 f"device {spec.get('device')!r} not found in team {team}", field="spec.device"
@@ -285,12 +298,14 @@ class InterceptServices:
             await self._end(event.team, None, lambda s: s.get("device") == event.name)
         elif event.kind == "Device":
             await self._report_device(event.team, event.name, event.object)
+        elif event.kind == "Workspace" and not gone:
+            # its pod IP came or changed: intercepts to ws/<name> follow it
+            target = WORKSPACE_TARGET + event.name
+            await self._report_device(event.team, target, event.object)
         elif event.kind == "Node":
             await self._node_fallback(event.name, None if gone else event.object)
         elif event.kind == "Intercept" and event.type == "ADDED":
-            device = await self.store.find(
-                Key("Device", event.team, "", str(_spec(event.object).get("device")))
-            )
+            device = await self._target(event.team, str(_spec(event.object).get("device")))
             await self._report(event.object, device)
 
     async def _end(self, team: str, env: str | None, points_here: Any) -> None:
@@ -307,6 +322,15 @@ class InterceptServices:
             )
             with contextlib.suppress(NotFound):
                 await self.store.delete(Key.of(doc))
+
+    async def _target(self, team: str, target: str) -> dict[str, Any] | None:
+        """The Device an intercept points at, or the Workspace for ``ws/<name>``: either
+        has its mesh address in ``status.ip``."""
+        if target.startswith(WORKSPACE_TARGET):
+            return await self.store.find(
+                Key("Workspace", team, "", target.removeprefix(WORKSPACE_TARGET))
+            )
+        return await self.store.find(Key("Device", team, "", target))
 
     async def _report_device(self, team: str, name: str, device: dict[str, Any]) -> None:
         for doc in (await self.store.list("Intercept", team)).items:
@@ -347,9 +371,7 @@ class InterceptServices:
             for intercept in (await self.store.list("Intercept", team)).items:
                 if _deleting(intercept):
                     continue
-                device = await self.store.find(
-                    Key("Device", team, "", str(_spec(intercept).get("device")))
-                )
+                device = await self._target(team, str(_spec(intercept).get("device")))
                 await self._report(intercept, device)
 
     async def _report(self, doc: dict[str, Any], device: dict[str, Any] | None) -> None:

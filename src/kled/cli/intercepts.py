@@ -205,7 +205,9 @@ def _run_then_stop(command: list[str], variables: dict[str, str], stop: Any) -> 
 def start(
     ctx: typer.Context,
     app_name: Annotated[str, typer.Argument(metavar="APP", help="The app to intercept.")],
-    to: Annotated[str, typer.Option("--to", help="The device that receives the traffic.")],
+    to: Annotated[
+        str, typer.Option("--to", help="The device (or ws/WORKSPACE) that receives the traffic.")
+    ],
     port: PortOption = None,
     header: HeaderOption = None,
     on_device_offline: Annotated[
@@ -256,7 +258,8 @@ def start(
         started = time.monotonic()
         client.post(path, doc)
         what = f"requests with {match['name']}: {match['value']}" if match else "all traffic"
-        out(f"intercept/{name} created: {what} to app/{app_name} goes to device/{to}")
+        where = f"workspace/{to[3:]}" if to.startswith("ws/") else f"device/{to}"
+        out(f"intercept/{name} created: {what} to app/{app_name} goes to {where}")
         if not no_wait:
             _wait_started(client, chosen_team, chosen_env, name, timeout, started)
         if env_file is not None:

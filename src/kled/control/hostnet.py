@@ -26,6 +26,7 @@ Everything here but the composer's forwarding is pure and is tested without a ho
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import ipaddress
 import logging
@@ -114,6 +115,9 @@ class InterceptInfo:
     header: tuple[str, str] | None = None
     #: what the gateways do while the device is silent: fallback to the replicas, or keep
     on_device_offline: str = "fallback"
+    #: set when the target is a workspace (``ws/<name>``): its pod IP is known only once
+    #: ``build_networks`` gave it one, and fills ``device_ip`` then
+    workspace: str | None = None
 
 
 @dataclass
@@ -234,7 +238,9 @@ def snapshot_from_documents(
     }
     for doc in intercepts:
         meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
-        device_ip = device_ips.get((meta.get("team"), spec.get("device")))
+        target = str(spec.get("device") or "")
+        workspace = target[3:] if target.startswith("ws/") else None
+        device_ip = "" if workspace else device_ips.get((meta.get("team"), target))
         if meta.get("deletionTimestamp") or device_ip is None:
             continue
         header = spec.get("header")
@@ -251,6 +257,7 @@ def snapshot_from_documents(
                 ),
                 header=(str(header["name"]), str(header["value"])) if header else None,
                 on_device_offline=str(spec.get("onDeviceOffline") or "fallback"),
+                workspace=workspace,
             )
         )
     return snap
@@ -441,7 +448,13 @@ def build_networks(
                     backends.setdefault((team, r.environment, r.app), []).append(ip)
     book.forget_except(p.replica_id for ps in pods.values() for p in ps)
     intercepts: dict[tuple[str, str, str], list[InterceptInfo]] = {}
+    ws_ips = workspace_ips(book)
     for icpt in snap.intercepts:
+        if icpt.workspace is not None:
+            ws_ip = ws_ips.get(icpt.team, {}).get(icpt.workspace)
+            if ws_ip is None:
+                continue  # the workspace has no pod (yet): nothing to point at
+            icpt = dataclasses.replace(icpt, device_ip=ws_ip)
         intercepts.setdefault((icpt.team, icpt.env, icpt.app), []).append(icpt)
     services: dict[str, list[Service]] = {}
     for info in sorted(snap.services, key=lambda s: (s.team, s.env, s.name)):

@@ -12,7 +12,14 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, Strict, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
 
 from kled.errors import InvalidInput
 from kled.resources.fields import (
@@ -498,6 +505,12 @@ class AppSpec(KledModel):
                 )
 
 
+class ServiceStorage(KledModel):
+    size: Memory
+    """The most the service's data may take (``10Gi``): a size smaller than the data
+    directory already holds is refused (``docs/services.md``)."""
+
+
 class ManagedServiceSpec(KledModel):
     template: DnsLabel
     """A template name: postgres, redis, mysql, mongodb, nats, or one an admin added."""
@@ -507,6 +520,7 @@ class ManagedServiceSpec(KledModel):
     """The Secret that receives the credentials (default: the service's name)."""
     resources: Resources | None = None
     """CPU and memory of the server (``docs/services.md``)."""
+    storage: ServiceStorage | None = None
 
 
 # --- Workspace, Intercept ------------------------------------------------------------------
@@ -583,9 +597,21 @@ class HeaderMatch(KledModel):
         return value
 
 
+#: an intercept's target that is a workspace, not a device: ``ws/<name>``
+WORKSPACE_TARGET = "ws/"
+
+
+def _check_intercept_target(value: str) -> str:
+    name = value.removeprefix(WORKSPACE_TARGET)
+    if not is_dns_label(name):
+        raise problem("must be a device's name, or ws/ and a workspace's name")
+    return value
+
+
 class InterceptSpec(KledModel):
     app: DnsLabel
-    device: DnsLabel
+    #: a device's name, or ``ws/<workspace>``
+    device: Annotated[str, AfterValidator(_check_intercept_target)]
     ports: list[InterceptPort] = []
     """The ports to intercept; empty means every port of the app."""
     header: HeaderMatch | None = None
