@@ -198,9 +198,8 @@ class InterceptServices:
                     f"workspace {target[3:]!r} not found in team {team}", field="spec.device"
                 )
             # Who may exec into the workspace may point traffic at it.
-            authz.authorize(
-                request.user, "update", kind_info("Workspace"), team, f"workspace/{team}/{target}"
-            )
+            what = f"workspace/{team}/{target.removeprefix(WORKSPACE_TARGET)}"
+            authz.authorize(request.user, "update", kind_info("Workspace"), team, what)
             await self._check_unique(team, env, request.name, spec)
             return HookResult()
         if device is None or _deleting(device):
