@@ -282,6 +282,24 @@ def test_postgres_only_its_team_reaches_it_and_clone_with_data(mesh: Mesh, tmp_p
     assert done.returncode != 0 and "kept" not in done.stdout, done
     assert "connection to server" in done.stderr, done.stderr  # not a password refused
 
+    # storage.size smaller than the data is refused with the field path; a size that holds
+    # it is taken; describe shows what the data directory takes, measured on the node.
+    def resize(size: str) -> Any:
+        doc = _service(mesh, "db")
+        doc["spec"]["storage"] = {"size": size}
+        with mesh.server.client() as c:
+            return c.put(f"{ENV}/managedservices/db", json=doc)
+
+    refused = resize("64Ki")
+    assert refused.status_code == 422, refused.text
+    assert "spec.storage.size: storage smaller than the data" in refused.text, refused.text
+    assert "storage" not in _service(mesh, "db")["spec"]  # nothing stored
+    assert resize("10Gi").status_code == 200
+    described = _cli(mesh, tmp_path, token, "service", "describe", "db")
+    assert " MiB of 10Gi)" in described, described
+    assert _service(mesh, "db")["status"]["dataBytes"] > 1 << 20
+    assert resize("64Ki").status_code == 422  # shrinking likewise
+
     # kled top and /metrics show the service under its name, not as its server app.
     def top() -> list[str] | None:
         rows = _cli(mesh, tmp_path, token, "top", "services").splitlines()

@@ -6,6 +6,7 @@ the stream's messages and that service's own password."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -108,6 +109,12 @@ def test_nats_account_jetstream_backup_and_restore(root: Path) -> None:
         assert asyncio.run(_publish(url)) == 65536  # the parameter reached the server
         assert asyncio.run(_refused(f"nats://app:wrong@127.0.0.1:{port}"))
         assert not (root / "svc" / "run" / "nats.conf").stat().st_mode & 0o077
+        # what the data directory takes, as du counts it (the stream's files among it)
+        used = subprocess.run(_runner("usage", root / "svc", port), env=ENV,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        du = subprocess.run(["du", "-sB1", str(root / "svc" / "data")], capture_output=True,
+                            text=True, check=True)  # fmt: skip
+        assert json.loads(used.stdout)["dataBytes"] == int(du.stdout.split()[0])
         backups = root / "backups"
         done = subprocess.run(_runner("backup", root / "svc", port, "--to", str(backups),
                                       "--label", "bus"), env=ENV, capture_output=True,

@@ -464,10 +464,25 @@ def backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_bytes(folder: Path) -> int:
+    """What the files under ``folder`` take on disk, as ``du`` counts it."""
+    total = 0
+    for where, _, files in os.walk(folder):
+        for name in [".", *files]:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(where, name)).st_blocks * 512
+    return total
+
+
+def usage(args: argparse.Namespace) -> int:
+    print(json.dumps({"dataBytes": data_bytes(Layout(args.data).data)}), flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="servicerun")
     sub = parser.add_subparsers(dest="verb", required=True)
-    for verb in ("serve", "health", "backup"):
+    for verb in ("serve", "health", "backup", "usage"):
         p = sub.add_parser(verb)
         p.add_argument("--engine", choices=sorted(ENGINES), required=True)
         p.add_argument("--bin-dir", required=True)
@@ -491,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for name in [n for n in os.environ if n.startswith(_CLIENT_VARS)]:
         del os.environ[name]
-    verbs = {"serve": serve, "health": health, "backup": backup}
+    verbs = {"serve": serve, "health": health, "backup": backup, "usage": usage}
     try:
         return verbs[args.verb](args)
     except ServiceError as e:

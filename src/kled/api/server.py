@@ -106,7 +106,7 @@ class ControlPlane:
         hosts = self.hosts
         self.dev = DevSessions(self.service, s.dev_grace_seconds, lambda: hosts.office)
         self.gitops = GitOps(self.service, s.data_dir / "gitops")
-        self.managed = ManagedServices(self.service)
+        self.managed = ManagedServices(self.service, lambda: hosts.office)
         # Their admission checks hold on every replica; their controllers run on one.
         for hook in (self.mesh.check_team, self.intercepts.admit, self.managed.admit):
             self.service.chain.add_validating(hook)

@@ -13,6 +13,7 @@ which instead has the server remove its data when it stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -24,7 +25,7 @@ from kled.cli.exec_client import open_exec
 from kled.cli.logs import logs as show_logs
 from kled.cli.output import align, out, to_json, to_yaml
 from kled.cli.state import STATE, EnvOption, TeamOption
-from kled.errors import Conflict, InvalidInput, NotFound, PermanentError
+from kled.errors import Conflict, InvalidInput, KledError, NotFound, PermanentError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -151,7 +152,7 @@ def describe(
         f"Address:    {s.get('dns') or '-'}:{s.get('port') or '-'}  (service IP {s.get('ip')})",
         f"Secret:     {s.get('secret') or '-'}  (apps: envFrom: [{{managedService: {name}}}])",
         f"Node:       {s.get('node') or '-'}",
-        f"Data:       {s.get('dataDir') or '-'}",
+        f"Data:       {s.get('dataDir') or '-'}{_data_usage(t, e, name, doc)}",
         f"Parameters: {json.dumps(spec.get('parameters') or {})}",
         "Backups:",
     ]
@@ -160,6 +161,18 @@ def describe(
     if not backups:
         lines.append("  none (`kled service backup NAME`)")
     out("\n".join(lines))
+
+
+def _data_usage(team: str, env: str, name: str, doc: dict[str, Any]) -> str:
+    """`` (12.3 MiB of 1Gi)``: measured now when the server runs, else as last measured."""
+    size = ((doc.get("spec") or {}).get("storage") or {}).get("size") or "no storage.size"
+    held = (doc.get("status") or {}).get("dataBytes")
+    if (doc.get("status") or {}).get("phase") in ("Ready", "Degraded"):
+        with STATE.client() as client, contextlib.suppress(KledError):
+            held = client.get(f"{_path(team, env, name)}/usage")["dataBytes"]
+    if not isinstance(held, int):
+        return ""
+    return f"  ({held / (1 << 20):.1f} MiB of {size})"
 
 
 @app.command("logs")

@@ -102,6 +102,13 @@ def find_template(name: str, stored: Mapping[str, Any] | None) -> dict[str, Any]
 def backup_command(ms: Mapping[str, Any], label: str) -> list[str]:
     """The server's own ``servicerun`` command line made a dump into its backup folder.
     Pure; :class:`Conflict` when the server does not run."""
+    backup_dir = str((ms.get("status") or {}).get("backupDir"))
+    return [*server_verb(ms, "backup"), "--to", backup_dir, "--label", label]
+
+
+def server_verb(ms: Mapping[str, Any], verb: str) -> list[str]:
+    """The server's own ``servicerun`` command line with ``verb`` instead of ``serve``
+    (without its parameters and restore). Pure; :class:`Conflict` when it does not run."""
     status = ms.get("status") or {}
     name = ms["metadata"]["name"]
     server = [str(a) for a in status.get("serverCommand") or []]
@@ -117,7 +124,7 @@ def backup_command(ms: Mapping[str, Any], label: str) -> list[str]:
             skip = not skip
             continue
         rest.append(arg)
-    return [*server[:cut], "backup", *rest, "--to", str(status["backupDir"]), "--label", label]
+    return [*server[:cut], verb, *rest]
 
 
 def recorded(ms: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -505,6 +505,12 @@ class AppSpec(KledModel):
                 )
 
 
+class ServiceStorage(KledModel):
+    size: Memory
+    """The most the service's data may take (``10Gi``): a size smaller than the data
+    directory already holds is refused (``docs/services.md``)."""
+
+
 class ManagedServiceSpec(KledModel):
     template: DnsLabel
     """A template name: postgres, redis, mysql, mongodb, nats, or one an admin added."""
@@ -514,6 +520,7 @@ class ManagedServiceSpec(KledModel):
     """The Secret that receives the credentials (default: the service's name)."""
     resources: Resources | None = None
     """CPU and memory of the server (``docs/services.md``)."""
+    storage: ServiceStorage | None = None
 
 
 # --- Workspace, Intercept ------------------------------------------------------------------
