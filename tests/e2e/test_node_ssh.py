@@ -12,10 +12,6 @@ agents and replicas are killed at the end, even on failure.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,77 +19,27 @@ from pathlib import Path
 import psutil
 import pytest
 from agentlab import Mesh, eventually, lab_mesh, laptop_kled
+from sshlab import PORT, sshd_on, sshd_skip_reason
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("netns")]
 
-SSHD = "/usr/sbin/sshd"
-PORT = 2222
 MACHINE = 1
 
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    if shutil.which(SSHD) is None or shutil.which("ssh") is None:
-        pytest.skip("needs Debian's openssh-server and openssh-client (make apt)")
+    reason = sshd_skip_reason()
+    if reason:
+        pytest.skip(reason)
     with lab_mesh(tmp_path, 2, "sshnode") as m:
         yield m
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
 
 
 @pytest.fixture
 def sshd(mesh: Mesh, tmp_path: Path) -> Iterator[Path]:
     """sshd on host 1 at 198.18.0.1:2222; yields the folder with the client key ``id``."""
-    folder = tmp_path / "sshd"
-    folder.mkdir()
-    _keygen(folder / "host_key")
-    _keygen(folder / "id")
-    _keygen(folder / "other")
-    (folder / "authorized_keys").write_text((folder / "id.pub").read_text())
-    config = folder / "sshd_config"
-    config.write_text(
-        f"Port {PORT}\nListenAddress {mesh.lab.underlay_ip(MACHINE)}\n"
-        f"HostKey {folder / 'host_key'}\nAuthorizedKeysFile {folder / 'authorized_keys'}\n"
-        f"PidFile {folder / 'sshd.pid'}\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-        "StrictModes no\nUsePAM no\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
-    # nsenter, not `ip netns exec`: the agent sshd starts must share the host's mount
-    # namespace, as a real machine's would, or the namespaces it makes stay hidden in one.
-    proc = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{mesh.lab.host(MACHINE)}", SSHD, "-D", "-e", "-f",
-         str(config)],
-        stdout=subprocess.DEVNULL, stderr=open(folder / "sshd.log", "wb"),  # noqa: SIM115
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        eventually(lambda: (folder / "sshd.pid").exists() or proc.poll() is not None, "sshd")
-        assert proc.poll() is None, (folder / "sshd.log").read_text()
+    with sshd_on(mesh, MACHINE, tmp_path / "sshd", tmp_path / "remote") as folder:
         yield folder
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        _kill_under(tmp_path / "remote")
-
-
-def _kill_under(prefix: Path) -> None:
-    """Whatever runs from an install under ``prefix`` (the loop and the agent)."""
-    procs = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any(str(prefix) in part for part in p.info["cmdline"] or []):
-            procs.append(p)
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(procs, timeout=10)
 
 
 def _kled(mesh: Mesh, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
