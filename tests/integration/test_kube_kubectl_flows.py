@@ -131,3 +131,30 @@ def test_rollout_history_and_undo_through_replicasets(
     assert done.returncode == 1 and "not supported" in done.stderr
     k.ok("delete", "deploy", "web")
     assert "No resources found" in k("get", "rs").stderr
+
+
+def test_a_deployments_strategy_is_its_apps(
+    server: RunningServer, unique_team: str, configs: dict[str, Path], tmp_path: Path
+) -> None:
+    k = Kubectl(kubectl_binary() or pytest.skip("kubectl is not on the PATH"),
+                configs["admin"], tmp_path / "home")  # fmt: skip
+    strategy = (
+        "  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}\n"
+    )
+    manifest = DEPLOYMENT.replace("  replicas: 2\n", "  replicas: 2\n" + strategy)
+    k.ok("apply", "-f", "-", stdin=manifest)
+    with server.client() as c:
+        app = c.get(f"/api/v1/teams/{unique_team}/environments/dev-default/apps/web").json()
+    assert app["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+    frozen = manifest.replace("maxSurge: 1", "maxSurge: 0")
+    done = k("apply", "-f", "-", stdin=frozen)
+    assert done.returncode == 1
+    assert (
+        'The Deployment "web" is invalid: spec.strategy.rollingUpdate.maxUnavailable: '
+        "Invalid value: maxSurge and maxUnavailable cannot both be 0"
+    ) in done.stderr
+    assert (
+        k.ok("get", "deploy", "web", "-o", "jsonpath={.spec.strategy.rollingUpdate.maxSurge}")
+        == "1"
+    )

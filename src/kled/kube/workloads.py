@@ -23,7 +23,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from kled.errors import InvalidInput
 from kled.kube.status import KubeError, invalid
+from kled.resources import kinds
 
 CLUSTER_LABEL = "kled.io/cluster"
 NAMESPACE_LABEL = "kled.io/namespace"
@@ -137,6 +139,7 @@ def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup)
                 if k in ("httpGet", "tcpSocket", "exec", "initialDelaySeconds", "periodSeconds",
                          "timeoutSeconds", "failureThreshold", "successThreshold")
             }  # fmt: skip
+    spec.update(_rollout(deployment["spec"]))
     grace = template["spec"].get("terminationGracePeriodSeconds")
     if grace is not None:
         spec["terminationGracePeriodSeconds"] = grace
@@ -155,6 +158,26 @@ def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup)
         },
         "spec": spec,
     }
+
+
+def _rollout(deployment_spec: dict[str, Any]) -> dict[str, Any]:
+    """The Deployment's strategy, ``paused`` and ``progressDeadlineSeconds``: the App's
+    fields of the same names and shapes (its rollout is the App's)."""
+    out: dict[str, Any] = {}
+    strategy = deployment_spec.get("strategy") or {}
+    if strategy:
+        kind = strategy.get("type", "RollingUpdate")
+        out["strategy"] = {"type": kind}
+        rolling = strategy.get("rollingUpdate") or {}
+        if kind == "RollingUpdate" and rolling:
+            out["strategy"]["rollingUpdate"] = {
+                k: rolling[k] for k in ("maxSurge", "maxUnavailable") if k in rolling
+            }
+    if deployment_spec.get("paused"):
+        out["paused"] = True
+    if deployment_spec.get("progressDeadlineSeconds") is not None:
+        out["progressDeadlineSeconds"] = deployment_spec["progressDeadlineSeconds"]
+    return out
 
 
 def env_secret_doc(
@@ -308,8 +331,18 @@ def deployment_status(deployment: dict[str, Any], app: dict[str, Any] | None) ->
 def check_runnable(deployment: dict[str, Any]) -> None:
     """Refuse at admission what :func:`app_doc` could not run (so nothing is half-written)."""
     try:
-        app_doc("t", "c", deployment, lambda kind, ns, name: {"data": {}})
+        app = app_doc("t", "c", deployment, lambda kind, ns, name: {"data": {}})
     except KubeError as e:
         if "not found" in e.message:
             return  # references are resolved when it runs
         raise
+    try:
+        kinds.validate(app)
+    except InvalidInput as e:
+        field = e.field or ""
+        rollout = field.startswith(("spec.strategy", "spec.paused", "spec.progressDeadline"))
+        at = field if rollout else "spec.template.spec.containers[0]"
+        if field.startswith("metadata"):
+            at = "metadata.name"
+        name = deployment["metadata"].get("name", "")
+        raise invalid("Deployment", name, [(at, e.message)], "apps") from None
