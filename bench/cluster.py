@@ -13,6 +13,10 @@ every second) to ``kubectl get pods`` showing three Ready pods; then it is delet
 the bench waits for its replicas to stop. The readiness probe period bounds this figure
 from below (a replica is Ready after its first passing probe).
 
+``get_pods_1000``: the SQLite control plane again, one cluster holding 1,000 Pods (created
+through its Kubernetes API, not run); ``kubectl get pods`` (the server's Table) and
+``kubectl get pods -o json`` (every object), the kubectl process included.
+
 Goals from the issue: create < 1 s, Deployment ready < 3 s (vcluster publishes "seconds").
 
     python bench/cluster.py [--quick]
@@ -84,6 +88,40 @@ def create_to_first_get_ns(rounds: int, binary: Path, tmp: Path) -> dict[str, An
                 k.ok("get", "ns")
                 alone.append(time.perf_counter() - start)
         return {"create_to_first_get_ns": _summary(samples), "kubectl_alone": _summary(alone)}
+    finally:
+        server.stop()
+
+
+def get_pods_1000(rounds: int, binary: Path, tmp: Path, count: int = 1000) -> dict[str, Any]:
+    server = RunningServer(tmp / "server", None).start()
+    try:
+        with server.client() as admin:
+            admin.post("/api/v1/teams", json={"metadata": {"name": "bench"}}).raise_for_status()
+            admin.post(
+                "/api/v1/teams/bench/clusters",
+                json={"kind": "Cluster", "metadata": {"name": "big"}},
+            ).raise_for_status()
+            pods = "/k8s/bench/big/api/v1/namespaces/default/pods"
+            for i in range(count):
+                pod = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": f"pod-{i:04d}", "labels": {"app": "bench"}},
+                    "spec": {"containers": [{"name": "main", "image": "localhost/kled-test"}]},
+                }
+                admin.post(pods, json=pod).raise_for_status()
+            answer = admin.post("/k8s/bench/big/kled/token", json={}).json()
+        k = Kubectl(binary, _kubeconfig(answer, "bench", "big", tmp / "big.kc"), tmp / "home")
+        out: dict[str, Any] = {"pods": count}
+        for label, args in (("table", ()), ("json", ("-o", "json"))):
+            samples = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                text = k.ok("get", "pods", *args)
+                samples.append(time.perf_counter() - start)
+            assert "pod-0999" in text or count < 1000
+            out[f"kubectl_get_pods_{label}"] = _summary(samples)
+        return {"get_pods_1000": out}
     finally:
         server.stop()
 
@@ -164,7 +202,9 @@ def main() -> None:
         tmp = Path(folder)
         (tmp / "a").mkdir()
         (tmp / "b").mkdir()
+        (tmp / "c").mkdir()
         result.update(create_to_first_get_ns(5 if args.quick else 20, binary, tmp / "a"))
+        result.update(get_pods_1000(3 if args.quick else 10, binary, tmp / "c"))
         result.update(apply_to_ready(2 if args.quick else 5, binary, tmp / "b"))
     print(json.dumps(result, indent=2))
 
