@@ -21,6 +21,7 @@ from kled.api.errors import (
     status_body,
     validation_error_handler,
 )
+from kled.api.fastreads import ResourceReads
 from kled.api.rest import User, _body, _outcome, service
 from kled.api.service import Service
 from kled.errors import KledError
@@ -242,4 +243,5 @@ def create_app(
 
     console.install(app)  # the web console at /ui, on this same service layer
     openapi.install(app)
-    return BodyLimit(Measure(Options(app)), max_body)
+    # resource reads are answered in front of the router (same code, same answers)
+    return BodyLimit(Measure(ResourceReads(Options(app), app.state)), max_body)

@@ -43,18 +43,24 @@ def service(request: Request) -> Service:
     return svc
 
 
-async def current_user(
-    request: Request, authorization: str | None = Header(default=None)
-) -> UserInfo:
+async def user_of(svc: Service, authorization: str | None) -> UserInfo:
+    """The user an ``Authorization`` header's bearer token speaks for; 401 without one."""
     token = None
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
-    user = await service(request).authenticate(token)
+    user = await svc.authenticate(token)
     if user is None:
         raise Unauthorized(
             "missing, unknown, expired or revoked token: "
             "pass Authorization: Bearer TOKEN (kled login)"
         )
+    return user
+
+
+async def current_user(
+    request: Request, authorization: str | None = Header(default=None)
+) -> UserInfo:
+    user = await user_of(service(request), authorization)
     request.state.user = user
     # Another team's paths do not exist for this user: answer 404 before anything else,
     # so that neither validation nor authorisation tells them what is there.
@@ -146,21 +152,37 @@ async def _collection(
     last_event_id: str | None,
 ) -> Response:
     svc = service(request)
+    if not watch:
+        body = await list_body(svc, user, info, team, env, label_selector, limit, continue_token)
+        return Response(body, media_type="application/json")
     matches = _matcher(label_selector)
-    if watch:
-        since_text = last_event_id or resource_version
-        since = None
-        if since_text:
-            try:
-                since = int(since_text)
-            except ValueError as e:
-                raise InvalidInput("must be a number", field="resourceVersion") from e
-        stream = await svc.watch(user, info, team, env, since=since, matches=matches)
-        return StreamingResponse(
-            _sse(stream),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    since_text = last_event_id or resource_version
+    since = None
+    if since_text:
+        try:
+            since = int(since_text)
+        except ValueError as e:
+            raise InvalidInput("must be a number", field="resourceVersion") from e
+    stream = await svc.watch(user, info, team, env, since=since, matches=matches)
+    return StreamingResponse(
+        _sse(stream),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def list_body(
+    svc: Service,
+    user: UserInfo,
+    info: KindInfo,
+    team: str | None,
+    env: str | None,
+    label_selector: str | None,
+    limit: int,
+    continue_token: str | None,
+) -> bytes:
+    """The JSON of a page of ``info``'s collection (not a watch), as the API answers it."""
+    matches = _matcher(label_selector)
     if limit < 0 or limit > MAX_LIST:
         raise InvalidInput(f"must be 0-{MAX_LIST}", field="limit")
     page = await svc.list(
@@ -180,15 +202,17 @@ async def _collection(
             f'{{"apiVersion":"{API_VERSION}","kind":"List","items":[{",".join(page.texts)}],'
             f'"metadata":{json.dumps(meta, separators=(",", ":"))}}}'
         )
-        return Response(body.encode(), media_type="application/json")
-    return JSONResponse(
-        {
-            "apiVersion": API_VERSION,
-            "kind": "List",
-            "items": page.items,
-            "metadata": {"continue": page.continue_token, "resourceVersion": str(page.revision)},
-        }
+        return body.encode()
+    return encode(
+        {"apiVersion": API_VERSION, "kind": "List", "items": page.items, "metadata": meta}
     )
+
+
+def encode(content: Any) -> bytes:
+    """JSON as ``JSONResponse`` renders it."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
 
 
 async def _sse(stream: AsyncIterator[Any]) -> AsyncIterator[bytes]:
@@ -206,8 +230,12 @@ async def _sse(stream: AsyncIterator[Any]) -> AsyncIterator[bytes]:
 
 
 async def _require_team(request: Request, user: UserInfo, team: str) -> None:
+    await require_team(service(request), user, team)
+
+
+async def require_team(svc: Service, user: UserInfo, team: str) -> None:
     check_team(user, team, f"team {team}")
-    if await service(request).store.find(Key("Team", "", "", team)) is None:
+    if await svc.store.find(Key("Team", "", "", team)) is None:
         raise NotFound(f"team {team} not found")
 
 
