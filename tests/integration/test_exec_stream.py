@@ -9,7 +9,10 @@ and windows in between).
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import signal
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -190,3 +193,78 @@ def test_exec_ends_with_its_command_while_stdin_stays_open(hosts: Hosts) -> None
         proc.wait()
         assert proc.stdin is not None
         proc.stdin.close()
+
+
+def test_exec_with_a_tty_gives_the_command_a_terminal(hosts: Hosts) -> None:
+    script = "tty; stty size; test -t 0 && test -t 2 && echo on-a-terminal; echo oops >&2"
+    result = hosts.cli("exec", "--tty", "box", "--no-stdin", "--", "sh", "-c", script)
+    assert result.code == 0, result
+    lines = result.out.replace("\r\n", "\n").splitlines()
+    # no terminal here: 80 by 24; stderr comes back with stdout, as on any terminal
+    assert lines[0].startswith("/dev/pts/") and lines[1:] == ["24 80", "on-a-terminal", "oops"]
+    assert result.err == "", result
+
+
+def test_exec_tty_from_a_terminal_is_raw_sized_and_resized(hosts: Hosts) -> None:
+    import fcntl
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    from cli.clikit import KLED
+
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    before = termios.tcgetattr(slave)
+    seen: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.append(chunk)
+
+    proc = subprocess.Popen(
+        [str(KLED), "exec", "-T", "box", "--", "sh"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=hosts.cli.env,
+    )
+    threading.Thread(target=read, daemon=True).start()
+
+    def typed(text: str, answer: str) -> None:
+        os.write(master, text.encode())
+        eventually(
+            lambda: answer in b"".join(seen).decode(errors="replace"), f"{answer!r} in {seen}", 30
+        )
+
+    try:
+        eventually(lambda: seen, "the shell's prompt")  # typed once the shell is there
+        typed("echo $((6 * 7))\r", "42")
+        typed("stty size\r", "30 100")
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        proc.send_signal(signal.SIGWINCH)  # what the terminal sends its foreground
+
+        def resized() -> bool:  # asked until the new size has reached the command
+            seen.clear()
+            os.write(master, b"stty size\r")
+            time.sleep(0.3)
+            return "40 120" in b"".join(seen).decode(errors="replace")
+
+        eventually(resized, "the new size inside")
+        os.write(master, b"exit 5\r")
+        assert proc.wait(60) == 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        after = termios.tcgetattr(slave)
+        os.close(slave)
+        os.close(master)
+    assert after == before  # the laptop's terminal is as it was: not raw any more

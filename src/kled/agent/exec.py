@@ -8,6 +8,11 @@ its own. stdout and stderr go back as ``out``/``err`` frames, stdin comes in as 
 frames (``eof`` closes it), ``kill`` sends a signal to the group, and the exit code ends
 the stream (128 + N for a command killed by signal N, as a shell says it). A stream whose
 control plane goes quiet (``LinkLost``) or says ``close`` has its command killed.
+
+An ``open`` with ``tty`` ({cols, rows}) runs the command on a pseudo-terminal of its own
+(its controlling terminal; ``podman exec -it`` in a container): stdin goes to the
+terminal, stdout and stderr come back together as ``out``, ``resize`` frames set its size
+(the command gets SIGWINCH).
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import signal
+import struct
+import termios
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -72,14 +80,32 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def interactive(runtime: Planner, spec: ReplicaSpec, command: list[str]) -> list[str]:
+def interactive(
+    runtime: Planner, spec: ReplicaSpec, command: list[str], tty: bool = False
+) -> list[str]:
     """The argv of ``command`` in the replica, with its stdin attached."""
     argv = list(runtime.exec_plan(spec, command).argv)
     if spec.runtime == RuntimeKind.CONTAINER:
         # the runtime's plan is a probe's (`podman exec NAME CMD`): a stream needs stdin
         where = argv.index("exec")
-        argv.insert(where + 1, "-i")
+        argv[where + 1 : where + 1] = ["-i", "-t"] if tty else ["-i"]
     return argv
+
+
+def set_size(fd: int, cols: int, rows: int) -> None:
+    """The terminal's size; its foreground process group gets SIGWINCH."""
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _tty_size(meta: dict[str, object]) -> tuple[int, int] | None:
+    size = meta.get("tty")
+    if not isinstance(size, dict):
+        return None
+    cols, rows = size.get("cols"), size.get("rows")
+    if isinstance(cols, int) and isinstance(rows, int) and 0 < cols < 10000 and 0 < rows < 10000:
+        return cols, rows
+    return 80, 24
 
 
 class ExecServer:
@@ -167,29 +193,55 @@ class ExecServer:
             pidfile = f"/tmp/.kled-exec-{uuid.uuid4().hex}.pid"
             command = ["sh", "-c", _RECORD_PID, pidfile, *command]
         plan = target.runtime.exec_plan(target.spec, command)
-        argv = interactive(target.runtime, target.spec, command)
+        size = _tty_size(first.meta)
+        argv = interactive(target.runtime, target.spec, command, tty=size is not None)
+        master = -1
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=plan.cwd,
-                env=plan.env,
-                start_new_session=True,
-                preexec_fn=_die_with_the_agent,
-            )
+            if size is None:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    cwd=plan.cwd,
+                    env=plan.env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_the_agent,
+                )
+            else:
+                master, slave = os.openpty()
+                set_size(master, *size)
+                env = {**(plan.env if plan.env is not None else os.environ)}
+                env.setdefault("TERM", "xterm-256color")
+                try:
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv,
+                        stdin=slave,
+                        stdout=slave,
+                        stderr=slave,
+                        cwd=plan.cwd,
+                        env=env,
+                        start_new_session=True,
+                        preexec_fn=_on_the_terminal,
+                    )
+                finally:
+                    os.close(slave)  # the command's alone: its end is the master's EOF
         except OSError as err:
+            if master >= 0:
+                os.close(master)
             await link.send("error", message=f"cannot run {command[0]!r}: {err.strerror or err}")
             return
-        running = _Running(proc, target, pidfile)
+        running = _Running(proc, target, pidfile, master)
         log.info("%s exec pid=%s argv=%s", target.spec.resource_name, proc.pid, command[:1])
         await link.send("started", pid=proc.pid)
-        assert proc.stdout is not None and proc.stderr is not None
-        pumps = [
-            asyncio.create_task(_pump(proc.stdout, link, "out")),
-            asyncio.create_task(_pump(proc.stderr, link, "err")),
-        ]
+        if master >= 0:
+            pumps = [asyncio.create_task(_pump_terminal(master, link))]
+        else:
+            assert proc.stdout is not None and proc.stderr is not None
+            pumps = [
+                asyncio.create_task(_pump(proc.stdout, link, "out")),
+                asyncio.create_task(_pump(proc.stderr, link, "err")),
+            ]
         inbound = asyncio.create_task(_inbound(link, running))
 
         async def finish() -> None:
@@ -208,6 +260,14 @@ class ExecServer:
                 with contextlib.suppress(asyncio.CancelledError, KledError):
                     await task
             await running.stop()
+            running.close_terminal()
+
+
+def _on_the_terminal() -> None:
+    """In the child of a ``tty`` exec, after setsid: its stdin, a pty, becomes its
+    controlling terminal (Ctrl-C, job control and SIGWINCH work as in a login)."""
+    _die_with_the_agent()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _die_with_the_agent() -> None:
@@ -230,8 +290,31 @@ async def _pump(stream: asyncio.StreamReader, link: ExecLink, kind: str) -> None
         await link.send_data(kind, chunk)
 
 
+async def _pump_terminal(master: int, link: ExecLink) -> None:
+    """The terminal's output (stdout and stderr together) until every process on it is
+    gone (the master then reads EIO)."""
+    while True:
+        try:
+            chunk = await asyncio.to_thread(os.read, master, MAX_CHUNK)
+        except OSError:
+            return
+        if not chunk:
+            return
+        await link.send_data("out", chunk)
+
+
+async def _to_terminal(master: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = await asyncio.to_thread(os.write, master, view)
+        view = view[written:]
+
+
 async def _inbound(link: ExecLink, running: _Running) -> None:
     """Frames from the control plane: stdin, its end, signals; the stream's end kills."""
+    if running.master >= 0:
+        await _inbound_terminal(link, running)
+        return
     stdin = running.proc.stdin
     assert stdin is not None
     try:
@@ -255,6 +338,31 @@ async def _inbound(link: ExecLink, running: _Running) -> None:
     await running.stop()
 
 
+async def _inbound_terminal(link: ExecLink, running: _Running) -> None:
+    """As ``_inbound``, for a command on a terminal: stdin is typed into it (the end of
+    stdin means nothing to a terminal), ``resize`` sets its size."""
+    try:
+        while True:
+            frame = await link.recv()
+            if frame.kind == "in":
+                with contextlib.suppress(OSError):
+                    await _to_terminal(running.master, frame.data)
+                await link.consumed(len(frame.data))
+            elif frame.kind == "resize":
+                cols, rows = frame.meta.get("cols"), frame.meta.get("rows")
+                if isinstance(cols, int) and isinstance(rows, int):
+                    set_size(running.master, cols, rows)
+            elif frame.kind == "kill":
+                number = frame.meta.get("signal", signal.SIGTERM)
+                if isinstance(number, int) and number in {s.value for s in signal.Signals}:
+                    await running.signal(number)
+            elif frame.kind == "close":
+                break
+    except LinkLost as err:
+        log.info("exec pid=%s: %s; stopping it", running.proc.pid, err)
+    await running.stop()
+
+
 class _Running:
     """The command of one stream. In a container it is reached through its pid, kept in
     ``pidfile`` inside the container: podman does not pass a signal, or the death of
@@ -262,11 +370,23 @@ class _Running:
     otherwise keep its port."""
 
     def __init__(
-        self, proc: asyncio.subprocess.Process, target: Target, pidfile: str | None
+        self,
+        proc: asyncio.subprocess.Process,
+        target: Target,
+        pidfile: str | None,
+        master: int = -1,
     ) -> None:
         self.proc = proc
         self.target = target
         self.pidfile = pidfile
+        #: the pty's master of a ``tty`` exec, else -1
+        self.master = master
+
+    def close_terminal(self) -> None:
+        if self.master >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.master)
+            self.master = -1
 
     async def signal(self, number: int) -> None:
         if self.pidfile is None:

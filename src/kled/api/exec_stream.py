@@ -90,6 +90,22 @@ def pick_replica(doc: dict[str, Any], wanted: int | None, what: str) -> tuple[in
     raise InvalidInput(f"replica: {what} has no replica {wanted}", field="replica")
 
 
+def terminal(ws: WebSocket) -> dict[str, int] | None:
+    """``tty=1`` (with ``cols`` and ``rows``, 80 by 24 by default): the command gets a
+    terminal of that size; None for pipes."""
+    params = ws.query_params
+    if params.get("tty") not in ("1", "true"):
+        return None
+    size = {"cols": 80, "rows": 24}
+    for name in size:
+        raw = params.get(name)
+        if raw is not None:
+            if not raw.isdigit() or not 0 < int(raw) < 10000:
+                raise InvalidInput(f"{name}: a terminal size between 1 and 9999", field=name)
+            size[name] = int(raw)
+    return size
+
+
 async def _deny(ws: WebSocket, err: KledError) -> None:
     body = JSONResponse(status_body(err.status, err.reason, str(err), err.field), err.status)
     try:
@@ -110,6 +126,7 @@ async def app_exec(ws: WebSocket, team: str, env: str, name: str) -> None:
         doc = await svc.get(user, Key("App", team, env, name))
         authz.authorize(user, "update", kind_info("App"), team, what)
         command = _command(ws)
+        tty = terminal(ws)
         raw = ws.query_params.get("replica")
         if raw is not None and not raw.isdigit():
             raise InvalidInput("replica: a replica index (0, 1, …)", field="replica")
@@ -133,7 +150,7 @@ async def app_exec(ws: WebSocket, team: str, env: str, name: str) -> None:
     await ws.accept()
     log.info("exec user=%s replica=%s node=%s argv0=%s", user.username, rid, node, command[0])
     try:
-        await _relay(ws, link, rid, command)
+        await _relay(ws, link, rid, command, tty=tty)
     finally:
         with contextlib.suppress(KledError):
             await link.send("close")
@@ -144,12 +161,22 @@ Ending = Callable[[WebSocket, dict[str, Any]], Awaitable[None]]
 
 
 async def _relay(
-    ws: WebSocket, link: ExecLink, rid: str, command: list[str], end: Ending | None = None
+    ws: WebSocket,
+    link: ExecLink,
+    rid: str,
+    command: list[str],
+    end: Ending | None = None,
+    *,
+    tty: dict[str, int] | None = None,
 ) -> None:
     """Relay one exec session; ``end`` sends the result (``{"exitCode"}`` or ``{"error"}``)
-    in the client's protocol (Kled's own by default; Kled Clusters send a ``Status``)."""
+    in the client's protocol (Kled's own by default; Kled Clusters send a ``Status``);
+    ``tty`` (cols, rows) runs the command on a terminal of its own."""
     _end = end or _end_kled
-    await link.send("open", replica=rid, command=command)
+    if tty is None:
+        await link.send("open", replica=rid, command=command)
+    else:
+        await link.send("open", replica=rid, command=command, tty=tty)
     try:
         first = await asyncio.wait_for(link.recv(), START_TIMEOUT)
     except (TimeoutError, LinkLost) as err:
@@ -203,9 +230,12 @@ async def _from_client(ws: WebSocket, link: ExecLink) -> None:
                 await link.send("eof")
             elif channel == SIGNAL:
                 with contextlib.suppress(ValueError, AttributeError):
-                    number = json.loads(body).get("signal")
+                    asked = json.loads(body)
+                    number, size = asked.get("signal"), asked.get("resize")
                     if isinstance(number, int):
                         await link.send("kill", signal=number)
+                    elif isinstance(size, dict) and _size_ok(size):
+                        await link.send("resize", cols=size["cols"], rows=size["rows"])
     except WebSocketDisconnect:
         pass
     await link.send("close")
@@ -215,3 +245,7 @@ async def _end_kled(ws: WebSocket, result: dict[str, Any]) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         await ws.send_bytes(bytes([END]) + json.dumps(result).encode())
         await ws.close(1000)
+
+
+def _size_ok(size: dict[str, Any]) -> bool:
+    return all(isinstance(size.get(k), int) and 0 < size[k] < 10000 for k in ("cols", "rows"))

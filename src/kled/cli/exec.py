@@ -4,6 +4,11 @@ stdin is passed through (``-i`` is implied; ``--no-stdin`` sends none), the comm
 stdout and stderr come back to the terminal's, and ``kled exec`` exits with the command's
 exit code, so it composes in scripts like ``podman exec`` or ``kubectl exec``. Ctrl-C
 sends SIGINT to the command once; a second Ctrl-C leaves.
+
+``--tty`` (``-T``; ``-t`` is ``--team`` in every command) gives the command a terminal
+of its own, the size of this one (and resized with it): this terminal goes raw while it
+runs, so keys, Ctrl-C included, reach the command as typed and full-screen programs
+work; stdout and stderr then come back together.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import contextlib
 import os
 import signal
 import sys
+import termios
 import threading
+import tty as ttymode
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -65,6 +73,29 @@ async def _copy_in(stream: ExecStream) -> None:
     await stream.close_stdin()
 
 
+def terminal_size() -> tuple[int, int]:
+    """(cols, rows) of this terminal, 80 by 24 without one (or one that says 0)."""
+    for fd in (0, 1):
+        with contextlib.suppress(OSError):
+            size = os.get_terminal_size(fd)
+            return size.columns or 80, size.lines or 24
+    return 80, 24
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int) -> Iterator[None]:
+    """``fd``'s terminal raw for the block (nothing if it is no terminal), restored after."""
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    ttymode.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
 async def run_exec(
     team: str,
     env: str,
@@ -74,11 +105,35 @@ async def run_exec(
     stdin: bool,
     *,
     route: str | None = None,
+    tty: bool = False,
 ) -> int:
-    stream = await open_exec(endpoint(), team, env, app, command, replica=replica, route=route)
+    if tty:
+        with raw_terminal(0):
+            return await _run(team, env, app, command, replica, stdin, route, terminal_size())
+    return await _run(team, env, app, command, replica, stdin, route, None)
+
+
+async def _run(
+    team: str,
+    env: str,
+    app: str,
+    command: list[str],
+    replica: int | None,
+    stdin: bool,
+    route: str | None,
+    size: tuple[int, int] | None,
+) -> int:
+    stream = await open_exec(
+        endpoint(), team, env, app, command, replica=replica, route=route, tty=size
+    )
     loop = asyncio.get_running_loop()
     interrupts = 0
     pending: set[asyncio.Task[None]] = set()
+
+    def on_resize() -> None:
+        task = loop.create_task(stream.resize(*terminal_size()))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     def on_sigint() -> None:
         nonlocal interrupts
@@ -88,6 +143,8 @@ async def run_exec(
         task.add_done_callback(pending.discard)
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
+    if size is not None:
+        loop.add_signal_handler(signal.SIGWINCH, on_resize)
     feeder = asyncio.create_task(_copy_in(stream)) if stdin else None
     if not stdin:
         await stream.close_stdin()
@@ -98,6 +155,7 @@ async def run_exec(
         return await stream.wait()
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGWINCH)
         if feeder is not None:
             feeder.cancel()
         await stream.close()
@@ -112,6 +170,12 @@ def exec_command(
     no_stdin: Annotated[
         bool, typer.Option("--no-stdin", help="Send no stdin: the command reads EOF.")
     ] = False,
+    tty: Annotated[
+        bool,
+        typer.Option(
+            "--tty", "-T", help="Give the command a terminal (this one's size); -t is --team."
+        ),
+    ] = False,
     env: EnvOption = None,
     team: TeamOption = None,
 ) -> None:
@@ -125,7 +189,9 @@ def exec_command(
     if replica is not None and replica < 0:
         raise InvalidInput("must be 0 or more", field="--replica")
     chosen_team, chosen_env = STATE.team_for(team), STATE.env_for(env)
-    code = asyncio.run(run_exec(chosen_team, chosen_env, app, command, replica, not no_stdin))
+    code = asyncio.run(
+        run_exec(chosen_team, chosen_env, app, command, replica, not no_stdin, tty=tty)
+    )
     with contextlib.suppress(OSError):
         sys.stdout.flush()
     raise typer.Exit(code)

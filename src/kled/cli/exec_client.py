@@ -99,6 +99,11 @@ class ExecStream:
     async def signal(self, number: int) -> None:
         await self._send(bytes([SIGNAL]) + json.dumps({"signal": number}).encode())
 
+    async def resize(self, cols: int, rows: int) -> None:
+        """The size of the command's terminal (a ``tty`` stream)."""
+        size = {"resize": {"cols": cols, "rows": rows}}
+        await self._send(bytes([SIGNAL]) + json.dumps(size).encode())
+
     async def wait(self) -> int:
         """The command's exit code; Unavailable if the stream ended without one."""
         result = await asyncio.shield(self._result)
@@ -154,12 +159,16 @@ async def open_exec(
     *,
     replica: int | None = None,
     route: str | None = None,
+    tty: tuple[int, int] | None = None,
 ) -> ExecStream:
     """Start ``command`` in a replica of ``app`` (or at ``route``, another exec route such
-    as a workspace's); errors before the start as Kled's."""
+    as a workspace's), on a terminal of ``tty`` (cols, rows) if given; errors before the
+    start as Kled's."""
     query: list[tuple[str, Any]] = [("command", arg) for arg in command]
     if replica is not None:
         query.append(("replica", replica))
+    if tty is not None:
+        query += [("tty", 1), ("cols", tty[0]), ("rows", tty[1])]
     path = f"{route or exec_path(team, env, app)}?{urlencode(query)}"
     headers = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else {}
     parts = urlsplit(endpoint.server if "//" in endpoint.server else f"http://{endpoint.server}")
