@@ -2,9 +2,9 @@
 
 A ManagedService is run by the control plane (``control/managed.py``) as a server app
 ``ms-<name>`` on one node; these commands read its status and act through the API:
-``backup`` runs the template's dump inside the server's replica (``kled exec``'s stream)
-into the node's backup folder and records it on the service (``kled.io/backups``, shown as
-``status.backups``); ``restore BACKUP --as NEW`` creates a new service of the same template
+``backup`` asks the control plane, which runs the template's dump inside the server's
+replica through its agent into the node's backup folder and records it in
+``status.backups``; ``restore BACKUP --as NEW`` creates a new service of the same template
 that loads the dump at its first start, on the node that holds it; ``rotate`` asks for a
 new password (``kled.io/rotate``); ``delete`` takes a final backup first unless ``--purge``,
 which instead has the server remove its data when it stops.

@@ -19,7 +19,8 @@ The workloads controller, the scheduler and the agents run that App as any other
 mesh gives the service its own IP and DNS name, with the server app's replica as backend
 (``hostnet``). What this controller writes into ``ManagedService.status``: ``phase``
 (Provisioning, Ready, Degraded, Failed, Unavailable) with ``reason``/``message``, the
-node, the folders, the ports and the backups ``kled service backup`` recorded.
+node, the folders, the ports, and the backups (which the backup route of ``api/managed.py``
+appends to the status: this controller keeps them when it writes).
 
 The planning (:func:`plan`) is pure: documents in, documents out; the shell only reads
 and writes the store.
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 HOSTNAME = "kled.io/hostname"
 #: set by ``kled service rotate``: a new value means a new password
 ROTATE = "kled.io/rotate"
-#: written by ``kled service backup`` (JSON list): shown as ``status.backups``
+#: written by an older ``kled service backup`` (JSON list): still listed in ``status.backups``
 BACKUPS = "kled.io/backups"
 #: set by ``kled service restore``: the dump to load at first start, and its node
 RESTORE_FROM = "kled.io/restore-from"
