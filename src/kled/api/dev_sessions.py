@@ -204,10 +204,6 @@ _PATH = "/teams/{team}/environments/{env}/apps/{name}/dev"
 _SESSION_BODY = openapi.json_body(
     {"type": "object", "required": ["session"], "properties": {"session": {"type": "string"}}}
 )
-# beginning a session reads nothing from the body; it is declared so that clients may send {}
-_NO_BODY = {
-    "requestBody": {"required": False, **openapi.json_body({"type": "object"})["requestBody"]}
-}
 
 
 def _session_of(body: dict[str, Any]) -> str:
@@ -222,7 +218,7 @@ def _session_of(body: dict[str, Any]) -> str:
     tags=["App"],
     status_code=201,
     summary="Swap in the app's dev replica",
-    openapi_extra=_NO_BODY,
+    openapi_extra=openapi.no_body(),
 )
 async def begin_dev(
     request: Request, team: str, env: str, name: str, user: UserInfo = User

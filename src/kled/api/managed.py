@@ -36,6 +36,7 @@ from kled.control.managed import (
     server_verb,
 )
 from kled.errors import Conflict, InvalidInput, NotFound, Unavailable
+from kled.resources import bounds
 from kled.resources.hoststate import replica_id
 from kled.resources.quantities import parse_memory
 from kled.resources.registry import kind_info
@@ -143,6 +144,16 @@ def _office(request: Request) -> MessageOffice:
     status_code=201,
     summary="Dump a managed service into its node's backup folder, listed in status.backups",
     tags=["ManagedService"],
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "properties": {"label": {"type": "string"}}}
+                }
+            },
+        }
+    },
 )
 async def backup(
     request: Request, team: str, env: str, name: str, user: UserInfo = User
@@ -152,7 +163,7 @@ async def backup(
     doc = await svc.get(user, Key("ManagedService", team, env, name))
     authz.authorize(user, "update", kind_info("ManagedService"), team, what)
     raw = await request.body()
-    body: Any = json.loads(raw) if raw.strip() else {}
+    body: Any = bounds.loads(raw) if raw.strip() else {}
     label = body.get("label", name) if isinstance(body, dict) else None
     if not isinstance(label, str) or not _LABEL.match(label):
         raise InvalidInput("label: lower-case letters, digits and '-', at most 63", field="label")

@@ -146,6 +146,21 @@ def json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": _json(schema)}}
 
 
+def no_body() -> dict[str, Any]:
+    """``openapi_extra`` of a POST that reads nothing from its body (``{}`` may be sent)."""
+    return {"requestBody": {"required": False, "content": _json({"type": "object"})}}
+
+
+def bytes_body(description: str) -> dict[str, Any]:
+    """``openapi_extra`` of a route whose body is raw bytes."""
+    content = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
+#: ``openapi_extra`` of a route a node's agent calls with its Message Office credentials
+NODE_LOGIN: dict[str, Any] = {"security": [{"node": []}]}
+
+
 def responses(
     code: int, model: str, description: str = "", stream: str | None = None
 ) -> dict[int | str, dict[str, Any]]:
@@ -223,7 +238,12 @@ def _complete(doc: dict[str, Any]) -> None:
     schemas.update(copy.deepcopy(kind_schemas()))
     schemas.update(copy.deepcopy(SCHEMAS))
     doc["components"]["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer", "description": "a Kled token"}
+        "bearer": {"type": "http", "scheme": "bearer", "description": "a Kled token"},
+        "node": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "a node's Message Office user and password",
+        },
     }
 
 

@@ -91,7 +91,11 @@ async def source_state(request: Request, team: str, digest: str, user: UserInfo 
     return JSONResponse({"complete": False, "parts": have})
 
 
-@router.put("/teams/{team}/workspace-sources/{digest}/parts/{index}", tags=["Workspace"])
+@router.put(
+    "/teams/{team}/workspace-sources/{digest}/parts/{index}",
+    tags=["Workspace"],
+    openapi_extra=openapi.bytes_body("one part of the source archive"),
+)
 async def put_part(
     request: Request, team: str, digest: str, index: int, user: UserInfo = User
 ) -> Response:
@@ -108,7 +112,11 @@ async def put_part(
     return JSONResponse({"part": index, "size": len(data)})
 
 
-@router.post("/teams/{team}/workspace-sources/{digest}/complete", tags=["Workspace"])
+@router.post(
+    "/teams/{team}/workspace-sources/{digest}/complete",
+    tags=["Workspace"],
+    openapi_extra=openapi.no_body(),
+)
 async def complete(
     request: Request, team: str, digest: str, parts: int, user: UserInfo = User
 ) -> Response:
@@ -183,7 +191,11 @@ def _node_login(request: Request, node: str) -> None:
         raise Unauthorized("a node's Message Office credentials are required")
 
 
-@router.get("/nodes/{node}/workspace-sources/{team}/{digest}", tags=["Workspace"])
+@router.get(
+    "/nodes/{node}/workspace-sources/{team}/{digest}",
+    tags=["Workspace"],
+    openapi_extra=openapi.NODE_LOGIN,
+)
 async def node_source(request: Request, node: str, team: str, digest: str) -> Response:
     """The archive, for the agent of the node that runs a workspace naming it."""
     _node_login(request, node)
