@@ -86,6 +86,19 @@ def test_secret_values_are_encrypted_at_rest_and_shown_only_to_readers(
     assert any("encryptedData" in t for t in texts)
     assert not [t for t in texts if VALUE in t or encoded in t]
 
+    # a client's own "encryptedData" field does not stop the sealing
+    forged = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "forged"},
+              "data": {"password": encoded}, "encryptedData": "not-a-blob"}  # fmt: skip
+    admin.ok("apply", "--validate=false", "-f", "-", stdin=json.dumps(forged))
+    assert admin.ok("get", "secret", "forged", "-o", "jsonpath={.data.password}") == encoded
+    # kubectl apply keeps the manifest, values included, in an annotation: sealed too, and
+    # read back for the next apply's three-way merge
+    clean = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "applied"},
+             "data": {"password": encoded}}  # fmt: skip
+    admin.ok("apply", "-f", "-", stdin=json.dumps(clean))
+    assert "secret/applied unchanged" in admin.ok("apply", "-f", "-", stdin=json.dumps(clean))
+    assert not [t for t in stored_texts(server, unique_team) if encoded in t]
+
     viewer = kubectl(configs, tmp_path, user="vic")
     for args in (("get", "secret", "db"), ("get", "secrets", "-w", "--request-timeout=5s")):
         done = viewer(*args)

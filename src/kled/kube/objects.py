@@ -9,8 +9,9 @@ compacted revision is ``410 Expired``. The store's name of a document is a diges
 the object's own identity is in ``spec.object``. Labels are the document's labels, so the
 store (and its watch cache) applies label selectors.
 
-A Secret's ``data`` is sealed with the store's key before it is written, as a Kled Secret's
-is: the database, the event log and the watch cache hold one encrypted blob
+A Secret's ``data`` (and its annotations, where ``kubectl apply`` keeps a copy of the
+manifest) is sealed with the store's key before it is written, as a Kled Secret's is:
+the database, the event log and the watch cache hold one encrypted blob
 (``spec.object.encryptedData``), and only these reads open it — after the route has
 checked that the caller may read secrets.
 """
@@ -47,12 +48,19 @@ def served_of(stored: dict[str, Any]) -> Served | None:
 
 
 def sealed(served: Served, stored: dict[str, Any], cipher: SecretCipher) -> dict[str, Any]:
-    """The document as written: a Secret's values in one encrypted blob."""
-    obj = stored["spec"]["object"]
-    if served.kind != "Secret" or ENCRYPTED_FIELD in obj:
+    """The document as written: a Secret's ``data`` and its annotations (``kubectl
+    apply`` copies the whole manifest, values included, into one) in one encrypted blob."""
+    if served.kind != "Secret":
         return stored
+    # a client's own ``encryptedData`` is not a Kubernetes field: it is dropped, never
+    # taken for a sealed blob (which would leave ``data`` in clear)
+    obj = {k: v for k, v in stored["spec"]["object"].items() if k != ENCRYPTED_FIELD}
+    meta = dict(obj.get("metadata") or {})
+    secret = {"data": obj.pop("data", None) or {}, "annotations": meta.pop("annotations", {})}
+    obj["metadata"] = meta
+    blob = cipher.seal({"data": secret})[ENCRYPTED_FIELD]
     out = dict(stored)
-    out["spec"] = {**stored["spec"], "object": cipher.seal(obj)}
+    out["spec"] = {**stored["spec"], "object": {**obj, ENCRYPTED_FIELD: blob}}
     return out
 
 
@@ -61,9 +69,11 @@ def unwrap(stored: dict[str, Any], cipher: SecretCipher | None = None) -> dict[s
     values opened with ``cipher`` (without one they stay sealed)."""
     obj = copy.deepcopy((stored.get("spec") or {}).get("object") or {})
     if cipher is not None and ENCRYPTED_FIELD in obj:
-        obj = cipher.open(obj)
-        if not obj.get("data"):
-            obj.pop("data", None)
+        secret = cipher.open({ENCRYPTED_FIELD: obj.pop(ENCRYPTED_FIELD)})["data"]
+        if secret.get("data"):
+            obj["data"] = secret["data"]
+        if secret.get("annotations"):
+            obj.setdefault("metadata", {})["annotations"] = secret["annotations"]
     meta = obj.setdefault("metadata", {})
     outer = stored["metadata"]
     for field in SYSTEM:
