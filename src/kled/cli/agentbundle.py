@@ -15,8 +15,10 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import platform
+import shlex
 import sys
 import tarfile
+import tomllib
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -28,16 +30,27 @@ def python_tag() -> str:
 
 
 def closure(root: str = "kled") -> list[importlib.metadata.Distribution]:
-    """``root``'s installed distribution and the ones it needs, recursively (no extras)."""
+    """``root``'s installed distribution and the ones it needs, recursively, with the
+    extras its requirements ask for (``sqlalchemy[asyncio]`` brings greenlet)."""
     seen: dict[str, importlib.metadata.Distribution] = {}
-    todo = [root]
+    done: set[tuple[str, str]] = set()
+    todo: list[tuple[str, str]] = [(root, "")]
+    if root == "kled":
+        seen["kled"] = importlib.metadata.distribution("kled")
+        done.add(("kled", ""))
+        todo = []
+        for line in kled_requirements():
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo += [(req.name, "")] + [(req.name, e) for e in sorted(req.extras)]
     while todo:
-        name = todo.pop()
+        name, extra = todo.pop()
         key = name.lower().replace("_", "-")
-        if key in seen:
+        if (key, extra) in done:
             continue
+        done.add((key, extra))
         try:
-            dist = importlib.metadata.distribution(name)
+            dist = seen.get(key) or importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
             continue
         seen[key] = dist
@@ -46,10 +59,24 @@ def closure(root: str = "kled") -> list[importlib.metadata.Distribution]:
                 req = Requirement(line)
             except InvalidRequirement:
                 continue
-            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            if req.marker is not None and not req.marker.evaluate({"extra": extra}):
                 continue
-            todo.append(req.name)
+            if req.marker is None and extra:
+                continue  # asked for with the base requirements already
+            todo += [(req.name, "")] + [(req.name, e) for e in sorted(req.extras)]
     return list(seen.values())
+
+
+def kled_requirements() -> list[str]:
+    """Kled's own requirements: from the checkout's pyproject.toml when this runs from one
+    (an editable install's metadata is as old as its last ``pip install -e``), else from
+    the installed metadata."""
+    pyproject = _kled_package().parents[1] / "pyproject.toml"
+    if pyproject.is_file():
+        project = tomllib.loads(pyproject.read_text()).get("project") or {}
+        if project.get("name") == "kled":
+            return [str(r) for r in project.get("dependencies") or []]
+    return importlib.metadata.requires("kled") or []
 
 
 def _kled_package() -> Path:
@@ -83,3 +110,9 @@ def build(out: Path) -> Path:
         info.size = len(meta)
         tar.addfile(info, io.BytesIO(meta))
     return out
+
+
+def launcher(python: str) -> str:
+    """A ``kled`` command for an unpacked bundle (a console script needs pip to make)."""
+    code = 'import sys; from kled.cli.main import run; sys.argv[0] = "kled"; run()'
+    return f'#!/bin/sh\nexec {shlex.quote(python)} -c {shlex.quote(code)} "$@"\n'

@@ -31,6 +31,7 @@ from typing import Annotated, Any
 
 import typer
 
+from kled.cli import wsimage
 from kled.cli.client import Client
 from kled.cli.logs import stream_logs
 from kled.cli.output import align, check_format, note, out, show, warn
@@ -43,6 +44,7 @@ from kled.workspace.discovery import not_found, select_config
 from kled.workspace.features import resolve_features
 
 app = typer.Typer(no_args_is_help=True)
+app.add_typer(wsimage.app, name="image", help="The preload image: kled ws image build.")
 
 #: the API's body limit is 1 MiB: parts stay well under it
 PART_SIZE = 768 * 1024
@@ -190,9 +192,13 @@ def up(
         folder = Path(source).expanduser().resolve()
         if not folder.is_dir():
             raise InvalidInput(f"{source}: not a folder nor a git URL", field="SOURCE")
-        check_folder(folder, config)
         label = name or default_name(str(folder))
-        data = pack(folder)
+        if wsimage.wants_preload(folder, config):
+            note(f"no devcontainer.json: the preload image {wsimage.DEFAULT_TAG}")
+            data = wsimage.with_preload_config(pack(folder))
+        else:
+            check_folder(folder, config)
+            data = pack(folder)
         spec["source"] = {"path": str(folder)}
     if config:
         spec["devcontainer"] = config
