@@ -11,9 +11,9 @@ import time
 
 import httpx
 import pytest
+from test_api import app_doc, apps, make_team, make_user
 
 from servers import RunningServer
-from test_api import app_doc, apps, make_team, make_user
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import kled
 from kled.admission.request import UserInfo
-from kled.api import observability, openapi, rest
+from kled.api import batch, observability, openapi, rest
 from kled.api.errors import (
     allowed_methods,
     http_error_handler,
@@ -22,9 +22,10 @@ from kled.api.errors import (
     validation_error_handler,
 )
 from kled.api.fastreads import ResourceReads
-from kled.api.rest import User, _body, _outcome, service
+from kled.api.rest import User, _outcome, service
 from kled.api.service import Service
-from kled.errors import KledError
+from kled.errors import InvalidInput, KledError
+from kled.resources import bounds
 
 DEFAULT_MAX_BODY = 1024 * 1024
 
@@ -67,12 +68,26 @@ async def whoami(user: UserInfo = User) -> Response:
 
 @extra.post(
     "/apply",
-    summary="Create or update a resource of any kind (201 when created)",
+    summary=(
+        "Create or update a resource of any kind (201 when created), or each of a List "
+        "(one result each)"
+    ),
     responses={**openapi.responses(200, "Outcome"), **openapi.responses(201, "Outcome")},
     openapi_extra=openapi.write_body(None),
 )
-async def apply(request: Request, user: UserInfo = User, dryRun: bool = False) -> Response:
-    doc = await _body(request)
+async def apply(
+    request: Request, user: UserInfo = User, dryRun: bool = False, continueOnError: bool = False
+) -> Response:
+    """One document, or a ``List`` of them answered one result each (``api/batch.py``)."""
+    doc = bounds.loads(await request.body() or b"null")
+    many = batch.documents(doc)
+    if many is not None:
+        results = await batch.apply_all(
+            service(request), user, many, dry_run=dryRun, keep_going=continueOnError
+        )
+        return JSONResponse(results)
+    if not isinstance(doc, dict):
+        raise InvalidInput("the body must be one resource as a JSON object")
     outcome = await service(request).apply(user, doc, dry_run=dryRun)
     return _outcome(outcome, 201 if outcome.result == "created" else 200)
 
