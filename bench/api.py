@@ -12,7 +12,9 @@ is not the server's interpreter) for a fixed time per request shape:
 - ``list_100``: the 100 apps of one environment (fewer with under 1,000 apps);
 - ``apply``: a changed app each request (a label counts up): only 2xx answers count as
   writes, refused ones are reported apart;
-- ``apply_unchanged``: the same document again (answers ``unchanged``).
+- ``apply_unchanged``: the same document again (answers ``unchanged``);
+- ``apply_batch_500``: 500 changed apps in one request (a ``List``), by httpx, one at a
+  time: documents configured per second.
 
 Each on SQLite and on PostgreSQL (a throwaway database at 127.0.0.1:5432, when reachable).
 Prints one JSON document with requests/s, p50/p99 and the ratios get/healthz and
@@ -317,6 +319,7 @@ def run_backend(name: str, database: str | None, args: argparse.Namespace) -> di
             settled = round(ready + settle(url), 1)
             token = (data / "admin.token").read_text().strip()
             shapes = {shape: run_wrk(url, token, shape, args) for shape in LUA_SHAPES}
+            shapes["apply_batch_500"] = batch_apply(url, token, args)
             ceiling = shapes["healthz"]["requests_per_s"] or 1.0
             return {
                 "backend": name,
@@ -338,6 +341,33 @@ def run_backend(name: str, database: str | None, args: argparse.Namespace) -> di
                 proc.kill()
                 proc.wait()
             server_log.close()
+
+
+def batch_apply(url: str, token: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``apply`` of 500 changed apps in one request (a List), again for ``args.seconds``."""
+    count = min(500, args.apps)
+    rounds: list[float] = []
+    written = 0
+    deadline = time.perf_counter() + args.seconds
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as c:
+        while time.perf_counter() < deadline or not rounds:
+            gen = str(len(rounds) + 2)
+            docs = []
+            for i in range(count):
+                team, env, name = place(i)
+                docs.append(app_doc(name, team, env, gen=gen))
+            started = time.perf_counter()
+            r = c.post("/api/v1/apply", json={"kind": "List", "items": docs}, timeout=300)
+            rounds.append(time.perf_counter() - started)
+            r.raise_for_status()
+            written += sum(x.get("result") == "configured" for x in r.json()["results"])
+    total = sum(rounds)
+    return {
+        "documents_per_request": count,
+        "requests": len(rounds),
+        "configured_per_s": round(written / total, 1),
+        "p50_request_s": round(sorted(rounds)[len(rounds) // 2], 2),
+    }
 
 
 def serve() -> None:
