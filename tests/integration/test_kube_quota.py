@@ -48,7 +48,11 @@ def server(shared_server: RunningServer) -> RunningServer:
 @pytest.fixture
 def configs(server: RunningServer, unique_team: str, tmp_path: Path) -> dict[str, Path]:
     return make_cluster(
-        server, unique_team, tmp_path / "kube", users={"vic": "view"}, spec={"quota": QUOTA}
+        server,
+        unique_team,
+        tmp_path / "kube",
+        users={"vic": "view", "eve": "edit"},
+        spec={"quota": QUOTA},
     )
 
 
@@ -118,6 +122,9 @@ def test_the_quota_is_a_read_only_resourcequota_in_every_namespace(
     done = viewer("scale", "deploy", "web", "--replicas=1")
     assert done.returncode == 1
     assert 'User "vic" cannot patch resource "deployments" in API group "apps"' in done.stderr
+    done = kubectl(configs, tmp_path, user="eve")("delete", "quota", "cluster-quota")
+    assert done.returncode == 1
+    assert 'User "eve" cannot delete resource "resourcequotas"' in done.stderr
     done = admin("delete", "quota", "cluster-quota")
     assert done.returncode == 1
     assert "delete is not supported on resources of kind resourcequotas" in done.stderr

@@ -83,7 +83,11 @@ def allowed(role: str | None, verb: str, served: Served) -> bool:
     if role == "cluster-admin":
         return True
     if role == "edit":
-        return verb in READ_VERBS or (served.namespaced and served.kind != "Event")
+        # namespaced kinds clients write; not the server's own views (ReplicaSet,
+        # ResourceQuota), refused as Kubernetes' edit role refuses them: 403
+        return verb in READ_VERBS or (
+            served.namespaced and served.kind != "Event" and served.writable
+        )
     if role == "view":
         return verb in READ_VERBS and served.kind != "Secret"
     return False
