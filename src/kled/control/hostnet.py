@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from kled.control.appstatus import is_ready
 from kled.control.netmap import Peer as MeshPeer
+from kled.resources import clusterservices
 from kled.resources.hoststate import HostDesiredState, ReplicaSpec
 from kled.resources.netstate import (
     HostNetwork,
@@ -224,6 +225,14 @@ def snapshot_from_documents(
         snap.services.append(
             ServiceInfo(meta["team"], env, meta["name"], status["ip"], ports, hold=hold)
         )
+        for extra in clusterservices.entries(doc):  # a Kled Cluster's Services picking it
+            extra_ports = tuple(
+                ServicePort(port=p.port, protocol=p.protocol, target_port=p.target_port)  # type: ignore[arg-type]
+                for p in extra.ports
+            )
+            snap.services.append(
+                ServiceInfo(meta["team"], env, meta["name"], extra.ip, extra_ports, hold=hold)
+            )
         for index, ip in (status.get("podIPs") or {}).items():
             snap.pod_ip_seeds[f"{meta['team']}.{env}.{meta['name']}.{index}"] = str(ip)
         if snap.running is None:

@@ -38,6 +38,7 @@ from typing import Any
 from kled.control.ipam import Ipam, Pool
 from kled.control.netmap import Deltas, Netmap, Peer
 from kled.errors import Conflict, Gone, KledError, NotFound, Unavailable
+from kled.resources import clusterservices
 from kled.store.objects import Event, Key, Store
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ NetmapCallback = Callable[[Deltas], Awaitable[None] | None]
 class _Team:
     zone: str
     records: RecordSet
+    #: (env, app) → the names of the Kled Cluster Services that App carries
+    cluster_names: dict[tuple[str, str], dict[tuple[str, str], AppRecord]] = field(
+        default_factory=dict
+    )
 
 
 class MeshController:
@@ -445,6 +450,28 @@ class MeshController:
         if state.records.apps.get((env, name)) != record:
             state.records.apps[(env, name)] = record
             self._dirty.add(team)
+        self._cluster_service_records(state, team, env, name, doc)
+
+    def _cluster_service_records(
+        self, state: _Team, team: str, env: str, app: str, doc: dict[str, Any] | None
+    ) -> None:
+        """The names of the Kled Cluster Services an App carries (``clusterservices``)."""
+        wanted: dict[tuple[str, str], AppRecord] = {}
+        for service in clusterservices.entries(doc):
+            ports = tuple(NamedPort(p.name, p.port, p.protocol) for p in service.ports if p.name)
+            for key in clusterservices.dns_names(service):
+                wanted[key] = AppRecord(service.ip, ports)
+        before = state.cluster_names.pop((env, app), {})
+        for key in before:
+            if key not in wanted and state.records.apps.get(key) == before[key]:
+                del state.records.apps[key]
+                self._dirty.add(team)
+        for key, record in wanted.items():
+            if state.records.apps.get(key) != record:
+                state.records.apps[key] = record
+                self._dirty.add(team)
+        if wanted:
+            state.cluster_names[(env, app)] = wanted
 
     async def _forget(self, event: Event, *, release: bool) -> None:
         team, env, name = event.team, event.environment, event.name
@@ -457,6 +484,8 @@ class MeshController:
         else:
             if state is not None and state.records.apps.pop((env, name), None) is not None:
                 self._dirty.add(team)
+            if state is not None:
+                self._cluster_service_records(state, team, env, name, None)
             owner = f"{env}/{name}"
         if release:
             await self._release(team, event.kind, owner)

@@ -17,9 +17,10 @@ from typing import Any
 
 from kled.api.service import ADMIN, Service
 from kled.errors import Conflict, KledError, NotFound
-from kled.kube import events, history, workloads
+from kled.kube import events, history, routing, workloads
 from kled.kube.objects import ClusterObjects
 from kled.kube.served import by_kind
+from kled.resources import clusterservices
 from kled.store.objects import Key
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ DEPLOYMENT = by_kind("apps/v1", "Deployment")
 POD = by_kind("v1", "Pod")
 CONFIG_MAP = by_kind("v1", "ConfigMap")
 SECRET = by_kind("v1", "Secret")
+SERVICE = by_kind("v1", "Service")
 RESYNC_SECONDS = 30.0
 
 
@@ -78,6 +80,13 @@ async def sync_deployment(svc: Service, objects: ClusterObjects, namespace: str,
             await svc.create(ADMIN, doc)
     lookup = await _lookup_table(objects, namespace)
     app = workloads.app_doc(objects.team, objects.cluster, deployment, lookup)
+    assert SERVICE is not None
+    services, _ = await objects.list(SERVICE, namespace)
+    picked = routing.routed(objects.cluster, deployment, services)
+    if picked:  # the cluster Services that route to its pods, for the gateways and DNS
+        app["metadata"]["annotations"] = {
+            clusterservices.ANNOTATION: clusterservices.encode(picked)
+        }
     sealed = workloads.env_secret_doc(objects.team, objects.cluster, deployment, lookup)
     if sealed is not None:
         await svc.apply(ADMIN, sealed)
@@ -86,6 +95,15 @@ async def sync_deployment(svc: Service, objects: ClusterObjects, namespace: str,
         with contextlib.suppress(NotFound):
             await svc.delete(ADMIN, sealed_key)
     await history.sync(objects, namespace, name)
+
+
+async def sync_services(svc: Service, objects: ClusterObjects, namespace: str) -> None:
+    """After a Service of ``namespace`` changed: each Deployment's App carries the
+    Services that now pick its pods (and no longer those that do not)."""
+    assert DEPLOYMENT is not None
+    deployments, _ = await objects.list(DEPLOYMENT, namespace)
+    for deployment in deployments:
+        await sync_deployment(svc, objects, namespace, deployment["metadata"]["name"])
 
 
 async def delete_namespace_apps(svc: Service, objects: ClusterObjects, namespace: str) -> None:

@@ -466,6 +466,8 @@ async def _run(call: Call, served: Served, obj: dict[str, Any], *, gone: bool = 
     meta = obj["metadata"]
     if served.kind == "Deployment":
         await mirror.sync_deployment(call.svc, call.objects, meta["namespace"], meta["name"])
+    elif served.kind == "Service":
+        await mirror.sync_services(call.svc, call.objects, meta["namespace"])
     elif served.kind == "Namespace" and gone:
         await mirror.delete_namespace_apps(call.svc, call.objects, meta["name"])
 

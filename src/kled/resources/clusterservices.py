@@ -1,0 +1,102 @@
+"""A Kled Cluster's Services as extra service entries on the Apps their selectors pick.
+
+The kube mirror writes, on each App that runs a cluster's Deployment, the annotation
+``kled.io/cluster-services``: a JSON list of the cluster Services whose selector picks the
+Deployment's pods, each with its ClusterIP and ports. The gateways' snapshot
+(``control/hostnet.py``) reads it as more ``ServiceInfo`` of that App — the ClusterIP and
+port lead to the App's ready replicas, by the one App service path — and the mesh
+controller as more DNS names of the team zone. Both layers read it through ``entries``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+ANNOTATION = "kled.io/cluster-services"
+
+
+@dataclass(frozen=True)
+class ClusterPort:
+    name: str
+    port: int
+    target_port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class ClusterService:
+    cluster: str
+    namespace: str
+    name: str
+    ip: str
+    ports: tuple[ClusterPort, ...]
+
+
+def encode(services: list[ClusterService]) -> str:
+    return json.dumps(
+        [
+            {
+                "cluster": s.cluster,
+                "namespace": s.namespace,
+                "name": s.name,
+                "ip": s.ip,
+                "ports": [
+                    {
+                        "name": p.name,
+                        "port": p.port,
+                        "targetPort": p.target_port,
+                        "protocol": p.protocol,
+                    }
+                    for p in s.ports
+                ],
+            }
+            for s in sorted(services, key=lambda s: (s.namespace, s.name))
+        ],
+        sort_keys=True,
+    )
+
+
+def entries(doc: dict[str, Any] | Any) -> list[ClusterService]:
+    """The cluster Services an App document carries; a malformed annotation is none."""
+    annotations = ((doc.get("metadata") or {}).get("annotations") or {}) if doc else {}
+    text = annotations.get(ANNOTATION)
+    if not text:
+        return []
+    try:
+        raw = json.loads(text)
+        return [
+            ClusterService(
+                cluster=str(item["cluster"]),
+                namespace=str(item["namespace"]),
+                name=str(item["name"]),
+                ip=str(item["ip"]),
+                ports=tuple(
+                    ClusterPort(
+                        name=str(p.get("name") or ""),
+                        port=int(p["port"]),
+                        target_port=int(p.get("targetPort") or p["port"]),
+                        protocol=str(p.get("protocol") or "TCP"),
+                    )
+                    for p in item.get("ports") or []
+                ),
+            )
+            for item in raw
+            if item.get("ip")
+        ]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
+
+
+def dns_names(service: ClusterService) -> list[tuple[str, str]]:
+    """(environment, name) pairs under which the team zone answers with the ClusterIP:
+    ``<svc>.<ns>.<cluster>`` for the whole team mesh, and, in the environment of the
+    Service's namespace (which its pods search first), ``<svc>.<ns>`` and
+    ``<svc>.<ns>.svc.cluster.local``."""
+    env = f"{service.cluster}-{service.namespace}"
+    return [
+        (f"{service.namespace}.{service.cluster}", service.name),
+        (env, f"{service.name}.{service.namespace}"),
+        (env, f"{service.name}.{service.namespace}.svc.cluster.local"),
+    ]
