@@ -24,7 +24,7 @@ from kled.admission.request import UserInfo
 from kled.api import authz
 from kled.api.rest import User
 from kled.control.desired import RESTARTED_AT
-from kled.errors import Conflict, InvalidInput, KledError, NotFound
+from kled.errors import Conflict, Gone, InvalidInput, KledError, NotFound
 from kled.resources.registry import Scope, kind_info, resolve_kind
 from kled.store.objects import Event, Key
 from kled.ui import views
@@ -593,39 +593,59 @@ async def watch(
     if not chosen or any(k not in LIVE_KINDS for k in chosen):
         raise InvalidInput(f"must name kinds among {', '.join(LIVE_KINDS)}", field="kinds")
     svc = service(request)
-    streams = []
-    for kind in chosen:
-        info = kind_info(kind)
-        where_team = None if info.scope is Scope.SERVER else team
-        streams.append(
-            await svc.watch(
-                v.user,
-                info,
-                where_team,
-                env if info.scope is Scope.ENVIRONMENT else None,
-                since=since,
-            )
-        )
+
+    async def follow(since: int | None) -> list[AsyncIterator[Event]]:
+        streams = []
+        for kind in chosen:
+            info = kind_info(kind)
+            where_team = None if info.scope is Scope.SERVER else team
+            environment = env if info.scope is Scope.ENVIRONMENT else None
+            streams.append(await svc.watch(v.user, info, where_team, environment, since=since))
+        return streams
+
+    try:
+        streams, resync = await follow(since), False
+    except Gone:
+        # the events since the page was drawn were compacted: follow from now and tell the
+        # page to read itself again (a browser's EventSource would give up on a 410)
+        streams, resync = await follow(None), True
     return StreamingResponse(
-        _changes(streams),
+        _changes(streams, resync),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _changes(streams: list[AsyncIterator[Event]]) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[Event] = asyncio.Queue()
+async def _changes(
+    streams: list[AsyncIterator[Event]], resync: bool = False
+) -> AsyncIterator[bytes]:
+    """A ``change`` per event; ``RESYNC`` first when the page missed compacted events.
+
+    A stream that falls behind compaction mid-way says ``RESYNC`` and ends: the browser
+    comes back with its ``Last-Event-ID``, which gets a ``RESYNC`` from now on.
+    """
+    queue: asyncio.Queue[Event | None] = asyncio.Queue()
 
     async def pump(stream: AsyncIterator[Event]) -> None:
-        async for event in stream:
-            await queue.put(event)
+        try:
+            async for event in stream:
+                await queue.put(event)
+        except Gone:
+            await queue.put(None)
 
+    resynced = json.dumps({"type": "RESYNC", "kind": "", "name": ""})
     tasks = [asyncio.create_task(pump(s)) for s in streams]
     last = 0
     try:
         yield b": watching\n\n"
+        if resync:
+            yield f"event: change\ndata: {resynced}\n\n".encode()
         while True:
-            event = await queue.get()
+            got = await queue.get()
+            if got is None:
+                yield f"event: change\ndata: {resynced}\n\n".encode()
+                return
+            event = got
             last = max(last, event.seq)
             data = json.dumps({"type": event.type, "kind": event.kind, "name": event.name})
             yield f"id: {last}\nevent: change\ndata: {data}\n\n".encode()
