@@ -58,6 +58,7 @@ class Service:
         self.credentials = credentials
         self.chain = chain
         self._auth_cache: dict[str, tuple[float, UserInfo | None]] = {}
+        self._auth_revision = 0  # the watch cache's revision the answers are checked up to
         self._user_locks: dict[str, asyncio.Lock] = {}
 
     # ---- identity --------------------------------------------------------------------
@@ -66,10 +67,12 @@ class Service:
         """The user a bearer token speaks for, or None for an unknown/expired/revoked one.
 
         Answers are remembered for ``AUTH_CACHE_SECONDS``: a token revoked through this
-        process stops at once (the cache is cleared), through another replica within that time.
+        process stops at once (the cache is cleared), through another replica once its event
+        reaches this one's watch cache (without one, within that time).
         """
         if not secret:
             return None
+        self._forget_on_credential_events()
         now = time.monotonic()
         cached = self._auth_cache.get(secret)
         if cached is not None and cached[0] > now:
@@ -82,6 +85,21 @@ class Service:
 
     def forget_credentials(self) -> None:
         self._auth_cache.clear()
+
+    def _forget_on_credential_events(self) -> None:
+        """Forget every remembered answer once a Token or User changed, on any replica.
+
+        The watch cache holds every replica's events as soon as they reach this one (at
+        once through ``NOTIFY`` on PostgreSQL): a token revoked elsewhere is refused here
+        from its revocation's event on, not when its remembered answer runs out.
+        """
+        cache = self.store.cache
+        if cache is None or cache.revision == self._auth_revision:
+            return
+        seen, self._auth_revision = self._auth_revision, cache.revision
+        events = cache.events_after(seen, cache.revision - seen) if seen else None
+        if events is None or any(e.kind in ("Token", "User") for e in events):
+            self._auth_cache.clear()
 
     async def _authenticate(self, secret: str) -> UserInfo | None:
         cred = await self.credentials.lookup(secret)
