@@ -14,7 +14,9 @@ is not the server's interpreter) for a fixed time per request shape:
   writes, refused ones are reported apart;
 - ``apply_unchanged``: the same document again (answers ``unchanged``);
 - ``apply_batch_500``: 500 changed apps in one request (a ``List``), by httpx, one at a
-  time: documents configured per second.
+  time: documents configured per second;
+- ``watch_fanout``: ``--watchers`` (1,000) watches of one environment's apps open in this
+  process (httpx), then one apply: how many had its event, and after how long (p50/p99).
 
 Each on SQLite and on PostgreSQL (a throwaway database at 127.0.0.1:5432, when reachable).
 Prints one JSON document with requests/s, p50/p99 and the ratios get/healthz and
@@ -320,6 +322,8 @@ def run_backend(name: str, database: str | None, args: argparse.Namespace) -> di
             token = (data / "admin.token").read_text().strip()
             shapes = {shape: run_wrk(url, token, shape, args) for shape in LUA_SHAPES}
             shapes["apply_batch_500"] = batch_apply(url, token, args)
+            if args.watchers:
+                shapes["watch_fanout"] = asyncio.run(fan_out(url, token, args.watchers))
             ceiling = shapes["healthz"]["requests_per_s"] or 1.0
             return {
                 "backend": name,
@@ -370,6 +374,60 @@ def batch_apply(url: str, token: str, args: argparse.Namespace) -> dict[str, Any
     }
 
 
+async def fan_out(url: str, token: str, watchers: int) -> dict[str, Any]:
+    """``watchers`` watches of one environment's apps, one write: when each one had it."""
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=watchers + 4, max_keepalive_connections=watchers + 4)
+    timeout = httpx.Timeout(120, read=None)
+    marker = f"fanout-{os.getpid()}-{time.time_ns()}"
+    path = BASE % (0, 0)
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=timeout
+    ) as c:
+        since = (await c.get("/readyz")).json()["revision"]
+        watching = 0
+        arrived: list[float] = []
+
+        async def watch() -> None:
+            nonlocal watching
+            params = {"watch": "true", "resourceVersion": str(since)}
+            async with c.stream("GET", path, params=params) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith(": watching"):
+                        watching += 1
+                    elif line.startswith("data:") and marker in line:
+                        arrived.append(time.perf_counter())
+                        return
+
+        tasks = [asyncio.create_task(watch()) for _ in range(watchers)]
+        opening = time.perf_counter()
+        while watching < watchers and time.perf_counter() - opening < 300:
+            await asyncio.sleep(0.05)
+        opened = time.perf_counter() - opening
+        team, env, name = place(0)
+        written = time.perf_counter()
+        r = await c.post("/api/v1/apply", json=app_doc(name, team, env, gen=marker))
+        r.raise_for_status()
+        await asyncio.wait(tasks, timeout=120)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    delays = sorted((t - written) * 1000 for t in arrived)
+
+    def at(q: float) -> float | None:
+        return round(delays[min(len(delays) - 1, int(q * len(delays)))], 1) if delays else None
+
+    return {
+        "watchers": watchers,
+        "watching": watching,
+        "seconds_to_open_all": round(opened, 1),
+        "delivered": len(delays),
+        "p50_ms": at(0.5),
+        "p99_ms": at(0.99),
+        "max_ms": round(delays[-1], 1) if delays else None,
+    }
+
+
 def serve() -> None:
     from kled.api.server import ControlPlane
     from kled.settings import ServerSettings
@@ -393,6 +451,9 @@ def main() -> None:
     parser.add_argument("--apps", type=int, default=2_000, help="apps stored before the run")
     parser.add_argument("--seconds", type=int, default=10, help="wrk's duration per shape")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--watchers", type=int, default=1000, help="watches open at one write (0: none)"
+    )
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
