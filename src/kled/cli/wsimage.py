@@ -190,16 +190,23 @@ def build_image(tag: str, rebuild: bool) -> bool:
             raise Unavailable(f"{tool} is not installed (Debian: apt-get install {tool})")
     if not rebuild and image_exists(tag):
         return False
+    old = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Id}}", tag],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
     mirror = read_mirror()
     with tempfile.TemporaryDirectory(prefix="kled-preload-") as tmp:
         bundle = agentbundle.build(Path(tmp) / "bundle.tar.gz")
         the_plan = plan(Path(tmp) / "root", mirror, bundle, tag)
         try:
             for i, step in enumerate(the_plan.steps, start=1):
-                note(f"[{i}/{len(the_plan.steps)}] {' '.join(step)[:100]}")
+                note(f"[{i}/{len(the_plan.steps)}] {' '.join(step).splitlines()[0][:100]}")
                 _run(step)
         finally:
             _unmount_under(Path(tmp))
+    if old:
+        # the image --rebuild replaced, untagged now; kept if a container still uses it
+        subprocess.run(["podman", "rmi", old], capture_output=True, check=False)
     return True
 
 
