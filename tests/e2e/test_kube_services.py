@@ -11,6 +11,7 @@ resolve.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -117,12 +118,15 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
         done = k("exec", client, "--", sys.executable, "-c", code, arg)
         return done.stdout.strip() if done.returncode == 0 else f"exit {done.returncode}"
 
+    def resolves(name: str) -> bool:
+        return in_pod(RESOLVE, name) == front_ip
+
     for name in (
         "front.default.svc.cluster.local",
         "front.default",
         "front.default.c1.a.kled.internal",
     ):
-        eventually(lambda name=name: in_pod(RESOLVE, name) == front_ip, f"{name} resolves")
+        eventually(functools.partial(resolves, name), f"{name} resolves")
     url = "http://front.default.svc.cluster.local/"
     eventually(lambda: in_pod(GET, url) == "200", "the Service answers by name")
     assert in_pod(GET, f"http://{front_ip}/") == "200"

@@ -90,3 +90,40 @@ def test_the_gateways_send_the_cluster_ip_to_the_apps_ready_replicas() -> None:
     [team] = build_networks(mesh, {"n1": [replica]}, PodAddressBook())["n1"].teams
     routed = {s.ip: s.backends for s in team.services}
     assert routed["100.65.4.9"] == routed["100.65.4.1"] == ("100.65.8.10",)
+
+
+def test_a_service_picking_two_deployments_leads_to_the_replicas_of_both() -> None:
+    shared = _service("all", {"tier": "front"})
+    apps = []
+    for name in ("web", "api"):
+        deployment = _deployment({"app": name, "tier": "front"})
+        [picked] = routing.routed("dev", deployment, [shared])
+        apps.append(
+            {
+                "kind": "App",
+                "metadata": {
+                    "name": name,
+                    "team": "acme",
+                    "environment": "dev-default",
+                    "annotations": {clusterservices.ANNOTATION: clusterservices.encode([picked])},
+                },
+                "spec": {},
+                "status": {"ip": "100.65.4.1" if name == "web" else "100.65.4.2"},
+            }
+        )
+    snap = snapshot_from_documents(
+        teams=[], nodes=[], services=apps, devices=[], intercepts=[], dns_server=None
+    )
+    mesh = MeshSnapshot(dns_server=None, node_names={"n1"}, services=snap.services)
+    mesh.teams["acme"] = TeamInfo("acme", "100.65.0.0/16")
+    mesh.nodes[("acme", "n1")] = NodeAddresses("100.65.0.1", "100.65.8.0/24")
+    replicas = [
+        ReplicaSpec(team="acme", environment="dev-default", app=a, index=0, command=["x"])
+        for a in ("web", "api")
+    ]
+    [team] = build_networks(mesh, {"n1": replicas}, PodAddressBook())["n1"].teams
+    [shared_route] = [s for s in team.services if s.ip == "100.65.4.9"]
+    assert len(shared_route.backends) == 2
+    assert set(shared_route.backends) == {
+        s.backends[0] for s in team.services if s.ip != "100.65.4.9"
+    }

@@ -466,11 +466,19 @@ def build_networks(
             icpt = dataclasses.replace(icpt, device_ip=ws_ip)
         intercepts.setdefault((icpt.team, icpt.env, icpt.app), []).append(icpt)
     services: dict[str, list[Service]] = {}
+    by_ip: dict[tuple[str, str], int] = {}
     for info in sorted(snap.services, key=lambda s: (s.team, s.env, s.name)):
         key = (info.team, info.env, info.name)
-        services.setdefault(info.team, []).append(
-            _service(info, tuple(backends.get(key, ())), intercepts.get(key, []))
-        )
+        built = _service(info, tuple(backends.get(key, ())), intercepts.get(key, []))
+        team_services = services.setdefault(info.team, [])
+        at = by_ip.get((info.team, info.ip))
+        if at is not None:  # a Kled Cluster Service picking the pods of several Apps
+            first = team_services[at]
+            union = tuple(sorted({*first.backends, *built.backends}))
+            team_services[at] = first.model_copy(update={"backends": union})
+            continue
+        by_ip[(info.team, info.ip)] = len(team_services)
+        team_services.append(built)
     out: dict[str, HostNetwork] = {}
     for node in nodes:
         teams: list[TeamNetwork] = []
