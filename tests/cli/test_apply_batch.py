@@ -23,11 +23,11 @@ def test_apply_of_many_documents_and_a_refused_one(admin: Cli, tmp_path: Path) -
 
     # refused by the server (no such environment): the same one line as a lone apply
     mixed = tmp_path / "mixed.yaml"
+    head = "kind: Config\napiVersion: kled.io/v1\nmetadata: "
     mixed.write_text(
-        "kind: Config\napiVersion: kled.io/v1\nmetadata: {name: ok, environment: dev}\ndata: {}\n---\n"
-        "kind: Config\napiVersion: kled.io/v1\nmetadata: {name: lost, environment: nope}\n"
-        "data: {}\n---\n"
-        "kind: Config\napiVersion: kled.io/v1\nmetadata: {name: later, environment: dev}\ndata: {}\n"
+        f"{head}{{name: ok, environment: dev}}\ndata: {{}}\n---\n"
+        f"{head}{{name: lost, environment: nope}}\ndata: {{}}\n---\n"
+        f"{head}{{name: later, environment: dev}}\ndata: {{}}\n"
     )
     result = admin("apply", "-f", str(mixed))
     alone = admin("apply", "-f", "-", stdin=mixed.read_text().split("---\n")[1])
