@@ -2,7 +2,8 @@
 
 ``sshd_on(mesh, host, folder)`` runs Debian's ``sshd -D -f <config>`` in lab host ``host``
 (198.18.0.<host>:2222) with a throwaway host key and an ``authorized_keys`` in ``folder``
-holding the client key ``folder/id`` (``folder/other`` is a key it refuses). It enters the
+holding the client key ``folder/id`` (``folder/other`` is a key it refuses; with
+``folder/nopy`` the machine has no python3 on its PATH). It enters the
 host's network namespace with ``nsenter``, not ``ip netns exec``, so that it shares the
 mount namespace as a real machine's sshd does (the namespaces an agent it starts makes must
 be visible). On exit sshd and whatever runs from an install under ``installs`` (the loop,
@@ -58,14 +59,24 @@ def sshd_on(mesh: Mesh, host: int, folder: Path, installs: Path) -> Iterator[Pat
     _keygen(folder / "host_key")
     _keygen(folder / "id")
     _keygen(folder / "other")
-    (folder / "authorized_keys").write_text((folder / "id.pub").read_text())
+    _keygen(folder / "nopy")
+    # a machine without python3, as the key ``nopy`` sees it: a PATH with the probe's
+    # other tools only
+    bare = folder / "nopy-bin"
+    bare.mkdir()
+    for tool in ("hostname", "id", "uname", "sh", "cat"):
+        found = shutil.which(tool)
+        if found:
+            (bare / tool).symlink_to(found)
+    nopy = f'environment="PATH={bare}" ' + (folder / "nopy.pub").read_text()
+    (folder / "authorized_keys").write_text((folder / "id.pub").read_text() + nopy)
     config = folder / "sshd_config"
     config.write_text(
         f"Port {PORT}\nListenAddress {mesh.lab.underlay_ip(host)}\n"
         f"HostKey {folder / 'host_key'}\nAuthorizedKeysFile {folder / 'authorized_keys'}\n"
         f"PidFile {folder / 'sshd.pid'}\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-        "StrictModes no\nUsePAM no\n"
+        "StrictModes no\nUsePAM no\nPermitUserEnvironment yes\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
     with open(folder / "sshd.log", "wb") as log:

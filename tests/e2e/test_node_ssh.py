@@ -110,7 +110,7 @@ def test_a_machine_over_ssh_becomes_a_node_runs_a_replica_and_is_removed(
     assert not psutil.pid_exists(replica) or psutil.Process(replica).status() == "zombie"
 
 
-def test_an_unreachable_machine_or_a_refused_key_is_one_line_and_leaves_nothing(
+def test_an_unreachable_machine_a_refused_key_or_no_python_is_one_line_and_leaves_nothing(
     mesh: Mesh, sshd: Path, tmp_path: Path
 ) -> None:
     home = tmp_path / "laptop"
@@ -127,6 +127,12 @@ def test_an_unreachable_machine_or_a_refused_key_is_one_line_and_leaves_nothing(
     assert bad_key.returncode != 0
     assert "Permission denied" in bad_key.stderr, bad_key.stderr
     assert len(bad_key.stderr.strip().splitlines()) == 1
+
+    no_python = _kled(mesh, home, *_add_args(mesh, sshd, prefix, key="nopy"))
+    assert no_python.returncode != 0
+    assert no_python.stderr.strip().splitlines() == [
+        "error: no python3 on the machine: install python3 there first"
+    ], no_python.stderr
 
     assert not prefix.exists()
     assert "far" not in _nodes(mesh)
