@@ -217,15 +217,28 @@ def test_a_git_repository_is_cloned_on_the_node_and_built(hosts: Hosts, tmp_path
     )
 
 
-def test_a_folder_without_devcontainer_json_is_one_line(hosts: Hosts, tmp_path: Path) -> None:
+def test_a_folder_without_devcontainer_json_goes_up_in_the_preload_image(
+    hosts: Hosts, tmp_path: Path
+) -> None:
     (tmp_path / "empty").mkdir()
-    result = hosts.cli("ws", "up", str(tmp_path / "empty"))
+    (tmp_path / "empty" / "notes.txt").write_text("no devcontainer.json here\n")
+    result = hosts.cli("ws", "up", "--no-wait", str(tmp_path / "empty"))
+    assert result.code == 0, result
+    assert "no devcontainer.json: the preload image kled/preload" in result.err
+    assert (tmp_path / "empty").exists() and not (
+        tmp_path / "empty" / ".devcontainer.json"
+    ).exists()
+    assert "empty" in hosts.cli.ok("ws", "list")
+    hosts.cli.ok("ws", "delete", "empty", "--yes")
+    eventually(lambda: "empty" not in hosts.cli.ok("ws", "list"), "the workspace gone")
+
+
+def test_a_missing_config_named_by_flag_is_one_line(hosts: Hosts, tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    result = hosts.cli("ws", "up", "--config", "nowhere/devcontainer.json", str(tmp_path / "plain"))
     assert result.code == 2, result
-    assert len(result.err.strip().splitlines()) == 1
-    assert (
-        "no devcontainer.json in" in result.err and ".devcontainer/devcontainer.json" in result.err
-    )
-    assert "empty" not in hosts.cli.ok("ws", "list")
+    assert len(result.err.strip().splitlines()) == 1 and "nowhere/devcontainer.json" in result.err
+    assert "plain" not in hosts.cli.ok("ws", "list")
 
 
 def test_an_unfetchable_feature_is_one_line_and_nothing_is_made(
