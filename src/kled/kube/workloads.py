@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from kled.control.desired import RESTARTED_AT
 from kled.errors import InvalidInput
 from kled.kube.status import KubeError, invalid
 from kled.resources import kinds
@@ -38,6 +39,9 @@ Lookup = Callable[[str, str, str], dict[str, Any] | None]
 
 def environment_name(cluster: str, namespace: str) -> str:
     return f"{cluster}-{namespace}"
+
+
+KUBECTL_RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
 
 def app_name(deployment: str) -> str:
@@ -143,10 +147,13 @@ def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup)
     grace = template["spec"].get("terminationGracePeriodSeconds")
     if grace is not None:
         spec["terminationGracePeriodSeconds"] = grace
+    # `kubectl rollout restart` stamps the pod template; the App restarts on its own stamp
+    stamp = ((template.get("metadata") or {}).get("annotations") or {}).get(KUBECTL_RESTARTED_AT)
     return {
         "apiVersion": "kled.io/v1",
         "kind": "App",
         "metadata": {
+            **({"annotations": {RESTARTED_AT: str(stamp)}} if stamp else {}),
             "name": app_name(meta["name"]),
             "team": team,
             "environment": environment_name(cluster, namespace),
