@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +58,9 @@ def free_port() -> int:
 async def seed(data_dir: Path, database: str, apps: int, teams: int) -> tuple[float, int]:
     """Teams, one environment each and ``apps`` apps, a thousand rows to a statement;
     the seconds it took and the revision it left."""
-    from sqlalchemy import insert, update
-
-    from kled.store.cipher import SecretCipher
-    from kled.store.database import Database
-    from kled.store.objects import Key, Store
-    from kled.store.schema import events, resources, revision
+    from seeding import write_documents
 
     began = time.perf_counter()
-    db = await Database.open(database)
-    store = Store(db, SecretCipher.from_data_dir(data_dir))
     docs: list[dict[str, Any]] = []
     for t in range(teams):
         docs.append({"kind": "Team", "metadata": {"name": f"t{t:03d}"}, "spec": {}})
@@ -76,32 +68,7 @@ async def seed(data_dir: Path, database: str, apps: int, teams: int) -> tuple[fl
         docs.append({**env, "spec": {}})
     for n in range(apps):
         docs.append(app_doc(f"app-{n:05d}", f"t{n % teams:03d}"))
-    rev = await db.current_revision()
-    now = datetime.now(UTC)
-    for start in range(0, len(docs), 1000):
-        rows, logged = [], []
-        for doc in docs[start : start + 1000]:
-            rev += 1
-            key = Key.of(doc)
-            new = store._stamp_new(doc, f"{rev:08d}-0000-0000-0000-000000000000", rev, now)
-            rows.append(store._columns(key, new))
-            logged.append(
-                {
-                    "seq": rev,
-                    "type": "ADDED",
-                    "kind": key.kind,
-                    "team": key.team,
-                    "environment": key.environment,
-                    "name": key.name,
-                    "object": new,
-                    "created_at": now,
-                }
-            )
-        async with db.engine.begin() as conn:
-            await conn.execute(insert(resources), rows)
-            await conn.execute(insert(events), logged)
-            await conn.execute(update(revision).where(revision.c.id == 1).values(value=rev))
-    await db.close()
+    rev = await write_documents(data_dir, database, docs)
     return time.perf_counter() - began, rev
 
 
