@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentlab import Mesh, eventually, lab_mesh
+from agentlab import MARKER_VAR, Mesh, eventually, lab_mesh
 
 from kled.cli.clusters import render
 from kubekit import Kubectl, kubectl_binary
@@ -36,11 +36,12 @@ GET = (
 RESOLVE = "import socket, sys; print(socket.gethostbyname(sys.argv[1]))"
 
 
-def _deployment(name: str, port: int) -> dict[str, Any]:
+def _deployment(name: str, port: int, marker: str) -> dict[str, Any]:
     container = {
         "name": name,
         "image": "python:3",
         "command": [sys.executable, "-m", "http.server", str(port)],
+        "env": [{"name": MARKER_VAR, "value": marker}],  # the lab stops what it marked
         "ports": [{"name": "http", "containerPort": port}],
         "readinessProbe": {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1},
     }
@@ -93,8 +94,8 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
     k = Kubectl(binary, config, tmp_path / "home", netns=mesh.lab.host(2))
     manifest = tmp_path / "app.json"
     items = [
-        _deployment("web", 8080),
-        _deployment("client", 9090),
+        _deployment("web", 8080, mesh.marker),
+        _deployment("client", 9090, mesh.marker),
         _service("front", "web"),
         _service("nobody", "none"),
     ]
@@ -110,6 +111,7 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
         return found
 
     eventually(lambda: len(pods()) == 2 and all(ready(p) for p in pods()), "two Ready pods")
+    assert len(mesh.replicas()) == 2
     [client] = [p["metadata"]["name"] for p in pods() if p["metadata"]["labels"]["app"] == "client"]
     front_ip = k.ok("get", "svc", "front", "-o", "jsonpath={.spec.clusterIP}")
     assert front_ip.startswith("100.98.")
