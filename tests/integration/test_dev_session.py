@@ -186,6 +186,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def test_dev_serves_edits_restarts_on_crash_and_ctrl_c_restores_the_app(lab: Lab) -> None:
+    lab.write_app("v1")  # whatever an earlier test left in the folder
     before = lab.spec()
     dev = Dev(lab)
     try:
@@ -228,6 +229,7 @@ def test_a_vanished_laptop_is_restored_by_the_control_plane(lab: Lab) -> None:
 
 def test_dev_status_and_stop_from_another_terminal(lab: Lab) -> None:
     before = lab.spec()
+    lab.write_app("v1")  # whatever an earlier test left in the folder
     assert "no dev session" in lab.hosts.cli.ok("dev", "--status", "web")
     dev = Dev(lab)
     try:
