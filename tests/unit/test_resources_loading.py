@@ -94,7 +94,7 @@ def test_documents_are_numbered_as_they_stand_in_the_file() -> None:
         ("kind: Widget\nmetadata: {name: w}\n",
          "app.yaml: document 1 (Widget/w): kind: unknown kind 'Widget' (known: Team, Node, "
          "User, Token, Device, Environment, Workspace, Policy, Cluster, GitSource, App, "
-         "ManagedService, Config, Secret, Intercept, KubeObject, ServiceTemplate)"),
+         "ManagedService, Config, Secret, Intercept, Job, KubeObject, ServiceTemplate)"),
         ("apiVersion: apps/v1\nkind: App\nmetadata: {name: api}\n",
          "app.yaml: document 1 (App/api): apiVersion: unknown apiVersion 'apps/v1' for App "
          "(expected kled.io/v1)"),
@@ -185,7 +185,7 @@ def test_without_a_translator_a_foreign_document_is_refused() -> None:
     assert error_of(FOREIGN, "p.yaml").message == (
         "p.yaml: document 1 (FooPolicy/deny-latest): kind: unknown kind 'FooPolicy' (known: "
         "Team, Node, User, Token, Device, Environment, Workspace, Policy, Cluster, GitSource, "
-        "App, ManagedService, Config, Secret, Intercept, KubeObject, ServiceTemplate)"
+        "App, ManagedService, Config, Secret, Intercept, Job, KubeObject, ServiceTemplate)"
     )
 
 

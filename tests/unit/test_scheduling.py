@@ -193,7 +193,7 @@ def test_node_info_reads_node_documents() -> None:
     info = node_info(doc)
     assert info.ready and not info.schedulable  # tainted NoSchedule
     assert (info.cpu_millicores, info.memory_bytes) == (3500, 7 * GI)
-    assert info.labels == {"disktype": "ssd"}
+    assert info.labels == {"disktype": "ssd", "kled.io/hostname": "n1"}  # implicit, as in k8s
     drained = node_info({**doc, "spec": {"unschedulable": True}})
     assert not drained.schedulable
     declared = node_info({"metadata": {"name": "x"}, "spec": {"capacity": {"memory": "1Gi"}}})
