@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kled.control.owners import owner_refs
 from kled.errors import Conflict, KledError, NotFound
 from kled.resources.cron import next_after
 from kled.resources.cron import parse as parse_schedule
@@ -335,11 +336,7 @@ class JobController:
         if now - self._orphans_at >= ORPHAN_SCAN_SECONDS:
             self._orphans_at = now
             apps = (await self.store.list("App")).items
-        for app in apps:
-            owner = ((app.get("metadata") or {}).get("labels") or {}).get(JOB_LABEL)
-            if owner:
-                m = app["metadata"]
-                found.add((m["team"], m.get("environment") or "", str(owner)))
+        found |= owner_refs(apps, JOB_LABEL)
         for ref in sorted(found):
             await self._guarded(ref)
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kled.control.desired import MANAGED_BY
+from kled.control.owners import owner_refs
 from kled.errors import Conflict, InvalidInput, KledError, NotFound
 from kled.resources.kinds import validate
 from kled.resources.templates import (
@@ -407,11 +408,7 @@ class ManagedServiceController:
 
     async def _all(self) -> None:
         found = {_ref(d) for d in (await self.store.list("ManagedService")).items}
-        for app in (await self.store.list("App")).items:
-            owner = ((app.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY)
-            if owner:
-                m = app["metadata"]
-                found.add((m["team"], m.get("environment") or "", str(owner)))
+        found |= owner_refs((await self.store.list("App")).items, MANAGED_BY)
         for ref in sorted(found):
             await self._guarded(ref)
 
