@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
+import kubelab
 import pytest
 from agentlab import MARKER_VAR, Mesh, eventually, lab_mesh
+from kubelab import cluster_kubectl, ready
 
-from kled.cli.clusters import render
-from kubekit import Kubectl, kubectl_binary
+from kubekit import kubectl_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("netns")]
 
@@ -58,16 +58,6 @@ def _manifest(marker: str) -> str:
     return json.dumps(deployment)
 
 
-def _pods(k: Kubectl) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = json.loads(k.ok("get", "pods", "-o", "json"))["items"]
-    return items
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    conditions = pod.get("status", {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
 def test_a_deployment_runs_on_the_teams_node_and_kubectl_sees_its_pods(tmp_path: Path) -> None:
     binary = kubectl_binary()
     if binary is None:
@@ -84,25 +74,19 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
     mesh.start_agent(1)
     mesh.team("a", "100.97.0.0/16")
     mesh.api("POST", "/api/v1/teams/a/clusters", {"kind": "Cluster", "metadata": {"name": "c1"}})
-    answer = mesh.api("POST", "/k8s/a/c1/kled/token", {})
-    config = tmp_path / "kubeconfig"
-    config.write_text(
-        render(answer["server"], "a", "c1", answer["user"], answer["token"],
-               answer["certificateAuthorityData"])
-    )  # fmt: skip
-    k = Kubectl(binary, config, tmp_path / "home", netns=mesh.lab.host(2))
+    k = cluster_kubectl(mesh, tmp_path / "home", binary=binary)
     manifest = tmp_path / "web.json"
     manifest.write_text(_manifest(mesh.marker))
     assert "deployment.apps/web created" in k.ok("apply", "-f", str(manifest))
 
     def three_ready() -> bool:
-        pods = _pods(k)
-        return len(pods) == 3 and all(_ready(p) for p in pods)
+        pods = kubelab.pods(k)
+        return len(pods) == 3 and all(ready(p) for p in pods)
 
     eventually(three_ready, "three Ready pods")
     k.ok("wait", "--for=condition=Available", "deployment/web", "--timeout=60s")
     assert "successfully rolled out" in k.ok("rollout", "status", "deployment/web", "--timeout=60s")
-    pods = _pods(k)
+    pods = kubelab.pods(k)
     assert {p["spec"]["nodeName"] for p in pods} == {"node1"}
     assert all(p["status"]["podIP"].startswith("100.97.") for p in pods)
     rows = k.ok("get", "pods").splitlines()[1:]
@@ -123,12 +107,12 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
     assert "Started container web" in described
 
     assert "deployment.apps/web scaled" in k.ok("scale", "deployment", "web", "--replicas=1")
-    eventually(lambda: len(_pods(k)) == 1 and len(mesh.replicas()) == 1, "one replica left")
+    eventually(lambda: len(kubelab.pods(k)) == 1 and len(mesh.replicas()) == 1, "one replica left")
     killed = k.ok("get", "events", "--field-selector", "reason=Killing")
     assert killed.count("Stopping container web") == 2, killed
 
     k.ok("delete", "-f", str(manifest))
-    eventually(lambda: not _pods(k) and not mesh.replicas(), "no pods and no replicas")
+    eventually(lambda: not kubelab.pods(k) and not mesh.replicas(), "no pods and no replicas")
 
     # a cluster deleted while its pods run: they stop, and nothing of it is left
     k.ok("apply", "-f", str(manifest))

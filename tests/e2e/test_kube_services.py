@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 from agentlab import MARKER_VAR, Mesh, eventually, lab_mesh
+from kubelab import cluster_kubectl
 
-from kled.cli.clusters import render
-from kubekit import Kubectl, kubectl_binary
+from kubekit import kubectl_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("netns")]
 
@@ -85,13 +85,7 @@ def _scenario(mesh: Mesh, binary: Path, tmp_path: Path) -> None:
     mesh.start_agent(1)
     mesh.team("a", "100.98.0.0/16")
     mesh.api("POST", "/api/v1/teams/a/clusters", {"kind": "Cluster", "metadata": {"name": "c1"}})
-    answer = mesh.api("POST", "/k8s/a/c1/kled/token", {})
-    config = tmp_path / "kubeconfig"
-    config.write_text(
-        render(answer["server"], "a", "c1", answer["user"], answer["token"],
-               answer["certificateAuthorityData"])
-    )  # fmt: skip
-    k = Kubectl(binary, config, tmp_path / "home", netns=mesh.lab.host(2))
+    k = cluster_kubectl(mesh, tmp_path / "home", binary=binary)
     manifest = tmp_path / "app.json"
     items = [
         _deployment("web", 8080, mesh.marker),

@@ -357,7 +357,8 @@ def test_kpolicy_admission_applies_to_cluster_objects(
             break
         k.ok("delete", "configmap", "forbidden-one")
         time.sleep(0.1)
-    assert "denied (policy no-forbidden): config maps named forbidden* are not allowed" in (
-        done.stderr
+    assert (
+        "policy no-forbidden denied the request: config maps named forbidden* are not allowed"
+        in (done.stderr)
     )
     assert "configmap/fine created" in k.ok("create", "configmap", "fine", "--from-literal=a=b")

@@ -6,6 +6,8 @@ from typing import Any
 
 from kled.control.desired import RESTARTED_AT, restart_generation
 from kled.kube.workloads import KUBECTL_RESTARTED_AT, app_doc
+from kled.resources import clusterservices
+from kled.resources.clusterservices import ClusterPort, ClusterService
 
 
 def deployment(template_annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -44,3 +46,12 @@ def test_rollout_restart_becomes_the_apps_restart_and_a_later_one_is_larger() ->
     )
     assert first["metadata"]["annotations"][RESTARTED_AT] == "2026-12-07T03:55:36Z"
     assert 0 < restart_generation(first) < restart_generation(second)
+
+
+def test_a_restart_stamp_stays_when_services_route_to_the_deployment() -> None:
+    app = app_doc("t", "c", deployment({KUBECTL_RESTARTED_AT: "2026-12-07T03:55:36Z"}), no_lookup)
+    front = ClusterService("c", "default", "front", "100.64.4.1", (ClusterPort("http", 80, 8080),))
+    clusterservices.with_services(app, [front])
+    annotations = app["metadata"]["annotations"]
+    assert annotations[RESTARTED_AT] == "2026-12-07T03:55:36Z"
+    assert [s.name for s in clusterservices.entries(app)] == ["front"]

@@ -134,6 +134,21 @@ def kubeconfig(
     note(f"wrote {file}: kubectl --kubeconfig {file} get ns  (role {answer['role']})")
 
 
+@app.command("node-token")
+def node_token(
+    name: str,
+    ttl: Annotated[str, typer.Option("--ttl", help="How long it may be used to join.")] = "1h",
+    team: TeamOption = None,
+) -> None:
+    """A join token for an external node of the cluster: a machine whose agent joins with
+    it runs this cluster's pods only (cluster-admins; docs/clusters.md)."""
+    chosen = STATE.team_for(team)
+    with STATE.client() as client:
+        answer = client.post(f"/k8s/{chosen}/{name}/kled/node-token", {"ttl": ttl})
+    out(answer["token"])
+    note(f"expires {answer['expiresAt']}: kled agent --server URL --token TOKEN --name NODE")
+
+
 def render(server: str, team: str, cluster: str, user: str, token: str, ca_data: str) -> str:
     """A kubeconfig with one cluster (``server``: its URL, ``ca_data``: the CA, base64),
     one user and one current context."""

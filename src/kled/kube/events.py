@@ -3,7 +3,8 @@
 The mirror (``kled.kube.mirror``) sees a pod placed, started and stopped as the App's
 replicas change, and records each as a ``v1`` Event of the pod's namespace — ``Scheduled``
 (``Successfully assigned ns/pod to node``), ``Started`` (``Started container c``) and
-``Killing`` (``Stopping container c``) — so ``kubectl describe pod`` and ``kubectl get
+``Killing`` (``Stopping container c``), and a Warning ``BackOff`` (``Back-off pulling image
+"x"``) when it starts waiting for its image — so ``kubectl describe pod`` and ``kubectl get
 events`` show what happened. Events are ordinary objects of the cluster: they go with
 their namespace.
 """
@@ -19,13 +20,16 @@ from kled.kube.objects import ClusterObjects
 from kled.kube.served import by_kind
 
 EVENT = by_kind("v1", "Event")
+PULL_BACKOFF = "ImagePullBackOff"
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def pod_event(pod: dict[str, Any], reason: str, message: str, component: str) -> dict[str, Any]:
+def pod_event(
+    pod: dict[str, Any], reason: str, message: str, component: str, kind: str = "Normal"
+) -> dict[str, Any]:
     meta = pod["metadata"]
     now = _now()
     return {
@@ -44,7 +48,7 @@ def pod_event(pod: dict[str, Any], reason: str, message: str, component: str) ->
         },
         "reason": reason,
         "message": message,
-        "type": "Normal",
+        "type": kind,
         "source": {"component": component}
         | ({"host": pod["spec"]["nodeName"]} if pod["spec"].get("nodeName") else {}),
         "reportingComponent": component,
@@ -63,6 +67,13 @@ def _running(pod: dict[str, Any] | None) -> bool:
     return pod is not None and (pod.get("status") or {}).get("phase") == "Running"
 
 
+def _waiting_for_image(pod: dict[str, Any] | None) -> bool:
+    for container in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        if ((container.get("state") or {}).get("waiting") or {}).get("reason") == PULL_BACKOFF:
+            return True
+    return False
+
+
 def lifecycle(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The Events of a pod going from ``before`` to ``after`` (None: absent)."""
     out: list[dict[str, Any]] = []
@@ -72,6 +83,10 @@ def lifecycle(before: dict[str, Any] | None, after: dict[str, Any] | None) -> li
             ns, name = after["metadata"].get("namespace", "default"), after["metadata"]["name"]
             message = f"Successfully assigned {ns}/{name} to {node}"
             out.append(pod_event(after, "Scheduled", message, "default-scheduler"))
+        if _waiting_for_image(after) and not _waiting_for_image(before):
+            image = (after["spec"].get("containers") or [{}])[0].get("image", "")
+            message = f'Back-off pulling image "{image}"'
+            out.append(pod_event(after, "BackOff", message, "kubelet", "Warning"))
         if _running(after) and not _running(before):
             message = f"Started container {_container(after)}"
             out.append(pod_event(after, "Started", message, "kubelet"))

@@ -6,7 +6,7 @@ channel — 0 stdin, 1 stdout, 2 stderr, 3 the end as a ``Status`` (``NonZeroExi
 the code in ``details.causes``), 4 terminal resizes, 255 the end of a stream (v5). Kled's own
 exec door (``kled.api.exec_stream``) uses the same channels, so the agent side is shared:
 the stream travels the Message Office (``ExecLink``) to the agent that runs the Pod's App
-replica. Older kubectl (SPDY only) is not served.
+replica. kubectl before 1.30 (SPDY only) is served by ``kled.kube.execspdy``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -24,7 +25,8 @@ from kled.api.exec_stream import _relay, pick_replica
 from kled.api.service import Service
 from kled.bus.exec_link import ExecLink
 from kled.errors import KledError
-from kled.kube import access, workloads
+from kled.kube import access, containers, workloads
+from kled.kube.barepods import APP_ANNOTATION
 from kled.kube.served import by_kind
 from kled.kube.status import KubeError, not_found
 from kled.resources.hoststate import replica_id
@@ -37,7 +39,8 @@ POD = by_kind("v1", "Pod")
 ERROR = 3
 
 
-def _end_status(result: dict[str, Any]) -> dict[str, Any]:
+def end_status(result: dict[str, Any]) -> dict[str, Any]:
+    """The ``Status`` that ends an exec: ``{"exitCode": N}`` or ``{"error": "…"}``."""
     code = result.get("exitCode")
     if code == 0:
         return {"metadata": {}, "status": "Success"}
@@ -54,7 +57,7 @@ def _end_status(result: dict[str, Any]) -> dict[str, Any]:
 
 async def _end(ws: WebSocket, result: dict[str, Any]) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        await ws.send_bytes(bytes([ERROR]) + json.dumps(_end_status(result)).encode())
+        await ws.send_bytes(bytes([ERROR]) + json.dumps(end_status(result)).encode())
         await ws.close(1000)
 
 
@@ -76,13 +79,13 @@ async def pod_exec(ws: WebSocket, team: str, cluster: str, namespace: str, name:
     except KledError as err:
         await _refuse(ws, KubeError(err.status, err.reason, err.message))
         return
-    node, rid, command, link = target
+    node, rid, command, link, container = target
     offered = [p.strip() for p in (ws.headers.get("sec-websocket-protocol") or "").split(",")]
     chosen = next((p for p in PROTOCOLS if p in offered), None)
     await ws.accept(subprotocol=chosen)
     log.info("kube exec replica=%s node=%s argv0=%s", rid, node, command[0])
     try:
-        await _relay(ws, link, rid, command, end=_end)
+        await _relay(ws, link, rid, command, end=_end, container=container)
     finally:
         with contextlib.suppress(KledError):
             await link.send("close")
@@ -91,31 +94,71 @@ async def pod_exec(ws: WebSocket, team: str, cluster: str, namespace: str, name:
 
 async def _target(
     ws: WebSocket, svc: Service, team: str, cluster: str, namespace: str, name: str
-) -> tuple[str, str, list[str], ExecLink]:
-    header = ws.headers.get("authorization") or ""
+) -> tuple[str, str, list[str], ExecLink, str | None]:
+    place = await locate(svc, ws.headers.get("authorization"), team, cluster, namespace, name)
+    command = ws.query_params.getlist("command")
+    if not command:
+        raise KubeError(400, "BadRequest", "you must specify at least one command")
+    container = containers.sidecar_of(place.pod, ws.query_params.get("container"))
+    link = await open_link(ws.app.state, place.node)
+    return place.node, place.replica, command, link, container
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a Pod of a Kled Cluster runs: its App replica and the node of its agent."""
+
+    pod: dict[str, Any]
+    node: str
+    replica: str
+
+
+async def locate(
+    svc: Service,
+    authorization: str | None,
+    team: str,
+    cluster: str,
+    namespace: str,
+    name: str,
+    subresource: str = "exec",
+) -> Place:
+    """The replica behind pod ``name``, for a caller who may write pods (``pods/exec``
+    and ``pods/portforward`` need the role that writes pods, as in Kubernetes)."""
+    header = authorization or ""
     secret = header[7:].strip() if header.lower().startswith("bearer ") else None
     doc = await svc.store.find(Key("Cluster", team, "", cluster))
     caller = await access.identify(svc, team, cluster, (doc or {}).get("spec") or {}, secret)
     if doc is None:
         raise not_found("clusters", cluster, "kled.io")
     assert POD is not None
-    access.authorize(caller, "create", POD, namespace)  # pods/exec: who may write pods
+    if not access.allowed(caller.role, "create", POD):
+        raise KubeError(
+            403,
+            "Forbidden",
+            f'pods "{name}" is forbidden: User "{caller.name}" cannot create resource '
+            f'"pods/{subresource}" in API group "" in the namespace "{namespace}"',
+            details={"name": name, "kind": "pods"},
+        )
     from kled.kube.objects import ClusterObjects
 
     pod = await ClusterObjects(svc.store, team, cluster).find(POD, namespace, name)
     owners = (pod or {}).get("metadata", {}).get("ownerReferences") or []
     owner = next((o for o in owners if o.get("kind") == "Deployment"), None)
-    if pod is None or owner is None:
+    # a bare Pod (or a Job's) names its App, whose replica 0 it is
+    named = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(APP_ANNOTATION)
+    if pod is None or (owner is None and named is None):
         raise not_found("pods", name)
-    command = ws.query_params.getlist("command")
-    if not command:
-        raise KubeError(400, "BadRequest", "you must specify at least one command")
     env = workloads.environment_name(cluster, namespace)
-    app = workloads.app_name(str(owner["name"]))
+    app = str(named) if named else workloads.app_name(str((owner or {}).get("name")))
     app_doc = await svc.store.get(Key("App", team, env, app))
-    index = int(name.rsplit("-", 1)[-1])
+    index = 0 if named else int(name.rsplit("-", 1)[-1])
     index, node = pick_replica(app_doc, index, f"pod/{name}")
-    office = getattr(getattr(ws.app.state, "hosts", None), "office", None)
+    return Place(pod, node, replica_id(team, env, app, index))
+
+
+async def open_link(state: Any, node: str) -> ExecLink:
+    """A new exec stream to the agent of ``node``."""
+    office = getattr(getattr(state, "hosts", None), "office", None)
     if office is None:
         raise KubeError(503, "ServiceUnavailable", "this server has no agent to exec through")
     session = uuid.uuid4().hex
@@ -123,4 +166,4 @@ async def _target(
         office, office.subjects.exec_in(node, session), office.subjects.exec_out(node, session)
     )
     await link.open()
-    return node, replica_id(team, env, app, index), command, link
+    return link

@@ -14,6 +14,7 @@ from typing import Any
 
 from kled.control.ipam import Ipam
 from kled.errors import Conflict
+from kled.kube import jobs
 from kled.kube.objects import ClusterObjects, served_of, store_name, unwrap
 from kled.kube.served import Served, by_kind
 from kled.store.objects import Key
@@ -96,7 +97,10 @@ async def assign_cluster_ip(objects: ClusterObjects, obj: dict[str, Any], *, dry
 
 
 def keep_immutable(served: Served, current: dict[str, Any], obj: dict[str, Any]) -> None:
-    """Fields the system set that an update may leave out (a Service's clusterIP)."""
+    """Fields the system set that an update may leave out (a Service's clusterIP, a
+    Job's selector)."""
+    if served.kind == "Job":
+        jobs.keep_selector(current, obj)
     if served.kind != "Service":
         return
     old = current.get("spec") or {}

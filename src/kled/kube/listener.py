@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from kled.kube import tls
+from kled.kube import tls, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class KubeListener:
             timeout_graceful_shutdown=3,
             ssl_certfile=str(self.material.cert_file),
             ssl_keyfile=str(self.material.key_file),
+            http=upgrade.protocol_for(upgrade.state_of(app)),  # kubectl's SPDY port-forward
         )
         self.server = uvicorn.Server(config)
         self._task = asyncio.create_task(self.server.serve(sockets=[self._socket]))

@@ -17,9 +17,10 @@ from typing import Any
 
 from kled.api.service import ADMIN, Service
 from kled.errors import Conflict, KledError, NotFound
-from kled.kube import events, history, routing, workloads
+from kled.kube import barepods, events, history, jobsync, routing, workloads
 from kled.kube.objects import ClusterObjects
 from kled.kube.served import by_kind
+from kled.kube.status import KubeError
 from kled.resources import clusterservices
 from kled.store.objects import Key
 
@@ -33,7 +34,7 @@ SERVICE = by_kind("v1", "Service")
 RESYNC_SECONDS = 30.0
 
 
-async def _lookup_table(objects: ClusterObjects, namespace: str) -> workloads.Lookup:
+async def lookup_table(objects: ClusterObjects, namespace: str) -> workloads.Lookup:
     assert CONFIG_MAP is not None and SECRET is not None
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for served in (CONFIG_MAP, SECRET):
@@ -59,9 +60,52 @@ async def sync_deployment(svc: Service, objects: ClusterObjects, namespace: str,
             await svc.delete(ADMIN, key)
         with contextlib.suppress(NotFound):
             await svc.delete(ADMIN, sealed_key)
+        await prune_derived(svc, objects.team, env, workloads.app_name(name), set())
         await mirror_pods(objects, namespace, name, None)
         await history.sync(objects, namespace, name)
         return
+    await ensure_environment(svc, objects, namespace)
+    lookup = await lookup_table(objects, namespace)
+    app = workloads.app_doc(objects.team, objects.cluster, deployment, lookup)
+    assert SERVICE is not None
+    services, _ = await objects.list(SERVICE, namespace)
+    picked = routing.routed(objects.cluster, deployment, services)
+    if picked:  # the cluster Services that route to its pods, for the gateways and DNS
+        clusterservices.with_services(app, picked)
+    derived = workloads.derived_docs(objects.team, objects.cluster, deployment, lookup)
+    for doc in derived:  # before the App that names them
+        await svc.apply(ADMIN, doc)
+    await svc.apply(ADMIN, app)
+    keep = {(d["kind"], d["metadata"]["name"]) for d in derived}
+    if ("Secret", sealed_key.name) not in keep:
+        with contextlib.suppress(NotFound):
+            await svc.delete(ADMIN, sealed_key)
+    await prune_derived(svc, objects.team, env, app["metadata"]["name"], keep)
+    await history.sync(objects, namespace, name)
+    # an App the write left as it was sends no event (a Deployment applied again after an
+    # orphaning delete): its pods are adopted, and the status written, now
+    running = await svc.store.find(key)
+    if running is not None:
+        await mirror_pods(objects, namespace, name, running)
+
+
+async def prune_derived(
+    svc: Service, team: str, env: str, app: str, keep: set[tuple[str, str]]
+) -> None:
+    """Delete the Configs and Secrets made for the Deployment's App that it no longer uses."""
+    for kind in ("Config", "Secret"):
+        page = await svc.store.list(kind, team, env)
+        for doc in page.items:
+            labels = doc["metadata"].get("labels") or {}
+            name = doc["metadata"]["name"]
+            if labels.get(workloads.DEPLOYMENT_LABEL) == app and (kind, name) not in keep:
+                with contextlib.suppress(NotFound):
+                    await svc.delete(ADMIN, Key(kind, team, env, name))
+
+
+async def ensure_environment(svc: Service, objects: ClusterObjects, namespace: str) -> None:
+    """The cluster's environment for ``namespace``, made the first time something runs."""
+    env = workloads.environment_name(objects.cluster, namespace)
     if await svc.store.find(Key("Environment", objects.team, "", env)) is None:
         doc = {
             "apiVersion": "kled.io/v1",
@@ -78,32 +122,21 @@ async def sync_deployment(svc: Service, objects: ClusterObjects, namespace: str,
         }
         with contextlib.suppress(Conflict):
             await svc.create(ADMIN, doc)
-    lookup = await _lookup_table(objects, namespace)
-    app = workloads.app_doc(objects.team, objects.cluster, deployment, lookup)
-    assert SERVICE is not None
-    services, _ = await objects.list(SERVICE, namespace)
-    picked = routing.routed(objects.cluster, deployment, services)
-    if picked:  # the cluster Services that route to its pods, for the gateways and DNS
-        app["metadata"]["annotations"] = {
-            clusterservices.ANNOTATION: clusterservices.encode(picked)
-        }
-    sealed = workloads.env_secret_doc(objects.team, objects.cluster, deployment, lookup)
-    if sealed is not None:
-        await svc.apply(ADMIN, sealed)
-    await svc.apply(ADMIN, app)
-    if sealed is None:
-        with contextlib.suppress(NotFound):
-            await svc.delete(ADMIN, sealed_key)
-    await history.sync(objects, namespace, name)
 
 
 async def sync_services(svc: Service, objects: ClusterObjects, namespace: str) -> None:
-    """After a Service of ``namespace`` changed: each Deployment's App carries the
-    Services that now pick its pods (and no longer those that do not)."""
+    """After a Service, ConfigMap or Secret of ``namespace`` changed: each Deployment's
+    App carries the Services that now pick its pods (and no longer those that do not) and
+    the current data of the ConfigMaps and Secrets it uses. A Deployment that refers to
+    one that is gone keeps running what it had (a warning in the log)."""
     assert DEPLOYMENT is not None
     deployments, _ = await objects.list(DEPLOYMENT, namespace)
     for deployment in deployments:
-        await sync_deployment(svc, objects, namespace, deployment["metadata"]["name"])
+        try:
+            await sync_deployment(svc, objects, namespace, deployment["metadata"]["name"])
+        except KubeError as e:
+            log.warning("kube: deployment %s/%s: %s", namespace,
+                        deployment["metadata"]["name"], e.message)  # fmt: skip
 
 
 async def delete_namespace_apps(svc: Service, objects: ClusterObjects, namespace: str) -> None:
@@ -136,9 +169,11 @@ async def mirror_pods(
                 created = await objects.create(POD, pod)
                 await events.record(objects, events.lifecycle(None, created))
             continue
-        if existing.get("spec") != pod["spec"]:  # placed on a node since
+        orphaned = not existing["metadata"].get("ownerReferences")  # adopted again
+        if existing.get("spec") != pod["spec"] or orphaned:  # placed on a node since
+            meta = {**existing["metadata"], "ownerReferences": pod["metadata"]["ownerReferences"]}
             with contextlib.suppress(NotFound, Conflict):
-                await objects.update(POD, {**pod, "metadata": {**existing["metadata"]}})
+                await objects.update(POD, {**pod, "metadata": meta})
         if existing.get("status") != pod["status"]:
             with contextlib.suppress(NotFound):
                 await objects.update_status(POD, namespace, pod_name, pod["status"])
@@ -178,9 +213,14 @@ class WorkloadMirror:
                 for event in batch:
                     last = event.seq
                     labels = event.object.get("metadata", {}).get("labels") or {}
-                    if event.kind == "App" and workloads.CLUSTER_LABEL in labels:
+                    if event.kind == "App" and barepods.POD_LABEL in labels:
+                        app = None if event.type == "DELETED" else event.object
+                        await self._mirror_bare(event.team, labels, app)
+                    elif event.kind == "App" and workloads.CLUSTER_LABEL in labels:
                         app = None if event.type == "DELETED" else event.object
                         await self._mirror(event.team, labels, app)
+                    elif event.kind in ("Job", "App"):  # batch/v1 Jobs: views of Kled Jobs
+                        await jobsync.on_event(self.svc, event)
                 if len(batch) < 500:
                     await store.wait_for_change(RESYNC_SECONDS)
             except asyncio.CancelledError:
@@ -195,8 +235,21 @@ class WorkloadMirror:
         page = await self.svc.store.list("App")
         for app in page.items:
             labels = app["metadata"].get("labels") or {}
-            if workloads.CLUSTER_LABEL in labels:
+            if barepods.POD_LABEL in labels:
+                await self._mirror_bare(app["metadata"].get("team") or "", labels, app)
+            elif workloads.CLUSTER_LABEL in labels:
                 await self._mirror(app["metadata"].get("team") or "", labels, app)
+        await jobsync.resync(self.svc)
+
+    async def _mirror_bare(
+        self, team: str, labels: dict[str, str], app: dict[str, Any] | None
+    ) -> None:
+        objects = ClusterObjects(self.svc.store, team, labels[workloads.CLUSTER_LABEL])
+        namespace = labels.get(workloads.NAMESPACE_LABEL, "default")
+        try:
+            await barepods.mirror_status(objects, namespace, labels[barepods.POD_LABEL], app)
+        except KledError as e:
+            log.warning("kube mirror: pod %s/%s: %s", namespace, labels[barepods.POD_LABEL], e)
 
     async def _mirror(self, team: str, labels: dict[str, str], app: dict[str, Any] | None) -> None:
         objects = ClusterObjects(self.svc.store, team, labels[workloads.CLUSTER_LABEL])

@@ -31,9 +31,17 @@ from kled.api.service import Service
 from kled.errors import Conflict, KledError, NotFound
 from kled.kube import (
     access,
+    admitting,
+    barepods,
+    containers,
+    deletion,
     discovery,
+    endpoints,
+    jobs,
+    jobsync,
     lifecycle,
     mirror,
+    nodes,
     patching,
     quota,
     selection,
@@ -111,6 +119,12 @@ async def _handle(request: Request, team: str, cluster: str, rest: str) -> Respo
     method = request.method
     if parts == ["kled", "token"] and method == "POST":
         return await _issue_token(call)
+    if parts == ["kled", "node-token"] and method == "POST":
+        if call.caller.role != "cluster-admin":
+            raise KubeError(403, "Forbidden", "only a cluster-admin may issue node tokens")
+        body = await _body(call)
+        ttl = body.get("ttl") if isinstance(body, dict) else None
+        return _json(await nodes.issue(call.svc, team, cluster, ttl), 201)
     if method == "GET" and parts == ["openapi", "v2"]:
         return Response(discovery.openapi_v2(), media_type=discovery.OPENAPI_V2_PROTOBUF)
     if method == "GET":
@@ -207,6 +221,8 @@ async def _dispatch(call: Call, target: Target, method: str) -> Response:
         return await _nodes(call, target, verb)
     if served.kind == "ResourceQuota":
         return await _quotas(call, target, verb)
+    if served.kind in ("Endpoints", "EndpointSlice"):
+        return await _endpoints(call, target, verb)
     if target.sub == "log":
         if verb != "get":
             raise KubeError(405, "MethodNotAllowed", "pods/log is read-only")
@@ -398,27 +414,37 @@ async def _admit(
     obj: dict[str, Any] | None,
     old: dict[str, Any] | None,
 ) -> dict[str, Any] | None:
-    """kPolicy: the team's policies see the stored ``KubeObject`` document."""
+    """kPolicy: the team's policies see the Kubernetes object (or, those that name
+    ``KubeObject``, the stored document); see ``admitting``. A mutated object is checked
+    again as the write itself was."""
     wrapped = call.objects.wrap(served, obj) if obj is not None else None
     old_wrapped = call.objects.wrap(served, old) if old is not None else None
     subject = wrapped or old_wrapped
     assert subject is not None
-    admitted = await call.svc.chain.admit(
-        AdmissionRequest(
-            operation=op,
-            kind=WRAPPER,
-            name=subject["metadata"]["name"],
-            team=call.team,
-            environment=call.cluster,
-            object=wrapped,
-            old_object=old_wrapped,
-            user=call.caller.user,
-            dry_run=call.dry_run,
+    try:
+        admitted = await call.svc.chain.admit(
+            AdmissionRequest(
+                operation=op,
+                kind=WRAPPER,
+                name=subject["metadata"]["name"],
+                team=call.team,
+                environment=call.cluster,
+                object=wrapped,
+                old_object=old_wrapped,
+                user=call.caller.user,
+                dry_run=call.dry_run,
+                kube=await admitting.kube_request(call.objects, served, obj, old),
+            )
         )
-    )
+    except KledError as e:
+        raise admitting.refusal(e) or e from None
     if obj is None or admitted.object is None:
         return obj
     result: dict[str, Any] = admitted.object["spec"]["object"]
+    if result != (wrapped or {}).get("spec", {}).get("object"):
+        result = validation.admit(served, result)
+        _check_runnable(call, served, result)
+        await _check_quota(call, served, result, old)
     if obj.get("status"):
         result["status"] = obj["status"]
     return result
@@ -466,13 +492,21 @@ async def _run(call: Call, served: Served, obj: dict[str, Any], *, gone: bool = 
     meta = obj["metadata"]
     if served.kind == "Deployment":
         await mirror.sync_deployment(call.svc, call.objects, meta["namespace"], meta["name"])
-    elif served.kind == "Service":
+    elif served.kind in ("Service", "ConfigMap", "Secret"):  # what Deployments refer to
         await mirror.sync_services(call.svc, call.objects, meta["namespace"])
+    elif served.kind == "Pod":  # a bare Pod runs as a one-replica App (kube.barepods)
+        await barepods.sync(call.svc, call.objects, meta["namespace"], meta["name"])
     elif served.kind == "Namespace" and gone:
         await mirror.delete_namespace_apps(call.svc, call.objects, meta["name"])
+    elif served.kind in ("Job", "CronJob"):
+        await jobsync.sync(call.svc, call.objects, served, meta["namespace"], meta["name"])
 
 
 def _check_runnable(call: Call, served: Served, obj: dict[str, Any]) -> None:
+    if served.kind == "Pod" and barepods.is_bare(obj):
+        barepods.check_runnable(obj)
+    if served.kind in ("Job", "CronJob"):
+        jobs.check_runnable(obj)
     if served.kind != "Deployment":
         return
     workloads.check_runnable(obj)
@@ -626,7 +660,10 @@ async def _delete(call: Call, target: Target) -> Response:
     served = target.served
     current = await _find(call, target)
     assert target.name is not None
+    policy = deletion.policy(call.query("propagationPolicy"), await _body(call))
     await _admit(call, served, Operation.DELETE, None, current)
+    if not call.dry_run:
+        await deletion.before(call.svc, call.objects, served, current, policy)
     try:
         gone = await call.objects.delete(
             served, target.namespace or "", target.name, dry_run=call.dry_run
@@ -635,8 +672,9 @@ async def _delete(call: Call, target: Target) -> Response:
         raise not_found(served.plural, target.name, served.group) from None
     if not call.dry_run:
         await lifecycle.after_delete(call.objects, served, gone)
-        await _run(call, served, gone, gone=True)
-    return _json(gone)
+        if deletion.cascades(served, policy):
+            await _run(call, served, gone, gone=True)
+    return _json(deletion.answer(gone, policy, served))
 
 
 async def _delete_collection(call: Call, target: Target) -> Response:
@@ -647,11 +685,14 @@ async def _delete_collection(call: Call, target: Target) -> Response:
         labels=selection.labels(call.query("labelSelector")),
         fields=selection.fields(call.query("fieldSelector")),
     )
+    policy = deletion.policy(call.query("propagationPolicy"), await _body(call))
     gone = []
     for obj in items:
         meta = obj["metadata"]
         with contextlib.suppress(NotFound):
             await _admit(call, served, Operation.DELETE, None, obj)
+            if not call.dry_run:
+                await deletion.before(call.svc, call.objects, served, obj, policy)
             gone.append(
                 await call.objects.delete(
                     served, meta.get("namespace", ""), meta["name"], dry_run=call.dry_run
@@ -659,7 +700,8 @@ async def _delete_collection(call: Call, target: Target) -> Response:
             )
             if not call.dry_run:
                 await lifecycle.after_delete(call.objects, served, obj)
-                await _run(call, served, obj, gone=True)
+                if deletion.cascades(served, policy):
+                    await _run(call, served, obj, gone=True)
     return _json(_list_body(served, gone, revision))
 
 
@@ -717,11 +759,15 @@ async def _logs(call: Call, target: Target) -> Response:
     owner = next((o for o in owners if o.get("kind") == "Deployment"), None)
     hosts = getattr(call.request.app.state, "hosts", None)
     office = getattr(hosts, "office", None)
-    if owner is None or office is None:
+    # a Job's pod names the App of its attempt (replica 0)
+    attempt = (pod["metadata"].get("annotations") or {}).get(jobs.APP_ANNOTATION)
+    if (owner is None and attempt is None) or office is None:
         raise bad_request(f'pod "{target.name}" has no logs: it is not run by a Deployment')
     env = workloads.environment_name(call.cluster, target.namespace or "default")
-    index = str(target.name).rsplit("-", 1)[-1]
-    prefix = f"{call.team}.{env}.{workloads.app_name(str(owner['name']))}.{index}"
+    index = "0" if attempt else str(target.name).rsplit("-", 1)[-1]
+    app = attempt or workloads.app_name(str((owner or {}).get("name")))
+    prefix = f"{call.team}.{env}.{app}.{index}"
+    container = containers.log_container(pod, call.query("container"))
     since = None
     if (call.query("sinceSeconds") or "").isdigit():
         since = datetime.now(UTC) - timedelta(seconds=int(call.query("sinceSeconds") or 0))
@@ -731,15 +777,38 @@ async def _logs(call: Call, target: Target) -> Response:
     async def lines() -> AsyncIterator[bytes]:
         if follow or tail < 0:
             async for line in office.read_logs(prefix, since=since, follow=follow):
-                yield (line.line.rstrip("\n") + "\n").encode()
+                if line.container == container:
+                    yield (line.line.rstrip("\n") + "\n").encode()
             return
         kept: deque[str] = deque(maxlen=tail)
         async for line in office.read_logs(prefix, since=since, follow=False):
-            kept.append(line.line)
+            if line.container == container:
+                kept.append(line.line)
         for text in kept:
             yield (text.rstrip("\n") + "\n").encode()
 
     return StreamingResponse(lines(), media_type="text/plain")
+
+
+# ---- endpoints --------------------------------------------------------------------------
+
+
+async def _endpoints(call: Call, target: Target, verb: str) -> Response:
+    """Endpoints and EndpointSlices, computed from Services and Pods (``endpoints``)."""
+    served = target.served
+    if verb == "watch":
+        raise KubeError(405, "MethodNotAllowed", f"watching {served.plural} is not served yet")
+    items, revision = await endpoints.views(
+        call.objects, served, target.namespace, call.query("labelSelector")
+    )
+    if verb == "get":
+        items = [i for i in items if i["metadata"]["name"] == target.name]
+        if not items:
+            raise not_found(served.plural, target.name or "", served.group)
+    as_table = tables.wants_table(call.request.headers.get("accept"))
+    if as_table:
+        return _json(tables.table(served, items, str(revision)))
+    return _json(items[0] if verb == "get" else _list_body(served, items, revision))
 
 
 # ---- nodes ------------------------------------------------------------------------------
@@ -751,10 +820,8 @@ async def _nodes(call: Call, target: Target, verb: str) -> Response:
     page = await call.svc.store.list("Node")
     items = []
     for node in page.items:
-        labels = node["metadata"].get("labels") or {}
-        if any(labels.get(k) != v for k, v in wanted.items()):
-            continue
-        items.append(_node_view(node))
+        if nodes.shown(node, call.team, call.cluster, wanted):  # external nodes too
+            items.append(_node_view(node))
     served = target.served
     if verb == "get":
         for item in items:

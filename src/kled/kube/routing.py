@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kled.resources.clusterservices import ClusterPort, ClusterService
+from kled.resources.clusterservices import EXPORT_ANNOTATION, ClusterPort, ClusterService
 
 
 def selects(selector: dict[str, Any] | None, labels: dict[str, Any] | None) -> bool:
@@ -61,9 +61,10 @@ def routed(
                 )
             )
         meta = service["metadata"]
+        exported = (meta.get("annotations") or {}).get(EXPORT_ANNOTATION) == "true"
         out.append(
             ClusterService(
-                cluster, meta.get("namespace", "default"), meta["name"], ip, tuple(ports)
+                cluster, meta.get("namespace", "default"), meta["name"], ip, tuple(ports), exported
             )
         )
     return out

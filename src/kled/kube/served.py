@@ -65,6 +65,7 @@ SERVED: tuple[Served, ...] = (
     Served("", "v1", "ServiceAccount", "serviceaccounts", True, ("sa",)),
     Served("", "v1", "Node", "nodes", False, ("no",), READ_VERBS),
     Served("", "v1", "ResourceQuota", "resourcequotas", True, ("quota",), READ_VERBS),
+    Served("", "v1", "Endpoints", "endpoints", True, ("ep",), READ_VERBS),
     Served(
         "apps",
         "v1",
@@ -85,9 +86,25 @@ SERVED: tuple[Served, ...] = (
         READ_VERBS,
         categories=("all",),
     ),
+    Served("batch", "v1", "Job", "jobs", True, categories=("all",), subresources=("status",)),
+    Served(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        True,
+        ("cj",),
+        categories=("all",),
+        subresources=("status",),
+    ),
+    Served("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True, (), READ_VERBS),
 )
 
-GROUPS: dict[str, tuple[str, ...]] = {"apps": ("v1",)}
+GROUPS: dict[str, tuple[str, ...]] = {
+    "apps": ("v1",),
+    "batch": ("v1",),
+    "discovery.k8s.io": ("v1",),
+}
 
 
 def by_path(group: str, version: str, plural: str) -> Served | None:

@@ -72,6 +72,22 @@ def already_exists(plural: str, name: str, group: str = "") -> KubeError:
     )
 
 
+#: causes already worded as the API server words them, and their reasons
+_REASONS = {
+    "Invalid value": "FieldValueInvalid",
+    "Unsupported value": "FieldValueNotSupported",
+    "Required value": "FieldValueRequired",
+    "Duplicate value": "FieldValueDuplicate",
+}
+
+
+def _cause(message: str) -> dict[str, str]:
+    reason = _REASONS.get(message.split(":")[0])
+    if reason is None:
+        return {"reason": "FieldValueInvalid", "message": f"Invalid value: {message}"}
+    return {"reason": reason, "message": message}
+
+
 def invalid(kind: str, name: str, causes: list[tuple[str, str]], group: str = "") -> KubeError:
     """``422 Invalid`` naming each field at fault, as the API server words it."""
     text = "; ".join(f"{field}: {message}" for field, message in causes)
@@ -83,10 +99,7 @@ def invalid(kind: str, name: str, causes: list[tuple[str, str]], group: str = ""
             "name": name,
             "group": group,
             "kind": kind,
-            "causes": [
-                {"reason": "FieldValueInvalid", "message": f"Invalid value: {message}", "field": f}
-                for f, message in causes
-            ],
+            "causes": [{**_cause(message), "field": f} for f, message in causes],
         },
     )
 

@@ -53,6 +53,18 @@ def _pod_ready(obj: dict[str, Any]) -> str:
     return f"{ready}/{len(containers)}"
 
 
+def _pod_status(obj: dict[str, Any]) -> str:
+    """The phase, or a container's waiting or terminated reason (``ImagePullBackOff``,
+    ``Completed``, ``Error``), as kubectl prints a pod's status."""
+    shown = str(_status(obj).get("reason") or _status(obj).get("phase") or "Pending")
+    for container in _status(obj).get("containerStatuses") or []:
+        state = container.get("state") or {}
+        for key in ("waiting", "terminated"):
+            if (state.get(key) or {}).get("reason"):
+                shown = str(state[key]["reason"])
+    return shown
+
+
 def _restarts(obj: dict[str, Any]) -> int:
     return sum(int(c.get("restartCount", 0)) for c in _status(obj).get("containerStatuses") or [])
 
@@ -68,6 +80,42 @@ def _quota_request(obj: dict[str, Any]) -> str:
     status = _status(obj)
     hard, used = status.get("hard") or {}, status.get("used") or {}
     return ", ".join(f"{r}: {used.get(r, '0')}/{hard[r]}" for r in sorted(hard))
+
+
+def _endpoints(obj: dict[str, Any]) -> str:
+    """``10.0.0.1:8080,10.0.0.2:8080 + 2 more...`` as kubectl prints Endpoints."""
+    shown = [
+        f"{a.get('ip')}:{p.get('port')}"
+        for subset in obj.get("subsets") or []
+        for p in subset.get("ports") or [{}]
+        for a in subset.get("addresses") or []
+    ]
+    if not shown:
+        return "<none>"
+    more = f" + {len(shown) - 3} more..." if len(shown) > 3 else ""
+    return ",".join(shown[:3]) + more
+
+
+def _job_status(obj: dict[str, Any]) -> str:
+    for condition in _status(obj).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return str(condition["type"])
+    return "Suspended" if _spec(obj).get("suspend") else "Running"
+
+
+def _duration(obj: dict[str, Any]) -> str:
+    start = _status(obj).get("startTime")
+    if not start:
+        return ""
+    end = _status(obj).get("completionTime")
+    if end is None:
+        return age(start)
+    return age(start, datetime.fromisoformat(str(end).replace("Z", "+00:00")))
+
+
+def _last_schedule(obj: dict[str, Any]) -> str:
+    when = _status(obj).get("lastScheduleTime")
+    return age(when) if when else "<none>"
 
 
 Column = tuple[str, str, str, Cell]
@@ -95,7 +143,7 @@ COLUMNS: dict[str, list[Column]] = {
     "Pod": [
         _NAME,
         ("Ready", "string", "", _pod_ready),
-        ("Status", "string", "", lambda o: _status(o).get("phase", "Pending")),
+        ("Status", "string", "", _pod_status),
         ("Restarts", "string", "", lambda o: str(_restarts(o))),
         _AGE,
     ],
@@ -143,6 +191,48 @@ COLUMNS: dict[str, list[Column]] = {
         _AGE,
         ("Request", "string", "", _quota_request),
         ("Limit", "string", "", lambda o: ""),
+    ],
+    "Endpoints": [_NAME, ("Endpoints", "string", "", _endpoints), _AGE],
+    "EndpointSlice": [
+        _NAME,
+        ("AddressType", "string", "", lambda o: o.get("addressType", "IPv4")),
+        (
+            "Ports",
+            "string",
+            "",
+            lambda o: ",".join(str(p.get("port")) for p in o.get("ports") or []) or "<unset>",
+        ),
+        (
+            "Endpoints",
+            "string",
+            "",
+            lambda o: (
+                ",".join(a for e in o.get("endpoints") or [] for a in e.get("addresses") or [])
+                or "<unset>"
+            ),
+        ),
+        _AGE,
+    ],
+    "Job": [
+        _NAME,
+        ("Status", "string", "", _job_status),
+        (
+            "Completions",
+            "string",
+            "",
+            lambda o: f"{_status(o).get('succeeded', 0)}/{_spec(o).get('completions', 1)}",
+        ),
+        ("Duration", "string", "", _duration),
+        _AGE,
+    ],
+    "CronJob": [
+        _NAME,
+        ("Schedule", "string", "", lambda o: _spec(o).get("schedule", "")),
+        ("Timezone", "string", "", lambda o: _spec(o).get("timeZone") or "<none>"),
+        ("Suspend", "boolean", "", lambda o: str(bool(_spec(o).get("suspend")))),
+        ("Active", "integer", "", lambda o: len(_status(o).get("active") or [])),
+        ("Last Schedule", "string", "", _last_schedule),
+        _AGE,
     ],
     "Node": [
         _NAME,

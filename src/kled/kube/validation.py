@@ -171,6 +171,22 @@ def _containers(spec: Any, at: str, causes: Causes) -> None:
     spec.setdefault("terminationGracePeriodSeconds", 30)
 
 
+#: the pod checks and defaults, for the kinds with a pod template
+check_pod_template = _containers
+
+
+def _job(obj: dict[str, Any], causes: Causes) -> None:
+    from kled.kube import jobs  # which checks its pod template with this module
+
+    jobs.check_job(obj, causes)
+
+
+def _cron_job(obj: dict[str, Any], causes: Causes) -> None:
+    from kled.kube import jobs
+
+    jobs.check_cron_job(obj, causes)
+
+
 def _pod(obj: dict[str, Any], causes: Causes) -> None:
     _containers(obj.get("spec"), "spec", causes)
 
@@ -234,4 +250,6 @@ _CHECKS = {
     "Pod": _pod,
     "Deployment": _deployment,
     "Service": _service,
+    "Job": _job,
+    "CronJob": _cron_job,
 }

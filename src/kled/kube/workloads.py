@@ -9,7 +9,8 @@ shell is ``kled.kube.mirror``.
 
 The runtime is ``container`` (the pod's image, run by podman); the annotation
 ``kled.io/runtime: process`` runs the container's command as a process instead (no image
-needed), as a process App does. One container per pod is run.
+needed), as a process App does. A pod of several containers, its volumes and ``envFrom`` map to the
+App's sidecars, init containers and volumes (``kube.containers``).
 
 Variables from a Secret key (``valueFrom.secretKeyRef``) never enter the App document: they
 go into a Kled Secret of the environment, ``<app>-env`` (``env_secret_doc``), encrypted at
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from kled.control.desired import RESTARTED_AT
 from kled.errors import InvalidInput
+from kled.kube import containers
 from kled.kube.status import KubeError, invalid
 from kled.resources import kinds
 
@@ -57,48 +60,33 @@ def _env(
     container: dict[str, Any], namespace: str, lookup: Lookup, at: str
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The container's variables: (literal or from a ConfigMap, from a Secret — base64)."""
-    env: dict[str, str] = {}
-    sealed: dict[str, str] = {}
-    for index, item in enumerate(container.get("env") or []):
-        name = str(item.get("name", ""))
-        if "value" in item or "valueFrom" not in item:
-            env[name] = str(item.get("value", ""))
-            continue
-        source = item["valueFrom"] or {}
-        for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
-            ref = source.get(key)
-            if ref is None:
-                continue
-            obj = lookup(kind, namespace, str(ref.get("name", "")))
-            data = (obj or {}).get("data") or {}
-            if ref.get("key") not in data:
-                if ref.get("optional"):
-                    break
-                raise invalid(
-                    "Deployment",
-                    "",
-                    [(f"{at}.env[{index}].valueFrom", f"{kind} key {ref.get('key')!r} not found")],
-                    "apps",
-                )
-            value = data[ref["key"]]
-            if kind == "Secret":
-                sealed[name] = str(value)
-            else:
-                env[name] = str(value)
-            break
-    return env, sealed
+    return containers.container_env(container, namespace, lookup, at, "")
 
 
 def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup) -> dict[str, Any]:
     """The App that runs ``deployment``; ``Invalid`` for what Kled cannot run."""
+    return _plan(team, cluster, deployment, lookup)[0]
+
+
+def derived_docs(
+    team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup
+) -> list[dict[str, Any]]:
+    """The Kled Configs and Secrets the Deployment's App refers to (``kube.containers``):
+    its containers' variables from Secrets and its configMap and secret volumes."""
+    return _plan(team, cluster, deployment, lookup)[1]
+
+
+def _plan(
+    team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     meta = deployment["metadata"]
     namespace = str(meta.get("namespace") or "default")
     template = deployment["spec"]["template"]
-    containers = template["spec"]["containers"]
+    listed = template["spec"]["containers"]
     at = "spec.template.spec.containers"
-    if len(containers) != 1:
-        raise invalid("Deployment", meta["name"], [(at, "one container per pod is run")], "apps")
-    container = containers[0]
+    if not listed:
+        raise invalid("Deployment", meta["name"], [(at, "a pod needs a container")], "apps")
+    container = listed[0]
     runtime = (meta.get("annotations") or {}).get(RUNTIME_ANNOTATION, "container")
     if runtime not in ("container", "process"):
         raise invalid(
@@ -107,7 +95,7 @@ def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup)
             [(f"metadata.annotations[{RUNTIME_ANNOTATION}]", "must be container or process")],
             "apps",
         )
-    env, sealed = _env(container, namespace, lookup, f"{at}[0]")
+    env, sealed = containers.container_env(container, namespace, lookup, f"{at}[0]", meta["name"])
     spec: dict[str, Any] = {
         "runtime": runtime,
         "replicas": int(deployment["spec"].get("replicas", 1)),
@@ -121,20 +109,42 @@ def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup)
                 "protocol": p.get("protocol", "TCP"),
             }
             | ({"name": p["name"]} if p.get("name") else {})
-            for p in container.get("ports") or []
+            for c in listed
+            for p in c.get("ports") or []
         ],
     }
+    derived = containers.Derived()
     if sealed:
         spec["envFrom"] = [{"secret": env_secret_name(meta["name"])}]
+        derived.secrets[env_secret_name(meta["name"])] = sealed
+    name = app_name(meta["name"])
+    pod = template["spec"]
+    for key, items, offset in (
+        ("sidecars", listed[1:], 1),
+        ("initContainers", pod.get("initContainers") or [], 0),
+    ):
+        place = at if key == "sidecars" else "spec.template.spec.initContainers"
+        made = [
+            containers.other_container(
+                c, namespace, lookup, f"{place}[{i + offset}]", meta["name"], name, derived
+            )
+            for i, c in enumerate(items)
+        ]
+        if made:
+            spec[key] = made
+    found = containers.volumes(pod, namespace, lookup, meta["name"], name, derived)
+    if found:
+        spec["volumes"] = found
+    if container.get("volumeMounts"):
+        spec["volumeMounts"] = containers.mounts(container)
+    if pod.get("nodeSelector"):  # the scheduler's, as for any App (and a Kled Job's)
+        spec["nodeSelector"] = {str(k): str(v) for k, v in pod["nodeSelector"].items()}
     if runtime == "container":
         spec["image"] = container["image"]
     if container.get("workingDir"):
         spec["workingDir"] = container["workingDir"]
-    limits = (container.get("resources") or {}).get("limits") or {}
-    requests = (container.get("resources") or {}).get("requests") or {}
-    wanted = {k: (limits.get(k) or requests.get(k)) for k in ("cpu", "memory")}
-    if any(wanted.values()):
-        spec["resources"] = {k: v for k, v in wanted.items() if v}
+    if containers.resources(container):
+        spec["resources"] = containers.resources(container)
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         if container.get(probe):
             spec[probe] = {
@@ -149,22 +159,21 @@ def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup)
         spec["terminationGracePeriodSeconds"] = grace
     # `kubectl rollout restart` stamps the pod template; the App restarts on its own stamp
     stamp = ((template.get("metadata") or {}).get("annotations") or {}).get(KUBECTL_RESTARTED_AT)
-    return {
+    labels = {CLUSTER_LABEL: cluster, NAMESPACE_LABEL: namespace, DEPLOYMENT_LABEL: name}
+    where = {"team": team, "environment": environment_name(cluster, namespace), "labels": labels}
+    app = {
         "apiVersion": "kled.io/v1",
         "kind": "App",
         "metadata": {
             **({"annotations": {RESTARTED_AT: str(stamp)}} if stamp else {}),
-            "name": app_name(meta["name"]),
-            "team": team,
-            "environment": environment_name(cluster, namespace),
-            "labels": {
-                CLUSTER_LABEL: cluster,
-                NAMESPACE_LABEL: namespace,
-                DEPLOYMENT_LABEL: app_name(meta["name"]),
-            },
+            "name": name,
+            **where,
         },
         "spec": spec,
     }
+    docs = [containers.sealed_doc("Config", n, d, where) for n, d in derived.configs.items()]
+    docs += [containers.sealed_doc("Secret", n, d, where) for n, d in derived.secrets.items()]
+    return app, docs
 
 
 def _rollout(deployment_spec: dict[str, Any]) -> dict[str, Any]:
@@ -247,7 +256,7 @@ def pods(deployment: dict[str, Any], app: dict[str, Any]) -> list[dict[str, Any]
     meta = deployment["metadata"]
     template = deployment["spec"]["template"]
     revision = template_hash(deployment)
-    container = template["spec"]["containers"][0]
+    listed = template["spec"]["containers"]
     out = []
     for entry in (app.get("status") or {}).get("replicas") or []:
         ready = entry.get("state") == "Running" and entry.get("ready") is not False
@@ -264,18 +273,27 @@ def pods(deployment: dict[str, Any], app: dict[str, Any]) -> list[dict[str, Any]
                 {"type": "ContainersReady", "status": "True" if ready else "False"},
                 {"type": "PodScheduled", "status": "True" if entry.get("node") else "False"},
             ],
-            "containerStatuses": [
-                {
-                    "name": container["name"],
-                    "image": container.get("image", ""),
-                    "ready": ready,
-                    "started": entry.get("state") == "Running",
-                    "restartCount": int(entry.get("restarts", 0)),
-                    "state": state,
-                }
-            ],
+            "containerStatuses": _container_statuses(listed, entry, ready, state),
             "qosClass": "BestEffort",
         }
+        if template["spec"].get("initContainers"):
+            done = entry.get("state") == "Running"
+            status["initContainerStatuses"] = [
+                {
+                    "name": c["name"],
+                    "image": c.get("image", ""),
+                    "ready": done,
+                    "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}
+                    if done
+                    else {"waiting": {"reason": "PodInitializing"}},
+                }
+                for c in template["spec"]["initContainers"]
+            ]
+        others = (entry.get("containers") or {}).values()
+        if ready and not all(c.get("running") for c in others):  # a sidecar is down
+            for condition in status["conditions"][:2]:
+                condition["status"] = "False"
         if entry.get("podIP"):
             status["podIP"] = entry["podIP"]
             status["podIPs"] = [{"ip": entry["podIP"]}]
@@ -312,6 +330,44 @@ def pods(deployment: dict[str, Any], app: dict[str, Any]) -> list[dict[str, Any]
     return out
 
 
+def _container_statuses(
+    listed: list[dict[str, Any]], entry: dict[str, Any], ready: bool, state: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The first container is the replica itself; the others are its sidecars, each with
+    what the agent reports of it (running, restarts, last exit code)."""
+    out = [
+        {
+            "name": listed[0]["name"],
+            "image": listed[0].get("image", ""),
+            "ready": ready,
+            "started": entry.get("state") == "Running",
+            "restartCount": int(entry.get("restarts", 0)),
+            "state": state,
+        }
+    ]
+    seen = entry.get("containers") or {}
+    for c in listed[1:]:
+        got = seen.get(c["name"]) or {}
+        running = bool(got.get("running")) and entry.get("state") == "Running"
+        now: dict[str, Any] = (
+            {"running": {"startedAt": entry.get("startedAt")}}
+            if running
+            else {"waiting": {"reason": "CrashLoopBackOff" if got else "ContainerCreating"}}
+        )
+        item = {
+            "name": c["name"],
+            "image": c.get("image", ""),
+            "ready": running and ready,
+            "started": running,
+            "restartCount": int(got.get("restarts", 0)),
+            "state": now,
+        }
+        if got.get("lastExitCode") is not None:
+            item["lastState"] = {"terminated": {"exitCode": got["lastExitCode"]}}
+        out.append(item)
+    return out
+
+
 def deployment_status(deployment: dict[str, Any], app: dict[str, Any] | None) -> dict[str, Any]:
     wanted = int(deployment["spec"].get("replicas", 1))
     replicas = ((app or {}).get("status") or {}).get("replicas") or []
@@ -335,10 +391,39 @@ def deployment_status(deployment: dict[str, Any], app: dict[str, Any] | None) ->
     }
 
 
+def _pod_field(field: str) -> str | None:
+    """Where in the pod template an App field of its pod parts comes from."""
+    match = re.match(
+        r"spec\.(sidecars|initContainers|volumes|volumeMounts)(?:\[(\d+)\])?(.*)", field
+    )
+    if match is None:
+        return None
+    part, index, rest = match.groups()
+    if part == "sidecars":
+        return f"spec.template.spec.containers[{int(index or 0) + 1}]{rest}"
+    if part == "volumeMounts":
+        return f"spec.template.spec.containers[0].volumeMounts{f'[{index}]' if index else ''}{rest}"
+    return f"spec.template.spec.{part}{f'[{index}]' if index else ''}{rest}"
+
+
+class _AnyKey(dict[str, str]):
+    """The data of any ConfigMap or Secret, at admission: every key is there (empty), so
+    what it refers to is resolved when it runs and the rest is still checked."""
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
 def check_runnable(deployment: dict[str, Any]) -> None:
     """Refuse at admission what :func:`app_doc` could not run (so nothing is half-written)."""
     try:
-        app = app_doc("t", "c", deployment, lambda kind, ns, name: {"data": {}})
+        app = app_doc("t", "c", deployment, lambda kind, ns, name: {"data": _AnyKey()})
     except KubeError as e:
         if "not found" in e.message:
             return  # references are resolved when it runs
@@ -351,5 +436,6 @@ def check_runnable(deployment: dict[str, Any]) -> None:
         at = field if rollout else "spec.template.spec.containers[0]"
         if field.startswith("metadata"):
             at = "metadata.name"
+        at = _pod_field(field) or at
         name = deployment["metadata"].get("name", "")
         raise invalid("Deployment", name, [(at, e.message)], "apps") from None

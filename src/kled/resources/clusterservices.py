@@ -15,6 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 ANNOTATION = "kled.io/cluster-services"
+#: on a Service: ``"true"`` lets the pods of the team's other clusters reach its ClusterIP
+EXPORT_ANNOTATION = "kled.io/export"
+#: on an App running a cluster's Deployment: the cluster's name; on a Node that joined
+#: with a cluster's join token: ``<team>.<cluster>`` (``reserved_for``), the only workloads
+#: placed there
+CLUSTER_LABEL = "kled.io/cluster"
+
+
+def reserved_for(team: str, cluster: str) -> str:
+    """The value of ``CLUSTER_LABEL`` on the external nodes of ``team``'s ``cluster``."""
+    return f"{team}.{cluster}"
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,8 @@ class ClusterService:
     name: str
     ip: str
     ports: tuple[ClusterPort, ...]
+    #: reachable from the pods of the team's other clusters (``kled.io/export``)
+    exported: bool = False
 
 
 def encode(services: list[ClusterService]) -> str:
@@ -51,11 +64,20 @@ def encode(services: list[ClusterService]) -> str:
                     }
                     for p in s.ports
                 ],
+                **({"exported": True} if s.exported else {}),
             }
             for s in sorted(services, key=lambda s: (s.namespace, s.name))
         ],
         sort_keys=True,
     )
+
+
+def with_services(app: dict[str, Any], services: list[ClusterService]) -> dict[str, Any]:
+    """``app`` (an App document) naming the cluster Services routed to it, beside the
+    annotations it has (the restart stamp of ``kubectl rollout restart`` among them)."""
+    meta = app.setdefault("metadata", {})
+    meta["annotations"] = {**(meta.get("annotations") or {}), ANNOTATION: encode(services)}
+    return app
 
 
 def entries(doc: dict[str, Any] | Any) -> list[ClusterService]:
@@ -81,6 +103,7 @@ def entries(doc: dict[str, Any] | Any) -> list[ClusterService]:
                     )
                     for p in item.get("ports") or []
                 ),
+                exported=item.get("exported") is True,
             )
             for item in raw
             if item.get("ip")
