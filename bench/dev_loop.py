@@ -87,12 +87,7 @@ def run(root: Path, edits: int) -> dict[str, Any]:
     hosts = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], team)
     port = free_port()
     try:
-        hosts.start_server()
-        hosts.cli.ok("team", "create", team)
-        hosts.cli.ok("env", "create", "dev")
-        hosts.cli.ok("context", "set", "--env", "dev")
-        hosts.start_agent("b1")
-        eventually(lambda: hosts.node_phase("b1") == "Ready", "node b1 Ready")
+        hosts.start_team_node("b1", context=True)
         original = root / "original"
         original.mkdir()
         (original / "app.py").write_text(APP.format(message="original"))

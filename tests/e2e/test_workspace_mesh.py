@@ -5,23 +5,24 @@ control plane runs on host 3 (``agentlab.lab_mesh``). ``kled ws up`` from the la
 busybox workspace on node1: it gets its own pod namespace with a team IP (shown by ``kled ws
 status``), ``wget http://api.dev/`` inside it reaches the app through the team's DNS, and,
 once the laptop joined the mesh over WireGuard, ``<ws>.a.<zone>`` resolves to that IP and a
-server started in the workspace answers the laptop there; ``kled intercept start api --to
-ws/NAME`` sends the app's traffic to that server until ``stop``.
+server started in the workspace answers the laptop there, as does its own SSH port (2222)
+to alice's key; ``kled intercept start api --to ws/NAME`` sends the app's traffic to that
+server until ``stop``.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentlab import Mesh, eventually, lab_mesh, laptop_kled, serve_cmd
+from agentlab import Mesh, eventually, lab_mesh, laptop_ifname, laptop_kled, serve_cmd
 from netlab import sh
 
 from imagekit import busybox_image, podman
-from kled.agent.net import device
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("netns")]
 
@@ -57,7 +58,7 @@ def test_a_workspace_reaches_apps_by_name_and_a_laptop_reaches_it_by_its_name(
     (folder / ".devcontainer").mkdir(parents=True)
     (folder / ".devcontainer" / "devcontainer.json").write_text(json.dumps({"image": image}))
     home = tmp_path / "laptop"
-    mesh.lab.ifnames.add(device.device_ifname("a", "laptop"))
+    mesh.lab.ifnames.add(laptop_ifname(home))
     try:
         up = laptop_kled(mesh, home, token, "ws", "up", str(folder))
         assert up.returncode == 0, up.stderr + mesh.dump_logs()
@@ -104,6 +105,26 @@ def test_a_workspace_reaches_apps_by_name_and_a_laptop_reaches_it_by_its_name(
             return mesh.ask(mesh.lab.host(2), ip, 9000, count=1) == ["ws-box"]
 
         assert eventually(answered, "the workspace answering the laptop over the mesh")
+
+        # Alice's own key, straight to the workspace's SSH port over the mesh (no API hop).
+        key = tmp_path / "id_alice"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)  # fmt: skip
+        added = laptop_kled(mesh, home, token, "user", "key", "add", f"{key}.pub")
+        assert added.returncode == 0, added.stderr
+
+        def ssh_in() -> str:
+            done = subprocess.run(
+                ["ip", "netns", "exec", mesh.lab.host(2), "ssh", "-F", "none", "-p", "2222",
+                 "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "ConnectTimeout=5", f"alice@{ip}", "--", "hostname"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr  # the last one is in the failure
+            return done.stdout.strip()
+
+        assert eventually(ssh_in, "ssh -p 2222 to the workspace over the mesh") == name
 
         # An intercept to the workspace: the app's traffic goes to its server, then back.
         def lands(where: str) -> bool:

@@ -136,12 +136,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         _in_laptop("ip", "addr", "add", f"{LAPTOP_IP}/30", "dev", f"{RUN}n")
         _in_laptop("ip", "link", "set", f"{RUN}n", "up")
         _in_laptop("ip", "link", "set", "lo", "up")
-        h.start_server()
-        h.cli.ok("team", "create", TEAM)
-        h.cli.ok("env", "create", "dev")
-        h.cli.ok("context", "set", "--env", "dev")
-        h.start_agent("c1")
-        eventually(lambda: h.node_phase("c1") == "Ready", "node c1 Ready")
+        h.start_team_node("c1", context=True)
         original = root / "original.py"
         original.write_text(APP.format(message="original"))
         h.apply(

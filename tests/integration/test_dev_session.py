@@ -132,12 +132,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(h, port)
     lab.forwarded = free_port()
     try:
-        h.start_server()
-        h.cli.ok("team", "create", TEAM)
-        h.cli.ok("env", "create", "dev")
-        h.cli.ok("context", "set", "--env", "dev")
-        h.start_agent("d1")
-        eventually(lambda: h.node_phase("d1") == "Ready", "node d1 Ready")
+        h.start_team_node("d1", context=True)
         original = root / "original"
         original.mkdir()
         (original / "app.py").write_text(APP.format(message="original"))

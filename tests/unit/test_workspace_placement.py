@@ -51,8 +51,11 @@ def test_node_selector_and_provider_decide_and_pending_says_why() -> None:
     assert pending[("acme", "c")] == "node nope does not exist"
     _, none = plan_placements([doc("d")], [])
     assert "no node has joined" in none[("acme", "d")]
-    _, process = plan_placements([doc("e", provider="process")], nodes)
-    assert "process provider is not run" in process[("acme", "e")]
+    _, kube = plan_placements([doc("e", provider="kubernetes")], nodes)
+    assert (
+        "kubernetes provider is designed (docs/workspaces.md) but not available yet"
+        in kube[("acme", "e")]
+    )
 
 
 def test_the_agent_gets_the_source_and_the_folder_basename() -> None:

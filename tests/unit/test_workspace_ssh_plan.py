@@ -39,8 +39,14 @@ def test_the_node_runs_its_ssh_server_with_the_key_and_the_sessions_exec(
     argv = _planner(tmp_path).exec_plan(_spec(), ["ssh", KEY]).argv
     assert argv[1:3] == ["-m", "kled.agent.wsssh"]
     plan = Plan.parse(argv[3])
-    assert plan.key == KEY and plan.container == "kled-ws-acme-shop"
+    assert plan.keys == (KEY,) and plan.container == "kled-ws-acme-shop"
     assert plan.argv == ["podman", "exec", "--user", "dev", "--workdir", "/workspaces/shop"]
+
+
+def test_the_keys_of_the_users_allowed_go_with_the_clients(tmp_path: Path) -> None:
+    other = "ecdsa-sha2-nistp256 AAAAE2VjZHNh ann@laptop"
+    argv = _planner(tmp_path).exec_plan(_spec(), ["ssh", KEY, other]).argv
+    assert Plan.parse(argv[3]).keys == (KEY, other)
 
 
 @pytest.mark.parametrize("command", [["sh"], ["ssh"], ["ssh", KEY, "x"], ["cat", KEY]])

@@ -28,16 +28,19 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from kled.agent import wsenter, wsgitagent, wsidle, wslisten, wslogin
 from kled.agent.exec import Target
 from kled.agent.runtime.base import ExecPlan
 from kled.agent.wsengine import (
@@ -48,7 +51,9 @@ from kled.agent.wsengine import (
     argvs,
     write_env_file,
 )
-from kled.errors import KledError
+from kled.agent.wsprocess import ProcessEngine, check_config, user_name
+from kled.aio import wait_event
+from kled.errors import KledError, Unavailable
 from kled.resources.hoststate import (
     LogLine,
     ReplicaSpec,
@@ -58,10 +63,12 @@ from kled.resources.hoststate import (
     utcnow,
 )
 from kled.resources.workspacestate import WS_TOKEN, WorkspaceOnHost, parse_workspace_id
+from kled.workspace import userenv
 from kled.workspace.devcontainer import ResolvedConfig, load_config
-from kled.workspace.discovery import not_found, select_config
+from kled.workspace.discovery import select_config
 from kled.workspace.features import Feature, resolve_features
 from kled.workspace.lifecycle import ContainerState, Event, hook_commands, marker_path, plan
+from kled.workspace.projects import PRELOAD_IMAGE, preload_config, project_config
 from kled.workspace.properties import Mount
 
 log = logging.getLogger(__name__)
@@ -73,6 +80,8 @@ LogSink = Callable[[LogLine], None]
 NETNS_LABEL = "kled.netns"
 #: how long a workspace waits for the network layer to build its pod namespace
 NETWORK_WAIT = 120.0
+#: how often idle workspaces are looked for (``spec.idleTimeout``)
+IDLE_CHECK = 5.0
 
 
 @dataclass(frozen=True)
@@ -146,8 +155,8 @@ class SourceFetcher:
 
 
 def spec_hash(ws: WorkspaceOnHost) -> str:
-    """What the container was made from (everything but running)."""
-    doc = ws.model_dump(exclude={"running"})
+    """What the container was made from (not running, the idle timeout, the keys)."""
+    doc = ws.model_dump(exclude={"running", "idle_timeout", "authorized_keys"})
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -170,12 +179,18 @@ class WorkspaceRunner:
         self.on_status = on_status
         self.on_log = on_log
         self._engine = engine
+        self._process: ProcessEngine | None = None
         self._desired: dict[str, WorkspaceOnHost] | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         #: workspace id → (spec hash, running) of what the worker last finished
         self._done: dict[str, tuple[str, bool, str]] = {}
         self._kick = asyncio.Event()
         self._seq: dict[str, int] = {}
+        #: workspace id → the reason it was stopped as idle (until it is started again)
+        self._idled: dict[str, str] = {}
+        #: workspace id → how many times it came up Running (its direct SSH port follows)
+        self._starts: dict[str, int] = {}
+        self._ports = wslisten.SshPorts(self._direct_argv, self._pid_of)
 
     @property
     def engine(self) -> WorkspaceEngine:
@@ -183,20 +198,102 @@ class WorkspaceRunner:
             self._engine = WorkspaceEngine(self.owner)
         return self._engine
 
+    @property
+    def process(self) -> ProcessEngine:
+        """The engine of ``process`` workspaces (``agent/wsprocess.py``)."""
+        if self._process is None:
+            self._process = ProcessEngine(self.owner, self.root.parent / "wsprocess")
+        return self._process
+
+    def _engine_of(self, provider: str) -> WorkspaceEngine:
+        if provider == "process":
+            return self.process
+        if provider != "container":
+            raise EngineError(f"the {provider} provider is not run by this agent")
+        return self.engine
+
+    def _engines(self) -> list[WorkspaceEngine]:
+        """The engines this host has: podman or docker if installed; process as root."""
+        found: list[WorkspaceEngine] = []
+        with contextlib.suppress(Unavailable):
+            found.append(self.engine)
+        if os.geteuid() == 0:
+            found.append(self.process)
+        return found
+
     def want(self, workspaces: list[WorkspaceOnHost]) -> None:
         self._desired = {w.id: w for w in workspaces}
         self._kick.set()
 
     async def run(self) -> None:
         while True:
-            await self._kick.wait()
+            await wait_event(self._kick, IDLE_CHECK)
             self._kick.clear()
             try:
+                self._stop_idle()
                 await self._reconcile()
+                await self._ports.sync(self._direct())
             except KledError as e:
                 log.warning("workspaces: %s", e)
 
+    def _direct(self) -> dict[str, int]:
+        """The workspaces that get a direct SSH port (``wslisten``): Running containers, and
+        process workspaces in a pod of their own (else the port would be the node's), with
+        users' keys to accept."""
+        out: dict[str, int] = {}
+        for wid, ws in (self._desired or {}).items():
+            if not ws.running or not ws.authorized_keys:
+                continue
+            if ws.provider != "container" and not (ws.provider == "process" and self._netns(ws)):
+                continue
+            if wid in self._workers or wid in self._idled or wid not in self._starts:
+                continue
+            out[wid] = self._starts[wid]
+        return out
+
+    async def _pid_of(self, wid: str) -> int:
+        ws = (self._desired or {})[wid]
+        engine = self._engine_of(ws.provider)
+        argv = [engine.engine, *engine.global_flags]
+        container = engine.container_name(ws.team, ws.name)
+        return await asyncio.to_thread(wsenter.container_pid, argv, container)
+
+    async def _direct_argv(self, wid: str) -> list[str] | None:
+        """The SSH server for a direct connection: the allowed users' keys, now."""
+        ws = (self._desired or {}).get(wid)
+        if ws is None or not ws.authorized_keys or wid not in self._starts:
+            return None
+        target = await self.exec_target(f"{ws.team}._ws.{ws.name}.{SSH_INDEX}")
+        if target is None:
+            return None
+        argv = target.runtime.exec_plan(target.spec, ["ssh", *ws.authorized_keys]).argv
+        return None if argv == ["false"] else argv
+
+    def _stop_idle(self) -> None:
+        """Stop the running workspaces unused for their ``idleTimeout`` (``wsidle``)."""
+        for wid, ws in (self._desired or {}).items():
+            if not ws.running or not ws.idle_timeout or wid in self._workers:
+                continue
+            if wid in self._idled or self._done.get(wid, ("", False))[1] is not True:
+                continue
+            reason = wsidle.due(self._folder(ws), ws.idle_timeout)
+            if reason is not None:
+                self._idled[wid] = reason
+                self._start(wid, self._idle_stop(ws, reason))
+
+    async def _idle_stop(self, ws: WorkspaceOnHost, reason: str) -> None:
+        engine = self._engine_of(ws.provider)
+        self._say(ws, f"stopping: {reason}")
+        try:
+            await engine.stop(engine.container_name(ws.team, ws.name))
+        except (KledError, OSError) as e:
+            log.warning("%s: idle stop failed: %s", ws.resource_name, e)
+            self._idled.pop(ws.id, None)
+            return
+        self._report(ws, ReplicaState.STOPPED, reason=reason)
+
     async def close(self) -> None:
+        await self._ports.close()
         for task in self._workers.values():
             task.cancel()
         for task in list(self._workers.values()):
@@ -213,7 +310,9 @@ class WorkspaceRunner:
             if self._done.get(wid) == (spec_hash(ws), ws.running, self._netns(ws)):
                 continue
             self._start(wid, self._converge(ws))
-        existing = await self.engine.containers()
+        existing: dict[str, str] = {}
+        for engine in self._engines():
+            existing.update(await engine.containers())
         wanted = {f"{w.team}/{w.name}" for w in desired.values()}
         for label in sorted(set(existing.values()) | self._folders()):
             team, _, name = label.partition("/")
@@ -242,6 +341,11 @@ class WorkspaceRunner:
 
     def _report(self, ws: WorkspaceOnHost, state: ReplicaState, **kw: object) -> None:
         log.info("%s: %s %s", ws.resource_name, state.value, kw.get("reason") or "")
+        if state == ReplicaState.RUNNING:
+            wsidle.touch(self._folder(ws))  # up or adopted: idle from now
+            self._starts[ws.id] = self._starts.get(ws.id, 0) + 1
+        else:
+            self._starts.pop(ws.id, None)
         self.on_status(ReplicaStatus(id=ws.id, state=state, **kw))  # type: ignore[arg-type]
 
     def _output(self, ws: WorkspaceOnHost, prefix: str = "") -> Callable[[str, str], None]:
@@ -301,7 +405,7 @@ class WorkspaceRunner:
         self._done[ws.id] = (digest, ws.running, netns)
 
     async def _converge_once(self, ws: WorkspaceOnHost, digest: str, failed: Path) -> None:
-        engine = self.engine
+        engine = self._engine_of(ws.provider)
         container = engine.container_name(ws.team, ws.name)
         info = await engine.inspect(container)
         if info is not None and info.labels.get("kled.spec") != digest:
@@ -323,8 +427,9 @@ class WorkspaceRunner:
             if info is not None and info.running:
                 self._say(ws, "stopping")
                 await engine.stop(container)
-            self._report(ws, ReplicaState.STOPPED, reason="Stopped")
+            self._report(ws, ReplicaState.STOPPED, reason=self._idled.get(ws.id, "Stopped"))
             return
+        self._idled.pop(ws.id, None)
         if info is not None and info.running:
             self._report(ws, ReplicaState.RUNNING, started_at=utcnow())
             return
@@ -346,19 +451,41 @@ class WorkspaceRunner:
             self._report(ws, ReplicaState.RUNNING, started_at=utcnow())
             return
         self._report(ws, ReplicaState.STARTING, reason=BUILDING)
+        await self._other_provider_gone(ws)
         await self._source(ws)
         resolved, features = await self._config(ws)
-        image = await self._image(ws, resolved, features)
+        if ws.provider == "process":
+            check_config(resolved, features, lambda line: self._say(ws, line))
+            image = ""
+        else:
+            image = await self._image(ws, resolved, features)
         self._report(ws, ReplicaState.STARTING, reason="Starting")
         await self._network_ready(ws)
-        await self._create(ws, container, image, resolved, features, digest)
-        await engine.start(container)
+        await self._create(ws, container, image, resolved, features, digest)  # and started
         await self._hooks(ws, container, resolved, features, ContainerState(), Event.UP)
         self._report(ws, ReplicaState.RUNNING, started_at=utcnow())
+
+    async def _other_provider_gone(self, ws: WorkspaceOnHost) -> None:
+        """A workspace whose provider changed: what the other engine ran it in goes (its
+        volumes are that engine's too). The last session file says which one that was."""
+        try:
+            old = json.loads((self._folder(ws) / SESSION_FILE).read_text()).get("provider")
+        except (OSError, ValueError, AttributeError):
+            return
+        if old in (None, ws.provider) or old not in ("container", "process"):
+            return
+        try:
+            engine = self._engine_of(str(old))
+        except KledError:
+            return  # not on this node (no engine): nothing of it can be here
+        self._say(ws, f"its provider changed from {old}: removing that one and its volumes")
+        await engine.remove(engine.container_name(ws.team, ws.name))
+        await engine.remove_volumes(f"{ws.team}/{ws.name}")
 
     async def _source(self, ws: WorkspaceOnHost) -> None:
         folder = self._folder(ws)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self._reset(ws, folder)
         src = self._src(ws)
         if ws.upload is not None:
             done = folder / "source.sha256"
@@ -385,23 +512,52 @@ class WorkspaceRunner:
             args = ["git", "clone", "--quiet"]
             if ws.ref:
                 args += ["--branch", ws.ref]
-            proc = await asyncio.create_subprocess_exec(
-                *args,
-                "--",
-                ws.git,
-                str(src),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"},
-            )
-            out, _ = await proc.communicate()
+            env = {"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"}
+            if wsgitagent.is_ssh_url(ws.git):  # the laptop's SSH agent, for the clone only
+                env.update(await wsgitagent.clone_env(folder, lambda s: self._say(ws, s)))
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *args,
+                    "--",
+                    ws.git,
+                    str(src),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+                out, _ = await proc.communicate()
+            finally:
+                wsgitagent.clone_done(folder)
             if proc.returncode != 0:
                 shutil.rmtree(src, ignore_errors=True)
-                lines = out.decode(errors="replace").strip().splitlines()
-                raise EngineError(f"git clone of {ws.git} failed: {lines[-1] if lines else ''}")
+                why = wsgitagent.clone_error(out.decode(errors="replace"))
+                raise EngineError(f"git clone of {ws.git} failed: {why}")
         else:
             raise EngineError("the workspace has no source (spec.source: git or path)")
+
+    def _generated(self, ws: WorkspaceOnHost, config: dict[str, object]) -> Path:
+        """A config Kled wrote for a source without one: beside the source, not in it."""
+        path = self._folder(ws) / "generated" / "devcontainer.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        return path
+
+    async def _reset(self, ws: WorkspaceOnHost, folder: Path) -> None:
+        """``kled ws up --reset``: the source as fetched or cloned and the volumes go, once
+        per reset (the generation done is kept beside them)."""
+        done = folder / "reset"
+        seen = done.read_text().strip() if done.exists() else ""
+        if seen == str(ws.reset):
+            return
+        if ws.reset:
+            self._say(ws, "reset: dropping the workspace's files and volumes")
+            src = folder / "src"
+            if src.exists():
+                await asyncio.to_thread(shutil.rmtree, src)
+            (folder / "source.sha256").unlink(missing_ok=True)
+            await self._engine_of(ws.provider).remove_volumes(f"{ws.team}/{ws.name}")
+        done.write_text(f"{ws.reset}\n")
 
     def _src(self, ws: WorkspaceOnHost) -> Path:
         basename = ws.folder or (ws.git or "src").rstrip("/").rsplit("/", 1)[-1]
@@ -410,12 +566,19 @@ class WorkspaceRunner:
 
     async def _config(self, ws: WorkspaceOnHost) -> tuple[ResolvedConfig, list[Feature]]:
         src = self._src(ws)
-        config = select_config(src, ws.devcontainer)
-        if config is None:
-            raise not_found(src, ws.git or ws.folder or str(src))
-        resolved = load_config(src, config, env={}, source=config.relative_to(src).as_posix())
+        config = None if ws.project else select_config(src, ws.devcontainer)
+        if ws.project:
+            self._say(ws, f"no devcontainer.json: the project {ws.project} from its Dockerfile")
+            config = self._generated(ws, project_config(src, ws.project))
+        elif config is None:
+            self._say(ws, f"no devcontainer.json: the preload image {PRELOAD_IMAGE}")
+            config = self._generated(ws, preload_config())
+        shown = config.relative_to(src).as_posix() if src in config.parents else config.name
+        resolved = load_config(src, config, env=ws.local_env, source=shown)
         for warning in resolved.warnings:
             self._say(ws, f"warning: {warning}")
+        if ws.git is not None and resolved.config.initialize_command is not None:
+            self._say(ws, "initializeCommand is the client's: not run for a git source")
         return resolved, resolve_features(resolved)
 
     async def _image(
@@ -448,7 +611,7 @@ class WorkspaceRunner:
         features: list[Feature],
         digest: str,
     ) -> None:
-        engine = self.engine
+        engine = self._engine_of(ws.provider)
         label = f"{ws.team}/{ws.name}"
         config = resolved.for_container()
         if config.privileged:
@@ -478,6 +641,12 @@ class WorkspaceRunner:
             env.update(feature.container_env)
         env.update(config.container_env)
         env.update(ws.env)
+        if self.fetcher is not None:  # the kled CLI inside, logged in as its owner
+            fetcher = self.fetcher
+            login = await wslogin.login_env(
+                fetcher.server_url, fetcher.node, fetcher.auth, ws, lambda s: self._say(ws, s)
+            )
+            env = {**login, **env}
         labels = {
             LABEL: label,
             OWNER_LABEL: self.owner,
@@ -497,6 +666,7 @@ class WorkspaceRunner:
                 resolved=resolved,
                 hostname=ws.name,
                 pod=tuple(labels[NETNS_LABEL].split(" ", 1)) if labels[NETNS_LABEL] else None,
+                start=True,
             )
         finally:
             env_file.unlink(missing_ok=True)
@@ -510,6 +680,37 @@ class WorkspaceRunner:
         env = {k: v for k, v in config.remote_env.items() if v is not None}
         return config.remote_user or config.container_user, env
 
+    async def _probed(
+        self,
+        engine: WorkspaceEngine,
+        container: str,
+        resolved: ResolvedConfig,
+        container_env: dict[str, str],
+        user: str | None,
+        remote_env: dict[str, str],
+    ) -> dict[str, str]:
+        """``remote_env`` on top of what the user's login shell has (``userEnvProbe``);
+        a probe that fails or hangs adds nothing, as in the reference."""
+        marker = uuid.uuid4().hex
+        code, passwd = await engine.exec(
+            container, ["cat", "/etc/passwd"], user=None, workdir=None, env={}, scratch=self.root
+        )
+        shell = userenv.login_shell(passwd if code == 0 else "", user)
+        argv = userenv.probe_argv(shell, resolved.config.user_env_probe, marker)
+        probed: dict[str, str] = {}
+        if argv is not None:
+            with contextlib.suppress(TimeoutError):
+                code, out = await asyncio.wait_for(
+                    engine.exec(
+                        container, argv, user=user, workdir=None, env={}, scratch=self.root
+                    ),
+                    userenv.PROBE_TIMEOUT,
+                )
+                probed = userenv.parse_probe(out, marker)
+        unset = {k for k, v in resolved.config.remote_env.items() if v is None}
+        merged = {**userenv.user_env(probed, container_env, user), **remote_env}
+        return {k: v for k, v in merged.items() if k not in unset}
+
     async def _hooks(
         self,
         ws: WorkspaceOnHost,
@@ -519,13 +720,18 @@ class WorkspaceRunner:
         before: ContainerState,
         event: Event,
     ) -> None:
-        engine = self.engine
+        engine = self._engine_of(ws.provider)
         info = await engine.inspect(container)
         if info is None:
             raise EngineError("the workspace's container vanished")
         user, env = self._session(resolved, dict(info.env))
+        if ws.provider == "container":
+            env = await self._probed(engine, container, resolved, dict(info.env), user, env)
+        if ws.provider == "process":
+            user = user_name(user)  # the sandbox's one user, as ``wsprocess`` made it
         workdir = resolved.workspace_folder
-        self._save_session(ws, Session(container, user, workdir))
+        env = wslogin.without_token(env)  # on disk below: the container's env has it
+        self._save_session(ws, Session(container, user, workdir, ws.provider))
         write_env_file(self._folder(ws), env, name=SESSION_ENV)
         if before.exists:
             before = ContainerState(
@@ -533,19 +739,23 @@ class WorkspaceRunner:
                 running=False,
                 created_at=before.created_at,
                 started_at=before.started_at,
-                markers=await self._read_markers(container, user),
+                markers=await self._read_markers(engine, container, user),
             )
         steps = plan(hook_commands(resolved.config, features), before, event)
         for step in steps:
             if step.where != "container":
                 continue
+            marker = None
             if step.marker is not None:
                 stamp = info.created_at if step.marker == "created" else info.started_at
-                await self._write_marker(container, user, step.hook, stamp)
+                marker = self._write_marker(engine, container, user, step.hook, stamp)
             for hook_command in step.commands:
                 self._say(ws, f"{step.hook} ({hook_command.origin})")
                 runs = argvs(hook_command.command)
-                results = await asyncio.gather(
+                # the step's marker is written beside its first command (one engine call
+                # less to wait for): written whether that command succeeds or not, as before
+                results = await _gather_after(
+                    marker,
                     *(
                         engine.exec(
                             container,
@@ -557,22 +767,27 @@ class WorkspaceRunner:
                             output=self._output(ws),
                         )
                         for argv in runs.values()
-                    )
+                    ),
                 )
+                marker = None
                 for (name, _), (code, out) in zip(runs.items(), results, strict=True):
                     if code != 0:
                         what = f"{step.hook}{'.' + name if name else ''}"
                         last = [line for line in out.splitlines() if line.strip()]
                         tail = f": {last[-1].strip()}" if last else ""
                         raise EngineError(f"{what} exited with code {code}{tail}")
+            if marker is not None:  # a step without commands: its marker alone
+                await marker
 
-    async def _read_markers(self, container: str, user: str | None) -> dict[str, str]:
+    async def _read_markers(
+        self, engine: WorkspaceEngine, container: str, user: str | None
+    ) -> dict[str, str]:
         script = (
             "for h in onCreateCommand updateContentCommand postCreateCommand postStartCommand; "
             'do printf "%s=%s\\n" "$h" "$(cat "$HOME/.devcontainer/.${h}Marker" 2>/dev/null)"; '
             "done"
         )
-        code, out = await self.engine.exec(
+        code, out = await engine.exec(
             container,
             ["/bin/sh", "-c", script],
             user=user,
@@ -589,10 +804,12 @@ class WorkspaceRunner:
                 found[hook] = value
         return found
 
-    async def _write_marker(self, container: str, user: str | None, hook: str, stamp: str) -> None:
+    async def _write_marker(
+        self, engine: WorkspaceEngine, container: str, user: str | None, hook: str, stamp: str
+    ) -> None:
         path = marker_path(hook)
         script = f'mkdir -p "$HOME/.devcontainer" && printf %s "$1" > "$HOME/{path}"'
-        await self.engine.exec(
+        await engine.exec(
             container,
             ["/bin/sh", "-c", script, "marker", stamp],
             user=user,
@@ -612,6 +829,8 @@ class WorkspaceRunner:
     async def exec_target(self, replica_id: str) -> Target | None:
         """The running workspace of that id, as an exec's target; None if there is none.
         ``<team>._ws.<name>.ssh`` is its SSH stream: an SSH server (``wsssh``) on the node."""
+        if replica_id.endswith("." + wsgitagent.AGENT_INDEX):
+            return wsgitagent.relay_target(self.root, replica_id)
         ssh = replica_id.endswith("." + SSH_INDEX)
         if ssh:
             replica_id = replica_id.removesuffix(SSH_INDEX) + "0"
@@ -623,27 +842,32 @@ class WorkspaceRunner:
             session = Session(**json.loads((folder / SESSION_FILE).read_text()))
         except (OSError, ValueError, TypeError):
             return None
-        info = await self.engine.inspect(session.container)
+        try:
+            engine = self._engine_of(session.provider)
+        except KledError:
+            return None
+        info = await engine.inspect(session.container)
         if info is None or not info.running:
             return None
-        planner = SessionPlanner(self.engine, session, folder / SESSION_ENV)
+        planner = SessionPlanner(engine, session, folder / SESSION_ENV)
         spec = ReplicaSpec(
             team=parsed[0], environment=WS_TOKEN, app=parsed[1], index=0,
             runtime=RuntimeKind.PROCESS if ssh else RuntimeKind.CONTAINER,
         )  # fmt: skip
         if ssh:
             return Target(SshPlanner(planner, folder / SSH_HOST_KEY), spec)
+        wsidle.touch(folder)  # a session began: the workspace is in use
         return Target(planner, spec)
 
     # ---- removal -----------------------------------------------------------------------
 
     async def _remove(self, team: str, name: str) -> None:
-        engine = self.engine
         label = f"{team}/{name}"
         log.info("workspace/%s/%s: removing container, images, volumes and files", team, name)
-        await engine.remove(engine.container_name(team, name))
-        await engine.remove_volumes(label)
-        await engine.remove_images(label)
+        for engine in self._engines():
+            await engine.remove(engine.container_name(team, name))
+            await engine.remove_volumes(label)
+            await engine.remove_images(label)
         folder = self.root / team / name
         if folder.exists():
             await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -658,6 +882,8 @@ class Session:
     container: str
     user: str | None
     workdir: str | None
+    #: ``container`` or ``process``: which engine runs it
+    provider: str = "container"
 
 
 class SessionPlanner:
@@ -684,7 +910,7 @@ class SessionPlanner:
 
 
 class SshPlanner:
-    """The SSH stream of a workspace: ``["ssh", PUBLIC_KEY]`` runs ``kled.agent.wsssh``
+    """The SSH stream of a workspace: ``["ssh", PUBLIC_KEY…]`` runs ``kled.agent.wsssh``
     on the node, which serves one SSH connection on the stream and turns each of its
     sessions into an exec of ``SessionPlanner``'s. Any other command is refused."""
 
@@ -693,15 +919,33 @@ class SshPlanner:
         self.host_key = host_key
 
     def exec_plan(self, spec: ReplicaSpec, command: list[str]) -> ExecPlan:
-        if len(command) != 2 or command[0] != "ssh":
+        keys = command[1:]
+        if command[:1] != ["ssh"] or not keys or not all(_is_key(k) for k in keys):
             return ExecPlan(argv=["false"])
         plan = {
             "argv": self.sessions.prefix(),
             "container": self.sessions.session.container,
             "host_key": str(self.host_key),
-            "key": command[1],
+            "keys": keys,
         }
         return ExecPlan(argv=[sys.executable, "-m", "kled.agent.wsssh", json.dumps(plan)])
+
+
+async def _gather_after(
+    first: Coroutine[None, None, None] | None, *runs: Coroutine[None, None, tuple[int, str]]
+) -> list[tuple[int, str]]:
+    """``runs`` in parallel, and ``first`` beside them; the results of ``runs``."""
+    gathered = asyncio.gather(*runs)
+    if first is None:
+        return list(await gathered)
+    _, results = await asyncio.gather(first, gathered)
+    return list(results)
+
+
+def _is_key(text: str) -> bool:
+    """An OpenSSH public key line, by its look (the server parses it for real)."""
+    words = text.split()
+    return len(words) >= 2 and words[0].startswith(("ssh-", "ecdsa-", "sk-"))
 
 
 def _extract(archive: Path, into: Path) -> None:

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from kled.agent.runtime.container import container_engine, engine_flags
 from kled.errors import PermanentError, Unavailable
 from kled.workspace.devcontainer import ResolvedConfig
 from kled.workspace.features import Feature
+from kled.workspace.projects import PRELOAD_IMAGE
 from kled.workspace.properties import Command, ExecCommand, Mount, ParallelCommands
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ class WorkspaceEngine:
         env: Mapping[str, str] | None = None,
     ) -> tuple[int, str]:
         """Run the engine; (exit code, stdout+stderr). ``output`` gets each line as it comes."""
+        began = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             self.engine,
             *self.global_flags,
@@ -126,6 +129,7 @@ class WorkspaceEngine:
                 proc.kill()
                 await proc.wait()
             raise
+        log.debug("%s %s: exit %d in %.3f s", self.engine, args[0], code, time.monotonic() - began)
         return code, "\n".join(collected)
 
     async def _ok(self, *args: str, what: str, **kw: object) -> str:
@@ -146,6 +150,11 @@ class WorkspaceEngine:
         code, _ = await self.run("image", "exists", image)
         if code == 0:
             return
+        if image == PRELOAD_IMAGE:  # made on a node, never pulled
+            raise EngineError(
+                f"the preload image {image} is not on this node: "
+                "run `kled ws image build` there (it takes minutes), then `kled ws up` again"
+            )
         try:
             code, out = await self.run("pull", "--quiet", image, timeout=PULL_TIMEOUT)
         except TimeoutError:
@@ -276,10 +285,14 @@ class WorkspaceEngine:
         resolved: ResolvedConfig,
         hostname: str | None = None,
         pod: tuple[str, ...] | None = None,
+        start: bool = False,
     ) -> None:
-        """``pod``: (namespace path, IP) of the workspace's pod on the team mesh."""
+        """``pod``: (namespace path, IP) of the workspace's pod on the team mesh. With
+        ``start``, it is started too (one ``run -d``, not ``create`` then ``start``) and
+        this returns once it runs, as :meth:`start` does."""
         config = resolved.config
-        args = ["create", "--name", container, *self.run_flags]
+        verb = ["run", "--detach"] if start else ["create"]
+        args = [*verb, "--name", container, *self.run_flags]
         if hostname:
             args += ["--hostname", hostname]
         if pod:
@@ -313,17 +326,24 @@ class WorkspaceEngine:
         else:
             args.append(image)
         await self._ok(*args, what="the workspace's container could not be created")
+        if start:
+            info = await self.inspect(container)
+            if info is None or not info.running:  # ended already: started again, or why not
+                await self.start(container, fresh=True)
 
-    async def start(self, container: str) -> None:
+    async def start(self, container: str, *, fresh: bool = False) -> None:
         """Start the container and return once it runs. A container stopped a moment ago
         can be ended again by the engine's late cleanup of its previous run: then it is
-        started once more."""
+        started once more. A ``fresh`` one (just created, never run) has no previous run
+        to clean up after: once it runs, it is not watched a moment longer."""
         for _ in range(3):
             await self._ok("start", container, what="the workspace's container did not start")
             for _ in range(20):
                 info = await self.inspect(container)
                 if info is None:
                     raise EngineError("the workspace's container vanished while starting")
+                if info.running and fresh:
+                    return
                 if info.running:
                     await asyncio.sleep(0.2)
                     again = await self.inspect(container)

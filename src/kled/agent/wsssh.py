@@ -9,9 +9,20 @@ a command, with a PTY when the client asks for one (window size followed), and t
 exit code. Only that one key is accepted, never a password. The image needs nothing of
 Kled's. The host key is the workspace's own, made on first use beside its session file.
 
+Beside sessions (``agent/wsenter.py`` reaches into the container for these):
+
+- the ``sftp`` subsystem (``sftp``, and ``scp``, which speaks SFTP) runs
+  ``kled.agent.wssftp`` as a child that joins the container's namespaces as remoteUser;
+- agent forwarding (``ssh -A``): a socket in the container's ``/tmp`` (a folder only
+  remoteUser may enter), each connection to it relayed to the client's agent, named by
+  ``SSH_AUTH_SOCK`` in the sessions of that connection;
+- local port forwarding (``ssh -L``, ``kled ws forward``): connections are made from the
+  workspace's network namespace, so ``localhost:PORT`` is the workspace's.
+
 Run as ``python -m kled.agent.wsssh EXEC_JSON`` with ``EXEC_JSON`` holding ``argv`` (the
 ``podman exec`` prefix: engine, flags, ``exec``, user, workdir, env file), ``container``,
-``host_key`` (a path) and ``key`` (the client's public key, OpenSSH format).
+``host_key`` (a path) and ``key`` (the client's public key, OpenSSH format) or ``keys``
+(several: the allowed users' own).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import inspect
 import json
 import logging
 import os
@@ -33,6 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.constants import EXTENDED_DATA_STDERR
+
+from kled.agent import wsidle
+from kled.agent.wsreach import Reach
 
 log = logging.getLogger("kled.agent.wsssh")
 
@@ -45,17 +61,37 @@ class Plan:
     argv: list[str]
     container: str
     host_key: str
-    key: str
+    keys: tuple[str, ...]
 
     @classmethod
     def parse(cls, text: str) -> Plan:
         data = json.loads(text)
+        keys = data["keys"] if "keys" in data else [data["key"]]
+        if not isinstance(keys, list) or not keys:
+            raise ValueError("no key")
         return cls(
             argv=[str(a) for a in data["argv"]],
             container=str(data["container"]),
             host_key=str(data["host_key"]),
-            key=str(data["key"]),
+            keys=tuple(str(k) for k in keys),
         )
+
+    def _after(self, flag: str) -> str | None:
+        argv = self.argv
+        return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+    @property
+    def engine(self) -> list[str]:
+        """The engine and its global flags (the argv before ``exec``)."""
+        return self.argv[: self.argv.index("exec")] if "exec" in self.argv else self.argv[:1]
+
+    @property
+    def user(self) -> str | None:
+        return self._after("--user")
+
+    @property
+    def workdir(self) -> str | None:
+        return self._after("--workdir")
 
 
 def host_key(path: Path) -> asyncssh.SSHKey:
@@ -76,9 +112,35 @@ def host_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
+class _Process(asyncssh.SSHServerProcess[bytes]):
+    """asyncssh's session, except that the ``sftp`` subsystem comes to us as a process
+    like any other (asyncssh would serve it itself, from the node's files, as root)."""
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == "sftp"
+
+    def session_started(self) -> None:
+        if self._chan.get_subsystem() != "sftp":
+            super().session_started()
+            return
+        chan = self._chan
+        handler = self._start_process(
+            asyncssh.SSHReader(self, chan),
+            asyncssh.SSHWriter(self, chan),
+            asyncssh.SSHWriter(self, chan, EXTENDED_DATA_STDERR),
+        )
+        assert self._conn is not None and inspect.isawaitable(handler)
+        self._conn.create_task(handler)
+
+
 class _Server(asyncssh.SSHServer):
-    def __init__(self, allowed: asyncssh.SSHKey) -> None:
-        self.allowed = allowed.public_data
+    def __init__(self, plan: Plan, allowed: list[asyncssh.SSHKey], reach: Reach) -> None:
+        self.plan = plan
+        self.allowed = {key.public_data for key in allowed}
+        self.reach = reach
+
+    def session_requested(self) -> _Process:
+        return _Process(lambda process: _session(self.plan, self.reach, process), None, 0, False)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -90,11 +152,21 @@ class _Server(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return bool(key.public_data == self.allowed)
+        return key.public_data in self.allowed
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        """``ssh -L``: a connection from the workspace's network namespace."""
+        return self.reach.tcp_handler(dest_host, dest_port)
 
 
-def _exec_argv(plan: Plan, process: asyncssh.SSHServerProcess[bytes], tty: bool) -> list[str]:
+def _exec_argv(
+    plan: Plan, process: asyncssh.SSHServerProcess[bytes], tty: bool, env: dict[str, str]
+) -> list[str]:
     argv = [*plan.argv, "-i"]
+    for name, value in env.items():
+        argv += ["--env", f"{name}={value}"]
     if tty:
         argv += ["-t", "--env", f"TERM={process.get_terminal_type() or 'xterm'}"]
     argv.append(plan.container)
@@ -104,9 +176,9 @@ def _exec_argv(plan: Plan, process: asyncssh.SSHServerProcess[bytes], tty: bool)
     return [*argv, SHELL, "-l"] if tty else [*argv, SHELL]
 
 
-async def _pipe_session(plan: Plan, process: asyncssh.SSHServerProcess[bytes]) -> int:
+async def _pipe_session(argv: list[str], process: asyncssh.SSHServerProcess[bytes]) -> int:
     proc = await asyncio.create_subprocess_exec(
-        *_exec_argv(plan, process, tty=False),
+        *argv,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -149,12 +221,12 @@ def _controlling_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-async def _pty_session(plan: Plan, process: asyncssh.SSHServerProcess[bytes]) -> int:
+async def _pty_session(argv: list[str], process: asyncssh.SSHServerProcess[bytes]) -> int:
     master, slave = os.openpty()
     _set_size(master, process.get_terminal_size())
     try:
         proc = await asyncio.create_subprocess_exec(
-            *_exec_argv(plan, process, tty=True),
+            *argv,
             stdin=slave,
             stdout=slave,
             stderr=slave,
@@ -211,16 +283,20 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-async def _session(plan: Plan, process: asyncssh.SSHServerProcess[bytes]) -> None:
-    if process.subsystem:
+async def _session(plan: Plan, reach: Reach, process: asyncssh.SSHServerProcess[bytes]) -> None:
+    if process.subsystem and process.subsystem != "sftp":
         process.stderr.write(f"subsystem {process.subsystem} is not served\n".encode())
         process.exit(1)
         return
     try:
-        if process.get_terminal_type():
-            code = await _pty_session(plan, process)
+        if process.subsystem == "sftp":
+            code = await _pipe_session(await reach.sftp_argv(), process)
+        elif process.get_terminal_type():
+            env = await reach.session_env(process)
+            code = await _pty_session(_exec_argv(plan, process, True, env), process)
         else:
-            code = await _pipe_session(plan, process)
+            env = await reach.session_env(process)
+            code = await _pipe_session(_exec_argv(plan, process, False, env), process)
     except OSError as err:
         process.stderr.write(f"kled: cannot enter the workspace: {err}\n".encode())
         code = 126
@@ -250,18 +326,32 @@ def _bridge(sock: socket.socket) -> None:
 async def serve(plan: Plan) -> None:
     ours, theirs = socket.socketpair()
     _bridge(theirs)
-    allowed = asyncssh.import_public_key(plan.key)
+    allowed = [asyncssh.import_public_key(key) for key in plan.keys]
+    reach = Reach(plan.engine, plan.container, plan.user, plan.workdir)
     options: dict[str, Any] = {
         "server_host_keys": [host_key(Path(plan.host_key))],
-        "process_factory": lambda process: _session(plan, process),
         "encoding": None,
-        "agent_forwarding": False,
+        "agent_forwarding": True,
         "allow_scp": False,
         "x11_forwarding": False,
         "login_timeout": 60,
     }
-    conn = await asyncssh.run_server(ours, server_factory=lambda: _Server(allowed), **options)
-    await conn.wait_closed()
+    conn = await asyncssh.run_server(
+        ours, server_factory=lambda: _Server(plan, allowed, reach), **options
+    )
+    in_use = asyncio.create_task(_mark_in_use(Path(plan.host_key).parent))
+    try:
+        await conn.wait_closed()
+    finally:
+        in_use.cancel()
+        reach.close()
+
+
+async def _mark_in_use(folder: Path) -> None:
+    """While the connection is open the workspace is in use (``spec.idleTimeout``)."""
+    while True:
+        wsidle.touch(folder)
+        await asyncio.sleep(wsidle.TOUCH_EVERY)
 
 
 def main(argv: list[str]) -> int:
@@ -272,7 +362,8 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         plan = Plan.parse(argv[0])
-        asyncssh.import_public_key(plan.key)
+        for key in plan.keys:
+            asyncssh.import_public_key(key)
     except (ValueError, KeyError, TypeError, asyncssh.KeyImportError) as err:
         print(f"kled: key: not an SSH public key ({err})", file=sys.stderr)
         return 2

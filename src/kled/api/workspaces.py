@@ -41,19 +41,28 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from kled.admission.request import UserInfo
-from kled.api import authz, exec_stream, openapi
+from kled.api import authz, exec_stream, openapi, userkeys, wstokens
 from kled.api.hosts import HostServices
 from kled.api.rest import User, service
 from kled.api.service import Service, parse_duration
 from kled.bus.exec_link import ExecLink
 from kled.bus.office import MessageOffice
-from kled.errors import Conflict, InvalidInput, KledError, NotFound, Unauthorized, Unavailable
+from kled.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    KledError,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
 from kled.resources.registry import kind_info
 from kled.resources.workspacestate import workspace_id
 from kled.store.objects import Key
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
+router.include_router(userkeys.router)  # users' SSH keys, which workspaces' servers accept
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}\Z")
 MAX_PARTS = 100_000
@@ -213,6 +222,25 @@ async def node_source(request: Request, node: str, team: str, digest: str) -> Re
     return FileResponse(path, media_type="application/gzip")
 
 
+@router.post(
+    "/nodes/{node}/workspace-tokens/{team}/{name}",
+    tags=["Workspace"],
+    openapi_extra={**openapi.NODE_LOGIN, **openapi.no_body()},
+)
+async def node_workspace_token(request: Request, node: str, team: str, name: str) -> Response:
+    """A new token of the workspace's owner, for the agent of the node it is placed on to
+    put in the container it makes (``wstokens``); ``token`` is null when it has no owner."""
+    _node_login(request, node)
+    hosts = _hosts(request)
+    doc = await hosts.store.find(Key("Workspace", team, "", name))
+    if doc is None or (doc.get("status") or {}).get("node") != node:
+        raise NotFound(f"no workspace {name} of team {team} on node {node}")
+    svc: Service = request.app.state.service
+    token = await wstokens.issue(hosts.store, svc.credentials, team, name)
+    svc.forget_credentials()
+    return JSONResponse({"team": team, "user": wstokens.owner_of(doc), "token": token})
+
+
 @router.get(
     "/teams/{team}/workspaces/{name}/logs",
     tags=["Workspace"],
@@ -258,8 +286,17 @@ async def workspace_exec(ws: WebSocket, team: str, name: str) -> None:
 async def workspace_ssh(ws: WebSocket, team: str, name: str) -> None:
     """``kled ws proxy``: the same stream, carrying SSH to a server the node's agent runs
     for this one connection (``agent/wsssh.py``). The command is ``ssh KEY``: the client's
-    public key, the only one that server accepts. Who may exec may connect."""
+    public key; the server accepts it and the keys of the users allowed on the workspace
+    (its owner, the team's admins: ``userkeys``), who alone may connect."""
     await _workspace_stream(ws, team, name, ssh=True)
+
+
+@router.websocket("/teams/{team}/workspaces/{name}/agent")
+async def workspace_agent(ws: WebSocket, team: str, name: str) -> None:
+    """``kled ws up`` of an SSH git URL: the same stream, carrying the laptop's SSH agent
+    to the node for the clone (``workspace/agentrelay.py``; the command is ``ssh-agent``).
+    Open once the workspace is placed, before it runs; for those who may enter it."""
+    await _workspace_stream(ws, team, name, ssh=False, relay=True)
 
 
 def _ssh_command(command: list[str]) -> list[str]:
@@ -269,7 +306,9 @@ def _ssh_command(command: list[str]) -> list[str]:
     return ["ssh", " ".join(key[:2])]
 
 
-async def _workspace_stream(ws: WebSocket, team: str, name: str, *, ssh: bool) -> None:
+async def _workspace_stream(
+    ws: WebSocket, team: str, name: str, *, ssh: bool, relay: bool = False
+) -> None:
     svc: Service = ws.app.state.service
     what = f"workspace/{team}/{name}"
     try:
@@ -278,10 +317,26 @@ async def _workspace_stream(ws: WebSocket, team: str, name: str, *, ssh: bool) -
         doc = await svc.get(user, Key("Workspace", team, "", name))
         authz.authorize(user, "update", kind_info("Workspace"), team, what)
         command = exec_stream._command(ws)
+        # an exec or SSH session sees the owner's token (``wstokens``): only those who may
+        # act as the owner enter, as with SSH keys
+        if not userkeys.may_enter(user, team, doc):
+            authz.deny(user, "ssh" if ssh else "exec", what)
+            owner = (doc.get("spec") or {}).get("owner")
+            raise Forbidden(f"{what} is {owner}'s: only they and team admins may enter it")
+        await wstokens.check_owner_write(
+            svc.store, user, Key("Workspace", team, "", name), doc, None, verb="enter"
+        )
         if ssh:
-            command = _ssh_command(command)
+            keys = await userkeys.allowed_keys(svc, team, doc)
+            base = _ssh_command(command)
+            command = [*base, *(k for k in keys if " ".join(k.split()[:2]) != base[1])]
         status = doc.get("status") or {}
-        if status.get("phase") != "Running" or not status.get("node"):
+        if relay:
+            if command != ["ssh-agent"]:
+                raise InvalidInput("command: the agent stream runs ssh-agent", field="command")
+            if not status.get("node"):
+                raise Conflict(f"{what} is not placed on a node yet")
+        elif status.get("phase") != "Running" or not status.get("node"):
             raise Conflict(f"{what} is {status.get('phase') or 'Pending'}, not Running")
         node = str(status["node"])
         hosts = getattr(ws.app.state, "hosts", None)
@@ -294,6 +349,8 @@ async def _workspace_stream(ws: WebSocket, team: str, name: str, *, ssh: bool) -
     rid = workspace_id(team, name)
     if ssh:
         rid = rid.removesuffix(".0") + ".ssh"
+    elif relay:
+        rid = rid.removesuffix(".0") + ".agent"
     session = uuid.uuid4().hex
     subjects = office.subjects
     link = ExecLink(office, subjects.exec_in(node, session), subjects.exec_out(node, session))

@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,23 +32,28 @@ from typing import Annotated, Any
 
 import typer
 
-from kled.cli import wsimage
+from kled.cli import wsagent, wshost, wsimage, wsinit
 from kled.cli.client import Client
 from kled.cli.logs import stream_logs
 from kled.cli.output import align, check_format, note, out, show, warn
 from kled.cli.state import STATE, TeamOption
-from kled.control.desired import RESTARTED_AT
 from kled.errors import InvalidInput, KledError, NotFound
+from kled.resources.registry import RESET_AT, RESTARTED_AT
 from kled.sync.ignore import Ignore
+from kled.workspace import jsonc
 from kled.workspace.devcontainer import load_config
-from kled.workspace.discovery import not_found, select_config
+from kled.workspace.discovery import find_configs, not_found, relative_name, select_config
 from kled.workspace.features import resolve_features
+from kled.workspace.projects import check_project, find_projects
+from kled.workspace.variables import local_env_names
 
 app = typer.Typer(no_args_is_help=True)
 app.add_typer(wsimage.app, name="image", help="The preload image: kled ws image build.")
 
 #: the API's body limit is 1 MiB: parts stay well under it
 PART_SIZE = 768 * 1024
+#: how often a waiting ``up``/``start``/``stop`` asks for the workspace's phase (one GET)
+WAIT_POLL = 0.15
 _GIT_URL = re.compile(r"^(https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
 
 NameArg = Annotated[str, typer.Argument(help="The workspace's name.")]
@@ -66,8 +72,10 @@ def default_name(source: str) -> str:
     return label
 
 
-def check_folder(folder: Path, config: str | None) -> None:
-    """The folder's devcontainer.json read as the node will: errors here, before upload."""
+def check_folder(folder: Path, config: str | None) -> dict[str, str]:
+    """The folder's devcontainer.json read as the node will: errors here, before upload.
+    Returns the values of the client's variables it names (``${localEnv:V}``), which the
+    node resolves it with."""
     found = select_config(folder, config)
     if found is None:
         raise not_found(folder)
@@ -75,6 +83,8 @@ def check_folder(folder: Path, config: str | None) -> None:
     for warning in resolved.warnings:
         warn(str(warning))
     resolve_features(resolved)
+    names = local_env_names(jsonc.load(found, source=str(found)).value)
+    return {name: os.environ[name] for name in sorted(names) if name in os.environ}
 
 
 def pack(folder: Path) -> bytes:
@@ -147,6 +157,10 @@ def _kept_metadata(existing: dict[str, Any], metadata: dict[str, Any]) -> dict[s
     return out
 
 
+#: what ``--provider`` may name (``ssh`` nodes run ``container``; ``kubernetes`` is a design)
+PROVIDERS = ("container", "process")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -169,9 +183,23 @@ def up(
         str | None, typer.Option("--config", help="The devcontainer.json, relative to SOURCE.")
     ] = None,
     node: Annotated[str | None, typer.Option("--node", help="Run it on this node.")] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option("--provider", help="container (default), or process: no container engine."),
+    ] = None,
     ref: Annotated[str | None, typer.Option("--ref", help="The git branch or tag.")] = None,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "--project", help="No devcontainer.json: run this folder's Dockerfile (see configs)."
+        ),
+    ] = None,
     recreate: Annotated[
         bool, typer.Option("--recreate", help="A new container (volumes and files kept).")
+    ] = False,
+    reset: Annotated[
+        bool,
+        typer.Option("--reset", help="A new container from fresh files: source and volumes go."),
     ] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once applied.")] = False,
     timeout: Annotated[
@@ -180,8 +208,16 @@ def up(
     team: TeamOption = None,
 ) -> None:
     """Create or update a workspace and wait until it runs."""
+    if provider == "kubernetes":
+        raise InvalidInput(
+            "--provider kubernetes is designed (docs/workspaces.md) but not available yet: "
+            "use container or process",
+            field="--provider",
+        )
     chosen = STATE.team_for(team)
     spec: dict[str, Any] = {}
+    if project is not None and config is not None:
+        raise InvalidInput("--project and --config: give one of them", field="--project")
     if is_git_url(source):
         spec["source"] = {"git": source, **({"ref": ref} if ref else {})}
         label = name or default_name(source)
@@ -193,17 +229,30 @@ def up(
         if not folder.is_dir():
             raise InvalidInput(f"{source}: not a folder nor a git URL", field="SOURCE")
         label = name or default_name(str(folder))
-        if wsimage.wants_preload(folder, config):
+        if project is not None:
+            check_project(folder, project)
+            data = pack(folder)
+        elif wsimage.wants_preload(folder, config):
             note(f"no devcontainer.json: the preload image {wsimage.DEFAULT_TAG}")
             data = wsimage.with_preload_config(pack(folder))
         else:
-            check_folder(folder, config)
+            local_env = check_folder(folder, config)
+            wsinit.initialize(folder, config)  # the client's hook: before anything is sent
+            if local_env:
+                spec["localEnv"] = local_env
             data = pack(folder)
         spec["source"] = {"path": str(folder)}
+        spec.update(wshost.requirements(folder, config))  # scheduled by them
     if config:
         spec["devcontainer"] = config
+    if project is not None:
+        spec["project"] = project.strip()
     if node:
         spec["node"] = node
+    if provider:
+        if provider not in PROVIDERS:
+            raise InvalidInput(f"--provider: one of {', '.join(PROVIDERS)}", field="--provider")
+        spec["provider"] = provider
     with STATE.client() as client:
         if data is not None:
             note(f"uploading {len(data) / 1024:.0f} KiB")
@@ -213,27 +262,103 @@ def up(
         except NotFound:
             existing = None
         metadata: dict[str, Any] = {"name": label, "team": chosen}
+        if existing is None:
+            # yours: you (and team admins) enter it, its kled CLI is logged in as you
+            me = client.get("/api/v1/whoami") or {}
+            if me.get("team") == chosen and me.get("username"):
+                spec["owner"] = me["username"]
         if existing is not None:
             kept = existing.get("spec") or {}
-            spec = {**{k: v for k, v in kept.items() if k in ("env",)}, **spec, "running": True}
+            kept = {k: v for k, v in kept.items() if k in ("env", "provider", "owner")}
+            spec = {**kept, **spec, "running": True}
             metadata = _kept_metadata(existing, metadata)
             if (existing.get("status") or {}).get("phase") == "Failed":
                 recreate = True  # another try: a new container, as --recreate makes
-        if recreate:
+        if recreate or reset:
             metadata.setdefault("annotations", {})[RESTARTED_AT] = _now()
+        if reset:
+            metadata["annotations"][RESET_AT] = _now()
         doc = {"apiVersion": "kled.io/v1", "kind": "Workspace", "metadata": metadata, "spec": spec}
         since = time.time()
+        # the phase it had before this apply is not the answer, however recent (an `up`
+        # right after another would take the last one's Running for its own)
+        before = ((existing or {}).get("status") or {}).get("phaseChangedAt") or None
         if not _apply(client, doc):
-            since = 0.0  # unchanged: its phase now is the answer
+            since, before = 0.0, None  # unchanged: its phase now is the answer
         note(f"workspace {label} {'unchanged' if not since else 'applied'}")
         if no_wait:
             return
         stop = _show_output(chosen, label, since) if since else None
+        # a clone over SSH on the node: the laptop's agent, until up stops waiting
+        agent = wsagent.forward(chosen, label) if data is None and wsagent.wanted(source) else None
         try:
-            _wait(client, chosen, label, ("Running",), timeout, since=since)
+            _wait(client, chosen, label, ("Running",), timeout, since=since, stale=before)
         finally:
+            if agent is not None:
+                agent()
             if stop is not None:
                 stop()
+
+
+@app.command()
+def configs(
+    source: Annotated[str, typer.Argument(help="A local folder, or a git URL.")],
+    ref: Annotated[str | None, typer.Option("--ref", help="The git branch or tag.")] = None,
+) -> None:
+    """What SOURCE can run: its devcontainer.json files (a monorepo has several) and the
+    subprojects with a Dockerfile (`kled ws up SOURCE --project DIR`)."""
+    if is_git_url(source):
+        with tempfile.TemporaryDirectory(prefix="kled-configs-") as tmp:
+            _list_configs(_shallow_clone(source, ref, Path(tmp) / "repo"), source)
+        return
+    if ref:
+        raise InvalidInput("--ref applies to a git URL only", field="--ref")
+    folder = Path(source).expanduser().resolve()
+    if not folder.is_dir():
+        raise InvalidInput(f"{source}: not a folder nor a git URL", field="SOURCE")
+    _list_configs(folder, source)
+
+
+def _shallow_clone(url: str, ref: str | None, into: Path) -> Path:
+    args = ["git", "clone", "--quiet", "--depth", "1", *(["--branch", ref] if ref else [])]
+    done = subprocess.run(
+        [*args, "--", url, str(into)],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise KledError(f"git clone of {url} failed: {lines[-1] if lines else done.returncode}")
+    return into
+
+
+def _list_configs(folder: Path, shown: str) -> None:
+    found = find_configs(folder)
+    projects = find_projects(folder)
+    if not found and not projects:
+        note(
+            f"no devcontainer.json and no Dockerfile in {shown}: "
+            f"`kled ws up` runs it in the preload image {wsimage.DEFAULT_TAG}"
+        )
+        return
+    rows = [["KIND", "PATH", "UP WITH"]]
+    try:
+        chosen = select_config(folder)  # what `up` without --config runs
+    except InvalidInput:
+        chosen = None  # several in subfolders: --config picks one
+    for path in found:
+        rel = relative_name(folder, path)
+        flag = "" if path == chosen else f" --config {rel}"
+        rows.append(["config", rel, f"kled ws up {shown}{flag}"])
+    for project in projects:
+        where = (
+            project.dockerfile if project.path == "." else f"{project.path}/{project.dockerfile}"
+        )
+        rows.append(["project", where, f"kled ws up {shown} --project {project.path}"])
+    out(align(rows))
 
 
 def _show_output(team: str, name: str, since: float) -> Callable[[], None]:
@@ -259,7 +384,9 @@ def _show_output(team: str, name: str, since: float) -> Callable[[], None]:
         time.sleep(0.3)  # the last lines of a hook that just ended
         done.set()
         client.close()
-        thread.join(2.0)
+        # A read blocked on a quiet stream does not see the close: not waited for (the
+        # thread is a daemon; its late line, if any, is dropped by ``done``).
+        thread.join(0.05)
 
     return stop
 
@@ -272,8 +399,10 @@ def _wait(
     timeout: float,
     *,
     since: float,
+    stale: str | None = None,
 ) -> dict[str, Any]:
-    """Poll the workspace until it is in one of ``phases``; Failed is an error."""
+    """Poll the workspace until it is in one of ``phases``; Failed is an error. A phase
+    set at ``stale`` (a ``phaseChangedAt``) is an old one, never the answer."""
     deadline = time.monotonic() + timeout
     shown = ""
     while True:
@@ -281,7 +410,7 @@ def _wait(
         status = doc.get("status") or {}
         phase = str(status.get("phase") or "Pending")
         changed = status.get("phaseChangedAt") or ""
-        fresh = _after(changed, since)
+        fresh = _after(changed, since) and changed != stale
         if phase != shown and (fresh or phase == "Pending"):
             extra = f" ({status['reason']})" if status.get("reason") and phase != "Failed" else ""
             note(f"{name}: {phase}{extra}")
@@ -294,7 +423,7 @@ def _wait(
             raise KledError(
                 f"workspace {name} is still {phase} after {timeout:.0f}s; see `kled ws logs {name}`"
             )
-        time.sleep(0.3)
+        time.sleep(WAIT_POLL)
 
 
 def _after(stamp: str, since: float) -> bool:

@@ -32,14 +32,15 @@ from kled.cli import agentbundle
 from kled.cli.output import note, out
 from kled.errors import InvalidInput, Unavailable
 from kled.workspace.discovery import find_configs
+from kled.workspace.projects import PRELOAD_IMAGE, PRELOAD_USER, preload_config
 
-DEFAULT_TAG = "kled/preload"
+DEFAULT_TAG = PRELOAD_IMAGE  # the node falls back to it for a git source too
 SUITE = "bookworm"
 PACKAGES = (
     "ca-certificates", "git", "openssh-client", "curl", "less", "procps", "sudo",
     "python3", "python3-pip", "python3-venv", "nodejs", "npm", "build-essential",
 )  # fmt: skip
-USER = "dev"
+USER = PRELOAD_USER
 UID = 1000
 #: where the kled CLI lives in the image (a venv of its own, /usr/local/bin/kled links to it)
 KLED_PREFIX = "/opt/kled"
@@ -158,7 +159,7 @@ def with_preload_config(archive: bytes, tag: str = DEFAULT_TAG) -> bytes:
     Added to the uploaded copy only, never to the user's folder; the node then reads it
     as it reads any repository's. Deterministic bytes, as the archive's are.
     """
-    config = json.dumps({"name": "preload", "image": tag, "remoteUser": USER}, indent=2)
+    config = json.dumps(preload_config(tag, USER), indent=2)
     raw = io.BytesIO(gzip.decompress(archive))
     with tarfile.open(fileobj=raw, mode="a", format=tarfile.PAX_FORMAT) as tar:
         body = (config + "\n").encode()

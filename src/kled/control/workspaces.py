@@ -21,24 +21,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import Awaitable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kled.control import wsfit
 from kled.control.desired import restart_generation
 from kled.control.nodes import deleting, node_info
 from kled.control.scheduling import NodeInfo, matches
+from kled.control.sinks import put_all
 from kled.errors import Conflict, KledError, NotFound, Unavailable
+from kled.resources import clusterservices
+from kled.resources.fields import duration_seconds
 from kled.resources.hoststate import HostDesiredState, ReplicaState, ReplicaStatus
-from kled.resources.workspacestate import WorkspaceOnHost, WorkspacePhase, parse_workspace_id
+from kled.resources.registry import RESET_AT, RESTARTED_AT
+from kled.resources.sshkeys import workspace_keys
+from kled.resources.workspacestate import (
+    IDLE_PREFIX,
+    WorkspaceOnHost,
+    WorkspacePhase,
+    parse_workspace_id,
+)
 from kled.store.objects import Key, Store
 
 log = logging.getLogger(__name__)
 
-#: the node capabilities a provider needs (any one of them)
-PROVIDER_CAPABILITIES = {"container": frozenset({"podman", "docker"})}
+#: the node capabilities a provider needs (any one of them): a container engine, or (for a
+#: sandboxed process tree) an agent that may make namespaces, i.e. runs as root
+PROVIDER_CAPABILITIES = {
+    "container": frozenset({"podman", "docker"}),
+    "process": frozenset({"netns"}),
+}
+#: what a provider's node lacks, as the Pending reason says it
+PROVIDER_NEEDS = {
+    "container": "podman or docker",
+    "process": "an agent running as root (namespaces)",
+}
+#: set by ``kled ws up --reset`` (an ISO timestamp): the workspace starts from fresh files
 #: what the agent says while building, in a Starting status's reason
 BUILDING_REASON = "Building"
 
@@ -55,6 +75,8 @@ def ref_of(doc: Mapping[str, Any]) -> Ref:
 
 
 def _fits(node: NodeInfo, spec: Mapping[str, Any]) -> bool:
+    if node.labels.get(clusterservices.CLUSTER_LABEL):
+        return False  # a Kled Cluster's external node runs that cluster's pods only
     wanted = spec.get("node")
     if wanted and node.name != wanted:
         return False
@@ -84,11 +106,12 @@ def plan_placements(
         if ref in placed:
             continue
         spec = doc.get("spec") or {}
-        fitting = [
+        eligible = [
             n for n in infos.values() if n.ready and n.schedulable and not n.lost and _fits(n, spec)
         ]
+        fitting = [n for n in eligible if wsfit.fits(n, spec)]  # hostRequirements
         if not fitting:
-            pending[ref] = _why_none(spec, infos.values())
+            pending[ref] = wsfit.shortfall(spec, eligible) or _why_none(spec, infos.values())
             continue
         chosen = min(fitting, key=lambda n: (load[n.name], n.name))
         placed[ref] = chosen.name
@@ -103,17 +126,25 @@ def _why_none(spec: Mapping[str, Any], nodes: Iterable[NodeInfo]) -> str:
     if spec.get("node") and all(n.name != spec["node"] for n in every):
         return f"node {spec['node']} does not exist"
     provider = str(spec.get("provider") or "container")
+    if provider == "kubernetes":
+        return "the kubernetes provider is designed (docs/workspaces.md) but not available yet"
     if provider not in PROVIDER_CAPABILITIES:
         return f"the {provider} provider is not run by Kled agents yet; use container"
-    return (
-        f"no Ready, schedulable node matches (provider {provider} needs podman or docker"
+    why = (
+        f"no Ready, schedulable node matches (provider {provider} needs {PROVIDER_NEEDS[provider]}"
         + (f", nodeSelector {spec.get('nodeSelector')}" if spec.get("nodeSelector") else "")
         + ")"
     )
+    if provider == "container" and any(
+        n.ready and n.schedulable and not n.lost and _fits(n, {**spec, "provider": "process"})
+        for n in every
+    ):
+        why += "; a node without one can run it as processes: kled ws up --provider process"
+    return why
 
 
-def on_host(doc: Mapping[str, Any]) -> WorkspaceOnHost:
-    """The agent's view of a Workspace document."""
+def on_host(doc: Mapping[str, Any], keys: list[str] | None = None) -> WorkspaceOnHost:
+    """The agent's view of a Workspace document (``keys``: its allowed users')."""
     team, name = ref_of(doc)
     spec = doc.get("spec") or {}
     source = spec.get("source") or {}
@@ -131,7 +162,20 @@ def on_host(doc: Mapping[str, Any]) -> WorkspaceOnHost:
         devcontainer=spec.get("devcontainer"),
         env={str(k): str(v) for k, v in (spec.get("env") or {}).items()},
         recreated=restart_generation(doc),
+        reset=reset_generation(doc),
+        local_env={str(k): str(v) for k, v in (spec.get("localEnv") or {}).items()},
+        project=spec.get("project"),
+        idle_timeout=duration_seconds(spec["idleTimeout"]) if spec.get("idleTimeout") else None,
+        authorized_keys=keys or [],
     )
+
+
+def reset_generation(doc: Mapping[str, Any]) -> int:
+    """The ``kled.io/resetAt`` annotation (``kled ws up --reset``) as a number, as
+    ``restart_generation`` reads ``kled.io/restartedAt``."""
+    annotations = (doc.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(RESET_AT)
+    return restart_generation({"metadata": {"annotations": {RESTARTED_AT: value}}})
 
 
 def phase_of(status: ReplicaStatus) -> WorkspacePhase:
@@ -160,26 +204,33 @@ class WorkspaceSink:
         self._lock = asyncio.Lock()
 
     async def put(self, node: str, state: HostDesiredState) -> None:
+        await self.put_many({node: state})
+
+    async def put_many(self, states: Mapping[str, HostDesiredState]) -> None:
         async with self._lock:
-            self._states[node] = state
-            await self._forward(node)
+            self._states.update(states)
+            await self._forward(list(states))
 
     async def set_workspaces(self, by_node: Mapping[str, list[WorkspaceOnHost]]) -> None:
         async with self._lock:
             before = self._workspaces
             self._workspaces = {n: list(ws) for n, ws in by_node.items()}
-            for node in sorted(self._states):
-                old = None if before is None else before.get(node, [])
-                if old != self._workspaces.get(node, []):
-                    await self._forward(node)
+            changed = [
+                node
+                for node in sorted(self._states)
+                if (None if before is None else before.get(node, []))
+                != self._workspaces.get(node, [])
+            ]
+            await self._forward(changed)
 
-    async def _forward(self, node: str) -> None:
-        state = self._states[node]
-        if self._workspaces is not None:
-            state = state.model_copy(update={"workspaces": self._workspaces.get(node, [])})
-        result = self.inner.put(node, state)
-        if inspect.isawaitable(result):
-            await result
+    async def _forward(self, nodes: list[str]) -> None:
+        states: dict[str, HostDesiredState] = {}
+        for node in nodes:
+            state = self._states[node]
+            if self._workspaces is not None:
+                state = state.model_copy(update={"workspaces": self._workspaces.get(node, [])})
+            states[node] = state
+        await put_all(self.inner, states)
 
 
 def _now() -> str:
@@ -223,13 +274,17 @@ class WorkspaceController:
             return
         workspaces = [d for d in (await self.store.list("Workspace")).items if not deleting(d)]
         nodes = [node_info(d) for d in (await self.store.list("Node")).items]
+        users: dict[str, list[dict[str, Any]]] = {}
+        for user in (await self.store.list("User")).items:
+            users.setdefault(str(user["metadata"].get("team")), []).append(user)
         placed, pending = plan_placements(workspaces, nodes)
         by_node: dict[str, list[WorkspaceOnHost]] = {n.name: [] for n in nodes}
         for doc in workspaces:
             ref = ref_of(doc)
             status = doc.get("status") or {}
             if ref in placed:
-                by_node.setdefault(placed[ref], []).append(on_host(doc))
+                keys = workspace_keys(doc, users.get(ref[0], []))
+                by_node.setdefault(placed[ref], []).append(on_host(doc, keys))
                 if status.get("node") != placed[ref]:
                     await self._write(ref, node=placed[ref], phase=WorkspacePhase.PENDING)
             elif status.get("reason") != pending[ref] or status.get("phase") != "Pending":
@@ -249,7 +304,28 @@ class WorkspaceController:
         if doc is None or (doc.get("status") or {}).get("node") != node:
             return  # gone, or not this node's any more
         reason = status.message if status.state == ReplicaState.FAILED else None
+        if status.state == ReplicaState.STOPPED and (status.reason or "").startswith(IDLE_PREFIX):
+            reason = status.reason  # stopped by the agent for idleTimeout: keep it off
+            await self._turn_off(parsed)
         await self._write(parsed, node=node, phase=phase_of(status), reason=reason)
+
+    async def _turn_off(self, ref: Ref) -> None:
+        """``spec.running: false`` (the agent stopped it as idle): ``kled ws start`` starts
+        it again as after ``kled ws stop``."""
+        key = Key("Workspace", ref[0], "", ref[1])
+        for _ in range(8):
+            doc = await self.store.find(key)
+            if doc is None or deleting(doc) or not (doc.get("spec") or {}).get("running", True):
+                return
+            doc = {**doc, "spec": {**doc["spec"], "running": False}}
+            try:
+                await self.store.update(doc, expected_version=doc["metadata"]["resourceVersion"])
+                log.info("workspace/%s/%s: stopped as idle", ref[0], ref[1])
+                return
+            except NotFound:
+                return
+            except Conflict:
+                continue
 
     async def _write(
         self,

@@ -43,6 +43,11 @@ def parse_workspace_id(value: str) -> tuple[str, str] | None:
     return parts[0], parts[2]
 
 
+#: the reason an agent stops an idle workspace with (``idle for 30m``): the control plane
+#: then turns its ``spec.running`` off
+IDLE_PREFIX = "idle for "
+
+
 class WorkspaceOnHost(BaseModel):
     """One workspace a node should have: running, or stopped with its container kept."""
 
@@ -65,6 +70,18 @@ class WorkspaceOnHost(BaseModel):
     #: bumped by ``kled ws up --recreate`` (and by ``up`` of a Failed workspace): a new
     #: container, volumes kept
     recreated: int = 0
+    #: bumped by ``kled ws up --reset``: a new container, and the workspace's files (its
+    #: source as fetched or cloned) and volumes dropped first
+    reset: int = 0
+    #: the client's values of the variables the config names as ``${localEnv:V}``
+    local_env: dict[str, str] = Field(default_factory=dict)
+    #: ``kled ws up --project DIR``: no devcontainer.json, the image of DIR's Dockerfile
+    project: str | None = None
+    #: ``spec.idleTimeout`` in seconds: stopped after so long unused (``agent/wsidle.py``)
+    idle_timeout: int | None = None
+    #: the SSH keys of the users allowed on it (owner, team admins): its direct SSH port
+    #: accepts them (``agent/wslisten.py``)
+    authorized_keys: list[str] = Field(default_factory=list)
 
     @property
     def id(self) -> str:

@@ -174,8 +174,10 @@ def _to_mount(value: Any) -> Any:
         unknown = [key for key in value if key not in ("type", "source", "target", "external")]
         if unknown:
             raise problem("unknown field", [unknown[0]])
-        if value.get("type") not in ("bind", "volume"):
-            raise problem("must be 'bind' or 'volume'", ["type"])
+        # the spec's schema says bind or volume; the reference runs a tmpfs too (and
+        # the string form allows one), so Kled does
+        if value.get("type") not in ("bind", "volume", "tmpfs"):
+            raise problem("must be 'bind', 'volume' or 'tmpfs'", ["type"])
         if not isinstance(value.get("target"), str) or not value["target"]:
             raise problem("field required: the path in the container", ["target"])
         return Mount.model_validate(value)

@@ -167,3 +167,20 @@ def _lookup(env: Mapping[str, str], args: list[str], match: str, loc: Loc) -> st
     if found is not None:
         return found
     return args[1] if len(args) > 1 else ""
+
+
+def local_env_names(value: Any) -> set[str]:
+    """The client's environment variables ``value`` names (``${localEnv:V}``, ``${env:V}``).
+
+    The config is read on the node, not where ``kled ws up`` runs: the CLI sends the values
+    of exactly these (never its whole environment), and the node resolves with them.
+    """
+    names: set[str] = set()
+
+    def note(match: str, name: str, args: list[str], loc: Loc) -> str:
+        if name in ("localEnv", "env") and args and args[0]:
+            names.add(args[0])
+        return match
+
+    _walk(note, value, ())
+    return names
