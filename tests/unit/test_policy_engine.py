@@ -499,3 +499,27 @@ async def test_controller_audits_existing_and_changed_resources(pool: WorkerPool
     assert all(v.user == "kled:policy-controller" for v in recorded)
     again = await r.engine.on_change("ADDED", ctl)
     assert again.evaluated == 2
+
+
+async def test_the_policies_a_request_matches_run_together_and_decide_as_alone(
+    pool: WorkerPool,
+) -> None:
+    """Sixteen matching policies go to one worker in one round trip; a policy that reads
+    the store (a host call) is run again alone with its answers; each decides as if it
+    had run alone: the first denial by name answers, the others' warnings come along."""
+    docs = [policy(f"ok-{n:02d}", 'warn("seen")' if n == 3 else "let a = 1;") for n in range(13)]
+    docs.append(policy("reads", 'if (!get("App", "v1", "dev/db")) deny("no db yet");'))
+    docs.append(policy("zz-owner", "if (!request.object.metadata.labels.owner) deny('owner');"))
+    docs.append(policy("zz-slow", "while (true) {}", timeoutSeconds=1, failurePolicy="Ignore"))
+    r = rig(pool, *docs)
+    result = await r.engine.validating_hook(request(app()))
+    assert (result.allowed, result.policy) == (False, "reads")
+    assert "no db yet" in result.message
+    r.resources.put(app("db"))
+    result = await r.engine.validating_hook(request(app()))
+    assert (result.allowed, result.policy) == (False, "zz-owner")
+    result = await r.engine.validating_hook(request(app(labels={"owner": "ada"})))
+    assert result.allowed, result.message
+    assert result.warnings == ["[ok-03] seen"]
+    # recorded as alone: both denials of the first request, the one of the second
+    assert sorted(v.policy for v in await r.violations()) == ["reads", "zz-owner", "zz-owner"]

@@ -252,7 +252,8 @@ async def test_translation_maps_the_manifest() -> None:
     doc = load(NAMESPACE_SELECTOR)
     assert doc["apiVersion"] == "kled.io/v1" and doc["kind"] == "Policy"
     assert doc["metadata"]["name"] == "namespace-selector-resource-example"
-    assert doc["spec"]["resources"] == ["apps"]
+    # apps for Kled's Apps, pods for a Kled Cluster's Pods
+    assert doc["spec"]["resources"] == ["apps", "pods"]
     assert doc["spec"]["namespaceSelector"]["matchLabels"] == {"test": "test"}
     quick = load(QUICKSTART)["spec"]["resources"]
     assert {"apps", "configs", "secrets", "intercepts"} <= set(quick)
@@ -269,7 +270,7 @@ async def test_translation_refuses_what_kled_cannot_run() -> None:
     partly = translate_jspolicy(
         {"metadata": {"name": "x"}, "spec": {"resources": ["pods", "ingresses"], "javascript": "1"}}
     )
-    assert partly["spec"]["resources"] == ["apps"]
+    assert partly["spec"]["resources"] == ["apps", "pods"]
     assert partly["metadata"]["annotations"]["kled.io/jspolicy-unmapped-resources"] == "ingresses"
 
 

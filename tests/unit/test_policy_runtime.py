@@ -156,9 +156,12 @@ def test_read_policy_defaults_and_errors() -> None:
         "App",
         "Workspace",
     }
+    # a Kubernetes resource names a Kled Cluster's kind (docs/policy.md), none of Kled's
+    pods = read_policy({**doc, "spec": {"javascript": "1", "resources": ["pods"]}})
+    assert pods.kinds == frozenset()
     for spec, field in (
         ({"javascript": "1", "timeoutSeconds": 31}, "spec.timeoutSeconds"),
-        ({"javascript": "1", "resources": ["pods"]}, "spec.resources[0]"),
+        ({"javascript": "1", "resources": ["gizmos"]}, "spec.resources[0]"),
         ({"javascript": "1", "violationPolicy": "Maybe"}, "spec.violationPolicy"),
         ({"javascript": " "}, "spec.javascript"),
     ):

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from kled.admission.kube import KubeRequest
+
 
 class Operation(StrEnum):
     CREATE = "CREATE"
@@ -50,6 +52,8 @@ class AdmissionRequest:
     user: UserInfo
     dry_run: bool = False
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: a Kled Cluster's write: the Kubernetes object beside its ``KubeObject`` document
+    kube: KubeRequest | None = None
 
 
 @dataclass

@@ -15,13 +15,16 @@ existing resources, are in ``controller.py``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kled.admission.kube import KubeRequest, identity_change, rewrapped
 from kled.admission.policy import metrics
 from kled.admission.policy.controller import AuditReport, PolicyController
+from kled.admission.policy.kubeview import answer_kube, kube_document, kube_matches, sees_kube
 from kled.admission.policy.matching import PolicyDef, labels_of, object_selected, read_policy
 from kled.admission.policy.pool import WorkerPool
 from kled.admission.policy.reading import answer, for_script, from_script
@@ -211,6 +214,12 @@ class PolicyEngine:
     async def matches(
         self, policy: PolicyDef, req: AdmissionRequest, env_labels: dict[str, dict[str, str]]
     ) -> bool:
+        if req.kube is not None and sees_kube(policy, req):
+            return (
+                req.operation.value in policy.operations
+                and policy.applies_to_environment(req.environment)
+                and kube_matches(policy, req.kube)
+            )
         if req.operation.value not in policy.operations or not policy.applies_to_kind(req.kind):
             return False
         if not policy.applies_to_environment(req.environment):
@@ -252,7 +261,7 @@ class PolicyEngine:
             if not decision.allowed:
                 return self._denied(decision, warnings)
             if decision.object is not None:
-                req.object = decision.object
+                _apply_mutation(req, decision.object, kube=sees_kube(policy, req))
                 changed = True
         return HookResult(warnings=warnings, object=req.object if changed else None)
 
@@ -274,9 +283,7 @@ class PolicyEngine:
             )
             if policy.type == "Validating" and await self.matches(policy, req, env_labels)
         ]
-        decisions = await asyncio.gather(
-            *(self.decide(policy, problem, req, mutating=False) for policy, problem in chosen)
-        )
+        decisions = await self._decide_all(chosen, req)
         warnings = [w for d in decisions for w in d.warnings]
         for decision in decisions:
             await self._record(decision, req)
@@ -304,16 +311,70 @@ class PolicyEngine:
         """Run ``policy`` on ``req`` and apply its violation and failure policies."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        kube = req.kube if sees_kube(policy, req) else None
         if problem is not None:
             outcome = Outcome(error=f"cannot run: {problem}")
         else:
-            outcome = await self.run(policy, request_document(req), req.team or policy.team)
-        decision = self._judge(policy, outcome, req.object, mutating=mutating)
+            document = request_document(req) if kube is None else kube_document(req)
+            outcome = await self.run(policy, document, req.team or policy.team, kube)
+        original = req.object if kube is None else kube.object
+        decision = self._judge(policy, outcome, original, mutating=mutating, kube=kube is not None)
         metrics.observe(policy.label, decision.result, loop.time() - started)
         return decision
 
-    async def run(self, policy: PolicyDef, request: dict[str, Any], team: str) -> Outcome:
-        """Run a script to its end, answering its host calls; never raises for the script."""
+    async def _decide_all(
+        self, chosen: list[tuple[PolicyDef, str | None]], req: AdmissionRequest
+    ) -> list[Decision]:
+        """The validating decisions of every chosen policy. Those that can run as they
+        are (they read, no Kubernetes view) go to one worker in one round trip; the rest,
+        a run that asked for a host call, and a batch that failed as a whole (no worker,
+        a crash) are decided one by one, as before."""
+        together = [
+            i for i, (p, problem) in enumerate(chosen) if problem is None and not sees_kube(p, req)
+        ]
+        if len(together) < 2:
+            return list(
+                await asyncio.gather(
+                    *(self.decide(p, problem, req, mutating=False) for p, problem in chosen)
+                )
+            )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        document = request_document(req)
+        policies = [chosen[i][0] for i in together]
+        outcomes = await self.pool.run_many(
+            [(p.key, p.javascript, self._limits(p)) for p in policies],
+            document,
+            sum(2 * p.timeout_seconds + 1 for p in policies),
+        )
+        decided: dict[int, Decision] = {}
+        if isinstance(outcomes, list):
+            for i, policy, outcome in zip(together, policies, outcomes, strict=True):
+                if outcome.need is not None:
+                    continue  # a host call: run it alone, answering its calls
+                for line in outcome.prints:
+                    log.info("policy/%s/%s: %s", policy.team, policy.name, line)
+                decided[i] = self._judge(policy, outcome, req.object, mutating=False)
+                metrics.observe(policy.label, decided[i].result, loop.time() - started)
+        rest = [i for i in range(len(chosen)) if i not in decided]
+        alone = await asyncio.gather(
+            *(self.decide(chosen[i][0], chosen[i][1], req, mutating=False) for i in rest)
+        )
+        decided.update(zip(rest, alone, strict=True))
+        return [decided[i] for i in range(len(chosen))]
+
+    def _limits(self, policy: PolicyDef) -> Limits:
+        return Limits(seconds=policy.timeout_seconds, memory_bytes=self.settings.memory_bytes)
+
+    async def run(
+        self,
+        policy: PolicyDef,
+        request: dict[str, Any],
+        team: str,
+        kube: KubeRequest | None = None,
+    ) -> Outcome:
+        """Run a script to its end, answering its host calls (from the cluster's objects
+        for a Kubernetes view, ``kube``); never raises for the script."""
         loop = asyncio.get_running_loop()
         # The CPU limit is the worker's; the wall budget also covers host calls and a
         # worker that is not scheduled at once on a busy host.
@@ -333,7 +394,11 @@ class PolicyEngine:
                 limit = self.settings.max_host_calls
                 return Outcome(error=f"made more than {limit} get()/list()/sleep() calls")
             need = outcome.need
-            answers[str(need["key"])] = await answer(self.reader, need, team, request, deadline)
+            if kube is not None:
+                found = await answer_kube(kube.reader, need, request, deadline)
+            else:
+                found = await answer(self.reader, need, team, request, deadline)
+            answers[str(need["key"])] = found
         for line in outcome.prints:
             log.info("policy/%s/%s: %s", policy.team, policy.name, line)
         return outcome
@@ -345,11 +410,13 @@ class PolicyEngine:
         original: dict[str, Any] | None,
         *,
         mutating: bool,
+        kube: bool = False,
     ) -> Decision:
         decision = Decision(policy)
         decision.warnings = [f"[{policy.name}] {w}" for w in outcome.warnings]
         if outcome.action == "mutate" and outcome.error is None and outcome.limit is None:
-            outcome.object = from_script(outcome.object)
+            if not kube:
+                outcome.object = from_script(outcome.object)
             if not mutating:
                 log.warning(
                     "policy/%s/%s: mutate() ignored in a %s policy",
@@ -358,7 +425,8 @@ class PolicyEngine:
                     policy.type,
                 )
             elif original is not None and outcome.object != original:
-                problem = _identity_change(original, outcome.object)
+                check = identity_change if kube else _identity_change
+                problem = check(original, outcome.object)
                 if problem:
                     outcome = Outcome(error=problem, warnings=outcome.warnings)
                 else:
@@ -459,6 +527,20 @@ class PolicyEngine:
             await self.sink.record(violation)
         except KledError:
             log.exception("policy/%s/%s: cannot record a violation", policy.team, policy.name)
+
+
+def _apply_mutation(req: AdmissionRequest, obj: dict[str, Any], *, kube: bool) -> None:
+    """A policy's mutation becomes the request's object; for a cluster's write the stored
+    document and the Kubernetes object are kept the same object."""
+    if req.kube is None:
+        req.object = obj
+    elif kube:
+        req.kube.object = obj
+        if req.object is not None:
+            req.object = rewrapped(req.object, obj)
+    else:
+        req.object = obj
+        req.kube.object = copy.deepcopy((obj.get("spec") or {}).get("object"))
 
 
 def _identity_change(before: Mapping[str, Any], after: Any) -> str | None:

@@ -3,7 +3,9 @@
 So that a jsPolicy user's policies run unchanged, a ``policy.jspolicy.com/v1beta1``
 ``JsPolicy`` is translated on load: its trigger settings map onto the Policy's, and the
 Kubernetes resources it names onto Kled's kinds (pods and deployments are apps,
-namespaces are environments, configmaps are configs). The script itself is not touched;
+namespaces are environments, configmaps are configs) and kept as Kubernetes resources too,
+so the policy also applies to the objects of the team's Kled Clusters (there the script
+sees the Kubernetes object itself). The script itself is not touched;
 ``get``/``list`` in the engine understand the Kubernetes kind names too. Team and
 environment come from the CLI's context at apply time and may be absent here.
 """
@@ -15,6 +17,7 @@ from typing import Any
 
 from kled.admission.policy.matching import K8S_KINDS, kled_kind
 from kled.errors import InvalidInput
+from kled.resources.kubekinds import kube_resource
 from kled.resources.registry import API_VERSION, KINDS, Scope
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ _CAPITALISED = {
     "type": ("Validating", "Mutating", "Controller"),
 }
 #: jsPolicy settings that mean nothing in Kled (admission is not a webhook here).
-_DROPPED = ("apiGroups", "apiVersions", "matchPolicy", "reinvocationPolicy", "auditLogSize")
+_DROPPED = ("apiVersions", "matchPolicy", "reinvocationPolicy", "auditLogSize")
 
 
 def _resources(words: list[Any], scope: str) -> tuple[list[str], list[str]]:
@@ -56,13 +59,18 @@ def _resources(words: list[Any], scope: str) -> tuple[list[str], list[str]]:
                 return ["*"], unmapped
             plurals = [k.plural for k in KINDS if k.scope is wanted]
         elif word.lower() in _RESOURCES:
-            plurals = [_RESOURCES[word.lower()]]
+            # the Kled kind and the Kubernetes resource of a Kled Cluster's objects
+            plurals = [_RESOURCES[word.lower()], word.lower()]
+        elif kube_resource(word) is not None:
+            plurals = [word.lower()]
         elif kled_kind(word) is not None and word.lower().rstrip("s") not in K8S_KINDS:
             plurals = [word]
         else:
             unmapped.append(word)
             continue
-        mapped.extend(p for p in plurals if p not in mapped)
+        for plural in plurals:
+            if plural not in mapped:
+                mapped.append(plural)
     return mapped, unmapped
 
 
@@ -104,6 +112,8 @@ def translate_jspolicy(doc: dict[str, Any]) -> dict[str, Any]:
         if not match:
             raise InvalidInput(f"must be one of {', '.join(choices)}", field=f"spec.{name}")
         out[name] = match[0]
+    if spec.get("apiGroups"):  # they narrow the matching of Kled Clusters' objects
+        out["apiGroups"] = [str(g) for g in spec["apiGroups"]]
     for name in ("objectSelector", "namespaceSelector"):
         selector = spec.get(name)
         if selector:  # jsPolicy writes {} for "everything"

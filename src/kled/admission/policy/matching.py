@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from kled.errors import InvalidInput
+from kled.resources.kubekinds import kube_kind, kube_resource
 from kled.resources.registry import KINDS, resolve_kind
 
 OPERATIONS = ("CREATE", "UPDATE", "DELETE")
@@ -150,6 +151,10 @@ class PolicyDef:
     audit_policy: str
     priority: int
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: Kubernetes resources (plurals) of Kled Clusters matched; None: every one
+    kube_resources: frozenset[str] | None = frozenset()
+    api_groups: frozenset[str] | None = None  # None: every group
+    namespaces: tuple[str, ...] = ()  # Kubernetes namespaces (globs); empty: all
 
     @cached_property
     def key(self) -> str:
@@ -201,15 +206,29 @@ def read_policy(doc: Mapping[str, Any]) -> PolicyDef:
             raise InvalidInput(
                 "must be CREATE, UPDATE or DELETE", field=f"spec.operations[{index}]"
             )
-    words = [str(w) for w in spec.get("resources") or ["*"]]
+    kube_kinds = [str(k) for k in spec.get("kinds") or []]
+    words = [str(w) for w in spec.get("resources") or ([] if kube_kinds else ["*"])]
     kinds: set[str] | None = None if "*" in words else set()
+    kube: set[str] | None = None if "*" in words or "*" in kube_kinds else set()
     for index, word in enumerate(words):
-        if kinds is None:
+        if kinds is None or kube is None:
             break
+        found = kube_resource(word)
+        if found is not None:
+            kube.add(found.plural)
         try:
             kinds.add(resolve_kind(word).kind)
         except InvalidInput as exc:
-            raise InvalidInput(exc.message, field=f"spec.resources[{index}]") from exc
+            if found is None:
+                raise InvalidInput(exc.message, field=f"spec.resources[{index}]") from exc
+    for index, word in enumerate(kube_kinds):
+        resource = kube_kind(word)
+        if resource is None and word != "*":
+            raise InvalidInput(f"unknown Kubernetes kind {word!r}", field=f"spec.kinds[{index}]")
+        if resource is not None and kube is not None:
+            kube.add(resource.plural)
+    groups = [str(g) for g in spec.get("apiGroups") or []]
+    namespaces = [str(n) for n in spec.get("namespaces") or []]
     environments = tuple(str(e) for e in spec.get("environments") or [] if e != "*")
     if "*" in (spec.get("environments") or []):
         environments = ()
@@ -242,6 +261,9 @@ def read_policy(doc: Mapping[str, Any]) -> PolicyDef:
         audit_policy=_choice(spec, "auditPolicy", "Log"),
         priority=int(priority) if isinstance(priority, int) else 0,
         labels=dict(meta.get("labels") or {}),
+        kube_resources=frozenset(kube) if kube is not None else None,
+        api_groups=None if not groups or "*" in groups else frozenset(groups),
+        namespaces=() if "*" in namespaces else tuple(namespaces),
     )
 
 

@@ -136,10 +136,6 @@ class WorkerPool:
         timeout: float,
     ) -> Outcome:
         """One run of a script; ``timeout`` is the wall-clock budget, waiting included."""
-        if not self._started:
-            await self.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         message = {
             "key": key,
             "source": source,
@@ -147,6 +143,34 @@ class WorkerPool:
             "limits": asdict(limits),
             "answers": answers,
         }
+        answer = await self._exchange(message, timeout)
+        return answer if isinstance(answer, Outcome) else Outcome.from_dict(answer)
+
+    async def run_many(
+        self,
+        scripts: list[tuple[str, str, Limits]],
+        request: dict[str, Any],
+        timeout: float,
+    ) -> list[Outcome] | Outcome:
+        """Every ``(key, source, limits)`` on one request in one worker round trip, an
+        Outcome each, in order (one with ``need`` asks for a host call: run it alone);
+        or the one Outcome that befell the whole batch (no worker, time, a crash)."""
+        batch = [{"key": k, "source": src, "limits": asdict(lim)} for k, src, lim in scripts]
+        answer = await self._exchange({"batch": batch, "request": request}, timeout)
+        if isinstance(answer, Outcome):
+            return answer
+        outcomes = [Outcome.from_dict(a) for a in answer.get("batch") or []]
+        if len(outcomes) != len(scripts):
+            return Outcome(error="the policy worker answered a batch in part")
+        return outcomes
+
+    async def _exchange(self, message: dict[str, Any], timeout: float) -> Any:
+        """Send one frame to an idle worker and read its answer; an Outcome instead if
+        none was free in time, it overran ``timeout`` or it died."""
+        if not self._started:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         worker = None
         for _ in range(self.size + 1):
             try:
@@ -165,8 +189,7 @@ class WorkerPool:
             return Outcome(error="no policy worker is available")
         replace = False
         try:
-            answer = await asyncio.wait_for(worker.receive(), max(0.01, deadline - loop.time()))
-            return Outcome.from_dict(answer)
+            return await asyncio.wait_for(worker.receive(), max(0.01, deadline - loop.time()))
         except TimeoutError:
             replace = True
             log.warning(

@@ -3,7 +3,8 @@
 Started by ``pool.WorkerPool`` (``main()`` in a fresh interpreter). It reads
 framed JSON requests on stdin and answers on stdout (a 4-byte big-endian length, then
 UTF-8 JSON). The first frame is ``{"env": {...}}``, what ``env()`` may show; every later
-one is a run: ``{"key", "source", "request", "limits", "answers"}`` → an ``Outcome``.
+one is a run: ``{"key", "source", "request", "limits", "answers"}`` → an ``Outcome``, or
+a batch of runs on one request (``run_batch``) → ``{"batch": [Outcome...]}``.
 Running in a process of its own keeps QuickJS's CPU clock to this one script, and a
 crash or a leak of the C library away from the server. It exits when stdin closes.
 """
@@ -48,6 +49,10 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
         message = read_frame(inp)
         if message is None:
             return
+        if "batch" in message:
+            out.write(encode_frame({"batch": run_batch(sandbox, message)}))
+            out.flush()
+            continue
         limits = Limits(**message.get("limits", {}))
         try:
             outcome = sandbox.run(
@@ -61,6 +66,22 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
             outcome = Outcome(error=f"policy runtime failed: {exc}")
         out.write(encode_frame(outcome.as_dict()))
         out.flush()
+
+
+def run_batch(sandbox: Sandbox, message: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every policy of a ``{"batch": [{"key", "source", "limits"}...], "request"}`` frame
+    on the one request, in order: one round trip for all the policies a request matches.
+    A policy that needs a host call answers ``need``; the server runs it again alone."""
+    out = []
+    for item in message["batch"]:
+        try:
+            outcome = sandbox.run(
+                item["key"], item["source"], message["request"], Limits(**item["limits"]), {}
+            )
+        except Exception as exc:  # the server must get an answer, whatever went wrong
+            outcome = Outcome(error=f"policy runtime failed: {exc}")
+        out.append(outcome.as_dict())
+    return out
 
 
 def main() -> None:
