@@ -28,6 +28,7 @@ import psutil
 from netlab import PROBE, Lab, make_lab
 
 from kled.api.server import ControlPlane
+from kled.cli import devices
 from servers import RunningServer
 
 CLONE_NEWNET = 0x40000000
@@ -225,6 +226,11 @@ def lab_mesh(root: Path, hosts: int, prefix: str, *, dns_port: int = 0) -> Itera
         finally:
             m.close()
             server.stop()
+
+
+def laptop_ifname(home: Path, team: str = "a", name: str = "laptop") -> str:
+    """The interface ``kled device join NAME`` makes for the ``laptop_kled`` of ``home``."""
+    return devices.interface_name(team, name, str(home / "data"))
 
 
 def laptop_kled(

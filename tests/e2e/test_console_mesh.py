@@ -26,10 +26,9 @@ from typing import Any
 
 import httpx
 import pytest
-from agentlab import Mesh, eventually, lab_mesh, laptop_kled, serve_cmd
+from agentlab import Mesh, eventually, lab_mesh, laptop_ifname, laptop_kled, serve_cmd
 
 from integration.consolekit import browser, page, sign_in
-from kled.agent.net import device
 
 __all__ = ["browser", "page"]  # fixtures
 
@@ -112,7 +111,7 @@ def test_the_drawing_colours_real_handshakes_and_marks_an_intercept(
     )
     service_ip = eventually(lambda: mesh.get_app("a", "api")["status"]["ip"], "api service IP")
     home = tmp_path / "laptop"
-    mesh.lab.ifnames.add(device.device_ifname("a", "laptop"))
+    mesh.lab.ifnames.add(laptop_ifname(home))
     try:
         joined = laptop_kled(mesh, home, token, "device", "join", "laptop", host=3)
         assert joined.returncode == 0, joined.stderr + mesh.dump_logs()

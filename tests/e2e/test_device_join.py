@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentlab import Mesh, eventually, lab_mesh, laptop_kled, serve_cmd
+from agentlab import Mesh, eventually, lab_mesh, laptop_ifname, laptop_kled, serve_cmd
 from netlab import sh
-
-from kled.agent.net import device
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("netns")]
 
@@ -46,7 +44,7 @@ def test_join_reaches_an_app_by_name_and_leave_undoes_it(mesh: Mesh, tmp_path: P
     service_ip = eventually(lambda: mesh.get_app("a", "api")["status"]["ip"], "api service IP")
     home = tmp_path / "laptop"
     # Its wireguard-go (and socket) are cleaned up with the lab if the test fails midway.
-    mesh.lab.ifnames.add(device.device_ifname("a", "laptop"))
+    mesh.lab.ifnames.add(laptop_ifname(home))
     try:
         joined = laptop_kled(mesh, home, token, "device", "join", "laptop")
         assert joined.returncode == 0, joined.stderr + mesh.dump_logs()
@@ -103,7 +101,7 @@ def test_intercept_to_a_joined_laptop_and_back(mesh: Mesh, tmp_path: Path) -> No
     service_ip = eventually(lambda: mesh.get_app("a", "api")["status"]["ip"], "api service IP")
     caller = mesh.pod_ns(1, "a", "a.dev.client.0")
     home = tmp_path / "laptop"
-    mesh.lab.ifnames.add(device.device_ifname("a", "laptop"))
+    mesh.lab.ifnames.add(laptop_ifname(home))
 
     def intercept() -> dict[str, Any]:
         doc: dict[str, Any] = mesh.api(

@@ -41,9 +41,26 @@ app = typer.Typer(no_args_is_help=True)
 ADDRESS_WAIT = 15.0
 
 
-def key_file(team: str, name: str) -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+def key_file(team: str, name: str, data_home: str | None = None) -> Path:
+    base = data_home or os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "kled" / "devices" / team / f"{name}.key"
+
+
+def interface_name(team: str, name: str, data_home: str | None = None) -> str:
+    """The device's WireGuard interface on this machine, named for its key file.
+
+    wireguard-go's control sockets live in ``/var/run/wireguard``, one folder for every
+    namespace of the machine: two users (or two homes) joining a device called ``laptop``
+    of a team called ``a`` must not get one name, or the second join stops the first
+    one's wireguard-go."""
+    return net.device_ifname(team, name, scope=str(key_file(team, name, data_home)))
+
+
+def _interfaces_here(team: str, name: str) -> list[str]:
+    """Where a join from here may have put the device: its name now, then the one of
+    Kled before 2026-12 (named for the team and device only), so such a device can still
+    be synced and taken down."""
+    return [interface_name(team, name), net.device_ifname(team, name)]
 
 
 def _path(team: str, name: str = "") -> str:
@@ -176,8 +193,9 @@ def _peer_names(*peer_sets: list[dict[str, Any]]) -> dict[str, str]:
 
 def _interface_of(team: str, name: str) -> str:
     """The device's interface here; bad input (exit 2) when it was not joined here."""
-    ifname = net.device_ifname(team, name)
-    if not os.path.exists(f"/sys/class/net/{ifname}"):
+    found = [i for i in _interfaces_here(team, name) if os.path.exists(f"/sys/class/net/{i}")]
+    ifname = found[0] if found else interface_name(team, name)
+    if not found:
         raise InvalidInput(
             f"device/{name} of team {team} is not joined on this machine (no interface "
             f"{ifname}): run `kled device join {name}` first"
@@ -279,7 +297,7 @@ def join(
             client, chosen_team, name, wait_for_peers=not follow_, warn_no_peers=not follow_
         )
         dev = device_network(chosen_team, name, config)
-        ifname = net.device_ifname(chosen_team, name)
+        ifname = interface_name(chosen_team, name)
         asyncio.run(net.bring_up(dev, ifname=ifname))
         out(f"device/{name} joined team {chosen_team} as {dev.ip} on {ifname}, routing {dev.block}")
         if dev.dns and config.get("zone"):
@@ -369,8 +387,9 @@ def list_devices(
 def leave(name: str, team: TeamOption = None) -> None:
     """Take this machine off the mesh: interface down, device deleted, local key removed."""
     chosen_team = STATE.team_for(team)
-    ifname = net.device_ifname(chosen_team, name)
-    if os.path.exists(f"/sys/class/net/{ifname}"):
+    for ifname in _interfaces_here(chosen_team, name):
+        if not os.path.exists(f"/sys/class/net/{ifname}"):
+            continue
         if os.geteuid() != 0:
             raise Forbidden(f"taking {ifname} down needs root: use sudo")
         asyncio.run(net.bring_down(ifname))
