@@ -83,10 +83,11 @@ lint: venv
 	$(BIN)/lint-imports
 
 # Two passes: everything else spread over workers, then the suites that build on their
-# own earlier steps (their order must hold) or drive whole meshes, in one process.
+# own earlier steps (their order must hold) or drive whole meshes: each file whole in one
+# worker (--dist loadfile), two labs at a time, so their order holds and the pass halves.
 test: deps lint
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider -m "not serial"
-	$(BIN)/pytest -q -p no:cacheprovider -m serial
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider -m serial
 
 up: deps
 	$(BIN)/kled up $(UP_FLAGS)

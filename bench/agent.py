@@ -95,6 +95,8 @@ class Bench:
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )  # fmt: skip
         wait(self._healthy, "the server answering", 60)
+        # It serves before its controllers (the Message Office) run: agents join after.
+        wait(self._settled, "the server's controllers started", 120)
         token = (self.root / "server" / "admin.token").read_text().strip()
         self.http.headers["Authorization"] = f"Bearer {token}"
         self.post("/api/v1/teams", {"kind": "Team", "metadata": {"name": TEAM}})
@@ -111,6 +113,9 @@ class Bench:
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )  # fmt: skip
         wait(lambda: self.node_phase("local") == "Ready", "the local node Ready", 60)
+
+    def _settled(self) -> bool:
+        return "Message Office" in (self.root / "server.log").read_text(errors="replace")
 
     def _healthy(self) -> bool:
         try:

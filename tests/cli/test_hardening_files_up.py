@@ -144,6 +144,7 @@ def test_delete_wait_returns_when_the_apps_containers_are_gone(
         cli,
         {"apiVersion": "kled.io/v1", "kind": "App", "metadata": {"name": "box"},
          "spec": {"runtime": "container", "image": image, "replicas": 2,
+                  "terminationGracePeriodSeconds": 4,
                   "command": ["/bin/sleep", str(MARKER)]}},
     )  # fmt: skip
 

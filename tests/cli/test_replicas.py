@@ -238,3 +238,39 @@ def test_the_cli_fails_over_on_a_dead_url_but_not_on_an_answer(pair: Pair) -> No
     # Every URL dead: one line naming the last one tried.
     result = pair.cli("--server", f"{dead},{dead}", "get", "apps", "-e", "dev")
     assert result.code == 1 and "cannot reach the Kled server" in result.err, result
+
+
+def _policy(name: str, type_: str, script: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kled.io/v1",
+        "kind": "Policy",
+        "metadata": {"name": name, "team": TEAM},
+        "spec": {"type": type_, "resources": ["apps"], "javascript": script},
+    }
+
+
+def test_a_controller_policy_records_each_violation_once(pair: Pair) -> None:
+    """Both replicas follow the log; only the lease holder runs Controller policies."""
+    headers = {"Authorization": f"Bearer {pair.token}"}
+    owner = "if (!request.object.metadata.labels?.owner) { deny('no owner label'); }"
+    with (
+        httpx.Client(base_url=pair.a.url, headers=headers, timeout=10) as a,
+        httpx.Client(base_url=pair.b.url, headers=headers, timeout=10) as b,
+    ):
+        assert a.post("/api/v1/apply", json=_policy("owner", "Controller", owner)).is_success
+        for name, replica in (("bad-a", a), ("bad-b", b)):
+            assert replica.post("/api/v1/apply", json=_app(name)).is_success
+        # A policy written after the apps: once a replica refuses by it, its feed has read
+        # the apps' events (and recorded whatever it was going to record for them).
+        gate = "if (request.name.startsWith('probe')) { deny('probe'); }"
+        assert a.post("/api/v1/apply", json=_policy("gate", "Validating", gate)).is_success
+        for replica in (a, b):
+            wait_for(
+                lambda r=replica: r.post("/api/v1/apply", json=_app("probe")).status_code == 403,
+                "the replica refuses by the policy written last",
+            )
+        report = a.get(f"/api/v1/teams/{TEAM}/violations", params={"policy": "owner"})
+    assert report.status_code == 200, report.text
+    found = sorted((v["name"], v["user"]) for v in report.json()["items"])
+    controller = "kled:policy-controller"
+    assert found == [("bad-a", controller), ("bad-b", controller)]

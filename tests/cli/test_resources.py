@@ -287,7 +287,7 @@ def test_get_watch_shows_the_events_of_a_second_apply(admin: Cli, tmp_path: Path
 
 def _wait_for(condition: object, lines: list[str]) -> None:
     assert callable(condition)
-    for _ in range(600):
+    for _ in range(2400):
         if condition():
             return
         time.sleep(0.05)

@@ -157,7 +157,7 @@ def _app_events(url: str, token: str, until: int) -> list[int]:
 
 
 def _wait(condition: Any) -> None:
-    for _ in range(1200):
+    for _ in range(2400):
         if condition():
             return
         time.sleep(0.05)

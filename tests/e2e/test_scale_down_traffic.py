@@ -19,6 +19,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("net
 __all__ = ["mesh"]  # the fixture, shared with test_rollout_traffic
 
 
+def prestops(state: Path) -> list[str]:
+    """The preStop lines the web replicas wrote (one per replica stopped)."""
+    events = state / "events"
+    lines = events.read_text().splitlines() if events.exists() else []
+    return [line for line in lines if "prestop" in line.lower()]
+
+
 def test_scale_down_under_load_fails_no_request(mesh: Mesh, tmp_path: Path) -> None:
     state = tmp_path / "web-state"
     state.mkdir()
@@ -45,6 +52,9 @@ def test_scale_down_under_load_fails_no_request(mesh: Mesh, tmp_path: Path) -> N
             eventually(lambda: load.proc.poll() is None, "the load loop running")
             change(mesh, lambda spec: spec.update(replicas=1))
             eventually(one_left, "scaled down to 1 replica")
+            # the status says 1 as soon as it is planned; the two replicas stop after it,
+            # each drained first: the load runs on until both have run their preStop
+            eventually(lambda: len(prestops(state)) >= 2, "both stopped replicas' preStop")
             # requests keep going to the one left for a while after the others are gone
             answers_after = mesh.ask(client, service_ip, 80, count=5)
         finally:
@@ -52,8 +62,7 @@ def test_scale_down_under_load_fails_no_request(mesh: Mesh, tmp_path: Path) -> N
         assert result["failed"] == [], result["failed"][:5]
         assert result["ok"] > 0
         assert {a.split("-")[0] for a in answers_after} == {"v1"}
-        stops = (state / "events").read_text().splitlines()
-        assert sum(1 for line in stops if "prestop" in line.lower()) >= 2, stops
+        assert len(prestops(state)) >= 2, prestops(state)
     except BaseException:
         print(mesh.dump_logs())
         raise

@@ -66,9 +66,14 @@ def test_an_idle_app_goes_to_zero_and_its_first_request_is_answered(
         warm = curl(client, ip)
         assert warm.returncode == 0 and warm.stdout.startswith("cold-"), warm
 
+        web_pod = Path(f"/run/netns/{mesh.pod_ns(1, 'a', 'a.dev.web.0')}")
+
         def at_zero() -> bool:
+            # the status drops the replica as soon as it is planned away; its pod goes only
+            # after its drain and stop, and a request sent before that is served by it
             s = status(mesh)
-            return (s.get("autoscale") or {}).get("desiredReplicas") == 0 and not s.get("replicas")
+            planned = (s.get("autoscale") or {}).get("desiredReplicas") == 0
+            return planned and not s.get("replicas") and not web_pod.exists()
 
         eventually(at_zero, "scaled to zero")
         started = time.monotonic()

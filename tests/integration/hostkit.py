@@ -141,10 +141,28 @@ class Hosts:
                 args, stdout=log, stderr=subprocess.STDOUT, env=self.cli.env
             )
 
-    def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def start_team_node(
+        self, node: str, *, env: str | None = "dev", context: bool = False, **agent: Any
+    ) -> None:
+        """The common start: the server, the team, ``env`` (the context's with ``context``)
+        and one agent ``node`` (``agent``: :meth:`start_agent`'s options), waited Ready."""
+        self.start_server()
+        self.cli.ok("team", "create", self.team)
+        if env is not None:
+            self.cli.ok("env", "create", env)
+            if context:
+                self.cli.ok("context", "set", "--env", env)
+        self.start_agent(node, **agent)
+        eventually(lambda: self.node_phase(node) == "Ready", f"node {node} Ready")
+
+    def kill_agent(self, name: str, sig: int = signal.SIGKILL, grace: float = 30) -> None:
         proc = self.agents.pop(name)
         proc.send_signal(sig)
-        proc.wait(30)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:  # a loaded machine's podman can outlast a stop
+            proc.kill()
+            proc.wait()
 
     # ---- reading what the user sees ---------------------------------------------------
 
@@ -177,7 +195,16 @@ class Hosts:
         return reps if ok else None
 
     def node_phase(self, name: str) -> str:
-        return str((self.api(f"/api/v1/nodes/{name}").get("status") or {}).get("phase"))
+        try:
+            doc = self.api(f"/api/v1/nodes/{name}")
+        except httpx.HTTPStatusError as e:
+            proc = self.agents.get(name)
+            if e.response.status_code == 404 and proc is not None and proc.poll() is not None:
+                # never registered and gone: say why now, not after the caller's timeout
+                tail = (self.root / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise AssertionError(f"agent {name} exited {proc.returncode}:\n{tail}") from e
+            raise
+        return str((doc.get("status") or {}).get("phase"))
 
     def apply(self, doc: dict[str, Any], env: str = "dev") -> None:
         import yaml

@@ -121,6 +121,10 @@ class AgentProcess:
             "0.5",
             "--labels",
             "zone=test",
+            # no team meshes: nothing here gives pods, and on a node with the mesh every
+            # replica would first wait POD_WAIT_SECONDS for one (too close to the bounds)
+            "--network",
+            "off",
         ]
         self.logfile = data_dir.parent / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kled.agent.registration import load_registration, register
+from kled.agent.registration import load_registration, register, register_waiting
 from kled.bus.embedded import free_port
 from kled.errors import Unauthorized, Unavailable
 from kled.resources.hoststate import Capacity
@@ -29,7 +29,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append({"path": self.path, "body": body})
-        if body["token"] != "good-token":
+        if body["token"] == "busy-token" and len(self.server.requests) <= 2:
+            self._answer(503, {"message": "the store is busy; retry"})
+            return
+        if body["token"] not in ("good-token", "busy-token"):
             self._answer(401, {"message": "join token is invalid or expired"})
             return
         self._answer(
@@ -118,4 +121,23 @@ async def test_an_unreachable_server_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(Unavailable, match="cannot reach"):
         await register(
             f"http://127.0.0.1:{free_port()}", "t", "n", {}, capacity=CAP, capabilities=[]
+        )
+
+
+async def test_a_busy_server_is_waited_for_and_a_refusal_is_not(
+    server: tuple[str, FakeServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kled agent started while the server restarts, or is too busy to answer: it
+    registers once the server answers, saying meanwhile what it waits for."""
+    url, httpd = server
+    reg = await register_waiting(
+        url, "busy-token", "node-1", {}, capacity=CAP, capabilities=[],
+        data_dir=tmp_path, first_delay=0.01,
+    )  # fmt: skip
+    assert reg.node == "node-1" and len(httpd.requests) == 3
+    waits = [r.getMessage() for r in caplog.records if "registering again" in r.getMessage()]
+    assert len(waits) == 2 and "registration refused (503): the store is busy" in waits[0]
+    with pytest.raises(Unauthorized):
+        await register_waiting(
+            url, "bad", "node-2", {}, capacity=CAP, capabilities=[], first_delay=0.01
         )

@@ -304,3 +304,73 @@ async def test_node_credentials_survive_a_restart_and_can_be_revoked(
             await revoked.connect()
     finally:
         await restarted.stop()
+
+
+@needs_system_nats
+async def test_messages_fetched_together_go_to_the_batch_handler_in_order(
+    shared: MessageOffice,
+) -> None:
+    def ident(m: StatusMessage) -> str:
+        return m.replica.id if isinstance(m, ReplicaStatusReport) else "other"
+
+    async def consume(count: int, fail: bool) -> tuple[list[list[str]], list[str]]:
+        """Publish ``count`` reports and consume them with a batch handler (that fails)."""
+        for i in range(count):
+            await shared.publish_status(report("n1", f"acme.dev.api.{i}"))
+        batches: list[list[str]] = []
+        alone: list[str] = []
+        stop = asyncio.Event()
+
+        async def handle(m: StatusMessage) -> None:
+            alone.append(ident(m))
+            if len(alone) == count:
+                stop.set()
+
+        async def many(ms: list[StatusMessage]) -> None:
+            if fail:
+                raise RuntimeError("database down")
+            batches.append([ident(m) for m in ms])
+            if sum(map(len, batches)) + len(alone) == count:
+                stop.set()
+
+        await asyncio.wait_for(shared.consume_status("cp", handle, stop=stop, many=many), 30)
+        return batches, alone
+
+    batches, alone = await consume(10, fail=False)
+    assert [i for b in batches for i in b] + alone == [f"acme.dev.api.{i}" for i in range(10)]
+    assert any(len(b) > 1 for b in batches)
+    # a batch that fails goes to the one-by-one handler, in order
+    batches, alone = await consume(5, fail=True)
+    assert batches == [] and alone == [f"acme.dev.api.{i}" for i in range(5)]
+    # every message was acknowledged: nothing waits to be delivered again
+    info = await shared.js.consumer_info(shared.subjects.status_stream, "cp")
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_heartbeats_are_heard_as_published_before_any_consumer_reads_them(
+    embedded: EmbeddedNats,
+) -> None:
+    """Liveness does not wait for the durable consumer: the control plane hears each
+    node's heartbeat as it is published, while the stream still holds it for handling."""
+    from datetime import UTC, datetime
+
+    from kled.resources.hoststate import Capacity, NodeHeartbeat
+
+    async with control_office(embedded) as control:
+        await control.ensure_streams()
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        end = await control.hear_heartbeats(heard.put_nowait)
+        try:
+            for node in ("n1", "n2"):
+                hb = NodeHeartbeat(
+                    node=node,
+                    time=datetime.now(UTC),
+                    capacity=Capacity(cpu_millicores=1000, memory_bytes=1 << 30),
+                )
+                await control.publish_heartbeat(hb)
+            got = [await asyncio.wait_for(heard.get(), 20) for _ in range(2)]
+            assert sorted(got) == ["n1", "n2"]
+            info = await control.js.stream_info(control.subjects.status_stream)
+            assert info.state.messages == 2  # still there for the consumer
+        finally:
+            await end()

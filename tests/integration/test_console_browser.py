@@ -211,10 +211,10 @@ def test_edit_in_place_highlights_the_field_at_fault(
     assert "replicas: 1\n" in text and "status:" not in text
     box.fill(text.replace("replicas: 1\n", "replicas: -1\n"))
     page.get_by_role("button", name="Save").click()
-    assert "spec.replicas" in page.get_by_test_id("edit-error").inner_text()
-    playwright_api.expect(page.get_by_test_id("fault-line")).to_have_text(
-        "  replicas: -1", use_inner_text=False
-    )
+    # each Save is a new page: wait for its answer (the last page's is still shown a moment)
+    expect = playwright_api.expect
+    expect(page.get_by_test_id("edit-error")).to_contain_text("spec.replicas")
+    expect(page.get_by_test_id("fault-line")).to_have_text("  replicas: -1", use_inner_text=False)
     # the caret is on that line of what the user wrote, selected
     picked = page.evaluate(
         "(() => { const a = document.getElementById('yaml');"
@@ -227,7 +227,7 @@ def test_edit_in_place_highlights_the_field_at_fault(
     labelled["metadata"]["labels"] = {"a": XSS_IMG}
     box.fill(yaml.safe_dump(labelled))
     page.get_by_role("button", name="Save").click()
-    assert XSS_IMG in page.get_by_test_id("edit-error").inner_text()
+    expect(page.get_by_test_id("edit-error")).to_contain_text(XSS_IMG)
     assert page.locator("#edit-error img, [data-testid=yaml-excerpt] img").count() == 0
     # meanwhile the system wrote the app's status (a new resourceVersion): not an edit
     # of anyone's, so the edit still goes through
@@ -243,8 +243,9 @@ def test_edit_in_place_highlights_the_field_at_fault(
     box = page.get_by_label("app/web (YAML)")
     box.fill(text.replace("replicas: 1\n", "replicas: 3\n"))
     page.get_by_role("button", name="Save").click()
-    assert page.get_by_role("heading", level=1).inner_text() == "App web"
-    assert page.get_by_role("status").filter(has_text="app/web configured").count() == 1
+    # through admission and policies: on a loaded machine longer than expect's 5 s
+    expect(page.get_by_role("heading", level=1)).to_have_text("App web", timeout=30_000)
+    expect(page.get_by_role("status").filter(has_text="app/web configured")).to_have_count(1)
     with server.client() as admin:
         doc = admin.get(f"/api/v1/teams/{team}/environments/dev/apps/web").json()
         assert doc["spec"]["replicas"] == 3
@@ -258,7 +259,7 @@ def test_edit_in_place_highlights_the_field_at_fault(
         assert admin.put(f"/api/v1/teams/{team}/environments/dev/apps/web", json=doc).is_success
     box.fill(stale.replace("replicas: 3\n", "replicas: 5\n"))
     page.get_by_role("button", name="Save").click()
-    assert "changed by someone else" in page.get_by_test_id("edit-error").inner_text()
+    expect(page.get_by_test_id("edit-error")).to_contain_text("changed by someone else")
     with server.client() as admin:
         assert (
             admin.get(f"/api/v1/teams/{team}/environments/dev/apps/web").json()["spec"]["replicas"]

@@ -55,11 +55,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     root: Path = tmp_path_factory.mktemp("conlogs")
     h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
-        h.start_server()
-        h.cli.ok("team", "create", TEAM)
-        h.cli.ok("env", "create", "dev")
-        h.start_agent("n1")
-        eventually(lambda: h.node_phase("n1") == "Ready", "node n1 Ready")
+        h.start_team_node("n1")
         h.apply(
             {
                 "apiVersion": "kled.io/v1",

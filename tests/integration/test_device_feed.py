@@ -28,6 +28,7 @@ from test_mesh_api import eventually, key, make_team, make_user
 
 from kled.agent.net import device, wireguard
 from kled.api.device_feed import DeviceFeeds
+from kled.cli import devices
 from kled.cli.client import _sse_events
 from kled.control.netmap import Peer as MeshPeer
 from kled.control.netmap import PeerDelta
@@ -415,7 +416,7 @@ def _sync_and_follow(first: RunningServer, data: Path, home: Path) -> None:
         capture_output=True, text=True, env=env, timeout=WAIT,
     )  # fmt: skip
     assert login.returncode == 0, login.stderr
-    ifname = device.device_ifname(team, "laptop")
+    ifname = devices.interface_name(team, "laptop", str(home / "data"))
 
     with namespace([ifname]) as ns:
 

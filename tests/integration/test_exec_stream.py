@@ -46,12 +46,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     root = tmp_path_factory.mktemp("exec")
     h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
     try:
-        h.start_server()
-        h.cli.ok("team", "create", TEAM)
-        h.cli.ok("env", "create", "dev")
-        h.cli.ok("context", "set", "--env", "dev")
-        h.start_agent("x1")
-        eventually(lambda: h.node_phase("x1") == "Ready", "node x1 Ready")
+        h.start_team_node("x1", context=True)
         work = root / "work"
         work.mkdir()
         (work / "hello.txt").write_text("hi from the replica's folder\n")
@@ -149,7 +144,14 @@ def test_exec_into_a_container_replica_and_its_command_ends_with_the_client(
         "apiVersion": "kled.io/v1",
         "kind": "App",
         "metadata": {"name": "ctr"},
-        "spec": {"runtime": "container", "image": image, "command": ["sleep", str(mark)]},
+        # sleep as PID 1 ignores SIGTERM: a short grace, or its removal (and the agent's
+        # stop after it) waits 30 s
+        "spec": {
+            "runtime": "container",
+            "image": image,
+            "command": ["sleep", str(mark)],
+            "terminationGracePeriodSeconds": 1,
+        },
     }
     try:
         hosts.apply(doc)

@@ -39,11 +39,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
         pytest.skip("no NATS server at 127.0.0.1:4222")
     h = Hosts(tmp_path_factory.mktemp("sysnats"), ["--nats", "nats://127.0.0.1:4222"], TEAM)
     try:
-        h.start_server()
-        h.cli.ok("team", "create", TEAM)
-        h.cli.ok("env", "create", "dev")
-        h.start_agent(NODE)
-        eventually(lambda: h.node_phase(NODE) == "Ready", f"{NODE} Ready")
+        h.start_team_node(NODE)
         yield h
     finally:
         h.close([APP])

@@ -349,3 +349,19 @@ async def test_a_restart_survives_refused_blocks_and_full_ranges(world: World) -
     ] == "100.64.8.1"  # service range of a /15
     assert (await restarted.status("App", "b", "tiny", "dev"))["ip"] == "100.66.0.6"
     assert "error" in await restarted.status("App", "c", "tiny", "dev")
+
+
+async def test_apps_added_together_get_their_addresses_together(world: World) -> None:
+    """A batch of new apps is allocated in one IPAM transaction per team; an app
+    deleted in the same batch gives its address back."""
+    s = world.store
+    await s.create(team("acme"))
+    await world.settle()
+    for n in range(5):
+        await s.create(app(f"a{n}"))
+    await s.delete(Key("App", "acme", "dev", "a4"))
+    await world.settle()
+    ips = [(await world.status("App", f"a{n}", "acme", "dev")).get("ip") for n in range(4)]
+    assert ips == [f"100.64.4.{n}" for n in range(1, 5)]
+    held = {a.owner_name for a in await world.ipam.list() if a.pool == "service"}
+    assert held == {f"dev/a{n}" for n in range(4)}

@@ -148,14 +148,32 @@ async def test_a_crashing_container_is_restarted(
     assert (await rt.inspect(never.id)).last_exit_code == 4
 
 
-async def test_missing_image_and_missing_command_fail_with_reasons(
+async def test_a_missing_image_is_tried_again_until_it_arrives(
+    image: str, runtime: tuple[ContainerRuntime, Seen]
+) -> None:
+    """As kubelet's ImagePullBackOff: the replica waits for its image (capped backoff) and
+    starts once the image is on the node, with no restart asked for."""
+    rt, seen = runtime
+    later = f"localhost/kled-later-{random.randint(10**6, 10**7)}:1"
+    spec = cspec(later, "noimg", ["/bin/sleep", "300"], restart_policy=RestartPolicy.NEVER)
+    status = await rt.start(spec)
+    assert (status.state, status.reason) == (ReplicaState.STARTING, "ImagePullBackOff")
+    assert later in (status.message or "")
+    podman("tag", image, later)  # after the first look: found by a later one
+    try:
+        await eventually(
+            lambda: any(s.id == spec.id and s.state == ReplicaState.RUNNING for s in seen.statuses),
+            "started once its image arrived",
+        )
+        assert (await rt.inspect(spec.id)).reason is None
+    finally:
+        podman("untag", image, later)  # that name only (alone, untag drops every name)
+
+
+async def test_a_missing_command_fails_with_its_reason(
     image: str, runtime: tuple[ContainerRuntime, Seen]
 ) -> None:
     rt, _ = runtime
-    status = await rt.start(cspec("localhost/kled-no-such-image:1", "noimg", ["/bin/sh"]))
-    assert (status.state, status.reason) == (ReplicaState.FAILED, "ImageNotFound")
-    assert "kled-no-such-image" in (status.message or "")
-
     status = await rt.start(cspec(image, "nocmd", ["/bin/kled-nope"]))
     assert (status.state, status.reason) == (ReplicaState.FAILED, "CommandNotFound")
 

@@ -214,3 +214,35 @@ async def test_an_invariant_holds_across_two_processes_writing_at_once(
     finally:
         for db in dbs:
             await db.close()
+
+
+async def test_many_statuses_are_written_in_one_transaction_with_a_revision_each(
+    store: Store,
+) -> None:
+    for name in ("a", "b", "c", "gone-soon"):
+        await store.create(app(name))
+    await store.delete(Key("App", "acme", "dev", "gone-soon"))
+    start = await store.revision()
+    keys = [Key("App", "acme", "dev", n) for n in ("a", "b", "c", "missing", "gone-soon")]
+
+    def phase(value: str | None) -> Any:
+        return lambda doc: None if value is None else {**(doc.get("status") or {}), "p": value}
+
+    written = await store.update_statuses(
+        [(keys[0], phase("x")), (keys[1], phase(None)), (keys[2], phase("y")),
+         (keys[3], phase("z")), (keys[4], phase("w"))]
+    )  # fmt: skip
+    assert sorted(k.name for k in written) == ["a", "c"]
+    assert await store.revision() == start + 2
+    log = await store.events_after(start)
+    assert [(e.seq, e.type, e.name, e.object["status"]) for e in log] == [
+        (start + 1, "MODIFIED", "a", {"p": "x"}),
+        (start + 2, "MODIFIED", "c", {"p": "y"}),
+    ]
+    assert (await store.get(keys[2]))["metadata"]["resourceVersion"] == str(start + 2)
+
+    # the same again changes nothing: no revision is spent, no event written
+    assert await store.update_statuses([(keys[0], phase("x"))]) == {}
+    assert await store.revision() == start + 2
+    await store.create(app("after"))  # and the log stays without a gap
+    assert [e.seq for e in await store.events_after(start)] == [start + 1, start + 2, start + 3]

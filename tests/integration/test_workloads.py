@@ -500,3 +500,58 @@ async def test_background_task_marks_a_silent_node_not_ready(tmp_path: Path) -> 
     finally:
         await ctl.stop()
         await db.close()
+
+
+async def test_reports_and_events_delivered_together_write_each_app_once(world: World) -> None:
+    """What the Message Office fetched together: one status write per app, in one
+    transaction, with what one report and event at a time would have written."""
+    await world.nodes("n1")
+    for name in ("a", "b", "c"):
+        await world.store.create(app_doc(name=name))
+    await world.settle()
+    before = await world.store.revision()
+    reports = [ReplicaStatusReport(node="n1", replica=running(n, 0)) for n in ("a", "b", "c")]
+    reports.append(ReplicaStatusReport(node="n2", replica=running("a", 0)))  # not its home
+    events = [
+        AgentEvent(node="n1", replica_id=f"acme.dev.{n}.0", reason="Started", message="up", time=T0)
+        for n in ("a", "b")
+    ]
+    events.append(AgentEvent(node="n1", reason="Pulled", message="node event", time=T0))
+    await world.ctl.on_replica_batch(reports, events)
+
+    assert await world.store.revision() == before + 4  # three apps, and the node's event
+    for name in ("a", "b", "c"):
+        status = await world.status(name)
+        assert status["phase"] == "Running" and status["readyReplicas"] == 1
+        started = [e for e in status["events"] if e["reason"] == "Started"]
+        assert len(started) == (0 if name == "c" else 1)
+    assert (await world.node_status("n1"))["events"][-1]["reason"] == "Pulled"
+
+    await world.ctl.on_replica_batch(reports, events[:2])  # redelivered: nothing changes
+    assert await world.store.revision() == before + 4
+
+
+async def test_heartbeats_delivered_together_fold_their_replicas_once(world: World) -> None:
+    """A run of heartbeats fetched together (many agents): each node's newest counts, and
+    the replicas they list reach their app in one status write, not one per heartbeat."""
+    await world.nodes("n1", "n2", "n3")
+    await world.store.create(app_doc(replicas=3))
+    await world.settle()
+    homes = nodes_of(await world.status())
+    assert sorted(h for h in homes if h) == ["n1", "n2", "n3"]
+    before = await world.store.revision()
+    world.hb_time += 1
+    beats = [
+        hb(node, world.hb_time, replicas=[running("api", index)])
+        for index, node in enumerate(homes)
+        if node is not None
+    ]
+    stale = hb(homes[0] or "", world.hb_time - 5, replicas=[])  # late: says nothing
+    await world.ctl.on_heartbeats([*beats, stale])
+
+    status = await world.status()
+    assert (status["phase"], status["readyReplicas"]) == ("Running", 3)
+    written = [e for e in await world.store.events_after(before) if e.kind == "App"]
+    assert len(written) == 1
+    for node in ("n1", "n2", "n3"):
+        assert (await world.node_status(node))["phase"] == "Ready"

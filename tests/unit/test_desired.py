@@ -7,6 +7,7 @@ from typing import Any
 
 from kled.control.desired import (
     RESTARTED_AT,
+    ReplicaSpecs,
     compute,
     restart_generation,
 )
@@ -242,3 +243,35 @@ def test_an_app_without_probes_sends_the_spec_it_always_did() -> None:
     r = run(app(), [Placement(0, "a")]).nodes["a"].replicas[0]
     assert r.readiness_probe is None and r.liveness_probe is None and r.startup_probe is None
     assert r.pre_stop is None and r.termination_grace_period_seconds is None
+
+
+def test_replica_specs_are_kept_while_the_app_and_its_inputs_stay() -> None:
+    made = ReplicaSpecs()
+    here = [Placement(0, "a"), Placement(1, "b")]
+
+    def specs(doc: dict[str, Any], configs: list[dict[str, Any]] = ()) -> list[Any]:  # type: ignore[assignment]
+        out = compute(
+            ["a", "b"],
+            [doc],
+            {REF: here},
+            configs={("acme", "dev", c["metadata"]["name"]): c for c in configs},
+            secrets={},
+            made=made,
+        )
+        fresh = run(doc, here, configs)  # the same round without memory: the truth
+        assert out.nodes == fresh.nodes
+        return [r for n in sorted(out.nodes) for r in out.nodes[n].replicas]
+
+    v1 = {**app(envFrom=[{"config": "cfg"}]), "metadata": {**app()["metadata"], "generation": 1}}
+    first = specs(v1, [config("cfg", A="1")])
+    assert [r.id for r in first] == ["acme.dev.api.0", "acme.dev.api.1"]
+    again = specs(v1, [config("cfg", A="1")])
+    assert all(x is y for x, y in zip(first, again, strict=True))  # not validated again
+    assert specs(v1, [config("cfg", A="2")])[0].env["A"] == "2"  # its config changed
+    v2 = {**v1, "spec": {**v1["spec"], "command": ["sleep", "1"]}}
+    v2["metadata"] = {**v1["metadata"], "generation": 2}
+    assert specs(v2, [config("cfg", A="2")])[0].command == ["sleep", "1"]
+    stamped = {**v2, "metadata": {**v2["metadata"], "annotations": {RESTARTED_AT: "7"}}}
+    assert specs(stamped, [config("cfg", A="2")])[0].generation != first[0].generation
+    made.forget(REF)
+    assert specs(stamped, [config("cfg", A="2")])[0] is not first[0]

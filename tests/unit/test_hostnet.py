@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any
 
 import pytest
@@ -121,6 +122,22 @@ def test_a_full_pod_subnet_leaves_the_extra_replica_out() -> None:
     ips = PodAddressBook().assign("100.65.8.0/28", ids)  # .10 to .14
     assert sorted(ips.values()) == [f"100.65.8.{n}" for n in range(10, 15)]
     assert len(ips) == 5
+
+
+def test_a_full_pod_subnet_is_said_once_not_per_replica_and_pass(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    book = PodAddressBook()
+    ids = [f"a.dev.x.{i}" for i in range(8)]
+    with caplog.at_level(logging.INFO, logger="kled.control.hostnet"):
+        for _ in range(5):  # every recomputation of the host networks
+            book.assign("100.65.8.0/28", ids)
+        book.assign("100.65.8.0/28", ids[:4])  # room again
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "hostnet: pod subnet 100.65.8.0/28 is full: replica/a.dev.x.5 and 2 more have no IP",
+        "hostnet: pod subnet 100.65.8.0/28 has room for all its replicas again",
+    ]
 
 
 def test_an_intercept_keeps_its_choice_for_an_offline_device() -> None:
@@ -249,6 +266,25 @@ async def test_the_composer_forwards_replicas_with_their_network_and_mesh_change
     del gone.nodes[("acme", "n2")]
     await composer.set_mesh(gone)
     assert inner.sent == []
+
+
+async def test_many_nodes_states_at_once_reach_each_node_once_and_whole() -> None:
+    """A round of scheduling that changes several nodes hands them over together: each
+    node is sent once, its network already counting the other nodes' new replicas (one
+    at a time, the first node got a network without the second's and was sent again)."""
+    inner = Inner()
+    composer = HostStateComposer(inner)
+    await composer.set_mesh(two_nodes())
+    await composer.put_many(
+        {
+            "n1": HostDesiredState(node="n1", replicas=[replica("api", 0)]),
+            "n2": HostDesiredState(node="n2", replicas=[replica("api", 1)]),
+        }
+    )
+    assert sorted(n for n, _ in inner.sent) == ["n1", "n2"]
+    for _, state in inner.sent:
+        assert state.network is not None
+        assert state.network.teams[0].services[0].backends == ("100.65.8.10", "100.65.9.10")
 
 
 async def test_the_composer_leaves_networks_alone_until_it_knows_the_mesh() -> None:

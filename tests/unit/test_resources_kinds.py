@@ -190,7 +190,7 @@ def test_token_expiry_is_an_iso_date() -> None:
 def test_defaults_of_the_other_kinds() -> None:
     # no zone of its own: the server's --zone applies
     assert validate(MINIMAL["Team"])["spec"] == {}
-    assert validate(MINIMAL["User"])["spec"] == {"role": "member"}
+    assert validate(MINIMAL["User"])["spec"] == {"role": "member", "sshKeys": []}
     assert validate(MINIMAL["Node"])["spec"] == {"unschedulable": False, "taints": []}
     assert validate(MINIMAL["Device"])["spec"] == {"owner": "ada", "kind": "laptop"}
     assert validate(MINIMAL["Environment"])["spec"] == {"variables": {}}
@@ -201,6 +201,7 @@ def test_defaults_of_the_other_kinds() -> None:
         "nodeSelector": {},
         "forwardPorts": [],
         "env": {},
+        "localEnv": {},
     }
     assert validate(MINIMAL["Intercept"])["spec"] == {
         "app": "api",
@@ -213,6 +214,9 @@ def test_defaults_of_the_other_kinds() -> None:
         "operations": ["CREATE", "UPDATE", "DELETE"],
         "resources": ["*"],
         "environments": [],
+        "kinds": [],
+        "apiGroups": [],
+        "namespaces": [],
         "javascript": "allow();",
         "timeoutSeconds": 10,
         "failurePolicy": "Fail",

@@ -4,6 +4,7 @@ replicas there should be out, with readiness flipped by the test between steps."
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from kled.control.rollout import (
     Progress,
     Replica,
     Strategy,
+    Templates,
     limits,
     plan,
     progress,
@@ -209,3 +211,31 @@ def test_template_hash_sees_env_and_restart_and_with_template_restores() -> None
     changed = {"metadata": {}, "spec": {"command": ["y"], "replicas": 5}}
     back = with_template(changed, t1)
     assert back["spec"] == {"command": ["x"], "replicas": 5}
+
+
+def test_templates_are_kept_while_uid_generation_stamp_and_env_stay() -> None:
+    def app(generation: int | None, command: str, stamp: str | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "uid": "u1",
+            "annotations": {"kled.io/restartedAt": stamp} if stamp else {},
+        }
+        if generation is not None:
+            meta["generation"] = generation
+        return {"metadata": meta, "spec": {"command": [command], "replicas": 2}}
+
+    held = Templates()
+    first = held.of("api", app(1, "x"), {"A": "1"})
+    assert first == (template(app(1, "x")), template_hash(template(app(1, "x")), {"A": "1"}))
+    assert held.of("api", app(1, "x"), {"A": "1"})[0] is first[0]  # not built again
+    for changed, env in [
+        (app(2, "y"), {"A": "1"}),  # the spec changed: the store bumped the generation
+        (app(2, "y", stamp="r1"), {"A": "1"}),  # kled rollout restart
+        (app(2, "y", stamp="r1"), {"A": "2"}),  # a config the app reads changed
+    ]:
+        tmpl, digest = held.of("api", changed, env)
+        assert (tmpl, digest) == (template(changed), template_hash(template(changed), env))
+    # a document that is not the store's (no generation) is never answered from memory
+    assert held.of("x", app(None, "x"), {})[1] == template_hash(template(app(None, "x")), {})
+    assert held.of("x", app(None, "z"), {})[1] == template_hash(template(app(None, "z")), {})
+    held.forget("api")
+    assert held.of("api", app(1, "x"), {"A": "1"})[0] is not first[0]

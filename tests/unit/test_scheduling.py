@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from kled.control.nodes import NodeTracker, apply_heartbeat, mark_not_ready, node_info
 from kled.control.scheduling import (
@@ -12,6 +15,7 @@ from kled.control.scheduling import (
     Placement,
     schedule,
 )
+from kled.errors import InvalidInput
 from kled.resources.hoststate import Capacity, NodeHeartbeat
 from kled.resources.kinds import validate
 
@@ -97,6 +101,35 @@ def test_insufficient_cpu() -> None:
         nodes("a", cpu_millicores=1000), [AppRequest("t/dev/api", 1, cpu_millicores=1500)]
     )
     assert plan["t/dev/api"][0].message == "insufficient cpu on 1 node (needs 1500m)"
+
+
+def test_a_node_takes_at_most_its_pod_limit_and_the_rest_wait_saying_so() -> None:
+    # a thousand apps and the first node to be Ready: it does not take them all (its
+    # pod subnet could not address them), the others wait for more nodes
+    apps = [AppRequest(f"t/dev/app{i:04}", 1) for i in range(300)]
+    plan = schedule(nodes("a"), apps)
+    placed = [p for key in plan for p in plan[key] if p.node == "a"]
+    assert len(placed) == 110
+    waiting = [p for key in plan for p in plan[key] if p.node is None]
+    assert len(waiting) == 190
+    assert waiting[0].message == "too many pods on 1 node (at most 110 each)"
+    # a second node takes its share; replicas past a lowered limit stay where they run
+    current = {i: "a" for i in range(5)}
+    plan = schedule(
+        [NodeInfo("a", max_pods=3), NodeInfo("b", max_pods=2)],
+        [AppRequest("t/dev/api", 8, current=current)],
+    )
+    assert where(plan, "t/dev/api") == ["a"] * 5 + ["b", "b", None]
+
+
+def test_a_nodes_pod_limit_is_its_spec_capacity_pods() -> None:
+    doc = {"metadata": {"name": "a"}, "spec": {"capacity": {"pods": 12}}, "status": {}}
+    assert node_info(doc).max_pods == 12
+    assert node_info({"metadata": {"name": "b"}, "spec": {}}).max_pods == 110
+    bad = {"apiVersion": "kled.io/v1", "kind": "Node", "metadata": {"name": "a"}}
+    for pods in (0, 241, "many"):
+        with pytest.raises(InvalidInput, match=r"spec\.capacity\.pods"):
+            validate({**bad, "spec": {"capacity": {"pods": pods}}})
 
 
 def test_running_replicas_of_other_apps_are_counted_first() -> None:
@@ -234,3 +267,79 @@ def test_heartbeats_fold_into_node_status_in_order() -> None:
         apply_heartbeat(down, hb.model_copy(update={"time": t0 + timedelta(seconds=20)}))["phase"]
         == "Ready"
     )
+
+
+def _reference(nodes_: list[NodeInfo], apps: list[AppRequest]) -> dict[str, list[Placement]]:
+    """The rules as first written: every replica looks at every node (slow, plain)."""
+    from kled.control.scheduling import _Room, admits, keeps, matches, runs, why_pending
+
+    rooms = {n.name: _Room(n) for n in sorted(nodes_, key=lambda n: n.name)}
+    plan: dict[str, list[Placement]] = {}
+    for app in sorted(apps, key=lambda a: a.key):
+        plan[app.key] = []
+        for index in app.wanted():
+            node = app.current.get(index)
+            room = rooms.get(node) if node is not None else None
+            if room is not None and keeps(room.info, app):
+                room.take(app)
+                plan[app.key].append(Placement(index, room.info.name))
+    for app in sorted(apps, key=lambda a: a.key):
+        placed = {p.index for p in plan[app.key]}
+        for index in (i for i in app.wanted() if i not in placed):
+            fitting = [
+                r
+                for r in rooms.values()
+                if r.info.ready
+                and r.info.schedulable
+                and not r.info.lost
+                and matches(app.node_selector, r.info.labels)
+                and admits(r.info, app)
+                and runs(r.info, app.runtime)
+                and r.fits_cpu(app)
+                and r.fits_memory(app)
+                and r.fits_pods()
+            ]
+            if not fitting:
+                why = why_pending(app, [r.info for r in rooms.values()], rooms)
+                plan[app.key].append(Placement(index, None, UNSCHEDULABLE, why))
+                continue
+            best = min(
+                fitting, key=lambda r: (r.info.avoid, r.per_app[app.key], r.replicas, r.info.name)
+            )
+            best.take(app)
+            plan[app.key].append(Placement(index, best.info.name))
+        plan[app.key].sort(key=lambda p: p.index)
+    return plan
+
+
+def test_the_fast_placement_gives_what_every_replica_looking_at_every_node_gives() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        infos = [
+            NodeInfo(
+                f"n{i}",
+                {"zone": rng.choice("ab"), "disk": rng.choice(["ssd", "hdd"])},
+                ready=rng.random() > 0.1,
+                schedulable=rng.random() > 0.1,
+                lost=rng.random() < 0.05,
+                cpu_millicores=rng.choice([None, 1000, 4000]),
+                memory_bytes=rng.choice([None, GI, 4 * GI]),
+                capabilities=frozenset(rng.choice([[], ["podman"], ["netns"]])),
+                avoid=rng.random() < 0.2,
+                max_pods=rng.choice([2, 5, 110]),
+            )
+            for i in range(rng.randint(0, 8))
+        ]
+        apps = [
+            AppRequest(
+                f"t/dev/a{j}",
+                rng.randint(0, 5),
+                node_selector=rng.choice([{}, {}, {"zone": "a"}, {"disk": "ssd"}]),
+                cpu_millicores=rng.choice([0, 0, 300, 1500]),
+                memory_bytes=rng.choice([0, 0, GI // 2, 2 * GI]),
+                runtime=rng.choice(["process", "process", "container"]),
+                current={k: f"n{rng.randint(0, 9)}" for k in range(rng.randint(0, 3))},
+            )
+            for j in range(rng.randint(0, 12))
+        ]
+        assert schedule(infos, apps) == _reference(infos, apps)

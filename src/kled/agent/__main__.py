@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kled.agent.agent import Agent, default_network, detect_capabilities, host_capacity
 from kled.agent.net.host import HostNetworkLayer
-from kled.agent.registration import Registration, load_registration, register
+from kled.agent.registration import Registration, load_registration, register_waiting
 from kled.agent.workspaces import SourceFetcher
 from kled.bus.office import ConnectOptions, MessageOffice
 from kled.bus.subjects import Subjects, check_node_name
@@ -105,7 +105,7 @@ async def _credentials(args: argparse.Namespace, name: str, labels: dict[str, st
             nats_password=args.nats_password or "",
         )
     if args.server and args.token:
-        return await register(
+        return await register_waiting(
             args.server,
             args.token,
             name,

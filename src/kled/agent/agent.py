@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from kled.agent.runtime.process import ProcessRuntime
 from kled.agent.runtime.records import private_dir
 from kled.agent.usage import Running, UsageMeter
 from kled.agent.workspaces import PodPlace, SourceFetcher, WorkspaceRunner
+from kled.aio import wait_event
 from kled.bus.office import MessageOffice
 from kled.errors import Forbidden, KledError, PermanentError, TemporaryError, Unavailable
 from kled.resources.hoststate import (
@@ -60,6 +62,8 @@ from kled.resources.workspacestate import WS_TOKEN
 log = logging.getLogger(__name__)
 
 _LOG_BACKLOG = 20_000
+#: how long a replica on a node with the mesh waits for the control plane to give it a pod
+POD_WAIT_SECONDS = 20
 
 
 def agent_version() -> str:
@@ -161,6 +165,8 @@ class Agent:
         self._reconcile_lock = asyncio.Lock()
         #: replicas told (once) to be Pending until their pod network is built
         self._network_waits: set[str] = set()
+        #: replica id → when it began waiting for the control plane to give it a pod
+        self._pod_waits: dict[str, float] = {}
         self.probers = Probers(self._exec_planner, self._ready_changed, self._probe_restart)
         #: replica id → why the agent itself last restarted it (a failed probe)
         self._restart_reasons: dict[str, str] = {}
@@ -172,9 +178,10 @@ class Agent:
         #: replicas' and the host's CPU, memory and network, sent with a heartbeat this often
         self.usage = UsageMeter(usage_interval)
         self._background: set[asyncio.Task[None]] = set()
-        #: the host's workspaces (``agent/workspaces.py``), where a container engine exists
+        #: the host's workspaces (``agent/workspaces.py``): in a container engine where one
+        #: exists, as sandboxed processes (``agent/wsprocess.py``) where the agent is root
         self.workspaces: WorkspaceRunner | None = None
-        if container_engine() is not None:
+        if container_engine() is not None or "netns" in self.capabilities:
             self.workspaces = WorkspaceRunner(
                 self.data_dir, fetcher=sources, on_status=self._workspace_status,
                 on_log=self._log_line, pods=self._workspace_pod,
@@ -343,6 +350,11 @@ class Agent:
         return observed
 
     async def _execute(self, action: Action) -> None:
+        if action.kind == ActionKind.RESTART and action.spec is not None:
+            # new contents of a Config or Secret volume: written in place, as Kubernetes does
+            update = getattr(self.runtimes.get(action.spec.runtime), "update_files", None)
+            if update is not None and await update(action.spec):
+                return
         if action.current is not None:
             if self._refused_replicas.pop(action.replica_id, None) is None:
                 old = self.runtimes.get(action.current.runtime)
@@ -359,9 +371,19 @@ class Agent:
         rt = self.runtimes.get(spec.runtime)
         if rt is None:
             raise PermanentError(f"runtime {spec.runtime.value!r} is not available on this node")
-        if spec.pod_netns is not None and (self.mesh is None or not self.mesh.pod_ready(spec)):
-            # Started now, it would land outside its pod or fail on a missing namespace.
-            message = f"waiting for its pod network ({spec.pod_ip}) on this node"
+        if self.mesh is not None and spec.pod_netns is None:
+            spec = self.mesh.place(spec)  # a retry: the pod may have come since it was planned
+        no_pod_yet = self._awaits_pod(spec)
+        if no_pod_yet or (
+            spec.pod_netns is not None and (self.mesh is None or not self.mesh.pod_ready(spec))
+        ):
+            # Started now, it would land outside its pod (to be restarted into it once the
+            # pod comes, after it looked ready) or fail on a missing namespace.
+            message = (
+                "waiting for a pod address on this node"
+                if no_pod_yet
+                else f"waiting for its pod network ({spec.pod_ip}) on this node"
+            )
             if spec.id not in self._network_waits:
                 self._network_waits.add(spec.id)
                 self._status_changed(
@@ -377,8 +399,27 @@ class Agent:
             # request may be held at a gateway for this replica (scale from zero).
             raise TemporaryError(f"{spec.resource_name}: {message}", delay=0.2)
         self._network_waits.discard(spec.id)
+        self._pod_waits.pop(spec.id, None)
         log.info("%s %s: %s", spec.resource_name, action.kind.value, action.reason)
         await rt.start(spec)
+
+    def _awaits_pod(self, spec: ReplicaSpec) -> bool:
+        """Whether a replica the desired network gives no pod yet should wait for one: on a
+        node with the mesh every replica gets a pod, usually a pass of the control plane
+        after it is placed (a team new to the node needs its addresses first). It waits
+        up to ``POD_WAIT_SECONDS``, then starts without one rather than never."""
+        if self.mesh is None or spec.pod_netns is not None:
+            return False
+        now = time.monotonic()
+        since = self._pod_waits.setdefault(spec.id, now)
+        if now - since < POD_WAIT_SECONDS:
+            return True
+        log.warning(
+            "%s got no pod address in %ds: starting it outside the team network",
+            spec.resource_name,
+            POD_WAIT_SECONDS,
+        )
+        return False
 
     # -- graceful stop ----------------------------------------------------------------------
     async def _drain(self, rt: Runtime, spec: ReplicaSpec) -> None:
@@ -398,13 +439,21 @@ class Agent:
         grace = float(spec.termination_grace_period_seconds or 30)
         self._emit(AgentEvent(node=self.node, replica_id=rid, reason="Killing",
                               message=f"stopping (grace {grace:g}s)"))  # fmt: skip
-        if self.mesh is not None and spec.pod_ip is not None and self.mesh.serving(spec.pod_ip):
-            loop = asyncio.get_running_loop()
-            until = loop.time() + self.drain_timeout
-            while self.mesh.serving(spec.pod_ip) and loop.time() < until:
-                await asyncio.sleep(0.1)
-            log.info("%s left this host's service backends", spec.resource_name)
-            await asyncio.sleep(self.drain_settle)
+        if self.mesh is not None and spec.pod_ip is not None:
+            if self.mesh.serving(spec.pod_ip):
+                loop = asyncio.get_running_loop()
+                until = loop.time() + self.drain_timeout
+                while self.mesh.serving(spec.pod_ip) and loop.time() < until:
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(self.drain_settle)
+            if self.mesh.serving(spec.pod_ip):
+                log.warning(
+                    "%s is still among this host's service backends after %gs; stopping it anyway",
+                    spec.resource_name,
+                    self.drain_timeout,
+                )
+            else:  # also when the gateway had dropped it before the drain began
+                log.info("%s left this host's service backends", spec.resource_name)
         if spec.pre_stop is not None:
             ok, what = await run_handler(spec, spec.pre_stop, grace, self._exec_planner(spec))
             log.info("%s preStop hook: %s", spec.resource_name, what)
@@ -423,8 +472,7 @@ class Agent:
         """Keep a prober on every running replica with probes: on each status change
         and every heartbeat interval."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._probe_kick.wait(), self.heartbeat_interval)
+            await wait_event(self._probe_kick, self.heartbeat_interval)
             self._probe_kick.clear()
             try:
                 observed = await self.observe()
@@ -591,8 +639,7 @@ class Agent:
         if self.mesh is None:
             await asyncio.sleep(self.heartbeat_interval)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.mesh.intercepts_changed.wait(), self.heartbeat_interval)
+        await wait_event(self.mesh.intercepts_changed, self.heartbeat_interval)
 
     async def _publish_loop(self) -> None:
         while True:
@@ -674,12 +721,12 @@ def _event_for(node: str, status: ReplicaStatus) -> AgentEvent | None:
                 reason=status.reason or "Failed",
                 message=status.message or "failed",
             )
-        case ReplicaState.STARTING if status.reason == "BackOff":
+        case ReplicaState.STARTING if status.reason in ("BackOff", "ImagePullBackOff"):
             return AgentEvent(
                 node=node,
                 replica_id=rid,
                 type=EventType.WARNING,
-                reason="BackOff",
+                reason=status.reason,
                 message=status.message or "restarting",
             )
         case ReplicaState.SUCCEEDED:

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from nats.aio.msg import Msg
 
+from kled.agent import portdial
 from kled.agent.runtime.base import ExecPlan, Runtime
 from kled.bus.exec_link import MAX_CHUNK, ExecLink, Frame, LinkLost, decode
 from kled.bus.office import MessageOffice
@@ -73,6 +74,17 @@ class Target:
 
 
 Finder = Callable[[str], Awaitable[Target | None]]
+
+
+@dataclass(frozen=True)
+class _InSidecar:
+    """Plans commands in one sidecar of a replica's pod (``ContainerRuntime.exec_plan_in``)."""
+
+    plan_in: Callable[[ReplicaSpec, str, list[str]], ExecPlan]
+    container: str
+
+    def exec_plan(self, spec: ReplicaSpec, command: list[str]) -> ExecPlan:
+        return self.plan_in(spec, self.container, command)
 
 
 def exit_code(returncode: int) -> int:
@@ -188,6 +200,20 @@ class ExecServer:
         if target is None:
             await link.send("error", message=f"replica {replica} is not running on {self.node}")
             return
+        port = first.meta.get("connect")  # kubectl port-forward: the agent connects itself
+        if isinstance(port, int) and 0 < port < 65536 and portdial.can_dial(target.spec):
+            await portdial.serve(link, target.spec, port)
+            return
+        container = first.meta.get("container")
+        if container is not None:  # a sidecar of the replica's pod
+            inside = getattr(target.runtime, "exec_plan_in", None)
+            names = [c.name for c in target.spec.sidecars]
+            if inside is None or container not in names:
+                listed = ", ".join(names) or "none"
+                message = f"replica {replica} has no container {container!r} (sidecars: {listed})"
+                await link.send("error", message=message)
+                return
+            target = Target(_InSidecar(inside, str(container)), target.spec)
         pidfile = None
         if target.spec.runtime == RuntimeKind.CONTAINER:
             pidfile = f"/tmp/.kled-exec-{uuid.uuid4().hex}.pid"

@@ -23,7 +23,6 @@ namespace is, once that namespace is ready.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from kled.agent.dnsrelay import DnsRelays
 from kled.agent.net import liveness, netns, wireguard
 from kled.agent.net.host import HostNetworkLayer, HostReport
 from kled.agent.net.router_process import read_activity
+from kled.aio import wait_event
 from kled.errors import KledError
 from kled.resources.hoststate import ReplicaSpec, TeamMeshReport
 from kled.resources.netstate import HostNetwork, PodNetwork
@@ -272,8 +272,7 @@ class MeshKeeper:
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.tick_interval)
+            await wait_event(self._changed, self.tick_interval)
             try:
                 if self._changed.is_set() or loop.time() >= due:
                     self._changed.clear()

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from kled.aio import wait_event
 from kled.errors import KledError, PermanentError, TemporaryError
 from kled.resources.hoststate import HostDesiredState, ReplicaSpec, ReplicaStatus, RuntimeKind
 
@@ -171,7 +172,6 @@ class Reconciler:
             return  # a newer action arrived while this one ran; it replaces the retry
         wake = self._wake[rid]
         wake.clear()
-        with contextlib.suppress(TimeoutError):
-            # a newer action for this replica cuts the wait short and replaces the retry
-            await asyncio.wait_for(wake.wait(), delay)
+        # a newer action for this replica cuts the wait short and replaces the retry
+        await wait_event(wake, delay)
         self._pending.setdefault(rid, action)

@@ -3,12 +3,15 @@
 The only HTTP call the agent makes: ``POST {server}/api/v1/nodes/register`` with a join
 token, the node's name, labels, capacity and capabilities. The answer carries the NATS
 URL and the per-node credentials; it is saved in the data dir (mode 0600) so a restarted
-agent reuses it instead of registering again.
+agent reuses it instead of registering again. ``kled agent`` registers with
+:func:`register_waiting`: a server it cannot reach yet is tried again, a refusal is final.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from kled.errors import Forbidden, InvalidInput, KledError, Unauthorized, Unavai
 from kled.resources.hoststate import Capacity
 
 _FILE = "registration.json"
+
+log = logging.getLogger(__name__)
 
 
 class Registration(BaseModel):
@@ -81,6 +86,34 @@ async def register(
     if data_dir is not None:
         save_registration(data_dir, reg)
     return reg
+
+
+async def register_waiting(
+    server_url: str,
+    join_token: str,
+    name: str,
+    labels: dict[str, str],
+    *,
+    capacity: Capacity,
+    capabilities: list[str],
+    data_dir: str | Path | None = None,
+    first_delay: float = 1.0,
+    max_delay: float = 30.0,
+) -> Registration:
+    """:func:`register`, again and again while the server cannot answer (down, restarting,
+    or too busy to answer in time), as a kubelet waits to register, each wait twice the
+    last up to ``max_delay``; a refusal (bad token, bad name) is raised at once."""
+    delay = first_delay
+    while True:
+        try:
+            return await register(
+                server_url, join_token, name, labels,
+                capacity=capacity, capabilities=capabilities, data_dir=data_dir,
+            )  # fmt: skip
+        except Unavailable as err:
+            log.warning("node/%s: %s; registering again in %.0fs", name, err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
 
 
 def _error(resp: httpx.Response) -> KledError:

@@ -254,6 +254,9 @@ def create_app(
     from kled.kube.execs import router as kube_exec_router
 
     app.include_router(kube_exec_router)  # kubectl exec (WebSocket)
+    from kled.kube.portforward import router as kube_portforward_router
+
+    app.include_router(kube_portforward_router)  # kubectl port-forward (SPDY in a WebSocket)
     from kled.ui import serving as console
 
     console.install(app)  # the web console at /ui, on this same service layer

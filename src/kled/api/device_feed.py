@@ -37,6 +37,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from kled.admission.request import UserInfo
+from kled.aio import wait_event
 from kled.api import openapi
 from kled.api.addresses import reachable_endpoint, request_addresses
 from kled.api.rest import User, service
@@ -96,13 +97,7 @@ class Follower:
 
     async def wait(self, timeout: float) -> bool:
         """Whether something is pending, waiting up to ``timeout`` seconds for it."""
-        if self._ready.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._ready, timeout)
 
     def take(self) -> tuple[bool, list[PeerDelta]]:
         """(whether a whole config is due, the deltas to send otherwise), emptying both."""

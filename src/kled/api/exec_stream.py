@@ -168,15 +168,17 @@ async def _relay(
     end: Ending | None = None,
     *,
     tty: dict[str, int] | None = None,
+    container: str | None = None,
 ) -> None:
     """Relay one exec session; ``end`` sends the result (``{"exitCode"}`` or ``{"error"}``)
     in the client's protocol (Kled's own by default; Kled Clusters send a ``Status``);
-    ``tty`` (cols, rows) runs the command on a terminal of its own."""
+    ``tty`` (cols, rows) runs the command on a terminal of its own; ``container`` names a
+    sidecar of the replica's pod to run it in."""
     _end = end or _end_kled
-    if tty is None:
-        await link.send("open", replica=rid, command=command)
-    else:
-        await link.send("open", replica=rid, command=command, tty=tty)
+    extra: dict[str, Any] = {} if tty is None else {"tty": tty}
+    if container is not None:
+        extra["container"] = container
+    await link.send("open", replica=rid, command=command, **extra)
     try:
         first = await asyncio.wait_for(link.recv(), START_TIMEOUT)
     except (TimeoutError, LinkLost) as err:

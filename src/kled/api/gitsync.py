@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kled.admission.request import AdmissionRequest, Operation, UserInfo
+from kled.aio import wait_event
 from kled.api.service import Service
 from kled.control import gitplan
 from kled.control.gitplan import FAILED, Item
@@ -90,12 +91,16 @@ class GitOps:
         self._gate = asyncio.Semaphore(MAX_PARALLEL)
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
-        after = await self.store.revision()
+    async def start(self, after: int | None = None) -> None:
+        """Schedule the syncs and follow the log from ``after`` (default: now)."""
+        if after is None:
+            after = await self.store.revision()
         self._tasks = [
             asyncio.create_task(self._schedule(), name="gitops"),
             asyncio.create_task(
-                follow_events(self.store, after, self._on_event, what="gitops feed"),
+                follow_events(
+                    self.store, after, self._on_event, what="gitops feed", resync=self.resync
+                ),
                 name="gitops feed",
             ),
         ]
@@ -115,6 +120,25 @@ class GitOps:
         self._wake.set()
 
     # ---- scheduling ------------------------------------------------------------------
+
+    async def resync(self) -> int:
+        """After the feed's events were compacted: sync at once every source whose spec
+        changed meanwhile, forget those deleted; the revision to go on from."""
+        now = await self.store.revision()
+        stored: set[tuple[str, str]] = set()
+        for doc in (await self.store.list("GitSource")).items:
+            meta = doc["metadata"]
+            ident = (str(meta["team"]), str(meta["name"]))
+            stored.add(ident)
+            generation = int(meta.get("generation") or 1)
+            if self._generation.get(ident) != generation:
+                self._generation[ident] = generation
+                self.poke(*ident)
+        for ident in set(self._generation) - stored:
+            self._due.pop(ident, None)
+            self._generation.pop(ident, None)
+            self.cache.forget(*ident)
+        return now
 
     async def _on_event(self, event: Event) -> None:
         if event.kind != "GitSource":
@@ -140,8 +164,7 @@ class GitOps:
             except Exception:
                 log.exception("gitops: looking at the sources failed; trying again")
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wait, 0.05))
+            await wait_event(self._wake, max(wait, 0.05))
 
     async def _start_due(self) -> float:
         """Start the syncs that are due; return the seconds until the next one."""

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,13 @@ from kled.control.usage import UsageBook
 from kled.control.workloads import DesiredStateSink, WorkloadController
 from kled.control.workspaces import WorkspaceController, WorkspaceSink
 from kled.errors import Forbidden, InvalidInput, Unauthorized, Unavailable
-from kled.resources.hoststate import AgentEvent, HostDesiredState, NodeHeartbeat
+from kled.resources import clusterservices
+from kled.resources.hoststate import (
+    AgentEvent,
+    HostDesiredState,
+    NodeHeartbeat,
+    ReplicaStatusReport,
+)
 from kled.resources.meta import is_dns_label
 from kled.resources.registry import kind_info
 from kled.resources.workspacestate import parse_workspace_id
@@ -137,13 +144,8 @@ class HostServices:
         )
         await self.workloads.start()
         self._tasks.append(asyncio.create_task(self._consume(), name="status-consumer"))
-        after = await self.store.revision()
-        self._tasks.append(
-            asyncio.create_task(
-                follow_events(self.store, after, self._node_event, what="node feed"),
-                name="node-feed",
-            )
-        )
+        self._tasks.append(asyncio.create_task(self._hear(), name="heartbeat-listener"))
+        self._tasks.append(self.follow_nodes(await self.store.revision()))
         if self.embedded is not None:
             self._tasks.append(asyncio.create_task(self._supervise_nats(), name="nats-watch"))
 
@@ -179,6 +181,23 @@ class HostServices:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    async def _hear(self) -> None:
+        """Liveness from each heartbeat's arrival (``WorkloadController.heard``), kept
+        subscribed across the Message Office's reconnects."""
+        assert self.office is not None and self.workloads is not None
+        while not self._stop.is_set():
+            try:
+                end = await self.office.hear_heartbeats(self.workloads.heard)
+            except (Unavailable, Forbidden) as e:
+                log.warning("heartbeat listener: %s; retrying", e)
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                await self._stop.wait()
+            finally:
+                with contextlib.suppress(Exception):
+                    await end()
+
     async def _consume(self) -> None:
         assert self.office is not None and self.workloads is not None
         workloads = self.workloads
@@ -199,12 +218,71 @@ class HostServices:
                 kind = "status"
             AGENT_MESSAGES.labels(kind).inc()
 
+        async def handle_many(messages: list[StatusMessage]) -> None:
+            """Messages fetched together: apps' replica reports and events, each app's
+            status written once for them all (a burst of starts is a few transactions);
+            a run of heartbeats, one round of scheduling for them all."""
+            reports: list[ReplicaStatusReport] = []
+            events: list[AgentEvent] = []
+            beats: list[NodeHeartbeat] = []
+            for message in [*messages, None]:
+                if isinstance(message, NodeHeartbeat) and not (reports or events):
+                    beats.append(message)
+                    continue
+                if beats:  # in order: what came before goes first
+                    for hb in beats:
+                        self.usage.record(hb)
+                    await workloads.on_heartbeats(beats)
+                    AGENT_MESSAGES.labels("heartbeat").inc(len(beats))
+                    beats = []
+                if isinstance(message, AgentEvent):
+                    events.append(message)
+                elif isinstance(message, ReplicaStatusReport) and not (
+                    self.workspaces is not None and parse_workspace_id(message.replica.id)
+                ):
+                    reports.append(message)
+                else:
+                    if reports or events:
+                        await workloads.on_replica_batch(reports, events)
+                        AGENT_MESSAGES.labels("status").inc(len(reports))
+                        AGENT_MESSAGES.labels("event").inc(len(events))
+                        reports, events = [], []
+                    if isinstance(message, NodeHeartbeat):
+                        beats.append(message)
+                    elif message is not None:
+                        await handle(message)
+
         while not self._stop.is_set():
             try:
-                await self.office.consume_status(CONSUMER, handle, stop=self._stop)
+                # big batches: each is one round of scheduling however many heartbeats
+                await self.office.consume_status(
+                    CONSUMER, handle, stop=self._stop, many=handle_many, batch=256
+                )
             except Unavailable as e:
                 log.warning("status consumer: %s; retrying", e)
                 await asyncio.sleep(1)
+
+    def follow_nodes(self, after: int) -> asyncio.Task[None]:
+        """The node feed, from ``after``: a deleted node's credentials and state go."""
+        return asyncio.create_task(
+            follow_events(
+                self.store, after, self._node_event, what="node feed", resync=self.resync_nodes
+            ),
+            name="node-feed",
+        )
+
+    async def resync_nodes(self) -> int:
+        """After the feed's events were compacted: forget every node this replica knows
+        (credentials, usage) that is no longer stored; the revision to go on from."""
+        now = await self.store.revision()
+        stored = {str(d["metadata"]["name"]) for d in (await self.store.list("Node")).items}
+        known = set(self.usage.node_names())
+        if self.embedded is not None:
+            known |= set(self.embedded.node_names())
+        for node in sorted(known - stored):
+            log.info("node/%s was deleted while the node feed was behind; forgetting it", node)
+            await self._forget_node(node)
+        return now
 
     async def _node_event(self, event: Event) -> None:
         """A deleted node loses its NATS credentials and its desired state."""
@@ -242,6 +320,13 @@ class HostServices:
         labels = body.get("labels") or {}
         if not isinstance(labels, dict):
             raise InvalidInput("must be an object of strings", field="labels")
+        # a node reserved for a Kled Cluster is one that joined with its token (kube/nodes.py)
+        labels = {k: v for k, v in labels.items() if k != clusterservices.CLUSTER_LABEL}
+        if cred.team and cred.name.startswith("cluster:"):
+            cluster = cred.name.split(":")[1]
+            if await self.store.find(Key("Cluster", cred.team, "", cluster)) is None:
+                raise Unauthorized(f"the token's cluster {cred.team}/{cluster} no longer exists")
+            labels[clusterservices.CLUSTER_LABEL] = clusterservices.reserved_for(cred.team, cluster)
         spec: dict[str, Any] = {}
         existing = await self.store.find(Key("Node", "", "", name))
         if existing is not None:
@@ -310,7 +395,8 @@ async def create_node_token(request: Request, user: UserInfo = User) -> Response
     body = await _body(request)
     ttl = body.get("ttl") or "1h"
     expires = datetime.now(UTC) + parse_duration(str(ttl), "ttl")
-    name = f"join-{int(datetime.now(UTC).timestamp() * 1000)}"
+    # unique even for tokens made in the same millisecond (the credential's name is)
+    name = f"join-{int(datetime.now(UTC).timestamp() * 1000)}-{secrets.token_hex(4)}"
     secret = await _hosts(request).credentials.issue(
         purpose="join", team="", name=name, username="node", expires_at=expires, prefix="kledjoin"
     )

@@ -159,13 +159,53 @@ class InterceptServices:
         #: team → its gateways, as ``team_gateways`` reads them from the Nodes
         self._gateways: dict[str, list[dict[str, Any]]] = {}
 
-    async def start(self) -> None:
+    async def start(self, after: int | None = None) -> None:
+        """Admit Intercepts and follow the log from ``after`` (default: now)."""
         self.service.chain.add_validating(self.admit)
-        after = await self.store.revision()
+        if after is None:
+            after = await self.store.revision()
         self._task = asyncio.create_task(
-            follow_events(self.store, after, self.on_event, what="intercept feed"),
+            follow_events(
+                self.store, after, self.on_event, what="intercept feed", resync=self.resync
+            ),
             name="intercept-feed",
         )
+
+    async def resync(self) -> int:
+        """After the feed's events were compacted: judge every Intercept from the store as
+        it is now (ending those whose app or device went meanwhile, taking every node's
+        gateways again); the revision to go on from."""
+        now = await self.store.revision()
+        self._fallback.clear()
+        self._gateways.clear()
+        for node in (await self.store.list("Node")).items:
+            if not _deleting(node):
+                await self._node_fallback(str(node["metadata"]["name"]), node)
+        for doc in (await self.store.list("Intercept")).items:
+            if _deleting(doc):
+                continue
+            meta, spec = doc["metadata"], _spec(doc)
+            team, target = str(meta["team"]), str(spec.get("device", ""))
+            app = await self.store.find(
+                Key("App", team, str(meta.get("environment") or ""), str(spec.get("app")))
+            )
+            device = await self._target(team, target)
+            device_gone = not target.startswith(WORKSPACE_TARGET) and (
+                device is None or _deleting(device)
+            )
+            if app is None or _deleting(app) or device_gone:
+                log.info(
+                    "intercept/%s/%s/%s ended: its %s went while the feed was behind",
+                    team,
+                    meta.get("environment"),
+                    meta["name"],
+                    "device" if device_gone else "app",
+                )
+                with contextlib.suppress(NotFound):
+                    await self.store.delete(Key.of(doc))
+                continue
+            await self._report(doc, device)
+        return now
 
     async def stop(self) -> None:
         if self._task is not None:

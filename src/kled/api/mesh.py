@@ -27,6 +27,8 @@ import asyncio
 import contextlib
 import copy
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -59,14 +61,19 @@ from kled.control.peersync import PeerBucket, PeerPublisher
 from kled.control.workspaces import write_addresses
 from kled.dns.forward import parse_upstream
 from kled.dns.server import DnsServer
-from kled.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from kled.errors import Conflict, Forbidden, Gone, InvalidInput, KledError, NotFound, Unavailable
 from kled.resources.registry import kind_info
 from kled.settings import ServerSettings
 from kled.store.objects import Key, Store
 
 log = logging.getLogger(__name__)
 
+#: the longest pause between two recomputations of the host networks (seconds)
+MAX_NETWORK_PAUSE = 2.0
+
 _STATUS_TRIES = 8
+#: apps whose ``status.podIPs`` are written in one transaction
+POD_IP_BATCH = 100
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -111,6 +118,7 @@ class MeshServices:
             self.ipam,
             on_records=self._records,
             on_netmap=self._netmap,
+            on_rebuilt=self._rebuilt,
             default_zone=s.zone,
         )
         try:
@@ -223,6 +231,14 @@ class MeshServices:
             self.peers.apply(deltas, self.controller.netmap)
         self.feeds.publish(deltas)
 
+    async def _rebuilt(self) -> None:
+        """The controller built its netmap again without deltas (it fell behind the
+        compacted log): every follower gets a whole config, the peers bucket the
+        differences."""
+        self.feeds.resync_all()
+        if self.peers is not None and self.controller is not None:
+            await self.peers.reload(self.controller.netmap)
+
     # ---- admission -----------------------------------------------------------------
 
     async def check_team(self, request: AdmissionRequest) -> HookResult:
@@ -240,7 +256,8 @@ class MeshServices:
 
     async def _publish_networks(self) -> None:
         """Follow the event log; recompute the host networks when a field they depend on
-        changed (not on every heartbeat), at most every 0.2 s, from memory."""
+        changed (not on every heartbeat), at most every 0.2 s (or twice as long as the
+        last took, up to ``MAX_NETWORK_PAUSE``), from memory."""
         docs = NetworkDocs()
         seq = -1
         while True:
@@ -257,13 +274,24 @@ class MeshServices:
                     seq = event.seq
                 if self._changed.is_set():
                     self._changed.clear()
+                    began = time.monotonic()
                     await self.publish_networks(docs)
-                    await asyncio.sleep(0.2)
+                    # at most every 0.2 s, and not more than a third of the time (with
+                    # many nodes a recomputation is long, and back to back they starved
+                    # everything else: heartbeats went unhandled, nodes NotReady), but
+                    # never a pause over 2 s: a slow round (a busy machine) must not
+                    # hold the next change back for long
+                    took = time.monotonic() - began
+                    await asyncio.sleep(min(max(0.2, 2 * took), MAX_NETWORK_PAUSE))
                     continue
                 if batch:
                     continue
             except asyncio.CancelledError:
                 raise
+            except Gone:  # fell behind the compacted event log: read everything again
+                log.warning("hostnet: events were compacted before being read; listing again")
+                seq = -1
+                continue
             except Exception:
                 log.exception("hostnet: publishing host networks failed; retrying")
                 seq = -1  # read everything again
@@ -292,6 +320,7 @@ class MeshServices:
         """Keep ``App.status.podIPs`` equal to the pod IPs given, for restarts."""
         assert self.composer is not None
         given = pod_ips_by_app(self.composer.book)
+        changes = []
         for doc in apps:
             if doc.get("kind") != "App":
                 continue
@@ -299,7 +328,19 @@ class MeshServices:
             ref = (m["team"], m.get("environment") or "", m["name"])
             wanted = given.get(ref, {})
             if ((doc.get("status") or {}).get("podIPs") or {}) != wanted:
-                await self._set_pod_ips(Key("App", *ref), wanted)
+                changes.append((Key("App", *ref), _with_pod_ips(wanted)))
+        for at in range(0, len(changes), POD_IP_BATCH):  # many apps to a transaction
+            chunk = changes[at : at + POD_IP_BATCH]
+            try:
+                await self.store.update_statuses(chunk)
+            except Unavailable:
+                raise
+            except KledError as e:  # one out of bounds, say: each alone, as before
+                log.warning("hostnet: a batch of %d pod IP writes failed (%s)", len(chunk), e)
+                for key, _ in chunk:
+                    await self._set_pod_ips(
+                        key, given.get((key.team, key.environment, key.name), {})
+                    )
 
     async def _set_pod_ips(self, key: Key, ips: dict[str, str]) -> None:
         for _ in range(_STATUS_TRIES):
@@ -401,3 +442,17 @@ async def device_wireguard(
     via, local = request_addresses(request)
     config = await _mesh(request).device_config(service(request), user, team, name, via, local)
     return JSONResponse(config)
+
+
+def _with_pod_ips(ips: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """An app's status with ``podIPs`` set to ``ips`` (none: taken out)."""
+
+    def change(doc: dict[str, Any]) -> dict[str, Any]:
+        status = copy.deepcopy(doc.get("status") or {})
+        if ips:
+            status["podIPs"] = ips
+        else:
+            status.pop("podIPs", None)
+        return status
+
+    return change

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -125,10 +125,19 @@ class PolicyFeed:
     """Follows the event log: refreshes cached policies, re-checks Controller policies
     when a resource's desired state (not just its status) changes."""
 
-    def __init__(self, store: Store, engine: PolicyEngine, source: StorePolicySource) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engine: PolicyEngine,
+        source: StorePolicySource,
+        audits: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.store = store
         self.engine = engine
         self.source = source
+        #: whether this replica runs the Controller policies now (it holds the controllers'
+        #: lease): every replica forgets a changed policy, only one records what they find
+        self.audits = audits
         self._task: asyncio.Task[None] | None = None
         #: uid → fingerprint of the desired state last handed to the engine
         self._seen: dict[str, str] = {}
@@ -170,6 +179,10 @@ class PolicyFeed:
     async def _on_event(self, event: Event) -> None:
         if event.kind == "Policy":
             self.source.forget(event.team)
+            self.engine.forget(event.object)
+        if not self.audits():
+            self._seen.clear()  # whoever audits next starts from what it reads then
+            return
         if event.team and self.changed(event.type, event.object):
             await self.engine.on_change(event.type, event.object)
 

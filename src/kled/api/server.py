@@ -92,12 +92,12 @@ class ControlPlane:
         if not self.db.is_sqlite:  # other replicas' writes wake this one's followers
             self.notices = RevisionNotices(s.database_url(), store._notify)
             await self.notices.start()
-        credentials = Credentials(self.db)
-        chain = AdmissionChain(validate_resource)
-        self.service = Service(store, credentials, chain)
         if s.watch_cache:
             await store.open_cache()
         self.compactor = Compactor(store, s.keep_events, s.compact_seconds)
+        credentials = Credentials(self.db)
+        chain = AdmissionChain(validate_resource)
+        self.service = Service(store, credentials, chain)
         await self._start_policies(store, chain)
         await self._bootstrap(credentials)
         self.mesh = MeshServices(s, self.service)
@@ -152,8 +152,12 @@ class ControlPlane:
         await self.policy_engine.start()
         chain.add_mutating(self.policy_engine.mutating_hook)
         chain.add_validating(self.policy_engine.validating_hook)
-        self.policy_feed = PolicyFeed(store, self.policy_engine, source)
+        self.policy_feed = PolicyFeed(store, self.policy_engine, source, self._audits)
         await self.policy_feed.start()
+
+    def _audits(self) -> bool:
+        """Controller policies run, and record, on the lease holder only."""
+        return self.leadership is not None and self.leadership.leader
 
     async def _bootstrap(self, credentials: Credentials) -> None:
         """On the first start, issue the administrator's token and write it for scripts."""
@@ -277,8 +281,12 @@ class ControlPlane:
             await self.policy_feed.stop()
         if self.policy_engine is not None:
             await self.policy_engine.close()
+        if getattr(self, "compactor", None) is not None:
+            await self.compactor.stop()
         if self.leadership is not None:
             await self.leadership.close()  # after the controllers: the lease is free now
+        if self.service is not None:
+            await self.service.store.close_cache()
         if self.notices is not None:
             await self.notices.stop()
         if self.db is not None:
@@ -287,7 +295,3 @@ class ControlPlane:
             # Only the socket this process bound: another server may own a stale path.
             with contextlib.suppress(FileNotFoundError):
                 Path(self.settings.socket_path()).unlink()
-        if getattr(self, "compactor", None) is not None:
-            await self.compactor.stop()
-        if self.service is not None:
-            await self.service.store.close_cache()

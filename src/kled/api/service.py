@@ -20,16 +20,17 @@ from typing import Any
 
 from kled.admission.chain import AdmissionChain
 from kled.admission.request import AdmissionRequest, Operation, UserInfo
-from kled.api import authz
+from kled.api import authz, wstokens
 from kled.control.desired import MANAGED_BY
 from kled.control.ipam import Ipam
 from kled.control.managed import clone_annotations
+from kled.control.nodes import drain
 from kled.errors import Conflict, Forbidden, InvalidInput, NotFound
-from kled.resources import bounds
+from kled.resources import bounds, clusterservices
 from kled.resources.fields import MAX_DURATION_SECONDS
 from kled.resources.registry import KindInfo, Scope, kind_info
 from kled.store.cipher import redact
-from kled.store.credentials import ADMIN_USER, Credential, Credentials
+from kled.store.credentials import ADMIN_USER, WORKSPACE_PURPOSE, Credential, Credentials
 from kled.store.objects import Event, Invariant, Key, Page, Store, Written
 
 log = logging.getLogger(__name__)
@@ -98,13 +99,15 @@ class Service:
             return
         seen, self._auth_revision = self._auth_revision, cache.revision
         events = cache.events_after(seen, cache.revision - seen) if seen else None
-        if events is None or any(e.kind in ("Token", "User") for e in events):
+        if events is None or any(e.kind in ("Token", "User", "Workspace") for e in events):
             self._auth_cache.clear()
 
     async def _authenticate(self, secret: str) -> UserInfo | None:
         cred = await self.credentials.lookup(secret)
-        if cred is None or cred.purpose != "api" or not cred.usable():
+        if cred is None or cred.purpose not in ("api", WORKSPACE_PURPOSE) or not cred.usable():
             return None
+        if cred.purpose == WORKSPACE_PURPOSE and not await wstokens.holds(self.store, cred):
+            return None  # its workspace is gone, or owned by someone else now
         if not cred.team:
             return UserInfo(username=cred.username, server_admin=True)
         user = await self.store.find(Key("User", cred.team, "", cred.username))
@@ -350,6 +353,9 @@ class Service:
             await self.credentials.revoke_user(key.team, key.name)
             await self._mark_revoked(key.team, key.name)
             self.forget_credentials()
+        elif not dry_run and key.kind == "Workspace":
+            await wstokens.revoke(self.credentials, key.team, key.name)
+            self.forget_credentials()
         return Outcome(self.present(written.object), written.result, admitted.warnings)
 
     async def clone_environment(
@@ -473,6 +479,8 @@ class Service:
     ) -> tuple[dict[str, Any], str | None]:
         if key.kind == "User":
             authz.check_grant(user, (obj.get("spec") or {}).get("role"), f"user {key.name}")
+        if key.kind == "Workspace":
+            await wstokens.check_owner_write(self.store, user, key, obj, None)
         if key.kind != "Token":
             return obj, None
         spec = obj.setdefault("spec", {})
@@ -513,6 +521,8 @@ class Service:
         elif key.kind == "Token":
             await self._check_token_holder(user, key, current)
             _keep_token_facts(current, obj)
+        elif key.kind == "Workspace":
+            await wstokens.check_owner_write(self.store, user, key, obj, current)
         return None
 
     async def _after_update(
@@ -550,6 +560,7 @@ class Service:
             for cred in await self.credentials.listed("kube", key.team):
                 if cred.name.startswith(f"{key.name}:") and not cred.revoked:
                     await self.credentials.revoke("kube", key.team, cred.name)
+            await self._drain_external_nodes(key.team, key.name)
             ipam = Ipam(self.store.db)
             for held in await ipam.list(key.team):
                 if held.owner_kind == "KubeService" and held.owner_name.startswith(f"{key.name}/"):
@@ -578,6 +589,21 @@ class Service:
                     await self.store.delete(Key.of(doc))
         self.forget_credentials()
         return invariant
+
+    async def _drain_external_nodes(self, team: str, cluster: str) -> None:
+        """A deleted Kled Cluster's join tokens are revoked and the nodes that joined with
+        them drained: their replicas stop with the cluster's environments (their agents
+        still hear it) and nothing else is placed there; ``kled node delete`` forgets them
+        (docs/clusters.md)."""
+        for cred in await self.credentials.listed("join", team):
+            if cred.name.startswith(f"cluster:{cluster}:") and not cred.revoked:
+                await self.credentials.revoke("join", team, cred.name)
+        owner = clusterservices.reserved_for(team, cluster)
+        for node in (await self.store.list("Node")).items:
+            labels = node["metadata"].get("labels") or {}
+            if labels.get(clusterservices.CLUSTER_LABEL) == owner:
+                with contextlib.suppress(NotFound):  # status is kept: heartbeats may race
+                    await self.store.update(drain(node))
 
     def _users_of(self, key: Key) -> contextlib.AbstractAsyncContextManager[Any]:
         """Writes to a team's users one at a time in this process: the last-owner check and

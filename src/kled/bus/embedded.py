@@ -187,6 +187,10 @@ class EmbeddedNats:
             self._write_config()
             await self._reload_until(creds, accepted=False)
 
+    def node_names(self) -> list[str]:
+        """The nodes that have credentials."""
+        return sorted(self._auth.nodes)
+
     def node_credentials(self, node: str) -> NodeCredentials | None:
         return self._auth.nodes.get(node)
 

@@ -49,6 +49,7 @@ logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
 
 StatusMessage = ReplicaStatusReport | NodeHeartbeat | AgentEvent
 StatusHandler = Callable[[StatusMessage], Awaitable[None]]
+ManyHandler = Callable[[list[StatusMessage]], Awaitable[None]]
 _M = TypeVar("_M", bound=BaseModel)
 
 _KINDS: dict[str, type[BaseModel]] = {
@@ -102,6 +103,10 @@ def _raise_if_cancelled(err: Exception) -> None:
 
 def _is_auth_error(err: Exception | None) -> bool:
     return err is not None and "authorization violation" in str(err).lower()
+
+
+#: unacknowledged status messages the control plane's consumer may hold at once
+MAX_ACK_PENDING = 256
 
 
 class MessageOffice:
@@ -513,6 +518,22 @@ class MessageOffice:
         )
 
     # -- consuming (control plane) ----------------------------------------------------------------
+    async def hear_heartbeats(self, heard: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``heard(node)`` as each node's heartbeat is published: a plain subscription
+        beside the durable consumer, which handles what the heartbeats say later. Liveness
+        is then judged from their arrival, not from when a backlog reaches them (which
+        turned busy nodes NotReady). Returns what ends the subscription."""
+        prefix = self.subjects.heartbeat("")
+
+        async def deliver(msg: Msg) -> None:
+            heard(msg.subject[len(prefix) :])
+
+        try:
+            sub = await self.nc.subscribe(self.subjects.heartbeat("*"), cb=deliver)
+        except NatsError as err:
+            raise self._translate(err, self.subjects.heartbeat("*")) from err
+        return sub.unsubscribe
+
     async def consume_status(
         self,
         durable: str,
@@ -521,12 +542,17 @@ class MessageOffice:
         stop: asyncio.Event,
         batch: int = 64,
         ack_wait: float = 30.0,
+        many: ManyHandler | None = None,
     ) -> None:
         """Feed every status, heartbeat and event to ``handler`` until ``stop`` is set.
 
         A message is acknowledged only once ``handler`` returned; one it raised on is
         redelivered (after ``TemporaryError.delay``), one it refused with
         ``PermanentError`` or that cannot be parsed is terminated and logged.
+
+        With ``many``, each batch fetched goes to it whole, in order (so that it can write
+        what they change together), and is acknowledged when it returns; if it raises, the
+        batch goes to ``handler`` one message at a time as above.
         """
         stream = self.subjects.status_stream
         try:
@@ -537,7 +563,9 @@ class MessageOffice:
                     ack_policy=api.AckPolicy.EXPLICIT,
                     ack_wait=ack_wait,
                     max_deliver=-1,
-                    max_ack_pending=batch * 4,
+                    # fixed, not from ``batch``: a durable consumer keeps its first config,
+                    # and one asked for again with another is refused
+                    max_ack_pending=MAX_ACK_PENDING,
                 ),
             )
             psub = await self.js.pull_subscribe_bind(durable, stream)
@@ -553,6 +581,9 @@ class MessageOffice:
                     log.warning("status consumer %s: %s; retrying", durable, err)
                     await asyncio.sleep(0.5)
                     continue
+                if many is not None and len(msgs) > 1 and not stop.is_set():
+                    await self._deliver_many(msgs, handler, many)
+                    continue
                 for i, msg in enumerate(msgs):
                     if stop.is_set():
                         for rest in msgs[i:]:
@@ -563,6 +594,28 @@ class MessageOffice:
         finally:
             with contextlib.suppress(NatsError, asyncio.TimeoutError):
                 await psub.unsubscribe()
+
+    async def _deliver_many(
+        self, msgs: list[Msg], handler: StatusHandler, many: ManyHandler
+    ) -> None:
+        parsed: list[tuple[Msg, Any]] = []
+        for msg in msgs:
+            model = _KINDS.get(self.subjects.kind_of(msg.subject))
+            try:
+                if model is None:
+                    raise PermanentError(f"unknown status subject {msg.subject}")
+                parsed.append((msg, model.model_validate_json(msg.data)))
+            except (PermanentError, ValidationError) as err:
+                log.error("status message on %s refused: %s", msg.subject, err)
+                await msg.term()
+        try:
+            await many([obj for _, obj in parsed])
+        except Exception:
+            log.warning("a batch of %d status messages failed; one by one", len(parsed))
+            for msg, _ in parsed:
+                await self._deliver(msg, handler)
+            return
+        await asyncio.gather(*(msg.ack_sync() for msg, _ in parsed))
 
     async def _deliver(self, msg: Msg, handler: StatusHandler) -> None:
         kind = self.subjects.kind_of(msg.subject)

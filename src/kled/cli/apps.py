@@ -18,10 +18,11 @@ from kled.cli.client import Client
 from kled.cli.output import out
 from kled.cli.state import STATE, EnvOption, TeamOption
 from kled.errors import Conflict, InvalidInput, NotFound
+from kled.resources.registry import RESTARTED_AT as RESTARTED_AT
 
 app = typer.Typer(no_args_is_help=True)
 
-RESTARTED_AT = "kled.io/restartedAt"
+
 _TRIES = 20
 
 

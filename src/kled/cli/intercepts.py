@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import typer
 
 from kled.agent.net import liveness
+from kled.cli import clusterintercepts
 from kled.cli.client import Client
 from kled.cli.output import align, check_format, note, out, show, warn
 from kled.cli.state import STATE, EnvOption, TeamOption
@@ -50,6 +51,14 @@ NoWaitOption = Annotated[
 TimeoutOption = Annotated[
     float,
     typer.Option("--timeout", help="Seconds to wait for every gateway of the team.", min=0.0),
+]
+ClusterOption = Annotated[
+    str | None,
+    typer.Option("--cluster", help="The Kled Cluster of svc/NAME."),
+]
+NamespaceOption = Annotated[
+    str,
+    typer.Option("--namespace", "-n", help="The namespace of svc/NAME in --cluster."),
 ]
 #: how often the gateways' reports are read while waiting
 POLL = 0.05
@@ -218,11 +227,14 @@ def start(
     ] = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = 30.0,
+    cluster: ClusterOption = None,
+    namespace: NamespaceOption = "default",
     env: EnvOption = None,
     team: TeamOption = None,
 ) -> None:
     """Point APP's traffic (or only requests with --header) at a device; `-- CMD` runs a
-    command with the app's environment and ends the intercept when it exits.
+    command with the app's environment and ends the intercept when it exits. APP may be
+    svc/NAME with --cluster C [-n NS]: a Kled Cluster's Service.
 
     Returns once every gateway of the team has applied it, and after CMD once every one
     has removed it again (--no-wait: at once)."""
@@ -231,51 +243,81 @@ def start(
     command = list(ctx.args)
     if command and command[0] == "--":
         command = command[1:]
-    chosen_team, chosen_env = STATE.team_for(team), STATE.env_for(env)
+    chosen_team = STATE.team_for(team)
+    service = clusterintercepts.service_name(app_name)
     match = parse_header(header) if header else None
-    name = intercept_name(app_name, to, match["value"] if match else None)
-    spec: dict[str, Any] = {
-        "app": app_name,
-        "device": to,
-        "ports": parse_ports(port or []),
-        "onDeviceOffline": on_device_offline,
-    }
-    if match:
-        spec["header"] = match
-    doc = {
-        "apiVersion": "kled.io/v1",
-        "kind": "Intercept",
-        "metadata": {"name": name, "team": chosen_team, "environment": chosen_env},
-        "spec": spec,
-    }
-    path = f"/api/v1/teams/{chosen_team}/environments/{chosen_env}/intercepts"
     with STATE.client() as client:
+        if service is not None:
+            targets = clusterintercepts.targets(
+                client, chosen_team, cluster, namespace, service, parse_ports(port or [])
+            )
+        else:
+            chosen = STATE.env_for(env)
+            targets = [clusterintercepts.Target(chosen, app_name, parse_ports(port or []))]
+        first = targets[0]
         variables = (
-            app_environment(client, chosen_team, chosen_env, app_name)
+            app_environment(client, chosen_team, first.environment, first.app)
             if env_file or command
             else {}
         )
         started = time.monotonic()
-        client.post(path, doc)
-        what = f"requests with {match['name']}: {match['value']}" if match else "all traffic"
-        where = f"workspace/{to[3:]}" if to.startswith("ws/") else f"device/{to}"
-        out(f"intercept/{name} created: {what} to app/{app_name} goes to {where}")
-        if not no_wait:
-            _wait_started(client, chosen_team, chosen_env, name, timeout, started)
-        if env_file is not None:
-            write_env_file(env_file, variables)
-            note(f"wrote {len(variables)} variables to {env_file}")
+        made: list[tuple[str, str, str]] = []  # (environment, app, intercept name)
 
         def stop() -> None:
             ended = time.monotonic()
-            try:
-                current = client.get(f"{path}/{name}")
-                client.delete(f"{path}/{name}")
-            except NotFound:
-                return  # ended by someone else meanwhile (`kled intercept stop`)
-            out(f"intercept/{name} deleted: app/{app_name} is served by its replicas again")
+            for environment, app_of, name in made:
+                path = f"/api/v1/teams/{chosen_team}/environments/{environment}/intercepts"
+                try:
+                    current = client.get(f"{path}/{name}")
+                    client.delete(f"{path}/{name}")
+                except NotFound:
+                    continue  # ended by someone else meanwhile (`kled intercept stop`)
+                out(f"intercept/{name} deleted: app/{app_of} is served by its replicas again")
+                if not no_wait:
+                    _wait_removed(client, chosen_team, environment, [current], timeout, ended)
+
+        try:
+            for target in targets:
+                name = intercept_name(target.app, to, match["value"] if match else None)
+                spec: dict[str, Any] = {
+                    "app": target.app,
+                    "device": to,
+                    "ports": target.ports,
+                    "onDeviceOffline": on_device_offline,
+                }
+                if match:
+                    spec["header"] = match
+                doc = {
+                    "apiVersion": "kled.io/v1",
+                    "kind": "Intercept",
+                    "metadata": {
+                        "name": name,
+                        "team": chosen_team,
+                        "environment": target.environment,
+                    },
+                    "spec": spec,
+                }
+                client.post(
+                    f"/api/v1/teams/{chosen_team}/environments/{target.environment}/intercepts", doc
+                )
+                made.append((target.environment, target.app, name))
+                what = (
+                    f"requests with {match['name']}: {match['value']}" if match else "all traffic"
+                )
+                where = f"workspace/{to[3:]}" if to.startswith("ws/") else f"device/{to}"
+                via = f" (service/{service} of cluster {cluster})" if service else ""
+                out(f"intercept/{name} created: {what} to app/{target.app}{via} goes to {where}")
             if not no_wait:
-                _wait_removed(client, chosen_team, chosen_env, [current], timeout, ended)
+                for environment, _, name in made:
+                    _wait_started(client, chosen_team, environment, name, timeout, started)
+            if env_file is not None:
+                write_env_file(env_file, variables)
+                note(f"wrote {len(variables)} variables to {env_file}")
+        except KeyboardInterrupt:
+            if not command:
+                raise
+            stop()  # Ctrl-C before the command started: the intercept ends all the same
+            raise typer.Exit(130) from None
 
         if command:
             raise typer.Exit(_run_then_stop(command, variables, stop))
@@ -309,37 +351,52 @@ def stop(
     header: HeaderOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = 30.0,
+    cluster: ClusterOption = None,
+    namespace: NamespaceOption = "default",
     env: EnvOption = None,
     team: TeamOption = None,
 ) -> None:
-    """End the intercepts of APP (all, or those to --to DEVICE / with --header).
+    """End the intercepts of APP (all, or those to --to DEVICE / with --header); APP may
+    be svc/NAME with --cluster C [-n NS].
 
     Returns once every gateway of the team has removed them (--no-wait: at once)."""
-    chosen_team, chosen_env = STATE.team_for(team), STATE.env_for(env)
+    chosen_team = STATE.team_for(team)
+    service = clusterintercepts.service_name(app_name)
     match = parse_header(header) if header else None
-    path = f"/api/v1/teams/{chosen_team}/environments/{chosen_env}/intercepts"
     with STATE.client() as client:
-        chosen = []
-        for doc in client.list_all(path):
-            spec = doc.get("spec") or {}
-            mine = spec.get("header") or {}
-            if spec.get("app") != app_name or (to and spec.get("device") != to):
-                continue
-            if match and (
-                str(mine.get("name", "")).lower() != match["name"].lower()
-                or str(mine.get("value", "")).strip() != match["value"]
-            ):
-                continue
-            chosen.append(doc)
-        if not chosen:
-            raise NotFound(f"no intercept of app/{app_name} matches: see `kled intercept list`")
+        if service is not None:
+            targets = clusterintercepts.targets(
+                client, chosen_team, cluster, namespace, service, []
+            )
+        else:
+            targets = [clusterintercepts.Target(STATE.env_for(env), app_name, [])]
         started = time.monotonic()
-        for doc in chosen:
-            with contextlib.suppress(NotFound):
-                client.delete(f"{path}/{doc['metadata']['name']}")
-            out(f"intercept/{doc['metadata']['name']} deleted")
+        chosen_by_env: dict[str, list[dict[str, Any]]] = {}
+        for target in targets:
+            path = f"/api/v1/teams/{chosen_team}/environments/{target.environment}/intercepts"
+            for doc in client.list_all(path):
+                spec = doc.get("spec") or {}
+                mine = spec.get("header") or {}
+                if spec.get("app") != target.app or (to and spec.get("device") != to):
+                    continue
+                if match and (
+                    str(mine.get("name", "")).lower() != match["name"].lower()
+                    or str(mine.get("value", "")).strip() != match["value"]
+                ):
+                    continue
+                chosen_by_env.setdefault(target.environment, []).append(doc)
+        if not chosen_by_env:
+            what = app_name if service is not None else f"app/{app_name}"
+            raise NotFound(f"no intercept of {what} matches: see `kled intercept list`")
+        for environment, chosen in chosen_by_env.items():
+            path = f"/api/v1/teams/{chosen_team}/environments/{environment}/intercepts"
+            for doc in chosen:
+                with contextlib.suppress(NotFound):
+                    client.delete(f"{path}/{doc['metadata']['name']}")
+                out(f"intercept/{doc['metadata']['name']} deleted")
         if not no_wait:
-            _wait_removed(client, chosen_team, chosen_env, chosen, timeout, started)
+            for environment, chosen in chosen_by_env.items():
+                _wait_removed(client, chosen_team, environment, chosen, timeout, started)
 
 
 def _wait_removed(

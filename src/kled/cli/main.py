@@ -8,6 +8,7 @@ refused token, a conflict). ``--debug`` adds the traceback and debug logging.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -18,21 +19,7 @@ from typing import Annotated, Any
 import typer
 
 import kled
-from kled.cli import (
-    agents,
-    apps,
-    contexts,
-    envs,
-    logs,
-    nodes,
-    resources,
-    secrets,
-    server,
-    teams,
-    tokens,
-    top,
-    users,
-)
+from kled.cli import agents, contexts, logs, resources, server
 from kled.cli.output import err_console, out
 from kled.cli.state import STATE, read_token_file
 from kled.errors import InvalidInput, KledError
@@ -105,75 +92,69 @@ def version() -> None:
     out(f"kled {kled.__version__}")
 
 
-def _mount() -> None:
-    for module in (server, contexts, resources, agents, logs):
-        module.register(app)
-    app.add_typer(teams.app, name="team", help="Create, list and delete teams.")
-    app.add_typer(users.app, name="user", help="Create and list the users of a team.")
-    app.add_typer(tokens.app, name="token", help="Create, list and revoke API tokens.")
-    app.add_typer(envs.app, name="env", help="Create, list, clone and delete environments.")
-    app.add_typer(secrets.app, name="secret", help="Set and read the keys of a secret.")
-    app.add_typer(nodes.app, name="node", help="Join tokens, and the nodes that run apps.")
-    app.add_typer(apps.app, name="app", help="Restart and scale apps.")
-    app.add_typer(top.app, name="top", help="What apps and nodes use now: CPU, memory.")
-    from kled.cli import rollout
-
-    app.add_typer(rollout.app, name="rollout", help="Rolling updates: status, history, undo.")
-    from kled.cli import jobs
-
-    app.add_typer(jobs.app, name="job", help="Jobs: runs, attempts, logs, run-now.")
-    from kled.cli import ips
-
-    app.add_typer(ips.app, name="ip", help="Who holds which address of a team's block.")
-    from kled.cli import devices, intercepts
-
-    app.add_typer(intercepts.app, name="intercept", help="Point an app's traffic at a device.")
-    app.add_typer(devices.app, name="device", help="Join, configure and revoke devices.")
-    from kled.cli import gitops
-
-    app.add_typer(gitops.app, name="gitops", help="Environments kept in step with git.")
-    from kled.cli import workspaces
-
-    app.add_typer(workspaces.app, name="ws", help="Workspaces: dev containers on the team's nodes.")
-    from kled.cli import services
-
-    app.add_typer(services.app, name="service", help="Managed services: databases, caches.")
-    from kled.cli import clusters
-
-    app.add_typer(clusters.app, name="cluster", help="Kled Clusters: a Kubernetes API per tenant.")
-    from kled.cli import ui
-
-    ui.register(app)
-    from kled.cli import exec as exec_cli
-
-    exec_cli.register(app)
-    from kled.cli import dev
-
-    dev.register(app)
-
-
-def _mount_policy(args: list[str]) -> None:
-    """Mount ``kled policy`` when this run may need it.
-
-    The policy engine takes longer to import than the rest of the CLI together, so the
-    group is loaded only for ``kled policy …``, for help without a command, and for shell
-    completion — every other command starts twice as fast without it.
-    """
-    if not _may_need_policy(args) or any(g.name == "policy" for g in app.registered_groups):
-        return
-    try:
-        from kled.cli import policy  # a colleague's group, mounted when it imports
-    except ImportError:
-        return
-    app.add_typer(policy.app, name="policy", help="Test and report kPolicy policies.")
-
-
+#: groups mounted only when a run may need them (importing them all took over a second
+#: of every command's start): name → (module under kled.cli, help)
+_GROUPS: dict[str, tuple[str, str]] = {
+    "team": ("teams", "Create, list and delete teams."),
+    "user": ("users", "Create and list the users of a team."),
+    "token": ("tokens", "Create, list and revoke API tokens."),
+    "env": ("envs", "Create, list, clone and delete environments."),
+    "secret": ("secrets", "Set and read the keys of a secret."),
+    "node": ("nodes", "Join tokens, and the nodes that run apps."),
+    "app": ("apps", "Restart and scale apps."),
+    "top": ("top", "What apps and nodes use now: CPU, memory."),
+    "rollout": ("rollout", "Rolling updates: status, history, undo."),
+    "job": ("jobs", "Jobs: runs, attempts, logs, run-now."),
+    "ip": ("ips", "Who holds which address of a team's block."),
+    "intercept": ("intercepts", "Point an app's traffic at a device."),
+    "device": ("devices", "Join, configure and revoke devices."),
+    "gitops": ("gitops", "Environments kept in step with git."),
+    "ws": ("workspaces", "Workspaces: dev containers on the team's nodes."),
+    "service": ("services", "Managed services: databases, caches."),
+    "cluster": ("clusters", "Kled Clusters: a Kubernetes API per tenant."),
+    "policy": ("policy", "Test and report kPolicy policies."),
+}
+#: top-level commands of their own module (``register(app)``), mounted the same way
+_COMMANDS: dict[str, str] = {"ui": "ui", "exec": "exec", "dev": "dev"}
 _VALUED_GLOBALS = frozenset({"--team", "-t", "--context", "--server", "--token", "--token-file"})
 
 
-def _may_need_policy(args: list[str]) -> bool:
-    if "_KLED_COMPLETE" in os.environ:  # shell completion asks about every group
-        return True
+def _mount_group(name: str) -> None:
+    if any(g.name == name for g in app.registered_groups):
+        return
+    module_name, help_text = _GROUPS[name]
+    module = importlib.import_module(f"kled.cli.{module_name}")
+    if name == "ws":
+        from kled.cli import wsforward
+
+        module.app.command("forward")(wsforward.forward_command)
+    app.add_typer(module.app, name=name, help=help_text)
+
+
+def _mount_command(name: str) -> None:
+    if any(c.name == name for c in app.registered_commands):
+        return
+    importlib.import_module(f"kled.cli.{_COMMANDS[name]}").register(app)
+
+
+def _mount(args: list[str]) -> None:
+    """Mount what this run may need: the group or command it names, or everything (for
+    help without a command, shell completion, or a word that is no command, so that
+    the error can name the commands there are)."""
+    word = None if "_KLED_COMPLETE" in os.environ else _command_word(args)
+    if word in _GROUPS:
+        _mount_group(word)
+    elif word in _COMMANDS:
+        _mount_command(word)
+    elif word is None or word not in _ALWAYS:
+        for name in _GROUPS:
+            _mount_group(name)
+        for name in _COMMANDS:
+            _mount_command(name)
+
+
+def _command_word(args: list[str]) -> str | None:
+    """The command a run names (its first word that is not a global option)."""
     skip = False
     for arg in args:
         if skip:
@@ -181,11 +162,17 @@ def _may_need_policy(args: list[str]) -> bool:
         elif arg in _VALUED_GLOBALS:
             skip = True
         elif not arg.startswith("-"):
-            return arg == "policy"
-    return True
+            return arg
+    return None
 
 
-_mount()
+for _module in (server, contexts, resources, agents, logs):
+    _module.register(app)
+#: the commands always mounted (they cost little to import)
+_ALWAYS = frozenset(
+    {str(c.name or c.callback.__name__) for c in app.registered_commands if c.callback}
+    | {str(g.name) for g in app.registered_groups}
+)
 
 
 def fail(message: str, code: int) -> int:
@@ -197,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``kled`` with ``argv``; return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     STATE.debug = "--debug" in args
-    _mount_policy(args)
+    _mount(args)
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="kled", standalone_mode=False)

@@ -15,7 +15,7 @@ import typer
 
 from kled.cli.client import Client
 from kled.cli.output import check_format, describe_node, note, out, show
-from kled.cli.state import STATE
+from kled.cli.state import STATE, TeamOption
 from kled.errors import Conflict, NotFound
 
 app = typer.Typer(no_args_is_help=True)
@@ -32,10 +32,19 @@ def token_create(
     ttl: Annotated[str, typer.Option("--ttl", help="How long the token joins nodes: 1h, 30m…")] = (
         "1h"
     ),
+    cluster: Annotated[
+        str | None,
+        typer.Option("--cluster", help="A node of this Kled Cluster only (docs/clusters.md)."),
+    ] = None,
+    team: TeamOption = None,
 ) -> None:
     """Make a join token for `kled agent --token` (printed alone on stdout)."""
     with STATE.client() as client:
-        answer = client.post("/api/v1/node-tokens", {"ttl": ttl})
+        if cluster:  # as `kled cluster node-token CLUSTER`
+            where = f"/k8s/{STATE.team_for(team)}/{cluster}/kled/node-token"
+            answer = client.post(where, {"ttl": ttl})
+        else:
+            answer = client.post("/api/v1/node-tokens", {"ttl": ttl})
     out(str(answer["token"]))
     note(f"expires at {answer.get('expiresAt')}")
 

@@ -8,6 +8,7 @@ replicas: CPU in millicores (``250m``), memory in Mi, restarts and ready replica
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -40,75 +41,86 @@ def _percent(value: Any) -> str:
     return f"{value}%" if isinstance(value, int) else "-"
 
 
-@app.command("apps")
-def top_apps(
-    env: EnvOption = None,
-    all_envs: Annotated[
-        bool, typer.Option("--all-environments", "-A", help="Every environment of the team.")
-    ] = False,
-    team: TeamOption = None,
-    output: Output = "table",
+AllEnvs = Annotated[
+    bool, typer.Option("--all-environments", "-A", help="Every environment of the team.")
+]
+
+
+def _team_rows(
+    what: str,
+    env: str | None,
+    all_envs: bool,
+    team: str | None,
+    output: str,
+    head: list[str],
+    cells: Callable[[dict[str, Any]], list[str]],
+    empty: str,
 ) -> None:
-    """CPU, memory, restarts and ready replicas of a team's apps."""
+    """Fetch a team's usage rows (``what`` under ``/usage``) and print them, the environment
+    first when more than one is shown; ``empty`` is said where there are none."""
     _format(output)
     chosen_team = STATE.team_for(team)
     chosen_env = None if all_envs else STATE.env_or_none(env)
     params = {"environment": chosen_env} if chosen_env else {}
     with STATE.client() as client:
-        rows: list[dict[str, Any]] = client.get(f"/api/v1/teams/{chosen_team}/usage", **params)[
-            "items"
-        ]
-    if output == "json":
-        out(to_json(rows))
-        return
-    if not rows:
-        where = f"environment {chosen_env}" if chosen_env else f"team {chosen_team}"
-        note(f"no usage yet in {where}: agents report it every 10 s while replicas run")
-        return
-    head = ["NAME", "READY", "CPU(cores)", "MEMORY(bytes)", "RESTARTS"]
-    show_env = chosen_env is None
-    table = [["ENVIRONMENT", *head] if show_env else head]
-    for row in rows:
-        cells = [
-            str(row["app"]),
-            f"{row['ready']}/{row['replicas']}",
-            millicores(row.get("cpuMillicores")),
-            mebibytes(row.get("memoryBytes")),
-            str(row["restarts"]),
-        ]
-        table.append([str(row["environment"]), *cells] if show_env else cells)
-    out(align(table))
-
-
-@app.command("services")
-def top_services(
-    env: EnvOption = None,
-    all_envs: Annotated[
-        bool, typer.Option("--all-environments", "-A", help="Every environment of the team.")
-    ] = False,
-    team: TeamOption = None,
-    output: Output = "table",
-) -> None:
-    """CPU, memory, restarts and health of a team's managed services (their servers)."""
-    _format(output)
-    chosen_team = STATE.team_for(team)
-    chosen_env = None if all_envs else STATE.env_or_none(env)
-    params = {"environment": chosen_env} if chosen_env else {}
-    with STATE.client() as client:
-        path = f"/api/v1/teams/{chosen_team}/usage/services"
+        path = f"/api/v1/teams/{chosen_team}/usage{what}"
         rows: list[dict[str, Any]] = client.get(path, **params)["items"]
     if output == "json":
         out(to_json(rows))
         return
     if not rows:
         where = f"environment {chosen_env}" if chosen_env else f"team {chosen_team}"
-        note(f"no managed services in {where}")
+        note(empty.format(where=where))
         return
-    head = ["NAME", "TEMPLATE", "PHASE", "CPU(cores)", "MEMORY(bytes)", "RESTARTS", "NODE"]
     show_env = chosen_env is None
     table = [["ENVIRONMENT", *head] if show_env else head]
     for row in rows:
-        cells = [
+        table.append([str(row["environment"]), *cells(row)] if show_env else cells(row))
+    out(align(table))
+
+
+@app.command("apps")
+def top_apps(
+    env: EnvOption = None,
+    all_envs: AllEnvs = False,
+    team: TeamOption = None,
+    output: Output = "table",
+) -> None:
+    """CPU, memory, restarts and ready replicas of a team's apps."""
+    _team_rows(
+        "",
+        env,
+        all_envs,
+        team,
+        output,
+        ["NAME", "READY", "CPU(cores)", "MEMORY(bytes)", "RESTARTS"],
+        lambda row: [
+            str(row["app"]),
+            f"{row['ready']}/{row['replicas']}",
+            millicores(row.get("cpuMillicores")),
+            mebibytes(row.get("memoryBytes")),
+            str(row["restarts"]),
+        ],
+        "no usage yet in {where}: agents report it every 10 s while replicas run",
+    )
+
+
+@app.command("services")
+def top_services(
+    env: EnvOption = None,
+    all_envs: AllEnvs = False,
+    team: TeamOption = None,
+    output: Output = "table",
+) -> None:
+    """CPU, memory, restarts and health of a team's managed services (their servers)."""
+    _team_rows(
+        "/services",
+        env,
+        all_envs,
+        team,
+        output,
+        ["NAME", "TEMPLATE", "PHASE", "CPU(cores)", "MEMORY(bytes)", "RESTARTS", "NODE"],
+        lambda row: [
             str(row["service"]),
             str(row.get("template") or "-"),
             str(row.get("phase") or "-"),
@@ -116,9 +128,9 @@ def top_services(
             mebibytes(row.get("memoryBytes")),
             str(row["restarts"]),
             ",".join(row.get("nodes") or []) or "-",
-        ]
-        table.append([str(row["environment"]), *cells] if show_env else cells)
-    out(align(table))
+        ],
+        "no managed services in {where}",
+    )
 
 
 @app.command("nodes")

@@ -1,4 +1,4 @@
-"""``kled user create|list``: the members of a team and their roles.
+"""``kled user create|list|key``: the members of a team, their roles and SSH keys.
 
 Roles, from most to least powerful: owner, admin, member, viewer. A user signs in with a
 token made for them (``kled token create --user NAME``).
@@ -10,10 +10,12 @@ from typing import Annotated, Any
 
 import typer
 
+from kled.cli import userkeys
 from kled.cli.output import check_format, note, out, show
 from kled.cli.state import STATE, TeamOption
 
 app = typer.Typer(no_args_is_help=True)
+app.add_typer(userkeys.app, name="key", help="A user's SSH public keys (for workspaces).")
 
 Output = Annotated[str, typer.Option("--output", "-o", help="table, wide, yaml, json or name.")]
 

@@ -45,7 +45,7 @@ _OURS = frozenset(
 #: the fields of one replica entry that come from its agent
 _OBSERVED = (
     "state", "restarts", "lastExitCode", "reason", "message", "startedAt", "generation", "podIP",
-    "ready", "lastRestartReason",
+    "ready", "lastRestartReason", "containers",
 )  # fmt: skip
 
 
@@ -128,6 +128,13 @@ def _observe(entry: dict[str, Any], status: ReplicaStatus) -> None:
         entry["lastRestartReason"] = status.last_restart_reason
     else:
         entry.pop("lastRestartReason", None)
+    if status.containers:  # the pod's sidecars: running, restarts, last exit code
+        entry["containers"] = {
+            name: {"running": c.running, "restarts": c.restarts, "lastExitCode": c.last_exit_code}
+            for name, c in sorted(status.containers.items())
+        }
+    else:
+        entry.pop("containers", None)
 
 
 def is_stale(previous: Mapping[str, Any] | None, status: ReplicaStatus) -> bool:

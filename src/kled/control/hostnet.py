@@ -41,6 +41,7 @@ from kled.control.netmap import Peer as MeshPeer
 from kled.resources import clusterservices
 from kled.resources.hoststate import HostDesiredState, ReplicaSpec
 from kled.resources.netstate import (
+    ClusterPods,
     HostNetwork,
     Intercept,
     PersonalIntercept,
@@ -100,6 +101,9 @@ class ServiceInfo:
     #: ``autoscale.minReplicas: 0`` or ``targetRequestsPerSecond``: its connections go
     #: through the gateways' routers, which count them
     hold: bool = False
+    #: a Kled Cluster Service's ClusterIP leading to the app (``clusterservices``): an
+    #: intercept's ports, the app's, are its target ports
+    cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,10 @@ class MeshSnapshot:
     #: service backends, as only ready endpoints are in Kubernetes; None means "not known",
     #: every placed replica serves
     running: set[str] | None = None
+    #: (team, env, app) → the Kled Cluster whose Deployment the app runs
+    app_clusters: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: team → ClusterIPs of its exported cluster Services
+    exported: dict[str, set[str]] = field(default_factory=dict)
 
 
 def wg_peer(peer: MeshPeer) -> WgPeer | None:
@@ -225,13 +233,20 @@ def snapshot_from_documents(
         snap.services.append(
             ServiceInfo(meta["team"], env, meta["name"], status["ip"], ports, hold=hold)
         )
+        cluster = (meta.get("labels") or {}).get(clusterservices.CLUSTER_LABEL)
+        if cluster:
+            snap.app_clusters[(meta["team"], env, meta["name"])] = str(cluster)
         for extra in clusterservices.entries(doc):  # a Kled Cluster's Services picking it
+            if extra.exported:
+                snap.exported.setdefault(meta["team"], set()).add(extra.ip)
             extra_ports = tuple(
                 ServicePort(port=p.port, protocol=p.protocol, target_port=p.target_port)  # type: ignore[arg-type]
                 for p in extra.ports
             )
             snap.services.append(
-                ServiceInfo(meta["team"], env, meta["name"], extra.ip, extra_ports, hold=hold)
+                ServiceInfo(
+                    meta["team"], env, meta["name"], extra.ip, extra_ports, hold=hold, cluster=True
+                )
             )
         for index, ip in (status.get("podIPs") or {}).items():
             snap.pod_ip_seeds[f"{meta['team']}.{env}.{meta['name']}.{index}"] = str(ip)
@@ -289,6 +304,8 @@ class PodAddressBook:
         self._ips: dict[str, str] = {}
         #: recently let go, oldest first
         self._freed: dict[str, None] = {}
+        #: subnet → how many replicas it had no address for when that was last said
+        self._short: dict[str, int] = {}
 
     def get(self, replica_id: str) -> str | None:
         return self._ips.get(replica_id)
@@ -322,6 +339,7 @@ class PodAddressBook:
         # Addresses of replicas leaving in this same pass count as let go already.
         leaving = {ip for rid, ip in self._ips.items() if rid not in taken}
         candidate = first
+        homeless: list[str] = []
         for rid in wanted:
             if rid in taken:
                 continue
@@ -341,7 +359,7 @@ class PodAddressBook:
                     None,
                 )  # fmt: skip
                 if again is None:
-                    log.warning("hostnet: pod subnet %s is full; replica/%s has no IP", subnet, rid)
+                    homeless.append(rid)
                     continue
                 ip = again
             taken[rid] = ip
@@ -350,7 +368,23 @@ class PodAddressBook:
         for rid in wanted:
             if rid in taken:
                 self._ips[rid] = taken[rid]
+        self._say_short(subnet, homeless)
         return taken
+
+    def _say_short(self, subnet: str, homeless: list[str]) -> None:
+        """A full subnet said once, and again only when how many it leaves out changes
+        (it was a line per replica at every pass: thousands a second on a crowded node)."""
+        if len(homeless) == self._short.get(subnet, 0):
+            return
+        if homeless:
+            self._short[subnet] = len(homeless)
+            more = f" and {len(homeless) - 1} more" if len(homeless) > 1 else ""
+            log.warning(
+                "hostnet: pod subnet %s is full: replica/%s%s have no IP", subnet, homeless[0], more
+            )
+        else:
+            del self._short[subnet]
+            log.info("hostnet: pod subnet %s has room for all its replicas again", subnet)
 
     def forget_except(self, live: Iterable[str]) -> None:
         keep = set(live)
@@ -373,7 +407,9 @@ def _service(
     global_icpt: Intercept | None = None
     personal: list[PersonalIntercept] = []
     for icpt in sorted(intercepts, key=lambda i: i.name):
-        port_map = {a: b for a, b in icpt.port_map if a in all_ports} or dict(all_ports)
+        port_map = _port_map(info, icpt) if info.cluster else None
+        if port_map is None:
+            port_map = {a: b for a, b in icpt.port_map if a in all_ports} or dict(all_ports)
         if not port_map:
             continue
         if icpt.header is None:
@@ -410,6 +446,16 @@ def _service(
     )
 
 
+def _port_map(info: ServiceInfo, icpt: InterceptInfo) -> dict[int, int]:
+    """An intercept of an app on a cluster Service's ClusterIP leading to it: each Service
+    port whose target port (a port of the app) the intercept takes goes where that port
+    goes; with no ports listed, every Service port goes to its target port on the device."""
+    if not icpt.port_map:
+        return {p.port: p.target_port for p in info.ports}
+    taken = dict(icpt.port_map)
+    return {p.port: taken[p.target_port] for p in info.ports if p.target_port in taken}
+
+
 def _offline(icpt: InterceptInfo) -> Literal["fallback", "keep"]:
     return "keep" if icpt.on_device_offline == "keep" else "fallback"
 
@@ -429,6 +475,8 @@ def build_networks(
     nodes = sorted({n for _, n in snap.nodes} | set(replicas) | set(node_names))
     pods: dict[str, list[PodNetwork]] = {n: [] for n in nodes}
     backends: dict[tuple[str, str, str], list[str]] = {}
+    #: team → cluster → its pod IPs on every node (kept apart by the gateways)
+    cluster_pods: dict[str, dict[str, set[str]]] = {}
     for node in nodes:
         by_team: dict[str, list[ReplicaSpec]] = {}
         for r in replicas.get(node, ()):
@@ -453,6 +501,9 @@ def build_networks(
                 pods[node].append(
                     PodNetwork(replica_id=r.id, team=team, ip=ip, environment=r.environment)
                 )
+                cluster = snap.app_clusters.get((team, r.environment, r.app))
+                if cluster:
+                    cluster_pods.setdefault(team, {}).setdefault(cluster, set()).add(ip)
                 if snap.running is None or r.id in snap.running:
                     backends.setdefault((team, r.environment, r.app), []).append(ip)
     book.forget_except(p.replica_id for ps in pods.values() for p in ps)
@@ -496,6 +547,11 @@ def build_networks(
                     services=tuple(services.get(name, ())),
                     dns_server=snap.node_dns.get(node, snap.dns_server),
                     search_domain=f"{name}.{info_t.zone}",
+                    clusters=tuple(
+                        ClusterPods(name=c, pods=tuple(ips))
+                        for c, ips in sorted(cluster_pods.get(name, {}).items())
+                    ),
+                    exported=tuple(snap.exported.get(name, ())),
                 )
             )
         present = {t.team for t in teams}
@@ -570,16 +626,20 @@ class HostStateComposer:
         self._lock = asyncio.Lock()
 
     async def put(self, node: str, state: HostDesiredState) -> None:
+        await self.put_many({node: state})
+
+    async def put_many(self, states: Mapping[str, HostDesiredState]) -> None:
+        """Many nodes' states, with one recomputation of the networks for them all."""
         async with self._lock:
-            self._states[node] = state
-            await self._recompute(force=node)
+            self._states.update(states)
+            await self._recompute(force=frozenset(states))
 
     async def set_mesh(self, snapshot: MeshSnapshot) -> None:
         async with self._lock:
             self.snapshot = snapshot
             await self._recompute()
 
-    async def _recompute(self, force: str | None = None) -> None:
+    async def _recompute(self, force: frozenset[str] = frozenset()) -> None:
         snap = self.snapshot
         if snap is not None:
             replicas = {node: s.replicas for node, s in self._states.items()}
@@ -595,7 +655,7 @@ class HostStateComposer:
         for node, state in list(self._states.items()):
             network = None if snap is None else self.networks.get(node, HostNetwork())
             combined = with_network(state, network)
-            if node != force:
+            if node not in force:
                 if self._sent.get(node) == combined:
                     continue
                 if snap is not None and node not in snap.node_names and not state.replicas:

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kled.control.owners import owner_refs
-from kled.errors import Conflict, KledError, NotFound
+from kled.errors import Conflict, Gone, KledError, NotFound
 from kled.resources.cron import next_after
 from kled.resources.cron import parse as parse_schedule
 from kled.resources.kinds import validate
@@ -291,8 +291,9 @@ class JobController:
         self._lock = asyncio.Lock()
         self._orphans_at = -ORPHAN_SCAN_SECONDS
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="jobs-controller")
+    async def start(self, after: int | None = None) -> None:
+        """Follow the log from ``after`` (default: now) and the clock."""
+        self._task = asyncio.create_task(self._run(after), name="jobs-controller")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -301,12 +302,15 @@ class JobController:
                 await self._task
             self._task = None
 
-    async def _run(self) -> None:
-        seq = await self.store.revision()
+    async def _run(self, after: int | None) -> None:
+        seq = await self.store.revision() if after is None else after
         loop = asyncio.get_running_loop()
         last_all = -self._tick
+        relist = False
         while True:
             try:
+                if relist:  # from now on, after everything as it is now
+                    seq, relist, last_all = await self.store.revision(), False, -self._tick
                 if loop.time() - last_all >= self._tick:  # schedules and deadlines
                     last_all = loop.time()
                     await self.reconcile_all()
@@ -323,6 +327,9 @@ class JobController:
                     await self.store.wait_for_change(self._tick)
             except asyncio.CancelledError:
                 raise
+            except Gone:  # fell behind the compacted event log: look at everything again
+                log.warning("jobs: events were compacted before being read; listing again")
+                relist = True
             except Exception:
                 log.exception("jobs: a round failed; retrying")
                 await asyncio.sleep(1.0)

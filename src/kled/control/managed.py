@@ -43,7 +43,7 @@ from typing import Any
 
 from kled.control.desired import MANAGED_BY
 from kled.control.owners import owner_refs
-from kled.errors import Conflict, InvalidInput, KledError, NotFound
+from kled.errors import Conflict, Gone, InvalidInput, KledError, NotFound
 from kled.resources.kinds import validate
 from kled.resources.templates import (
     BUILTIN,
@@ -367,8 +367,9 @@ class ManagedServiceController:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="managed-services")
+    async def start(self, after: int | None = None) -> None:
+        """Follow the log from ``after`` (default: now) and the clock."""
+        self._task = asyncio.create_task(self._run(after), name="managed-services")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -377,12 +378,15 @@ class ManagedServiceController:
                 await self._task
             self._task = None
 
-    async def _run(self) -> None:
-        seq = await self.store.revision()
+    async def _run(self, after: int | None) -> None:
+        seq = await self.store.revision() if after is None else after
         loop = asyncio.get_running_loop()
         last_all = -self._tick
+        relist = False
         while True:
             try:
+                if relist:  # from now on, after everything as it is now
+                    seq, relist, last_all = await self.store.revision(), False, -self._tick
                 if loop.time() - last_all >= self._tick:
                     # Every service now and then: node phases, replica reports, lost events.
                     last_all = loop.time()
@@ -402,6 +406,9 @@ class ManagedServiceController:
                     await self.store.wait_for_change(self._tick)
             except asyncio.CancelledError:
                 raise
+            except Gone:  # fell behind the compacted event log: look at everything again
+                log.warning("managed services: events were compacted unread; listing again")
+                relist = True
             except Exception:
                 log.exception("managed services: a round failed; retrying")
                 await asyncio.sleep(1.0)

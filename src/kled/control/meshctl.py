@@ -45,9 +45,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ZONE = "kled.internal"
 _SERVICE_KINDS = ("App", "ManagedService")
-#: status writes left by a rebuild, written at once (PostgreSQL's round trips overlap)
-BACKLOG_PARALLEL = 16
+#: status writes (addresses) left by a rebuild or a step, written in one transaction
+BACKLOG_BATCH = 100
 _STATUS_TRIES = 8
+#: seconds at least between two steps of the loop (the first after a quiet time at once)
+STEP_GAP = 0.05
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class MeshController:
         *,
         on_records: RecordsCallback | None = None,
         on_netmap: NetmapCallback | None = None,
+        on_rebuilt: Callable[[], Awaitable[None]] | None = None,
         poll: float = 1.0,
         default_zone: str = DEFAULT_ZONE,
     ) -> None:
@@ -107,6 +110,8 @@ class MeshController:
         self.seq = 0
         self._on_records = on_records
         self._on_netmap = on_netmap
+        #: told after a rebuild mid-way (the netmap made anew, no deltas emitted)
+        self._on_rebuilt = on_rebuilt
         self._poll = poll
         self.default_zone = default_zone
         self._teams: dict[str, _Team] = {}
@@ -134,6 +139,11 @@ class MeshController:
         await self.rebuild()
         self._task = asyncio.create_task(self._loop(), name="meshctl")
 
+    def resume(self) -> None:
+        """Run the loop again after ``stop``, from the revision it had reached."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="meshctl")
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -142,8 +152,14 @@ class MeshController:
             self._task = None
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -STEP_GAP
         while True:
             try:
+                # A burst of writes is taken a few events at a time (one batch of
+                # addresses, one copy of a team's records), not one step per event.
+                await asyncio.sleep(max(0.0, last + STEP_GAP - loop.time()))
+                last = loop.time()
                 handled = await self.step()
             except Unavailable as e:
                 log.warning("meshctl: store unavailable (%s); retrying", e)
@@ -152,6 +168,8 @@ class MeshController:
             except Gone:  # fell behind the compacted event log: build everything again
                 log.warning("meshctl: events were compacted before being read; rebuilding")
                 await self.rebuild()
+                if self._on_rebuilt is not None:
+                    await self._on_rebuilt()
                 continue
             if not handled:
                 await self.store.wait_for_change(self._poll)
@@ -221,27 +239,63 @@ class MeshController:
             for (owner_kind, owner), ip in given.items():
                 self._given[(team, pool, owner_kind, owner)] = ip
 
+    async def _allocate_ahead(self, batch: list[Event]) -> None:
+        """The addresses of the devices and services a batch of events adds, in one IPAM
+        transaction per team and pool (as at a rebuild) rather than one per resource; a
+        resource this leaves out (a full range) is allocated alone when its event comes."""
+        for kind in ("Device", *_SERVICE_KINDS):
+            docs = [
+                e.object
+                for e in batch
+                if e.kind == kind and e.type == "ADDED" and e.team in self._teams
+            ]
+            if len(docs) > 1:
+                await self._allocate_missing(kind, docs)
+
     async def _write_backlog(self) -> None:
-        """The status writes the rebuild left, ``BACKLOG_PARALLEL`` at a time (one
-        resource each, so they never race); each reads the resource as it is now."""
+        """The status writes the rebuild or a step left, ``BACKLOG_BATCH`` to a
+        transaction; each reads the resource as it is now (inside the transaction)."""
         while self._backlog:
-            keys = list(itertools.islice(self._backlog, BACKLOG_PARALLEL))
-            changes = [self._backlog.pop(key) for key in keys]
-            done = await asyncio.gather(
-                *(self._set_status(key, change) for key, change in zip(keys, changes, strict=True)),
-                return_exceptions=True,
-            )
-            failed: Unavailable | None = None
-            for key, change, result in zip(keys, changes, done, strict=True):
-                if isinstance(result, Unavailable):
-                    self._backlog[key] = change  # again, after the pause the loop takes
-                    failed = result
-                elif isinstance(result, KledError):
-                    log.warning("meshctl: %s: %s", key, result)
-                elif isinstance(result, BaseException):
-                    raise result
-            if failed is not None:
-                raise failed
+            keys = list(itertools.islice(self._backlog, BACKLOG_BATCH))
+            changes = {key: self._backlog.pop(key) for key in keys}
+            try:
+                await self.store.update_statuses(
+                    [(key, _status_change(change)) for key, change in changes.items()]
+                )
+            except Unavailable:
+                self._backlog.update(changes)  # again, after the pause the loop takes
+                raise
+            except KledError as e:  # one out of bounds, say: each alone, as before
+                log.warning("meshctl: a batch of %d statuses failed (%s)", len(changes), e)
+                for key, change in changes.items():
+                    try:
+                        await self._set_status(key, change)
+                    except Unavailable:
+                        self._backlog[key] = change
+                        raise
+                    except KledError as one:
+                        log.warning("meshctl: %s: %s", key, one)
+
+    def _later(
+        self, key: Key, change: Callable[[dict[str, Any]], None], held: dict[str, Any]
+    ) -> None:
+        """Change part of a resource's status at the end of this step, with the other
+        resources' changes in one transaction (nothing if ``held`` has it already)."""
+        if not _deleting(held):
+            status = copy.deepcopy(held.get("status") or {})
+            change(status)
+            if status == (held.get("status") or {}):
+                return
+        before = self._backlog.pop(key, None)
+        if before is None:
+            self._backlog[key] = change
+            return
+
+        def both(status: dict[str, Any]) -> None:
+            before(status)
+            change(status)
+
+        self._backlog[key] = both
 
     async def _guarded(self, work: Awaitable[None], kind: str, doc: dict[str, Any]) -> None:
         """One resource's failure (a refused block, a full range) must not stop the rest;
@@ -267,6 +321,7 @@ class MeshController:
         """Handle the events after ``seq``; returns how many there were."""
         await self._write_backlog()
         batch = await self.store.events_after(self.seq, limit)
+        await self._allocate_ahead(batch)
         for event in batch:
             try:
                 await self._handle(event)
@@ -280,6 +335,7 @@ class MeshController:
                     "meshctl: %s/%s/%s: failed", event.kind.lower(), event.team, event.name
                 )
             self.seq = event.seq
+        await self._write_backlog()
         await self._flush()
         return len(batch)
 
@@ -421,7 +477,7 @@ class MeshController:
             status["ip"] = ip
             status["dns"] = dns
 
-        await self._set_status(key, write, doc)
+        self._later(key, write, doc)
         spec = doc.get("spec") or {}
         if kind == "Device":
             if state.records.devices.get(name) != ip:
@@ -615,6 +671,19 @@ class MeshController:
                 continue  # someone else wrote status meanwhile: merge again
         log.warning("meshctl: %s: status kept changing, gave up this round", key)
         return None
+
+
+def _status_change(
+    change: Callable[[dict[str, Any]], None],
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A change of part of a status as ``Store.update_statuses`` takes it."""
+
+    def whole(doc: dict[str, Any]) -> dict[str, Any]:
+        status = copy.deepcopy(doc.get("status") or {})
+        change(status)
+        return status
+
+    return whole
 
 
 async def _call(callback: RecordsCallback | None, team: str, records: RecordSet | None) -> None:

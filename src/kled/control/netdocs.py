@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from kled.resources import clusterservices
 from kled.store.objects import Event
 
 KINDS = ("Team", "Node", "App", "ManagedService", "Device", "Intercept")
@@ -57,6 +58,9 @@ def relevant(kind: str, doc: Doc | None) -> Any:
             "replicas" in status,
             status.get("app"),  # a ManagedService's server app and its ports
             status.get("ports"),
+            # a Kled Cluster's Services leading to the app, exported or not, and its cluster
+            (meta.get("annotations") or {}).get(clusterservices.ANNOTATION),
+            (meta.get("labels") or {}).get(clusterservices.CLUSTER_LABEL),
         )
     if kind == "Device":
         return (deleting, status.get("ip"))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kled.control.scheduling import NodeInfo
+from kled.control.scheduling import DEFAULT_MAX_PODS, NodeInfo
 from kled.resources.hoststate import AgentEvent, NodeHeartbeat
 from kled.resources.meta import iso_timestamp
 from kled.resources.quantities import parse_cpu, parse_memory
@@ -190,7 +190,13 @@ def node_info(doc: Mapping[str, Any], *, lost: bool = False) -> NodeInfo:
         memory_bytes=None if memory is None else int(memory),
         capabilities=frozenset(str(c) for c in status.get("capabilities") or []),
         avoid=soft,
+        max_pods=_pods(declared.get("pods")),
     )
+
+
+def _pods(value: Any) -> int:
+    """``spec.capacity.pods`` (validated on write), else the default limit."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else DEFAULT_MAX_PODS
 
 
 def drain(doc: Mapping[str, Any]) -> dict[str, Any]:

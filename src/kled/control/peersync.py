@@ -181,6 +181,13 @@ class PeerPublisher:
         self._task = asyncio.create_task(self._run(), name="peersync")
         self._wake.set()
 
+    async def reload(self, netmap: Netmap) -> None:
+        """Take a netmap built anew (not by deltas): write what differs from the bucket."""
+        self.book.load(netmap, await self.bucket.peer_entries())
+        if self.book.dirty:
+            self._idle.clear()
+            self._wake.set()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

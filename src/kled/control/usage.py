@@ -103,6 +103,10 @@ class UsageBook:
             entry.node_usage = before.node_usage
         self._nodes[hb.node] = entry
 
+    def node_names(self) -> list[str]:
+        """Every node with a heartbeat remembered, fresh or not."""
+        return sorted(self._nodes)
+
     def forget(self, node: str) -> None:
         self._nodes.pop(node, None)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import inspect
 import logging
 import math
 import time
@@ -35,7 +34,14 @@ from typing import Any, Protocol
 
 from kled.control import autoscale, rollout
 from kled.control.appstatus import Report, add_events, event, fold, is_ready, placement_events
-from kled.control.desired import BadReference, Ref, compute, resolve_env, same_replicas
+from kled.control.desired import (
+    BadReference,
+    Ref,
+    ReplicaSpecs,
+    compute,
+    resolve_env,
+    same_replicas,
+)
 from kled.control.nodes import (
     NOT_READY,
     READY,
@@ -47,9 +53,11 @@ from kled.control.nodes import (
     mark_not_ready,
     node_info,
 )
-from kled.control.scheduling import NodeInfo, Placement, app_request, schedule
+from kled.control.scheduling import AppRequest, NodeInfo, Placement, app_request, schedule
+from kled.control.sinks import put_all
 from kled.control.usage import UsageBook
 from kled.errors import Conflict, Gone, KledError, NotFound, Unavailable
+from kled.resources.clusterservices import CLUSTER_LABEL
 from kled.resources.hoststate import (
     AgentEvent,
     HostDesiredState,
@@ -61,8 +69,12 @@ from kled.store.objects import Event, Key, Store
 
 log = logging.getLogger(__name__)
 
-_KINDS = ("App", "Node", "Config", "Secret", "Environment")
+_KINDS = ("App", "Node", "Config", "Secret", "Environment", "Cluster")
 _STATUS_TRIES = 8
+#: app statuses written in one transaction (placements, replicas' reports)
+WRITE_BATCH = 100
+#: seconds at least between two steps of the loop (the first after a quiet time at once)
+STEP_GAP = 0.05
 
 
 class DesiredStateSink(Protocol):
@@ -134,12 +146,18 @@ class WorkloadController:
         self._configs: dict[Ref, dict[str, Any]] = {}
         self._secrets: dict[Ref, dict[str, Any]] = {}
         self._envs: dict[Ref, dict[str, Any]] = {}
+        #: each Kled Cluster's ``spec.nodeSelector`` by (team, cluster): where its apps go
+        self._clusters: dict[tuple[str, str], dict[str, str]] = {}
         self._placements: dict[Ref, list[Placement]] = {}
         #: the revision (template hash) each replica runs: index → hash (``rollout``)
         self._revisions: dict[Ref, dict[int, str]] = {}
         #: what each revision an app's replicas run is: hash → (app document, environment);
         #: an old revision's replicas keep the environment they were started with
         self._known: dict[Ref, dict[str, tuple[dict[str, Any], dict[str, str]]]] = {}
+        #: each app's template and revision hash while its spec stays (``rollout.Templates``)
+        self._templates = rollout.Templates()
+        #: each replica's spec while its app and inputs stay (``desired.ReplicaSpecs``)
+        self._specs = ReplicaSpecs()
         #: the rollout target of each app, as decided last round
         self._targets: dict[Ref, rollout.Target] = {}
         #: apps whose rollout is not complete: re-planned on readiness news and ticks
@@ -194,9 +212,15 @@ class WorkloadController:
             self._task = None
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -STEP_GAP
         while True:
             handled = 0
             try:
+                # A burst of writes (a batch apply) is taken a few events at a time, not
+                # one reconcile of every app per event: a step at most every STEP_GAP.
+                await asyncio.sleep(max(0.0, last + STEP_GAP - loop.time()))
+                last = loop.time()
                 handled = await self.step()
                 await self.tick()
             except Unavailable as e:
@@ -218,6 +242,7 @@ class WorkloadController:
             self._configs.clear()
             self._secrets.clear()
             self._envs.clear()
+            self._clusters.clear()
             self._placements.clear()
             self._sent.clear()
             for kind in _KINDS:
@@ -315,6 +340,12 @@ class WorkloadController:
                 self._dirty = True
             return
         ref = (str(meta.get("team") or ""), str(meta.get("environment") or ""), str(meta["name"]))
+        if kind == "Cluster":
+            selector = dict((doc.get("spec") or {}).get("nodeSelector") or {})
+            if self._clusters.get((ref[0], ref[2])) != selector:
+                self._clusters[(ref[0], ref[2])] = selector
+                self._dirty = True
+            return
         if kind == "App":
             old = self._apps.get(ref)
             self._apps[ref] = doc
@@ -343,6 +374,8 @@ class WorkloadController:
             self._placements.pop(ref, None)
             self._revisions.pop(ref, None)
             self._known.pop(ref, None)
+            self._templates.forget(ref)
+            self._specs.forget(ref)
             self._targets.pop(ref, None)
             self._rolling.discard(ref)
             self._due.pop(ref, None)
@@ -351,6 +384,9 @@ class WorkloadController:
                 table.pop(ref, None)
             self._bad.pop(ref, None)
             self._dirty = True
+        elif kind == "Cluster":
+            if self._clusters.pop((ref[0], ref[2]), None) is not None:
+                self._dirty = True
         elif kind == "Environment":
             if self._envs.pop((ref[0], ref[2], ""), None) is not None:
                 self._touch_environment(ref[0], ref[2])
@@ -366,6 +402,14 @@ class WorkloadController:
                 self._dirty = True
 
     # ---- placing and sending ------------------------------------------------------------
+
+    def _request(self, ref: Ref, app: dict[str, Any], indexes: list[int]) -> AppRequest:
+        """The scheduler's view of ``app``; a Kled Cluster's app with its cluster's
+        ``nodeSelector`` (``scheduling.admits``)."""
+        request = app_request(app, self._placements.get(ref, []), indexes)
+        cluster = ((app["metadata"].get("labels") or {}).get(CLUSTER_LABEL)) or None
+        selector = self._clusters.get((ref[0], str(cluster))) if cluster else None
+        return replace(request, cluster_selector=selector) if selector else request
 
     async def tick(self) -> None:
         """Turn silent nodes NotReady; after the grace period, move their replicas."""
@@ -410,7 +454,7 @@ class WorkloadController:
         wall = _now()
         variants = {ref: self._step(ref, app, wall) for ref, app in self._apps.items()}
         requests = {
-            ref: app_request(app, self._placements.get(ref, []), list(self._revisions[ref]))
+            ref: self._request(ref, app, list(self._revisions[ref]))
             for ref, app in self._apps.items()
         }
         plan = schedule(infos.values(), requests.values())
@@ -423,6 +467,7 @@ class WorkloadController:
             secrets=self._secrets,
             environments=self._envs,
             variants=variants,
+            made=self._specs,
         )
         ready = {name: info.ready for name, info in infos.items()}
         flipped = {n for n in set(ready) | set(self._ready) if ready.get(n) != self._ready.get(n)}
@@ -443,28 +488,29 @@ class WorkloadController:
         self._ready = ready
         self._dirty_apps.clear()
         await self._send(states.nodes)
-        for ref, events in writes:
-            try:
-                await self._write_app(ref, events=events)
-            except KledError as e:
-                log.warning("%s: status not written (%s); retrying", _name(ref), e)
-                self._dirty_apps.add(ref)
-                self._dirty = True
+        try:
+            await self._write_apps([(ref, None, events) for ref, events in writes])
+        except KledError as e:
+            log.warning("workloads: statuses not written (%s); retrying", e)
+            self._dirty_apps.update(ref for ref, _ in writes)
+            self._dirty = True
 
     async def _send(self, states: dict[str, HostDesiredState]) -> None:
+        """The nodes whose replicas changed get their new state, all in one hand-over to
+        the sink (``sinks.put_all``): a failure leaves them all to the next round."""
+        changed: dict[str, HostDesiredState] = {}
         for node, state in states.items():
             if same_replicas(self._sent.get(node), state):
                 continue
             self._generation = max(self.seq, self._generation + 1)
-            state = state.model_copy(update={"generation": self._generation})
-            try:
-                result = self.sink.put(node, state)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception as e:  # whatever the sink's failure, retry on the next tick
-                log.warning("node//%s: desired state not sent (%s); retrying", node, e)
-                self._dirty = True
-                continue
+            changed[node] = state.model_copy(update={"generation": self._generation})
+        try:
+            await put_all(self.sink, changed)
+        except Exception as e:  # whatever the sink's failure, retry on the next tick
+            log.warning("desired states of %s not sent (%s); retrying", ", ".join(changed), e)
+            self._dirty = True
+            return
+        for node, state in changed.items():
             log.info(
                 "node//%s: desired state %d: %d replicas",
                 node,
@@ -483,9 +529,50 @@ class WorkloadController:
         reports: Mapping[int, Report] | None = None,
         events: list[dict[str, Any]] | None = None,
     ) -> None:
+        change = self._app_change(ref, reports=reports, events=events)
+        if change is not None:
+            await self._set_status(Key("App", *ref), change)
+
+    async def _write_apps(
+        self, items: list[tuple[Ref, Mapping[int, Report] | None, list[dict[str, Any]]]]
+    ) -> None:
+        """Write the statuses of many apps, ``WRITE_BATCH`` to a transaction (an app's
+        own writes one by one again if a batch fails). Raises what a lone write raised."""
+        for at in range(0, len(items), WRITE_BATCH):
+            chunk = items[at : at + WRITE_BATCH]
+            changes = []
+            for ref, reports, events in chunk:
+                change = self._app_change(ref, reports=reports, events=events)
+                key = Key("App", *ref)
+                held = self._latest.get(key)
+                if change is None or (
+                    held is not None and change(held) == (held.get("status") or {})
+                ):
+                    continue
+                changes.append((key, change))
+            try:
+                written = await self.store.update_statuses(changes)
+            except Unavailable:
+                raise
+            except KledError as e:  # one document out of bounds, say: each alone, as before
+                log.warning("workloads: a batch of %d statuses failed (%s)", len(changes), e)
+                for ref, reports, events in chunk:
+                    await self._write_app(ref, reports=reports, events=events)
+                continue
+            for key, doc in written.items():
+                self._keep_latest(key, doc)
+
+    def _app_change(
+        self,
+        ref: Ref,
+        *,
+        reports: Mapping[int, Report] | None = None,
+        events: list[dict[str, Any]] | None = None,
+    ) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """How an app's status follows from what this controller holds (None: unplaced)."""
         placements = self._placements.get(ref)
         if placements is None:
-            return
+            return None
 
         revisions = self._revisions.get(ref)
         target = self._targets.get(ref)
@@ -506,7 +593,7 @@ class WorkloadController:
                 autoscale=self._scale_status.get(ref),
             )
 
-        await self._set_status(Key("App", *ref), change)
+        return change
 
     async def _set_status(
         self, key: Key, change: Callable[[dict[str, Any]], dict[str, Any]]
@@ -551,12 +638,11 @@ class WorkloadController:
         status = (self._latest.get(Key("App", *ref)) or app).get("status") or {}
         wanted = self._wanted_now(ref, app, status)
         self._wanted[ref] = wanted
-        tmpl = rollout.template(app)
         env_doc = self._envs.get((ref[0], ref[1], "")) or {}
         variables = (env_doc.get("spec") or {}).get("variables") or {}
         env = resolve_env(app, self._configs, self._secrets, variables)
         resolved = env if isinstance(env, dict) else None
-        target = rollout.template_hash(tmpl, resolved or {})
+        tmpl, target = self._templates.of(ref, app, resolved or {})
         held = self._revisions.get(ref, {})
         ready = {
             int(e["index"]) for e in status.get("replicas") or [] if "index" in e and is_ready(e)
@@ -724,40 +810,71 @@ class WorkloadController:
     # ---- what agents report -------------------------------------------------------------
 
     async def on_heartbeat(self, hb: NodeHeartbeat) -> None:
-        """A node is alive: refresh ``Node.status``, and the replicas it lists.
+        """A node is alive: refresh ``Node.status``, and the replicas it lists."""
+        await self.on_heartbeats([hb])
 
-        A heartbeat that changes nothing but the time is written at most every
-        ``HEARTBEAT_WRITE_EVERY`` seconds: liveness is judged on our own clock
-        (``NodeTracker``), so the store need not take a write per node every 2 s."""
+    def heard(self, node: str) -> None:
+        """A heartbeat of ``node`` was just published (``MessageOffice.hear_heartbeats``):
+        it is alive now, whatever the backlog of messages before its heartbeat's handling."""
+        if node in self._nodes:
+            self.tracker.heartbeat(node, self._clock())
+
+    async def on_heartbeats(self, beats: list[NodeHeartbeat]) -> None:
+        """Heartbeats of many nodes, delivered together: each node's newest counts.
+
+        Liveness is noted on arrival, before the controller's lock (a backlog behind a
+        round of scheduling must not read as silent nodes: that turned busy agents
+        NotReady and moved their replicas in a loop). Then, under the lock, each node's
+        status is refreshed (one that changes nothing but the time is written at most
+        every ``HEARTBEAT_WRITE_EVERY`` seconds: liveness is judged on our own clock,
+        ``NodeTracker``), one round of scheduling if a node changed, and the replicas
+        they list are folded into their apps together."""
+        newest: dict[str, NodeHeartbeat] = {}
+        for hb in beats:
+            held = newest.get(hb.node)
+            if held is None or hb.time >= held.time:
+                newest[hb.node] = hb
+        now = self._clock()
+        for name, hb in newest.items():
+            seen = self._heartbeat_seen.get(name)
+            if name in self._nodes and (seen is None or hb.time >= seen):
+                self.tracker.heartbeat(name, now)
         async with self._lock:
-            key = Key("Node", "", "", hb.node)
-            doc = self._latest.get(key) or await self.store.find(key)
-            if doc is None or deleting(doc):
-                log.warning("node//%s: heartbeat from a node that is not registered", hb.node)
-                return
-            status = doc.get("status") or {}
-            seen = self._heartbeat_seen.get(hb.node)
-            if not is_newer(status, hb) or (seen is not None and hb.time < seen):
-                return  # a late or redelivered heartbeat says nothing new
-            self._heartbeat_seen[hb.node] = hb.time
-            self.usage.record(hb)
-            now = self._clock()
-            self._gateway_activity(hb, now)
-            self.tracker.heartbeat(hb.node, now)
-            quiet = _only_time_moved(status, apply_heartbeat(status, hb))
-            due = now - self._heartbeat_written.get(hb.node, -HEARTBEAT_WRITE_EVERY)
-            if not quiet or due >= HEARTBEAT_WRITE_EVERY:
-                written = await self._set_status(
-                    key, lambda d: apply_heartbeat(d.get("status") or {}, hb)
-                )
-                if written is not None:
-                    self._heartbeat_written[hb.node] = now
-                    self._remember("Node", written)
+            listed: list[tuple[str, ReplicaStatus]] = []
+            for hb in newest.values():
+                if await self._heartbeat(hb):
+                    listed += [(hb.node, replica) for replica in hb.replicas]
             if self._dirty:
-                # First the node's readiness, so the replicas it lists are read as fresh news.
+                # First the nodes' readiness, so the replicas they list are read as fresh news.
                 await self._reconcile()
-            for replica in hb.replicas:
-                await self._replica(hb.node, replica)
+            await self._fold(listed, [])
+
+    async def _heartbeat(self, hb: NodeHeartbeat) -> bool:
+        """Take one node's heartbeat into its status; False when it says nothing new."""
+        key = Key("Node", "", "", hb.node)
+        doc = self._latest.get(key) or await self.store.find(key)
+        if doc is None or deleting(doc):
+            log.warning("node//%s: heartbeat from a node that is not registered", hb.node)
+            return False
+        status = doc.get("status") or {}
+        seen = self._heartbeat_seen.get(hb.node)
+        if not is_newer(status, hb) or (seen is not None and hb.time < seen):
+            return False  # a late or redelivered heartbeat says nothing new
+        self._heartbeat_seen[hb.node] = hb.time
+        self.usage.record(hb)
+        now = self._clock()
+        self._gateway_activity(hb, now)
+        self.tracker.heartbeat(hb.node, now)
+        quiet = _only_time_moved(status, apply_heartbeat(status, hb))
+        due = now - self._heartbeat_written.get(hb.node, -HEARTBEAT_WRITE_EVERY)
+        if not quiet or due >= HEARTBEAT_WRITE_EVERY:
+            written = await self._set_status(
+                key, lambda d: apply_heartbeat(d.get("status") or {}, hb)
+            )
+            if written is not None:
+                self._heartbeat_written[hb.node] = now
+                self._remember("Node", written)
+        return True
 
     def _gateway_activity(self, hb: NodeHeartbeat, now: float) -> None:
         """New connections counted by this node's gateways keep a scale-to-zero app awake;
@@ -824,26 +941,72 @@ class WorkloadController:
             self._dirty = True
             await self._reconcile()
 
+    async def on_replica_batch(
+        self, reports: list[ReplicaStatusReport], events: list[AgentEvent]
+    ) -> None:
+        """Many replicas' reports and events at once (what the Message Office delivered
+        together): each app's status written once for all of them, the apps in a few
+        transactions. A replica reported twice keeps its latest report; events keep their
+        order. Node events go one by one, as ``on_event``."""
+        async with self._lock:
+            await self._fold([(r.node, r.replica) for r in reports], events)
+
+    async def _fold(
+        self, reports: list[tuple[str, ReplicaStatus]], events: list[AgentEvent]
+    ) -> None:
+        folded: dict[Ref, tuple[dict[int, Report], list[dict[str, Any]]]] = {}
+        for node, replica in reports:
+            parsed = parse_replica_id(replica.id)
+            if parsed is None:
+                log.warning(
+                    "node//%s: report about %r, which is not a replica id", node, replica.id
+                )
+                continue
+            ref, index = parsed
+            here = next((p for p in self._placements.get(ref, []) if p.index == index), None)
+            if here is None or here.node != node:
+                continue  # an old home of a moved replica, or one scaled away
+            folded.setdefault(ref, ({}, []))[0][index] = Report(node, replica)
+        for ev in events:
+            parsed = parse_replica_id(ev.replica_id) if ev.replica_id else None
+            if parsed is None or parsed[0] not in self._placements:
+                await self._on_event(ev)  # a node's, or no status of ours to fold into
+                continue
+            ref, index = parsed
+            entry = event(ev.time, ev.reason, ev.message, type=ev.type.value, replica=index)
+            folded.setdefault(ref, ({}, []))[1].append(entry)
+        await self._write_apps(
+            [(ref, found or None, entries) for ref, (found, entries) in folded.items()]
+        )
+        if any(ref in self._rolling for ref in folded):
+            # Readiness is what a rollout waits for: take its next step now.
+            self._dirty_apps.update(ref for ref in folded if ref in self._rolling)
+            self._dirty = True
+            await self._reconcile()
+
     async def on_event(self, ev: AgentEvent) -> None:
         """An agent's event: into the app's ``status.events``, or the node's."""
         async with self._lock:
-            if ev.replica_id:
-                parsed = parse_replica_id(ev.replica_id)
-                if parsed is None or parsed[0] not in self._apps:
-                    return
-                ref, index = parsed
-                entry = event(ev.time, ev.reason, ev.message, type=ev.type.value, replica=index)
+            await self._on_event(ev)
 
-                def add(doc: dict[str, Any]) -> dict[str, Any]:
-                    status = copy.deepcopy(doc.get("status") or {})
-                    status["events"] = add_events(status.get("events") or [], [entry])
-                    return status
-
-                await self._set_status(Key("App", *ref), add)
+    async def _on_event(self, ev: AgentEvent) -> None:
+        if ev.replica_id:
+            parsed = parse_replica_id(ev.replica_id)
+            if parsed is None or parsed[0] not in self._apps:
                 return
-            await self._set_status(
-                Key("Node", "", "", ev.node), lambda d: add_node_event(d.get("status") or {}, ev)
-            )
+            ref, index = parsed
+            entry = event(ev.time, ev.reason, ev.message, type=ev.type.value, replica=index)
+
+            def add(doc: dict[str, Any]) -> dict[str, Any]:
+                status = copy.deepcopy(doc.get("status") or {})
+                status["events"] = add_events(status.get("events") or [], [entry])
+                return status
+
+            await self._set_status(Key("App", *ref), add)
+            return
+        await self._set_status(
+            Key("Node", "", "", ev.node), lambda d: add_node_event(d.get("status") or {}, ev)
+        )
 
 
 def _not_ready(silent: float) -> Callable[[dict[str, Any]], dict[str, Any]]:

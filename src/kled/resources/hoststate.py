@@ -89,6 +89,46 @@ _LIFECYCLE_FIELDS = (
     "readiness_probe", "liveness_probe", "startup_probe", "pre_stop",
     "termination_grace_period_seconds",
 )  # fmt: skip
+#: left out when empty, so a replica with one container sends what it sent before
+_POD_FIELDS = ("sidecars", "init_containers", "volumes", "mounts")
+
+
+class FileSpec(_Model):
+    """One file of a config or secret volume: its path in the volume, its bytes (base64)."""
+
+    path: str
+    data: str = Field(repr=False)
+    mode: int = Field(default=0o644, ge=0, le=0o777)
+
+
+class VolumeSpec(_Model):
+    """A volume of the replica's pod: an empty folder, or files from a Config or Secret.
+    Secret files are written to memory only (a tmpfs), never to the node's disk."""
+
+    name: str
+    kind: Literal["emptyDir", "config", "secret"]
+    files: list[FileSpec] = Field(default_factory=list, repr=False)
+
+
+class MountSpec(_Model):
+    volume: str
+    path: str
+    read_only: bool = False
+    sub_path: str | None = None
+
+
+class ContainerSpec(_Model):
+    """Another container of the replica's pod (a sidecar, or an init container that runs
+    to completion first): same network namespace and volumes, its own image and command."""
+
+    name: str
+    image: str
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    working_dir: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, repr=False)
+    resources: ResourceLimits = Field(default_factory=ResourceLimits)
+    mounts: list[MountSpec] = Field(default_factory=list)
 
 
 class ReplicaSpec(_Model):
@@ -124,6 +164,13 @@ class ReplicaSpec(_Model):
     #: whose pod network changed is restarted into the new one.
     pod_netns: str | None = None
     pod_ip: str | None = None
+    #: the pod's other containers (container runtime only), started after the replica's
+    #: own; init containers run to completion, in order, before it
+    sidecars: list[ContainerSpec] = Field(default_factory=list)
+    init_containers: list[ContainerSpec] = Field(default_factory=list)
+    volumes: list[VolumeSpec] = Field(default_factory=list)
+    #: where the replica's own container mounts the volumes
+    mounts: list[MountSpec] = Field(default_factory=list)
 
     @model_serializer(mode="wrap")
     def _omit_unset_lifecycle(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -133,6 +180,9 @@ class ReplicaSpec(_Model):
         data: dict[str, Any] = handler(self)
         for key in _LIFECYCLE_FIELDS:
             if data.get(key) is None:
+                data.pop(key, None)
+        for key in _POD_FIELDS:
+            if not data.get(key):
                 data.pop(key, None)
         return data
 
@@ -179,6 +229,14 @@ class HostDesiredState(_Model):
         return {r.id: r for r in self.replicas}
 
 
+class ContainerStatus(_Model):
+    """A sidecar of a replica, as its runtime sees it."""
+
+    running: bool = False
+    restarts: int = 0
+    last_exit_code: int | None = None
+
+
 class ReplicaStatus(_Model):
     """What the agent observes of one replica."""
 
@@ -199,6 +257,15 @@ class ReplicaStatus(_Model):
     ready: bool | None = None
     #: why the agent last restarted it itself (a failed liveness or startup probe)
     last_restart_reason: str | None = None
+    #: the pod's sidecars by name: whether each runs, and its restarts
+    containers: dict[str, ContainerStatus] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _omit_no_containers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not data.get("containers"):
+            data.pop("containers", None)  # what an agent sent before sidecars
+        return data
 
     def same_as(self, other: ReplicaStatus | None) -> bool:
         return other is not None and self.model_dump() == other.model_dump()
@@ -324,8 +391,17 @@ class AgentEvent(_Model):
 
 class LogLine(_Model):
     replica_id: str
+    #: the sidecar or init container that printed it; None: the replica's own container
+    container: str | None = None
     stream: Literal["stdout", "stderr"] = "stdout"
     line: str
     time: datetime = Field(default_factory=utcnow)
     #: per replica, increasing across restarts of the replica (not of the agent)
     seq: int = 0
+
+    @model_serializer(mode="wrap")
+    def _omit_no_container(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("container") is None:
+            data.pop("container", None)  # a line as an agent sent it before sidecars
+        return data

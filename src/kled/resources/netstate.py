@@ -218,6 +218,19 @@ def _ip_key(value: str) -> int:
     return int(ipaddress.IPv4Address(value))
 
 
+class ClusterPods(_Model):
+    """The pod IPs of one Kled Cluster of the team, on every node: the gateways keep the
+    pods of one cluster from reaching those of another (``agent/net/isolation.py``)."""
+
+    name: str
+    pods: tuple[str, ...] = ()
+
+    @field_validator("pods")
+    @classmethod
+    def _pods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted({str(ipaddress.IPv4Address(v)) for v in value}, key=_ip_key))
+
+
 class TeamNetwork(_Model):
     """Everything one team needs on one host: its gateway namespace and what it routes."""
 
@@ -235,8 +248,26 @@ class TeamNetwork(_Model):
     #: ip:port that the pods' resolver (the gateway) forwards DNS queries to
     dns_server: str | None = None
     search_domain: str | None = None
+    #: the team's Kled Clusters with their pods, isolated from each other
+    clusters: tuple[ClusterPods, ...] = ()
+    #: ClusterIPs of exported Services (``kled.io/export``): every cluster's pods reach them
+    exported: tuple[str, ...] = ()
 
     _dns = field_validator("dns_server")(_check_endpoint)
+
+    @model_serializer(mode="wrap")
+    def _omit_no_clusters(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An agent older than cluster isolation refuses keys it does not know.
+        data: dict[str, Any] = handler(self)
+        for key in ("clusters", "exported"):
+            if not data.get(key):
+                data.pop(key, None)
+        return data
+
+    @field_validator("exported")
+    @classmethod
+    def _exported(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted({str(ipaddress.IPv4Address(v)) for v in value}, key=_ip_key))
 
     @field_validator("block", "pod_subnet")
     @classmethod
@@ -271,7 +302,7 @@ class TeamNetwork(_Model):
 
     def wiring(self) -> TeamNetwork:
         """This value without peers and services: what needs a rebuild when it changes."""
-        return self.model_copy(update={"peers": (), "services": ()})
+        return self.model_copy(update={"peers": (), "services": (), "clusters": (), "exported": ()})
 
 
 class PodNetwork(_Model):
@@ -361,7 +392,8 @@ def diff_host(old: HostNetwork, new: HostNetwork) -> NetDiff:
                 team=name,
                 rewire=before.wiring() != team.wiring(),
                 peers=before.peers != team.peers,
-                services=before.services != team.services,
+                services=before.services != team.services
+                or (before.clusters, before.exported) != (team.clusters, team.exported),
             )
         )
     old_pods = {p.replica_id: p for p in old.pods}

@@ -14,6 +14,10 @@ from enum import StrEnum
 from kled.errors import InvalidInput
 
 API_VERSION = "kled.io/v1"
+#: annotations a client writes to ask for a restart (``kled app restart``, ``ws up --recreate``)
+#: or a fresh start of a workspace's files (``ws up --reset``); a new value asks again
+RESTARTED_AT = "kled.io/restartedAt"
+RESET_AT = "kled.io/resetAt"
 
 
 class Scope(StrEnum):

@@ -32,6 +32,7 @@ from kled.resources.fields import (
     PublicKey,
     UtcDatetime,
 )
+from kled.resources.kubekinds import KUBE_RESOURCES, kube_kind, kube_resource
 from kled.resources.meta import (
     Bool,
     DnsLabel,
@@ -49,7 +50,10 @@ from kled.resources.meta import (
     problem,
     range_schema,
 )
+from kled.resources.podspec import Container, Volume, VolumeMount, check_pod
 from kled.resources.registry import resolve_kind
+from kled.resources.sshkeys import HasSshKeys
+from kled.resources.wsrequirements import WorkspaceHostRequirements
 
 TEAM_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
@@ -89,7 +93,7 @@ class TeamSpec(KledModel):
         return str(network)
 
 
-class UserSpec(KledModel):
+class UserSpec(HasSshKeys):
     role: Literal["owner", "admin", "member", "viewer"] = "member"
     email: str | None = None
     display_name: str | None = None
@@ -138,6 +142,9 @@ class Taint(KledModel):
 class Capacity(KledModel):
     cpu: Cpu | None = None
     memory: Memory | None = None
+    pods: Annotated[int, Field(ge=1, le=240)] | None = None
+    """A Node's: how many replicas the scheduler places there at most (default 110; its
+    pod subnet holds 244 addresses, its workspaces' included)."""
 
 
 class NodeSpec(KledModel):
@@ -424,6 +431,13 @@ class AppSpec(KledModel):
     """A rollout that makes no progress for this long is reported stalled and stops."""
     autoscale: Autoscale | None = None
     """When set, the control plane sets the number of replicas; ``replicas`` is the start."""
+    sidecars: list[Container] = []
+    """More containers of each replica's pod (``resources/podspec.py``; container runtime)."""
+    init_containers: list[Container] = []
+    """Containers run to completion, in order, before the others of the pod start."""
+    volumes: list[Volume] = []
+    volume_mounts: list[VolumeMount] = []
+    """Where the app's own container mounts ``volumes``."""
 
     @field_validator("working_dir")
     @classmethod
@@ -453,6 +467,8 @@ class AppSpec(KledModel):
                 )
             bindings.add(binding)
         self._check_probe_ports()
+        check_pod(self.runtime, self.sidecars, self.init_containers, self.volumes,
+                  self.volume_mounts)  # fmt: skip
         if self.autoscale is not None and self.resources.cpu is None:
             raise problem("required with autoscale: the CPU target is a share of it",
                           at=("resources", "cpu"))  # fmt: skip
@@ -568,6 +584,17 @@ class WorkspaceSpec(KledModel):
     forward_ports: list[Port] = []
     env: EnvVars = {}
     owner: DnsLabel | None = None
+    """Who may enter it (with the team's admins); none: every member of the team."""
+    host_requirements: WorkspaceHostRequirements | None = None
+    """What its node must have (devcontainer.json's ``hostRequirements``; the scheduler)."""
+    idle_timeout: Duration | None = None
+    """Stopped after this long (``30m``) with no session and no SSH traffic; none: never."""
+    local_env: EnvVars = {}
+    """The client's values of the variables the config names as ``${localEnv:V}`` (sent by
+    ``kled ws up``: the config is read on the node)."""
+    project: NonEmptyStr | None = None
+    """``kled ws up --project DIR``: a repository without devcontainer.json, run from the
+    image of ``DIR``'s Dockerfile (``workspace/projects.py``)."""
 
 
 class InterceptPort(KledModel):
@@ -645,6 +672,12 @@ class PolicySpec(KledModel):
     """Kinds or plurals the policy applies to; ``*`` for all."""
     environments: list[str] = []
     """Environments the policy applies to; empty for all."""
+    kinds: list[NonEmptyStr] = []
+    """Kubernetes kinds of Kled Clusters' objects (``Deployment``), beside ``resources``."""
+    api_groups: list[str] = []
+    """API groups of the Kubernetes objects matched (``apps``, ``""``); empty for all."""
+    namespaces: list[str] = []
+    """Kubernetes namespaces (names or globs) of the objects matched; empty for all."""
     object_selector: LabelSelector | None = None
     namespace_selector: LabelSelector | None = None
     """Selects environments by their labels."""
@@ -668,11 +701,27 @@ class PolicySpec(KledModel):
         if not value:
             raise problem('must name at least one kind, or "*"')
         for index, word in enumerate(value):
-            if word != "*":
+            if word != "*" and kube_resource(word) is None:
                 try:
                     resolve_kind(word)
                 except InvalidInput as exc:
                     raise problem(exc.message, at=(index,)) from exc
+        return _unique(value)
+
+    @model_validator(mode="after")
+    def _kinds_alone(self) -> PolicySpec:
+        """``kinds`` without ``resources`` names those Kubernetes kinds only."""
+        if self.kinds and "resources" not in self.model_fields_set:
+            self.resources = []
+        return self
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: list[str]) -> list[str]:
+        known = ", ".join(r.kind for r in KUBE_RESOURCES)
+        for index, word in enumerate(value):
+            if word != "*" and kube_kind(word) is None:
+                raise problem(f"unknown Kubernetes kind {word!r} (known: {known})", at=(index,))
         return _unique(value)
 
     @field_validator("environments")

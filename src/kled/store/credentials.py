@@ -23,11 +23,13 @@ from kled.store.database import Database
 from kled.store.schema import credentials
 
 ADMIN_USER = "admin"
+#: a workspace's token: its owner's, named after the workspace, good while it exists
+WORKSPACE_PURPOSE = "workspace"
 
 
 @dataclass(frozen=True)
 class Credential:
-    purpose: str  # api | join | metrics
+    purpose: str  # api | join | metrics | kube | workspace
     team: str  # "" for the server administrator and for node joins
     name: str
     username: str
@@ -91,6 +93,35 @@ class Credentials:
         except IntegrityError as e:
             raise Conflict(f"token {name!r} already exists") from e
         return secret
+
+    async def reissue(self, *, purpose: str, team: str, name: str, username: str) -> str:
+        """A new secret for the credential ``(purpose, team, name)``, made if it is not
+        there: the one it had stops working (revoked or not, it works again)."""
+        secret = new_secret()
+        where = and_(
+            credentials.c.purpose == purpose,
+            credentials.c.team == team,
+            credentials.c.name == name,
+        )
+        async with self.db.read() as conn:
+            result = await conn.execute(
+                update(credentials)
+                .where(where)
+                .values(
+                    secret_hash=hash_secret(secret),
+                    username=username,
+                    expires_at=None,
+                    revoked=False,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            await conn.commit()
+        if result.rowcount:
+            return secret
+        try:
+            return await self.issue(purpose=purpose, team=team, name=name, username=username)
+        except Conflict:  # made meanwhile by another caller: take it over
+            return await self.reissue(purpose=purpose, team=team, name=name, username=username)
 
     async def lookup(self, secret: str) -> Credential | None:
         async with self.db.read() as conn:

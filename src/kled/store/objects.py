@@ -93,6 +93,30 @@ class Event:
     object: dict[str, Any]
 
 
+class TextEvent(Event):
+    """An event whose object is decoded from its JSON text when first read (the watch
+    cache's): a follower that skips other kinds never pays for decoding them."""
+
+    def __init__(
+        self, seq: int, type: str, kind: str, team: str, environment: str, name: str, text: str
+    ) -> None:
+        self.seq, self.type, self.kind = seq, type, kind
+        self.team, self.environment, self.name = team, environment, name
+        self._text: str | None = text
+        self._object: dict[str, Any] | None = None
+
+    @property  # type: ignore[override]
+    def object(self) -> dict[str, Any]:
+        if self._object is None:
+            self._object = json.loads(self._text or "null")
+            self._text = None
+        return self._object
+
+    @object.setter
+    def object(self, value: dict[str, Any]) -> None:
+        self._object, self._text = value, None
+
+
 @dataclass
 class Page:
     items: Docs
@@ -307,10 +331,8 @@ class Store:
                 raise Conflict(f"{key} already exists")
             return self._stamp_new(doc, uuid.uuid4().hex, 0, _now())
         async with self.db.write() as (conn, rev):
-            if await self._row(conn, key) is not None:
-                raise Conflict(f"{key} already exists")
             new = self._stamp_new(doc, str(uuid.uuid4()), rev, _now())
-            try:
+            try:  # the identity's unique constraint says whether it exists: no SELECT first
                 await conn.execute(insert(resources).values(**self._columns(key, new)))
             except IntegrityError as e:
                 raise Conflict(f"{key} already exists") from e
@@ -342,15 +364,21 @@ class Store:
                 return Written(seen, "unchanged")  # as read: no transaction, no write
         try:
             async with self.db.write() as (conn, rev):
-                row = await self._row(conn, key)
-                if row is None:
-                    raise NotFound(f"{key} not found")
-                current = self._load(row.doc, key)
-                self._check_version(key, current, expected_version)
-                merged, changed = _merge_desired(current, doc, rev)
-                if not changed:
-                    raise _Unchanged(current)
-                written = await self._store_change(conn, rev, key, merged)
+                written = None
+                if seen is not None and expected_version in (None, "", _version_of(seen)):
+                    # One statement instead of two: the cache's copy, if the row is still
+                    # at its version (else read the row, as below).
+                    written = await self._store_if_at(conn, rev, key, seen, doc)
+                if written is None:
+                    row = await self._row(conn, key)
+                    if row is None:
+                        raise NotFound(f"{key} not found")
+                    current = self._load(row.doc, key)
+                    self._check_version(key, current, expected_version)
+                    merged, changed = _merge_desired(current, doc, rev)
+                    if not changed:
+                        raise _Unchanged(current)
+                    written = await self._store_change(conn, rev, key, merged)
                 await self._hold(conn, invariant)
         except _Unchanged as same:
             return Written(same.current, "unchanged")
@@ -376,6 +404,39 @@ class Store:
         except _Unchanged as same:
             return same.current
         self._notify()
+        return written
+
+    async def update_statuses(
+        self, changes: Sequence[tuple[Key, Callable[[dict[str, Any]], dict[str, Any] | None]]]
+    ) -> dict[Key, dict[str, Any]]:
+        """Write many statuses in one transaction, each computed by its ``change`` from the
+        stored document (None: leave it); one revision and event per document changed.
+
+        The documents are read inside the transaction, which holds the revision row (every
+        write takes it first), so nobody writes between the read and the write: no
+        version to check, no retry. Gone or deleting documents are left alone. Returns
+        the written documents by key."""
+        written: dict[Key, dict[str, Any]] = {}
+        if not changes:
+            return written
+        async with self.db.write_batch() as revs:
+            for key, change in changes:
+                row = await self._row(revs.conn, key)
+                if row is None:
+                    continue
+                current = self._load(row.doc, key)
+                if current["metadata"].get("deletionTimestamp"):
+                    continue
+                status = change(current)
+                if status is None or current.get("status") == status:
+                    continue
+                rev = await revs.take()
+                new = copy.deepcopy(current)
+                new["status"] = status
+                new["metadata"]["resourceVersion"] = str(rev)
+                written[key] = await self._store_change(revs.conn, rev, key, new)
+        if written:
+            self._notify()
         return written
 
     async def delete(
@@ -553,6 +614,29 @@ class Store:
             await conn.execute(update(resources).where(_key_clause(key)).values(**values))
             await self._event(conn, rev, "MODIFIED", key, new)
         return new
+
+    async def _store_if_at(
+        self, conn: AsyncConnection, rev: int, key: Key, seen: dict[str, Any], doc: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Write ``doc`` merged into ``seen`` if the stored row is still at ``seen``'s
+        version (one UPDATE with the version in its WHERE); None if it is not, or if the
+        change is one this does not do (a deletion's last finalizer going)."""
+        merged, changed = _merge_desired(seen, doc, rev)
+        meta = merged["metadata"]
+        if not changed or (meta.get("deletionTimestamp") and not meta.get("finalizers")):
+            return None
+        values = self._columns(key, merged)
+        values.pop("uid")
+        values.pop("created_at")
+        result = await conn.execute(
+            update(resources)
+            .where(_key_clause(key), resources.c.resource_version == int(_version_of(seen)))
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            return None
+        await self._event(conn, rev, "MODIFIED", key, merged)
+        return merged
 
     async def _event(
         self, conn: AsyncConnection, rev: int, kind: str, key: Key, doc: dict[str, Any]
@@ -734,6 +818,10 @@ def _normal(meta: dict[str, Any]) -> dict[str, Any]:
     for field_name, empty in METADATA_DEFAULTS:
         out[field_name] = out.get(field_name) or empty
     return out
+
+
+def _version_of(doc: dict[str, Any]) -> str:
+    return str(doc["metadata"]["resourceVersion"])
 
 
 def _key_clause(key: Key) -> Any:

@@ -260,7 +260,7 @@ class WatchCache:
     def events_after(self, seq: int, limit: int) -> list[Event] | None:
         """The events after ``seq`` from memory, each object a fresh copy; None when the
         ones kept do not reach back that far (the log has them, or says they are gone)."""
-        from kled.store.objects import Event
+        from kled.store.objects import TextEvent
 
         recent = self.recent
         if not self.ready or seq > self.revision:
@@ -271,7 +271,7 @@ class WatchCache:
             return None
         at = bisect.bisect_right(recent, seq, key=lambda r: r[0])
         return [
-            Event(s, change, kind, team, env, name, json.loads(text))
+            TextEvent(s, change, kind, team, env, name, text)
             for s, change, kind, team, env, name, text in islice(recent, at, at + limit)
         ]
 

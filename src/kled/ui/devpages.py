@@ -14,9 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from kled.control.devswap import session_of
-from kled.resources.registry import kind_info
-from kled.ui.pages import render, service
-from kled.ui.routes import _live, _team_page
+from kled.ui.routes import list_page
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -63,27 +61,12 @@ def session_rows(apps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @router.get("/teams/{team}/workspaces")
 async def workspaces_page(request: Request, team: str) -> Response:
-    v = await _team_page(request, team)
-    found = await service(request).list(v.user, kind_info("Workspace"), team, None)
-    return render(
-        request,
-        "workspaces.html",
-        v,
-        team=team,
-        workspaces=[workspace_row(d) for d in found.items],
-        live=_live(team, ("Workspace",), found.revision),
-    )
+    def rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [workspace_row(d) for d in items]
+
+    return await list_page(request, team, "Workspace", "workspaces.html", "workspaces", rows)
 
 
 @router.get("/teams/{team}/dev")
 async def dev_sessions_page(request: Request, team: str) -> Response:
-    v = await _team_page(request, team)
-    apps = await service(request).list(v.user, kind_info("App"), team, None)
-    return render(
-        request,
-        "devsessions.html",
-        v,
-        team=team,
-        sessions=session_rows(apps.items),
-        live=_live(team, ("App",), apps.revision),
-    )
+    return await list_page(request, team, "App", "devsessions.html", "sessions", session_rows)

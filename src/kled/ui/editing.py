@@ -17,13 +17,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from kled.errors import InvalidInput, KledError
+from kled.errors import Conflict, InvalidInput, KledError
 from kled.resources.registry import KindInfo, Scope, resolve_kind
 from kled.store.objects import Key
 from kled.ui import views
 from kled.ui.pages import flash, form, may, redirect, render, service
 from kled.ui.routes import _team_page
 from kled.ui.yamlpath import field_line
+
+#: how many times an edit is tried again when only the status moved on under it
+STATUS_RACES = 5
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -129,10 +132,19 @@ async def edit(
                 field="metadata.resourceVersion",
             )
         svc = service(request)
-        current = await svc.get(v.user, key)
-        if fields.get("base") == fingerprint(current):  # only the status moved on since
-            meta["resourceVersion"] = current["metadata"]["resourceVersion"]
-        outcome = await svc.update(v.user, doc)
+        for attempt in range(STATUS_RACES):
+            current = await svc.get(v.user, key)
+            moved = fields.get("base") == fingerprint(current)  # only the status moved on
+            if moved:
+                meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+            try:
+                outcome = await svc.update(v.user, doc)
+                break
+            except Conflict:
+                # a controller wrote the status between the read and the write: read again
+                # (a change of what the user edits is still refused, by the fingerprint)
+                if not moved or attempt == STATUS_RACES - 1:
+                    raise
     except KledError as error:
         return render(
             request,

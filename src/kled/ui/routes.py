@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -167,6 +167,25 @@ def _live(team: str, kinds: tuple[str, ...], revision: int, env: str | None = No
     return f"/ui/teams/{team}/watch?{query}"
 
 
+async def list_page(
+    request: Request,
+    team: str,
+    kind: str,
+    template: str,
+    name: str,
+    rows: Callable[[list[dict[str, Any]]], Any] = list,
+    extra: Callable[[Viewer], dict[str, Any]] = lambda v: {},
+) -> Response:
+    """A team page that lists one kind live: the items (shaped by ``rows``) go to the
+    template as ``name``, with whatever ``extra`` adds for the viewer."""
+    v = await _team_page(request, team)
+    found = await service(request).list(v.user, kind_info(kind), team, None)
+    values = {name: rows(found.items), **extra(v)}
+    return render(
+        request, template, v, team=team, live=_live(team, (kind,), found.revision), **values
+    )
+
+
 @router.get("/teams/{team}")
 async def overview(request: Request, team: str) -> Response:
     v = await _team_page(request, team)
@@ -304,32 +323,18 @@ async def node_action(request: Request, team: str, name: str, verb: str) -> Resp
 
 @router.get("/teams/{team}/devices")
 async def devices_page(request: Request, team: str) -> Response:
-    v = await _team_page(request, team)
-    devices = await service(request).list(v.user, kind_info("Device"), team, None)
-    return render(
-        request,
-        "devices.html",
-        v,
-        team=team,
-        devices=devices.items,
-        can_revoke=may(v.user, "delete", "Device", team),
-        live=_live(team, ("Device",), devices.revision),
-    )
+    return await list_page(
+        request, team, "Device", "devices.html", "devices",
+        extra=lambda v: {"can_revoke": may(v.user, "delete", "Device", team)},
+    )  # fmt: skip
 
 
 @router.get("/teams/{team}/intercepts")
 async def intercepts_page(request: Request, team: str) -> Response:
-    v = await _team_page(request, team)
-    found = await service(request).list(v.user, kind_info("Intercept"), team, None)
-    return render(
-        request,
-        "intercepts.html",
-        v,
-        team=team,
-        intercepts=found.items,
-        can_stop=may(v.user, "delete", "Intercept", team),
-        live=_live(team, ("Intercept",), found.revision),
-    )
+    return await list_page(
+        request, team, "Intercept", "intercepts.html", "intercepts",
+        extra=lambda v: {"can_stop": may(v.user, "delete", "Intercept", team)},
+    )  # fmt: skip
 
 
 @router.get("/teams/{team}/policies")

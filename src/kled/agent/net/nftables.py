@@ -29,6 +29,7 @@ import json
 import logging
 from typing import Any
 
+from kled.agent.net import isolation
 from kled.agent.net.command import run
 from kled.resources.netstate import Service, ServicePort, TeamNetwork
 
@@ -156,6 +157,7 @@ def render_ruleset(
         cmds += dnat
         refusals += refuse
     cmds += refusals
+    cmds += isolation.render(team)  # Kled Clusters of the team kept apart
     not_redirected = _match({"&": [{"ct": {"key": "status"}}, "dnat"]}, 0)
     router = [_l4("tcp"), _dport("tcp", router_port), not_redirected, {"drop": None}]
     cmds.append(_rule("input", router, "header router: redirected flows only"))

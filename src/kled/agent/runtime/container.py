@@ -5,7 +5,10 @@ The engine's CLI is the seam: no engine library, no socket API. A replica is the
 was started with (its environment sealed, see ``records``) and its restart count, so a
 restarted agent adopts it. The agent
 supervises restarts itself (``<engine> wait``, then ``<engine> start`` after a backoff), as
-the process runtime does, so both report restarts and exit codes alike.
+the process runtime does, so both report restarts and exit codes alike. An image that is
+neither on the node nor pullable is looked for again with the same capped backoff (the
+replica ``Starting``, reason ``ImagePullBackOff``, as kubelet does), so a replica whose
+image is built or loaded later starts then, with no restart asked for.
 
 Host quirks are detected, not hard-coded: on a host without a unified cgroup v2 tree,
 rootful podman needs ``--runtime runc --cgroup-manager cgroupfs``; runc there cannot raise
@@ -45,8 +48,11 @@ from kled.agent.runtime.base import (
     StatusSink,
     grace_of,
 )
+from kled.agent.runtime.podvolumes import DEFAULT_ROOT, PodVolumes
 from kled.errors import NotFound, Unavailable
 from kled.resources.hoststate import (
+    ContainerSpec,
+    ContainerStatus,
     LogLine,
     ReplicaSpec,
     ReplicaState,
@@ -108,6 +114,10 @@ class _Replica:
     log_offset: int = 0
     log_seq: int = 0
     first_attempt: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the pod's sidecars' supervisors, and the read offsets of their (and init
+    #: containers') log files
+    sidecars: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
 
 
 class _StartFailed(Exception):
@@ -137,6 +147,7 @@ class ContainerRuntime:
         pull_timeout: float = 120.0,
         log_max_bytes: int = 10 * 1024 * 1024,
         log_poll: float = 0.5,
+        volume_root: Path = DEFAULT_ROOT,
     ) -> None:
         found = engine or container_engine()
         if found is None:
@@ -156,25 +167,42 @@ class ContainerRuntime:
         self.log_max_bytes = log_max_bytes
         self.log_poll = log_poll
         self._replicas: dict[str, _Replica] = {}
+        self.volumes = PodVolumes(self.state_dir, volume_root)
 
     def exec_plan(self, spec: ReplicaSpec, command: builtins.list[str]) -> ExecPlan:
         """``podman exec`` of ``command`` in the replica's container."""
         name = self.container_name(spec.id)
         return ExecPlan(argv=[self.engine, *self.global_flags, "exec", name, *command])
 
+    def exec_plan_in(self, spec: ReplicaSpec, container: str, command: list[str]) -> ExecPlan:
+        """``podman exec`` of ``command`` in sidecar ``container`` of the replica's pod."""
+        if container not in {c.name for c in spec.sidecars}:
+            names = ", ".join(c.name for c in spec.sidecars) or "none"
+            raise NotFound(f"replica {spec.id} has no sidecar {container!r} (sidecars: {names})")
+        name = self.container_name(spec.id, container)
+        return ExecPlan(argv=[self.engine, *self.global_flags, "exec", name, *command])
+
     @staticmethod
-    def container_name(replica_id: str) -> str:
-        return f"kled-{replica_id}"
+    def container_name(replica_id: str, container: str | None = None) -> str:
+        """The replica's own container, or one of its pod's other containers."""
+        return f"kled-{replica_id}" if container is None else f"kled-{replica_id}--{container}"
 
     # -- the Runtime protocol ---------------------------------------------------------------
     async def start(self, spec: ReplicaSpec) -> ReplicaStatus:
         rep = self._replicas.get(spec.id)
         if rep is not None and rep.spec == spec:
             return rep.status.model_copy()
+        if rep is not None and await self.update_files(spec):
+            return rep.status.model_copy()
         if rep is not None:
             await self.stop(spec.id)
         directory = self.records.folder(spec.id)
-        status = ReplicaStatus(id=spec.id, state=ReplicaState.STARTING, generation=spec.generation)
+        status = ReplicaStatus(
+            id=spec.id,
+            state=ReplicaState.STARTING,
+            generation=spec.generation,
+            containers={c.name: ContainerStatus() for c in spec.sidecars},
+        )
         rep = _Replica(spec=spec, directory=directory, status=status)
         self._replicas[spec.id] = rep
         self._persist(rep)
@@ -183,18 +211,50 @@ class ContainerRuntime:
         await rep.first_attempt.wait()
         return rep.status.model_copy()
 
+    async def update_files(self, spec: ReplicaSpec) -> bool:
+        """When ``spec`` differs from the running replica's only in the files of its config
+        and secret volumes: write them in place (no restart) and say so."""
+        rep = self._replicas.get(spec.id)
+        if rep is None or not _only_files_differ(rep.spec, spec):
+            return False
+        try:
+            self.volumes.update(spec)
+        except OSError as err:
+            log.warning("replica/%s volume files not updated: %s", spec.id, err)
+            return False
+        rep.spec = spec
+        self._persist(rep)
+        log.info("replica/%s volume files updated in place", spec.id)
+        return True
+
     async def stop(self, replica_id: str) -> None:
         rep = self._replicas.get(replica_id)
         if rep is None:
             return
-        if rep.supervisor is not None:
-            rep.supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await rep.supervisor
-        # Listed (as the node reports it) until its container is gone.
-        name = self.container_name(replica_id)
+        for task in (rep.supervisor, *rep.sidecars.values()):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        # Listed (as the node reports it) until its containers are gone.
+        others = [*rep.spec.init_containers, *rep.spec.sidecars]
         grace = round(grace_of(rep.spec, self.stop_grace))
-        await self._cli("rm", "-f", "-t", str(grace), name)
+        # All at once, one command each (each may take the grace period, and podman 4's
+        # `rm -f A B` removes nothing when A does not exist); a sidecar that shares the
+        # network of the replica's container (no pod namespace) depends on it: podman
+        # removes it with it (--depend)
+        depend = ["--depend"] if others and os.path.basename(self.engine) == "podman" else []
+        removals = [
+            self._cli("rm", "-f", "-t", str(grace), *depend, self.container_name(replica_id))
+        ]
+        for c in others:
+            removals.append(
+                self._cli("rm", "-f", "-t", str(grace), self.container_name(replica_id, c.name))
+            )
+        for rc, _, err in await asyncio.gather(*removals):
+            if rc != 0:
+                log.warning("replica/%s containers not all removed: %s", replica_id, err.strip())
+        self.volumes.remove(replica_id)
         if self._replicas.get(replica_id) is rep:
             del self._replicas[replica_id]
         if rep.follower is not None:
@@ -245,14 +305,18 @@ class ContainerRuntime:
                 rep.log_offset = (rep.directory / "container.log").stat().st_size
             self._replicas[rep.spec.id] = rep
             adopted.append(rep.spec.id)
+            for other in [*rep.spec.init_containers, *rep.spec.sidecars]:
+                with contextlib.suppress(OSError):
+                    rep.offsets[other.name] = self._logfile(rep, other.name).stat().st_size
             if rep.status.state in (ReplicaState.RUNNING, ReplicaState.STARTING):
                 rep.supervisor = asyncio.create_task(self._supervise(rep, adopted=True))
                 rep.follower = asyncio.create_task(self._follow(rep))
+                self._start_sidecars(rep, adopted=True)
         return adopted
 
     async def detach(self) -> None:
         for rep in self._replicas.values():
-            for task in (rep.supervisor, rep.follower):
+            for task in (rep.supervisor, rep.follower, *rep.sidecars.values()):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -262,7 +326,7 @@ class ContainerRuntime:
 
     # -- supervision ---------------------------------------------------------------------------
     async def _supervise(self, rep: _Replica, *, adopted: bool) -> None:
-        failures = 0
+        failures = pulls = 0
         name = self.container_name(rep.spec.id)
         running = False
         if adopted:
@@ -276,9 +340,21 @@ class ContainerRuntime:
                     if adopted:
                         await self._restart_existing(name)
                     else:
+                        if not await self._init(rep):
+                            return
                         await self._run(rep)
                         adopted = True  # from now on the container exists
+                        self._start_sidecars(rep, adopted=False)
                 except _StartFailed as err:
+                    if err.reason == "ImageNotFound":  # it may arrive: tried again, as kubelet
+                        delay = min(self.backoff_base * float(2**pulls), self.backoff_cap)
+                        pulls += 1
+                        again = f"{err.message}; trying again in {delay:.0f}s"
+                        self._set(rep, ReplicaState.STARTING, pid=None,
+                                  reason="ImagePullBackOff", message=again)  # fmt: skip
+                        rep.first_attempt.set()
+                        await asyncio.sleep(delay)
+                        continue
                     self._set(
                         rep, ReplicaState.FAILED, pid=None, reason=err.reason, message=err.message
                     )
@@ -333,10 +409,25 @@ class ContainerRuntime:
         spec = rep.spec
         if not spec.image:
             raise _StartFailed("InvalidSpec", "a container app needs spec.image")
-        await self._ensure_image(spec.image)
-        name = self.container_name(spec.id)
+        main = ContainerSpec(
+            name="", image=spec.image, command=spec.command, args=spec.args,
+            working_dir=spec.working_dir, env=spec.env, resources=spec.resources,
+            mounts=spec.mounts,
+        )  # fmt: skip
+        ports = tuple(f"{p.target_port or p.port}/{p.protocol.lower()}" for p in spec.ports)
+        await self._launch(rep, main, None, ports=ports)
+
+    async def _launch(
+        self, rep: _Replica, c: ContainerSpec, container: str | None, ports: tuple[str, ...] = ()
+    ) -> None:
+        """``<engine> run -d`` of one container of the replica's pod: its own (``container``
+        None) or another, which joins the pod's network namespace (or, without one, the
+        network of the replica's own container)."""
+        spec = rep.spec
+        await self._ensure_image(c.image)
+        name = self.container_name(spec.id, container)
         await self._cli("rm", "-f", name)
-        logfile = rep.directory / "container.log"
+        logfile = self._logfile(rep, container)
         args = [
             "run", "-d", "--name", name,
             "--label", f"io.kled.replica={spec.id}",
@@ -354,9 +445,12 @@ class ContainerRuntime:
             resolv = Path("/etc/netns", os.path.basename(spec.pod_netns), "resolv.conf")
             if resolv.exists():
                 args += ["--volume", f"{resolv}:/etc/resolv.conf:ro"]
-        env_file = rep.directory / "run.env"
+        elif container in {s.name for s in spec.sidecars}:  # init containers run before it
+            args += ["--network", f"container:{self.container_name(spec.id)}"]
+        args += self.volumes.mount_args(spec, c.mounts)
+        env_file = rep.directory / (f"run-{container}.env" if container else "run.env")
         lines, engine_env = [], {}
-        for key, value in sorted(spec.env.items()):
+        for key, value in sorted(c.env.items()):
             if "\n" not in value and "\r" not in value:
                 lines.append(f"{key}={value}\n")
             elif _ENGINE_ENV.fullmatch(key):
@@ -367,24 +461,114 @@ class ContainerRuntime:
         if lines:
             records.write_private(env_file, "".join(lines).encode())
             args += ["--env-file", str(env_file)]
-        for port in spec.ports:
-            args += ["--expose", f"{port.target_port or port.port}/{port.protocol.lower()}"]
-        if spec.resources.memory_bytes:
-            args += ["--memory", str(spec.resources.memory_bytes)]
-        if spec.resources.cpu_millicores:
-            args += ["--cpus", f"{spec.resources.cpu_millicores / 1000:.3f}"]
-        if spec.working_dir:
-            args += ["--workdir", spec.working_dir]
-        if spec.command:
-            args += ["--entrypoint", json.dumps(spec.command)]
-        args += [spec.image, *spec.args]
+        for port in ports:
+            args += ["--expose", port]
+        if c.resources.memory_bytes:
+            args += ["--memory", str(c.resources.memory_bytes)]
+        if c.resources.cpu_millicores:
+            args += ["--cpus", f"{c.resources.cpu_millicores / 1000:.3f}"]
+        if c.working_dir:
+            args += ["--workdir", c.working_dir]
+        if c.command:
+            args += ["--entrypoint", json.dumps(c.command)]
+        args += [c.image, *c.args]
         try:
             rc, _, err = await self._cli(*args, env=engine_env)
         finally:
             env_file.unlink(missing_ok=True)
         if rc != 0:
-            raise _classify(err, spec)
-        log.info("replica/%s container started image=%s", spec.id, spec.image)
+            raise _classify(err, c.command, c.args, c.image)
+        log.info("replica/%s container %s started image=%s", spec.id, name, c.image)
+
+    def _logfile(self, rep: _Replica, container: str | None) -> Path:
+        return rep.directory / (f"container-{container}.log" if container else "container.log")
+
+    async def _init(self, rep: _Replica) -> bool:
+        """Run the pod's volumes into place and its init containers to completion, in
+        order; False (the replica Failed) when one cannot run or fails under restart
+        policy Never. A failing one is run again after a backoff, as Kubernetes does."""
+        try:
+            self.volumes.prepare(rep.spec)
+        except (OSError, ValueError) as err:
+            self._set(rep, ReplicaState.FAILED, pid=None, reason="NoMemoryVolumes",
+                      message=f"the pod's volumes cannot be made: {err}")  # fmt: skip
+            rep.first_attempt.set()
+            return False
+        for c in rep.spec.init_containers:
+            failures = 0
+            while True:
+                self._set(rep, ReplicaState.STARTING, reason="PodInitializing",
+                          message=f"init container {c.name}")  # fmt: skip
+                try:
+                    await self._launch(rep, c, c.name)
+                except _StartFailed as err:
+                    self._set(rep, ReplicaState.FAILED, pid=None, reason=err.reason,
+                              message=f"init container {c.name}: {err.message}")  # fmt: skip
+                    rep.first_attempt.set()
+                    return False
+                code = await self._wait(self.container_name(rep.spec.id, c.name))
+                await self._cli("rm", "-f", self.container_name(rep.spec.id, c.name))
+                if code == 0:
+                    break
+                what = f"init container {c.name} exited with code {code}"
+                if rep.spec.restart_policy == RestartPolicy.NEVER:
+                    self._set(rep, ReplicaState.FAILED, pid=None, last_exit_code=code,
+                              reason="Init:Error", message=what)  # fmt: skip
+                    rep.first_attempt.set()
+                    return False
+                delay = min(self.backoff_base * float(2**failures), self.backoff_cap)
+                self._set(rep, ReplicaState.STARTING, last_exit_code=code,
+                          reason="Init:CrashLoopBackOff",
+                          message=f"{what}; again in {delay:.1f}s")  # fmt: skip
+                rep.first_attempt.set()
+                failures += 1
+                await asyncio.sleep(delay)
+        return True
+
+    def _start_sidecars(self, rep: _Replica, *, adopted: bool) -> None:
+        for c in rep.spec.sidecars:
+            task = rep.sidecars.get(c.name)
+            if task is None or task.done():
+                rep.sidecars[c.name] = asyncio.create_task(self._sidecar(rep, c, adopted=adopted))
+
+    async def _sidecar(self, rep: _Replica, c: ContainerSpec, *, adopted: bool) -> None:
+        """Run and supervise one sidecar: restarted per the replica's restart policy, with
+        the same backoff as the replica's own container, its restarts counted apart."""
+        name = self.container_name(rep.spec.id, c.name)
+        failures = 0
+        running = False
+        if adopted:
+            state = await self._state(name)
+            running = state is not None and state["Status"] == "running"
+            adopted = state is not None
+        while True:
+            if not running:
+                try:
+                    if adopted:
+                        await self._restart_existing(name)
+                    else:
+                        await self._launch(rep, c, c.name)
+                        adopted = True
+                except _StartFailed as err:
+                    log.warning("replica/%s sidecar %s: %s", rep.spec.id, c.name, err.message)
+                    self._set_container(rep, c.name, running=False)
+                    failures += 1
+                    await asyncio.sleep(min(self.backoff_base * 2.0**failures, self.backoff_cap))
+                    continue
+            running = False
+            self._set_container(rep, c.name, running=True)
+            started = time.monotonic()
+            code = await self._wait(name)
+            if time.monotonic() - started >= self.stable_after:
+                failures = 0
+            self._set_container(rep, c.name, running=False, last_exit_code=code)
+            policy = rep.spec.restart_policy
+            if policy == RestartPolicy.NEVER or (policy == RestartPolicy.ON_FAILURE and code == 0):
+                return
+            await asyncio.sleep(min(self.backoff_base * float(2**failures), self.backoff_cap))
+            failures += 1
+            now = rep.status.containers.get(c.name) or ContainerStatus()
+            self._set_container(rep, c.name, restarts=now.restarts + 1)
 
     async def _restart_existing(self, name: str) -> None:
         rc, _, err = await self._cli("start", name)
@@ -468,28 +652,45 @@ class ContainerRuntime:
             await asyncio.sleep(self.log_poll)
 
     def _forward(self, rep: _Replica) -> None:
-        path = rep.directory / "container.log"
+        rep.log_offset = self._forward_file(rep, None, rep.log_offset)
+        for c in [*rep.spec.init_containers, *rep.spec.sidecars]:
+            rep.offsets[c.name] = self._forward_file(rep, c.name, rep.offsets.get(c.name, 0))
+
+    def _forward_file(self, rep: _Replica, container: str | None, offset: int) -> int:
+        """Hand on the new lines of one container's log file; the new offset."""
+        path = self._logfile(rep, container)
         try:
             size = path.stat().st_size
         except OSError:
-            return
-        if size < rep.log_offset:
-            rep.log_offset = 0  # the engine rotated it
-        if size == rep.log_offset:
-            return
+            return offset
+        if size < offset:
+            offset = 0  # the engine rotated it
+        if size == offset:
+            return offset
         with path.open("rb") as f:
-            f.seek(rep.log_offset)
-            data = f.read(size - rep.log_offset)
+            f.seek(offset)
+            data = f.read(size - offset)
         end = data.rfind(b"\n") + 1
-        rep.log_offset += end
         for raw in data[:end].splitlines():
             line = _parse_k8s_line(rep.spec.id, raw.decode("utf-8", "replace"))
             if line is not None:
                 rep.log_seq += 1
-                self.on_log(line.model_copy(update={"seq": rep.log_seq}))
+                self.on_log(line.model_copy(update={"seq": rep.log_seq, "container": container}))
+        return offset + end
 
     def _set(self, rep: _Replica, state: ReplicaState, **changes: object) -> None:
         new = rep.status.model_copy(update={"state": state, **changes})
+        if new.same_as(rep.status):
+            return
+        rep.status = new
+        self._persist(rep)
+        self.on_status(new.model_copy())
+
+    def _set_container(self, rep: _Replica, name: str, **changes: object) -> None:
+        """A sidecar's status changed: the replica's status says so."""
+        now = rep.status.containers.get(name) or ContainerStatus()
+        containers = {**rep.status.containers, name: now.model_copy(update=changes)}
+        new = rep.status.model_copy(update={"containers": containers})
         if new.same_as(rep.status):
             return
         rep.status = new
@@ -507,16 +708,26 @@ class ContainerRuntime:
         )
 
 
-def _classify(stderr: str, spec: ReplicaSpec) -> _StartFailed:
+def _only_files_differ(a: ReplicaSpec, b: ReplicaSpec) -> bool:
+    """Whether two specs differ in nothing but the files of config and secret volumes."""
+
+    def shape(spec: ReplicaSpec) -> ReplicaSpec:
+        volumes = [v.model_copy(update={"files": []}) for v in spec.volumes]
+        return spec.model_copy(update={"volumes": volumes})
+
+    return bool(a.volumes) and shape(a) == shape(b)
+
+
+def _classify(stderr: str, command: list[str], args: list[str], image: str) -> _StartFailed:
     text = stderr.strip()
     lowered = text.lower()
     if "executable file not found" in lowered or "command that was not found" in lowered:
         return _StartFailed(
             "CommandNotFound",
-            f"command {spec.command or spec.args} is not in image {spec.image!r}: {text}",
+            f"command {command or args} is not in image {image!r}: {text}",
         )
     if "image not known" in lowered or "no such image" in lowered:
-        return _StartFailed("ImageNotFound", f"image {spec.image!r} is not on the node: {text}")
+        return _StartFailed("ImageNotFound", f"image {image!r} is not on the node: {text}")
     return _StartFailed("StartError", text or "the container engine refused to start it")
 
 

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 RECORD = "record.json"
+#: the spec's fields that may hold Secret values besides ``env``
+_POD = ("sidecars", "init_containers", "volumes")
 _KEY = "record.key"
 
 
@@ -86,10 +88,15 @@ class RecordBook:
         return sorted(self.state_dir.glob(f"*/{RECORD}"))
 
     def write(self, directory: Path, spec: ReplicaSpec, **fields: Any) -> None:
-        """Write the record of the replica in ``directory``: ``spec`` sealed, ``fields`` as is."""
-        plain = spec.model_dump(mode="json", exclude={"env"})
+        """Write the record of the replica in ``directory``: ``spec`` sealed, ``fields`` as is.
+        The pod's other containers (their environments) and volumes (Secret files) are
+        sealed as one more token, ``sealedPod``."""
+        plain = spec.model_dump(mode="json", exclude={"env", *_POD})
         env = json.dumps(spec.env, sort_keys=True).encode()
         record = {"spec": plain, "sealedEnv": self._fernet.encrypt(env).decode(), **fields}
+        pod = spec.model_dump(mode="json", include=set(_POD))
+        if any(pod.values()):
+            record["sealedPod"] = self._fernet.encrypt(json.dumps(pod).encode()).decode()
         write_private(directory / RECORD, json.dumps(record).encode())
 
     def read(self, path: Path) -> tuple[ReplicaSpec, dict[str, Any]]:
@@ -103,6 +110,12 @@ class RecordBook:
         if not isinstance(raw, dict) or not isinstance(raw.get("spec"), dict):
             raise ValueError("not a replica record")
         spec = dict(raw.pop("spec"))
+        pod = raw.pop("sealedPod", None)
+        if pod is not None:
+            try:
+                spec.update(json.loads(self._fernet.decrypt(str(pod).encode())))
+            except InvalidToken:
+                log.warning("%s: its pod does not open with %s; read without it", path, _KEY)
         sealed = raw.pop("sealedEnv", None)
         if sealed is not None:
             try:
