@@ -434,17 +434,25 @@ class Agent:
             return
         if status.state != ReplicaState.RUNNING:
             return
+        was_ready = self.probers.ready(spec, status)
         self.probers.stopping(rid)
         self._status_changed(status, event=False)  # ready: False
         grace = float(spec.termination_grace_period_seconds or 30)
         self._emit(AgentEvent(node=self.node, replica_id=rid, reason="Killing",
                               message=f"stopping (grace {grace:g}s)"))  # fmt: skip
         if self.mesh is not None and spec.pod_ip is not None:
-            if self.mesh.serving(spec.pod_ip):
+            serving = self.mesh.serving(spec.pod_ip)
+            if serving:
                 loop = asyncio.get_running_loop()
                 until = loop.time() + self.drain_timeout
                 while self.mesh.serving(spec.pod_ip) and loop.time() < until:
                     await asyncio.sleep(0.1)
+            if serving or was_ready:
+                # This host's gateway may have dropped it before the drain began (its
+                # network came with the same desired state), but the other hosts' gateways
+                # apply that change on their own time: a replica that served gets the
+                # settle either way. One that never got ready was never a backend.
+                log.debug("%s: %gs for the other gateways", spec.resource_name, self.drain_settle)
                 await asyncio.sleep(self.drain_settle)
             if self.mesh.serving(spec.pod_ip):
                 log.warning(
