@@ -7,6 +7,8 @@ Kubernetes does for what it refuses; Endpoints are computed from Services and Po
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +233,44 @@ def test_endpoints_list_the_pods_a_service_picks(
     assert "<none>" in k.ok("get", "endpoints", "db")
     done = k("delete", "endpoints", "db")
     assert done.returncode == 1 and "not supported" in done.stderr
+
+
+def test_kubectl_watches_endpoints_follow_their_pods(
+    server: RunningServer, unique_team: str, kubectl: Kubectl
+) -> None:
+    k = kubectl
+    k.ok("apply", "-f", "-", stdin=SERVICE + "---\n" + _pod("db-0") + "---\n" + _pod("db-1"))
+    k.ok("patch", "pod", "db-0", "--subresource=status", "--type=merge",
+         "-p", _status("100.64.9.1", True))  # fmt: skip
+    template = '{.metadata.name}={.subsets[*].addresses[*].ip}{"\\n"}'
+    process = k.popen("get", "endpoints", "db", "--watch", "-o", f"jsonpath={template}")
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.strip())
+
+    def next_line() -> str:
+        try:
+            return lines.get(timeout=30)
+        except queue.Empty:
+            assert process.stderr is not None
+            process.kill()
+            raise AssertionError(f"kubectl printed nothing more: {process.stderr.read()}") from None
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert next_line() == "db=100.64.9.1"  # the list
+        # a pod getting ready, as its kubelet would say: one event with both addresses
+        k.ok("patch", "pod", "db-1", "--subresource=status", "--type=merge",
+             "-p", _status("100.64.9.2", True))  # fmt: skip
+        assert next_line() == "db=100.64.9.1 100.64.9.2"
+        k.ok("delete", "pod", "db-0")
+        assert next_line() == "db=100.64.9.2"
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_delete_propagation_policies(

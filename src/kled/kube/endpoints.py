@@ -12,8 +12,10 @@ them is not served.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from kled.kube.objects import ClusterObjects
@@ -188,3 +190,56 @@ async def views(
     if matches is not None:
         out = [o for o in out if matches(o["metadata"].get("labels") or {})]
     return out, revision
+
+
+def _identity(view: dict[str, Any]) -> tuple[str, str]:
+    meta = view["metadata"]
+    return meta.get("namespace") or "", meta["name"]
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two views say the same, apart from their resourceVersion."""
+
+    def bare(view: dict[str, Any]) -> dict[str, Any]:
+        meta = {k: v for k, v in view["metadata"].items() if k != "resourceVersion"}
+        return {**view, "metadata": meta}
+
+    return bare(a) == bare(b)
+
+
+async def changes(
+    objects: ClusterObjects,
+    served: Served,
+    namespace: str | None,
+    selector: str | None,
+    since: int,
+    seen: list[dict[str, Any]] | None = None,
+) -> AsyncIterator[tuple[str, dict[str, Any], int]]:
+    """A watch of the Endpoints (or EndpointSlices) of the namespace: each view that
+    appears, changes or goes after revision ``since``, as (type, object, revision), and
+    ``("BOOKMARK", {}, revision)`` when idle.
+
+    The views are computed, never stored, so there is no history of them: what the
+    client saw at ``since`` is ``seen`` (the list it was sent), else taken to be what they
+    are when the watch begins, and each
+    change to a Service or Pod of the cluster after that recomputes them and sends the
+    difference (the object's resourceVersion is the revision of that change)."""
+    assert SERVICE is not None and POD is not None
+    if seen is None:
+        seen = (await views(objects, served, namespace, selector))[0]
+    shown = {_identity(v): copy.deepcopy(v) for v in seen}
+    async for change in objects.changes(since, (SERVICE, POD)):
+        if change.type == "BOOKMARK":
+            yield "BOOKMARK", {}, change.revision
+            continue
+        now = {_identity(v): v for v in (await views(objects, served, namespace, selector))[0]}
+        for key, view in now.items():
+            before = shown.get(key)
+            if before is None or not _same(before, view):
+                view["metadata"]["resourceVersion"] = str(change.revision)
+                yield ("ADDED" if before is None else "MODIFIED"), view, change.revision
+        for key in shown.keys() - now.keys():
+            gone = shown[key]
+            gone["metadata"]["resourceVersion"] = str(change.revision)
+            yield "DELETED", gone, change.revision
+        shown = now

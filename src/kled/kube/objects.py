@@ -202,8 +202,12 @@ class ClusterObjects:
         written = await self.store.delete(self.key(served, namespace, name), dry_run=dry_run)
         return self._open(written.object)
 
-    async def changes(self, since: int, served: Served) -> AsyncIterator[Change]:
-        """Every change to ``served`` objects of this cluster after revision ``since``."""
+    async def changes(
+        self, since: int, served: Served | tuple[Served, ...]
+    ) -> AsyncIterator[Change]:
+        """Every change to ``served`` objects (of one kind or several) of this cluster
+        after revision ``since``."""
+        kinds = served if isinstance(served, tuple) else (served,)
         last = since
         while True:
             batch = await self.store.events_after(last)
@@ -216,7 +220,7 @@ class ClusterObjects:
                     self.cluster,
                 ):
                     continue
-                if served_of(event.object) is not served:
+                if served_of(event.object) not in kinds:
                     continue
                 matched = True
                 yield Change(event.type, self._open(event.object), event.seq)

@@ -293,23 +293,12 @@ async def _watch(call: Call, target: Target) -> Response:
     served = target.served
     labels = selection.labels(call.query("labelSelector"))
     fields = selection.fields(call.query("fieldSelector"))
-    as_table = tables.wants_table(call.request.headers.get("accept"))
-    bookmarks = call.flag("allowWatchBookmarks")
-    timeout = min(int(call.query("timeoutSeconds") or MAX_WATCH_SECONDS), MAX_WATCH_SECONDS)
-    since_text = call.query("resourceVersion") or "0"
-    if not since_text.isdigit():
-        raise bad_request(f"invalid resourceVersion {since_text!r}")
-    since = int(since_text)
+    since = await _watch_since(call, served)
     initial: list[dict[str, Any]] = []
     if since == 0:
         initial, since = await call.objects.list(
             served, target.namespace, labels=labels, fields=fields
         )
-    else:
-        try:
-            await call.objects.store.check_since(since)
-        except KledError as e:
-            raise from_kled(e, served.plural, "", served.group) from None
 
     def matches(obj: dict[str, Any]) -> bool:
         meta = obj["metadata"]
@@ -318,6 +307,40 @@ async def _watch(call: Call, target: Target) -> Response:
         if labels is not None and not labels(meta.get("labels") or {}):
             return False
         return fields is None or fields(obj)
+
+    async def source() -> AsyncIterator[tuple[str, dict[str, Any], int]]:
+        async for change in call.objects.changes(since, served):
+            if change.type == "BOOKMARK" or matches(change.object):
+                yield change.type, change.object, change.revision
+
+    return _watch_stream(call, served, initial, source())
+
+
+async def _watch_since(call: Call, served: Served) -> int:
+    """The watch's ``resourceVersion`` (0: list first), checked against the event log."""
+    since_text = call.query("resourceVersion") or "0"
+    if not since_text.isdigit():
+        raise bad_request(f"invalid resourceVersion {since_text!r}")
+    since = int(since_text)
+    if since:
+        try:
+            await call.objects.store.check_since(since)
+        except KledError as e:
+            raise from_kled(e, served.plural, "", served.group) from None
+    return since
+
+
+def _watch_stream(
+    call: Call,
+    served: Served,
+    initial: list[dict[str, Any]],
+    source: AsyncIterator[tuple[str, dict[str, Any], int]],
+) -> Response:
+    """A watch's response: ``initial`` as ADDED, then each (type, object, revision) of
+    ``source``, bookmarks when asked for, until ``timeoutSeconds``."""
+    as_table = tables.wants_table(call.request.headers.get("accept"))
+    bookmarks = call.flag("allowWatchBookmarks")
+    timeout = min(int(call.query("timeoutSeconds") or MAX_WATCH_SECONDS), MAX_WATCH_SECONDS)
 
     def line(kind: str, obj: dict[str, Any]) -> bytes:
         obj.setdefault("apiVersion", served.group_version)
@@ -330,27 +353,25 @@ async def _watch(call: Call, target: Target) -> Response:
         for obj in initial:
             yield line("ADDED", obj)
         last_bookmark = time.monotonic()
-        changes = call.objects.changes(since, served).__aiter__()
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             try:
-                change = await asyncio.wait_for(changes.__anext__(), timeout=left)
+                kind, obj, revision = await asyncio.wait_for(source.__anext__(), timeout=left)
             except (TimeoutError, StopAsyncIteration):
                 return
-            if change.type == "BOOKMARK":
+            if kind == "BOOKMARK":
                 if bookmarks and time.monotonic() - last_bookmark > BOOKMARK_SECONDS:
                     last_bookmark = time.monotonic()
                     mark = {
                         "kind": served.kind,
                         "apiVersion": served.group_version,
-                        "metadata": {"resourceVersion": str(change.revision)},
+                        "metadata": {"resourceVersion": str(revision)},
                     }
                     yield (json.dumps({"type": "BOOKMARK", "object": mark}) + "\n").encode()
                 continue
-            if matches(change.object):
-                yield line(change.type, change.object)
+            yield line(kind, obj)
 
     return StreamingResponse(stream(), media_type="application/json")
 
@@ -796,11 +817,25 @@ async def _logs(call: Call, target: Target) -> Response:
 async def _endpoints(call: Call, target: Target, verb: str) -> Response:
     """Endpoints and EndpointSlices, computed from Services and Pods (``endpoints``)."""
     served = target.served
+    selector = call.query("labelSelector")
     if verb == "watch":
-        raise KubeError(405, "MethodNotAllowed", f"watching {served.plural} is not served yet")
-    items, revision = await endpoints.views(
-        call.objects, served, target.namespace, call.query("labelSelector")
-    )
+        since = await _watch_since(call, served)
+        fields = selection.fields(call.query("fieldSelector"))  # kubectl get ep NAME -w
+        initial: list[dict[str, Any]] = []
+        seen = None  # what the client was sent: with a resourceVersion, unknown
+        if since == 0:
+            initial, since = await endpoints.views(call.objects, served, target.namespace, selector)
+            seen = initial
+        changes = endpoints.changes(call.objects, served, target.namespace, selector, since, seen)
+
+        async def source() -> AsyncIterator[tuple[str, dict[str, Any], int]]:
+            async for kind, obj, revision in changes:
+                if kind == "BOOKMARK" or fields is None or fields(obj):
+                    yield kind, obj, revision
+
+        initial = [i for i in initial if fields is None or fields(i)]
+        return _watch_stream(call, served, initial, source())
+    items, revision = await endpoints.views(call.objects, served, target.namespace, selector)
     if verb == "get":
         items = [i for i in items if i["metadata"]["name"] == target.name]
         if not items:
