@@ -225,3 +225,47 @@ def test_a_bare_pod_is_a_one_replica_app_with_its_restart_policy() -> None:
     assert caught.value.details is not None and caught.value.details["kind"] == "Pod"
     fields = [c["field"] for c in caught.value.details["causes"]]
     assert fields == ["spec.containers[1].volumeMounts[0].name"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("$(A)-x", "1-x"),
+        ("$$(A)", "$(A)"),  # escaped
+        ("$$", "$"),
+        ("$(NOPE)/$(A)", "$(NOPE)/1"),  # unknown names stay as written
+        ("$(A", "$(A"),  # unclosed
+        ("a$b$", "a$b$"),
+        ("$()", "$()"),
+    ],
+)
+def test_variables_expand_as_kubernetes_expands_them(text: str, expected: str) -> None:
+    assert containers.expand(text, {"A": "1"}.get)[0] == expected
+
+
+def test_a_containers_variables_command_and_args_see_the_variables_before_them() -> None:
+    pod = deployment()
+    web, proxy = pod["spec"]["template"]["spec"]["containers"]
+    web["env"] += [
+        {"name": "URL", "value": "http://$(NS):$(CFG_LEVEL)/$(LATER)"},
+        {"name": "AUTH", "value": "Bearer $(TOKEN)"},  # from a Secret: stays sealed
+        {"name": "LATER", "value": "x"},
+    ]
+    web["command"] = ["serve", "--level=$(CFG_LEVEL)"]
+    web["args"] = ["$(URL)", "$$(URL)"]
+    app = workloads.app_doc("acme", "dev", pod, lookup)
+    assert app["spec"]["env"]["URL"] == "http://shop:info/$(LATER)"
+    assert "AUTH" not in app["spec"]["env"]
+    assert SECRET_VALUE not in json.dumps(app)
+    secret = workloads.env_secret_doc("acme", "dev", pod, lookup)
+    assert secret is not None
+    assert base64.b64decode(secret["data"]["AUTH"]).decode() == f"Bearer {SECRET_VALUE}"
+    assert app["spec"]["command"] == ["serve", "--level=info"]
+    assert app["spec"]["args"] == ["http://shop:info/$(LATER)", "$(URL)"]
+
+    proxy["args"] = ["--token=$(TOKEN)"]
+    with pytest.raises(KubeError) as caught:
+        workloads.app_doc("acme", "dev", pod, lookup)
+    [cause] = caught.value.details["causes"]
+    assert cause["field"] == "spec.template.spec.containers[1].args[0]"
+    assert "$(TOKEN) is a variable from a Secret" in cause["message"]

@@ -16,6 +16,7 @@ deletes those no longer wanted.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ def container_env(
     for index, item in enumerate(container.get("env") or []):
         name = str(item.get("name", ""))
         if "value" in item or "valueFrom" not in item:
-            merged[name] = (str(item.get("value", "")), False)
+            merged[name] = _expanded(str(item.get("value", "")), merged)
             continue
         source = item["valueFrom"] or {}
         where = f"{at}.env[{index}].valueFrom"
@@ -99,6 +100,87 @@ def container_env(
     env = {k: v for k, (v, sealed) in merged.items() if not sealed}
     sealed = {k: v for k, (v, is_sealed) in merged.items() if is_sealed}
     return env, sealed
+
+
+def expand(text: str, lookup: Callable[[str], str | None]) -> tuple[str, set[str]]:
+    """``text`` with each ``$(NAME)`` that ``lookup`` knows replaced, as Kubernetes expands
+    a container's variables, command and args: ``$$`` is a ``$``; an unknown name, a ``$``
+    followed by anything else and an unclosed ``$(`` stay as written. Also returns the
+    names replaced."""
+    out: list[str] = []
+    used: set[str] = set()
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char != "$" or i + 1 == len(text):
+            out.append(char)
+            i += 1
+            continue
+        following = text[i + 1]
+        if following == "$":
+            out.append("$")
+            i += 2
+            continue
+        end = text.find(")", i + 2) if following == "(" else -1
+        if end < 0:
+            out.append(char)
+            i += 1
+            continue
+        name = text[i + 2 : end]
+        value = lookup(name)
+        if value is None:
+            out.append(text[i : end + 1])
+        else:
+            out.append(value)
+            used.add(name)
+        i = end + 1
+    return "".join(out), used
+
+
+def _value(entry: tuple[str, bool] | None) -> str | None:
+    """A merged variable's value as the container sees it (a sealed one is base64)."""
+    if entry is None:
+        return None
+    value, sealed = entry
+    return base64.b64decode(value).decode(errors="replace") if sealed else value
+
+
+def _expanded(text: str, merged: dict[str, tuple[str, bool]]) -> tuple[str, bool]:
+    """A literal variable's value with the variables before it expanded: sealed (base64,
+    kept in the container's Secret) when it takes a value from a Secret."""
+    value, used = expand(text, lambda name: _value(merged.get(name)))
+    if any(merged[name][1] for name in used):
+        return base64.b64encode(value.encode()).decode(), True
+    return value, False
+
+
+def argv(
+    container: dict[str, Any],
+    env: dict[str, str],
+    sealed: dict[str, str],
+    at: str,
+    owner: str,
+) -> tuple[list[str], list[str]]:
+    """The container's ``command`` and ``args`` with its variables expanded. A reference
+    to a variable from a Secret is refused: the command is part of the App document,
+    which never holds a Secret's value (a shell's ``$NAME`` reads it at run time)."""
+    out: list[list[str]] = []
+    for key in ("command", "args"):
+        words = []
+        for index, word in enumerate(container.get(key) or []):
+
+            def known(name: str) -> str | None:
+                return env.get(name, sealed.get(name))
+
+            value, used = expand(str(word), known)
+            secret = sorted(used - set(env))
+            if secret:
+                raise _fail(owner, f"{at}.{key}[{index}]",
+                            f"$({secret[0]}) is a variable from a Secret, which Kled keeps out "
+                            f"of the App: read it in a shell as ${secret[0]}")  # fmt: skip
+            words.append(value)
+        out.append(words)
+    return out[0], out[1]
 
 
 def mounts(container: dict[str, Any]) -> list[dict[str, Any]]:
@@ -136,11 +218,12 @@ def other_container(
             raise _fail(owner, f"{at}.{probe}", "probes and hooks are run for the first "
                         "container only")  # fmt: skip
     env, sealed = container_env(container, namespace, lookup, at, owner)
+    command, args = argv(container, env, sealed, at, owner)
     out: dict[str, Any] = {
         "name": container["name"],
         "image": container.get("image", ""),
-        "command": list(container.get("command") or []),
-        "args": list(container.get("args") or []),
+        "command": command,
+        "args": args,
         "env": env,
     }
     if sealed:

@@ -191,13 +191,13 @@ def kled_job(
         raise invalid(kind, meta["name"], [(where, "must be container or process")], "batch")
     shaped = _as_deployment(obj)
     sealed = workloads.env_secret_doc(team, cluster, shaped, lookup)
-    env = workloads.app_doc(team, cluster, {**shaped, "spec": {**shaped["spec"], "replicas": 1}},
-                            lookup)["spec"]["env"]  # fmt: skip
+    app = workloads.app_doc(team, cluster, {**shaped, "spec": {**shaped["spec"], "replicas": 1}},
+                            lookup)["spec"]  # fmt: skip
     spec: dict[str, Any] = {
         "runtime": runtime,
-        "command": list(container.get("command") or []),
-        "args": list(container.get("args") or []),
-        "env": env,
+        "command": app["command"],  # with the container's variables expanded
+        "args": app["args"],
+        "env": app["env"],
         "backoffLimit": int(job_spec.get("backoffLimit", 6)),
     }
     if sealed is not None:

@@ -96,11 +96,12 @@ def _plan(
             "apps",
         )
     env, sealed = containers.container_env(container, namespace, lookup, f"{at}[0]", meta["name"])
+    command, args = containers.argv(container, env, sealed, f"{at}[0]", meta["name"])
     spec: dict[str, Any] = {
         "runtime": runtime,
         "replicas": int(deployment["spec"].get("replicas", 1)),
-        "command": list(container.get("command") or []),
-        "args": list(container.get("args") or []),
+        "command": command,
+        "args": args,
         "env": env,
         "ports": [
             {
