@@ -169,21 +169,36 @@ def test_a_list_from_memory_is_the_documents_a_get_shows(server: RunningServer) 
             doc = app(f"l-{n}", tier="web" if n % 2 else "db")
             doc["metadata"]["annotations"] = {"note": 'ünïcode ✓ "quoted"'}
             assert c.post("/api/v1/apply", json=doc).status_code == 201
-        names, token = [], None
-        while True:
-            params = {"labelSelector": "tier=db", "limit": "2"}
-            if token:
-                params["continue"] = token
-            r = c.get(APPS, params=params)
-            assert r.status_code == 200
-            assert r.headers["content-type"] == "application/json"
-            page = r.json()
-            assert page["kind"] == "List"
-            for item in page["items"]:
-                assert item == c.get(f"{APPS}/{item['metadata']['name']}").json()
-                assert item["metadata"]["annotations"]["note"] == 'ünïcode ✓ "quoted"'
-            names += [i["metadata"]["name"] for i in page["items"]]
-            token = page["metadata"]["continue"]
-            if not token:
+
+        def listed() -> list[str] | None:
+            """The names, paged; None if a controller wrote an app between a list and a get."""
+            names, token = [], None
+            while True:
+                params = {"labelSelector": "tier=db", "limit": "2"}
+                if token:
+                    params["continue"] = token
+                r = c.get(APPS, params=params)
+                assert r.status_code == 200
+                assert r.headers["content-type"] == "application/json"
+                page = r.json()
+                assert page["kind"] == "List"
+                for item in page["items"]:
+                    got = c.get(f"{APPS}/{item['metadata']['name']}").json()
+                    if item != got:
+                        # the IP allocator writes each app's status: only a newer version
+                        # of the document may differ from what the list showed
+                        version = int(got["metadata"]["resourceVersion"])
+                        assert version > int(item["metadata"]["resourceVersion"]), (item, got)
+                        return None
+                    assert item["metadata"]["annotations"]["note"] == 'ünïcode ✓ "quoted"'
+                names += [i["metadata"]["name"] for i in page["items"]]
+                token = page["metadata"]["continue"]
+                if not token:
+                    return names
+
+        for _ in range(50):
+            names = listed()
+            if names is not None:
                 break
+            time.sleep(0.2)
         assert names == ["l-0", "l-2", "l-4"]
