@@ -16,6 +16,7 @@ order ``features.resolve_features`` gives, as the reference does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +43,8 @@ OWNER_LABEL = "kled.agent"
 #: what a started container runs when ``overrideCommand`` is not false (the reference's)
 IDLE = ["/bin/sh", "-c", 'trap "exit 0" TERM; while sleep 1000 & wait $!; do :; done']
 PULL_TIMEOUT = 120.0
+#: how long a cancelled ``stop`` or ``rm`` is let finish (their own grace is 5 s)
+FINISH_SECONDS = 15.0
 _SAFE = re.compile(r"[^a-z0-9_.-]")
 
 #: one line of a command's output, and which stream it came on
@@ -95,8 +98,13 @@ class WorkspaceEngine:
         timeout: float | None = None,
         output: OutputSink | None = None,
         env: Mapping[str, str] | None = None,
+        finish: bool = False,
     ) -> tuple[int, str]:
-        """Run the engine; (exit code, stdout+stderr). ``output`` gets each line as it comes."""
+        """Run the engine; (exit code, stdout+stderr). ``output`` gets each line as it comes.
+
+        Cancelled (the agent stopping), the engine is killed — unless ``finish``: a
+        ``stop`` or ``rm`` killed half-way can leave the container's process running with
+        no container record left to remove it by, so those are waited for first."""
         began = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             self.engine,
@@ -124,7 +132,15 @@ class WorkspaceEngine:
                 timeout,
             )
             code = await proc.wait()
-        except (TimeoutError, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            if finish and proc.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), FINISH_SECONDS)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        except TimeoutError:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
@@ -354,10 +370,10 @@ class WorkspaceEngine:
         raise EngineError("the workspace's container exits as soon as it starts")
 
     async def stop(self, container: str) -> None:
-        await self.run("stop", "-t", "5", container)
+        await self.run("stop", "-t", "5", container, finish=True)
 
     async def remove(self, container: str) -> None:
-        await self.run("rm", "-f", "-t", "5", container)
+        await self.run("rm", "-f", "-t", "5", container, finish=True)
 
     async def exec(
         self,
