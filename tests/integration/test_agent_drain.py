@@ -49,12 +49,23 @@ def spec(tmp_path: Path, name: str, **extra: object) -> ReplicaSpec:
     )
 
 
-async def drained_after(tmp_path: Path, replica: ReplicaSpec) -> float:
+class LateNetwork:
+    """Dropped at first, then listed again for a moment by a network computed before the
+    change (it arrives during the settle), then dropped for good."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+
+    def serving(self, ip: str | None) -> bool:
+        return SETTLE * 0.5 < time.monotonic() - self.began < SETTLE * 1.5
+
+
+async def drained_after(tmp_path: Path, replica: ReplicaSpec, network: object = None) -> float:
     """Seconds from the drain's start to its preStop hook."""
     office = MessageOffice(ConnectOptions(url="nats://127.0.0.1:1"))  # never connected
     rt = ProcessRuntime(tmp_path / "replicas")
     agent = Agent(tmp_path / "agent", office, "node-1", [rt], drain_settle=SETTLE)
-    agent.mesh = GatewayGone()  # type: ignore[assignment]
+    agent.mesh = network or GatewayGone()  # type: ignore[assignment]
     await rt.start(replica)
     try:
         for _ in range(100):
@@ -89,3 +100,15 @@ async def test_a_replica_never_ready_is_stopped_without_the_settle(
     await drained_after(tmp_path, spec(tmp_path, "never", readiness_probe=never))
     assert "for the other gateways" not in caplog.text
     assert (tmp_path / "prestop-never").exists()  # the hook still ran
+
+
+async def test_a_replica_listed_again_during_the_settle_waits_and_settles_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="kled.agent.agent")
+    replica = spec(tmp_path, "late")
+    hooked = await drained_after(tmp_path, replica, LateNetwork())
+    # listed until 1.5 settles in, then a whole settle more
+    assert hooked >= SETTLE * 2.5
+    assert "late.0 left this host's service backends" in caplog.text
+    assert "still among" not in caplog.text

@@ -441,19 +441,21 @@ class Agent:
         self._emit(AgentEvent(node=self.node, replica_id=rid, reason="Killing",
                               message=f"stopping (grace {grace:g}s)"))  # fmt: skip
         if self.mesh is not None and spec.pod_ip is not None:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + self.drain_timeout
             serving = self.mesh.serving(spec.pod_ip)
-            if serving:
-                loop = asyncio.get_running_loop()
-                until = loop.time() + self.drain_timeout
+            # This host's gateway may have dropped it before the drain began (its network
+            # came with the same desired state), but the other hosts' gateways apply that
+            # change on their own time: a replica that served gets the settle either way.
+            # One that never got ready was never a backend. A network computed before the
+            # change can still arrive and list it again: then it waits and settles again.
+            waiting = serving or was_ready
+            while waiting:
                 while self.mesh.serving(spec.pod_ip) and loop.time() < until:
                     await asyncio.sleep(0.1)
-            if serving or was_ready:
-                # This host's gateway may have dropped it before the drain began (its
-                # network came with the same desired state), but the other hosts' gateways
-                # apply that change on their own time: a replica that served gets the
-                # settle either way. One that never got ready was never a backend.
                 log.debug("%s: %gs for the other gateways", spec.resource_name, self.drain_settle)
                 await asyncio.sleep(self.drain_settle)
+                waiting = self.mesh.serving(spec.pod_ip) and loop.time() < until
             if self.mesh.serving(spec.pod_ip):
                 log.warning(
                     "%s is still among this host's service backends after %gs; stopping it anyway",
