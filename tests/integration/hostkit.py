@@ -105,6 +105,13 @@ class Hosts:
         self.token = token_file.read_text().strip()
         self.cli.ok("login", "--server", self.url, "--token", self.token, "--team", self.team)
 
+    def server_exit(self) -> str:
+        """Why the server is gone, if it is: its exit code and the end of its log."""
+        if self.server is None or self.server.poll() is None:
+            return ""
+        tail = (self.root / "server.log").read_text(errors="replace").splitlines()[-15:]
+        return f"\nkled server exited with {self.server.returncode}:\n" + "\n".join(tail)
+
     def _healthy(self) -> bool:
         if self.server is not None and self.server.poll() is not None:
             raise AssertionError(f"kled server exited: {self.lines}")
@@ -131,7 +138,9 @@ class Hosts:
         # several agents on one machine: the team meshes are the e2e tests' (hosts as netns)
         args += ["--heartbeat", "0.5", "--log-level", "info", "--network", "off"]
         if join:
-            token = self.cli.ok("node", "token", "create", "--ttl", "10m").strip()
+            made = self.cli("node", "token", "create", "--ttl", "10m")
+            assert made.code == 0, f"kled node token create: {made}{self.server_exit()}"
+            token = made.out.strip()
             args += ["--server", self.url, "--token", token]
         if labels:
             args += ["--labels", labels]

@@ -122,7 +122,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     from cli.clikit import free_port
 
     root = tmp_path_factory.mktemp("devcut")
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     # the laptop reaches the server through the veth; the cut is far shorter than the grace
     h.server_args += ["--listen", f"0.0.0.0:{h.port}"]
     h.cli.env["KLED_DEV_GRACE_SECONDS"] = "300"

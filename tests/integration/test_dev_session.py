@@ -126,7 +126,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     from cli.clikit import free_port
 
     root = tmp_path_factory.mktemp("dev")
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     h.cli.env["KLED_DEV_GRACE_SECONDS"] = "3"
     port = free_port()
     lab = Lab(h, port)

@@ -63,13 +63,12 @@ def _python_into(rootfs: Path) -> None:
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    from cli.clikit import free_port
 
     root = tmp_path_factory.mktemp("devws")
     _python_into(root / "image" / "rootfs")
     links = (("lib", "usr/lib"), ("lib64", "usr/lib64"))
     busybox_image(root / "image", IMAGE, APPLETS, dirs=("tmp", "workspaces"), links=links)
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
         h.start_server()
         h.cli.ok("team", "create", TEAM)

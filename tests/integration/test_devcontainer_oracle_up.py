@@ -442,10 +442,9 @@ class Reference:
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory, image: str) -> Iterator[Hosts]:
-    from cli.clikit import free_port
 
     root = tmp_path_factory.mktemp("kled")
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
         h.start_server()
         h.cli.ok("team", "create", TEAM)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from kled.errors import Unavailable
 from servers import RunningServer
 
 
@@ -58,3 +61,34 @@ def test_a_killed_nats_server_is_started_again_on_the_same_port(tmp_path: Path) 
         assert again.plane.hosts.embedded.port == port  # saved agents' URL still works
     finally:
         again.stop()
+
+
+def _listening_on(port: int) -> socket.socket:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    return holder
+
+
+def test_a_kept_port_taken_since_moves_nats_to_a_free_one(tmp_path: Path) -> None:
+    first = RunningServer(tmp_path / "data", None, embedded_nats=True).start()
+    assert first.plane.hosts is not None and first.plane.hosts.embedded is not None
+    port = first.plane.hosts.embedded.port
+    first.stop()
+    with _listening_on(port):  # another program took the port while Kled was down
+        again = RunningServer(tmp_path / "data", None, embedded_nats=True).start()
+        try:
+            assert again.plane.hosts is not None and again.plane.hosts.embedded is not None
+            moved = again.plane.hosts.embedded.port
+            assert moved != port and again.plane.hosts.embedded.running
+            assert (tmp_path / "data" / "nats" / "port").read_text().strip() == str(moved)
+        finally:
+            again.stop()
+
+
+def test_a_nats_port_asked_for_and_taken_stops_the_server(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with _listening_on(port), pytest.raises(Unavailable, match="nats-server"):
+        RunningServer(tmp_path / "data", None, embedded_nats=True, nats_port=port).start()

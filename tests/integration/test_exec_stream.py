@@ -41,10 +41,9 @@ def user_token(hosts: Hosts, team: str, name: str, role: str, *, new_team: bool 
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    from cli.clikit import free_port
 
     root = tmp_path_factory.mktemp("exec")
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
         h.start_team_node("x1", context=True)
         work = root / "work"

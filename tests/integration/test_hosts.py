@@ -35,11 +35,10 @@ BOX = marker()
 # tests build on one another's state, so their hosts must outlive such interleaving.
 @pytest.fixture(scope="session")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    from cli.clikit import free_port
 
     root = tmp_path_factory.mktemp("hosts")
     # a fixed NATS port: agents reconnect to the same URL after the server restarts
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
         h.start_server()
         h.cli.ok("team", "create", TEAM)

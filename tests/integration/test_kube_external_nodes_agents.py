@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from hostkit import Hosts, app_doc, eventually, marker, sleepers
 
-from cli.clikit import free_port
 from kubekit import Kubectl, kubectl_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.xdist_group("hosts")]
@@ -53,7 +52,7 @@ def test_a_node_joined_for_a_cluster_runs_its_pods_and_no_app_of_the_team(
     binary = kubectl_binary()
     if binary is None:
         pytest.skip("kubectl is not on the PATH")
-    hosts = Hosts(tmp_path, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    hosts = Hosts(tmp_path, ["--embedded-nats"], TEAM)
     try:
         _scenario(hosts, binary, tmp_path)
     except BaseException:

@@ -28,12 +28,11 @@ UP_TIMEOUT = 600  # guards a hang only
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    from cli.clikit import free_port
 
     if podman("image", "exists", DEFAULT_TAG).returncode != 0:
         pytest.skip(f"no {DEFAULT_TAG} image here: `kled ws image build` makes it (minutes)")
     root = tmp_path_factory.mktemp("preload")
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
         h.start_server()
         h.cli.ok("team", "create", TEAM)

@@ -33,10 +33,9 @@ BOX = marker()
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    from cli.clikit import free_port
 
     root = tmp_path_factory.mktemp("usage")
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
         h.start_team_node("u1", extra=("--usage-interval", "1"))
         h.apply(

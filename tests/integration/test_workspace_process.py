@@ -28,8 +28,6 @@ from pathlib import Path
 import pytest
 from hostkit import Hosts, eventually
 
-from cli.clikit import free_port
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.xdist_group("workspaces"),
@@ -44,7 +42,7 @@ UP_TIMEOUT = 300  # guards a hang only
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     root = tmp_path_factory.mktemp("wsprocess")
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
         h.start_server()
         h.cli.ok("team", "create", TEAM)

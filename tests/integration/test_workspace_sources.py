@@ -34,11 +34,10 @@ UP_TIMEOUT = 600  # guards a hang only
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    from cli.clikit import free_port
 
     root = tmp_path_factory.mktemp("wssources")
     busybox_image(root / "image", IMAGE, APPLETS, dirs=("tmp", "root", "workspaces"))
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
         h.start_server()
         h.cli.ok("team", "create", TEAM)

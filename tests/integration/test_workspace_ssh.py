@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from hostkit import Hosts, eventually
 
-from cli.clikit import free_port
 from imagekit import busybox_image, podman
 
 pytestmark = [
@@ -37,7 +36,7 @@ APPLETS = ("sh", "sleep", "echo", "cat", "pwd", "tty", "id", "env")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     root = tmp_path_factory.mktemp("wssh")
     busybox_image(root / "image", IMAGE, APPLETS, dirs=("tmp", "root", "workspaces"))
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
         h.start_server()
         h.cli.ok("team", "create", TEAM)

@@ -95,7 +95,7 @@ def make_image(workdir: Path) -> None:
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
     root = tmp_path_factory.mktemp("wsacc")
     make_image(root / "image")
-    h = Hosts(root, ["--embedded-nats", "--nats-port", str(free_port())], TEAM)
+    h = Hosts(root, ["--embedded-nats"], TEAM)
     try:
         h.start_server()
         h.cli.ok("team", "create", TEAM)

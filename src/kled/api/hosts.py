@@ -99,15 +99,7 @@ class HostServices:
             port_file = s.data_dir / "nats" / "port"
             # Keep the port across restarts: registered agents remember the URL.
             port = s.nats_port or _read_port(port_file)
-            self.embedded = EmbeddedNats(s.data_dir / "nats", host=host, port=port)
-            try:
-                await self.embedded.start()
-            except Unavailable:
-                if s.nats_port or port is None:
-                    raise
-                log.warning("nats-server: port %s is taken now; using a free one", port)
-                self.embedded = EmbeddedNats(s.data_dir / "nats", host=host)
-                await self.embedded.start()
+            self.embedded = await _start_nats(s.data_dir / "nats", host, port, bool(s.nats_port))
             port_file.write_text(f"{self.embedded.port}\n")
             options = ConnectOptions(
                 url=self.embedded.url.replace("0.0.0.0", "127.0.0.1"),
@@ -449,3 +441,22 @@ async def app_logs(
             ).encode()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def _start_nats(data_dir: Path, host: str, port: int | None, fixed: bool) -> EmbeddedNats:
+    """The embedded nats-server on ``port``, or, unless the port was asked for, on a free
+    one: a port picked free can be taken by another process before nats-server binds it,
+    and a port kept from an earlier start can be taken since."""
+    tries = 3
+    while True:
+        embedded = EmbeddedNats(data_dir, host=host, port=port)
+        try:
+            await embedded.start()
+            return embedded
+        except Unavailable:
+            tries -= 1
+            if fixed or not tries:
+                raise
+            await embedded.stop()
+            log.warning("nats-server: port %s is taken now; using a free one", embedded.port)
+            port = None
