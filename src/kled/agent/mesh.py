@@ -73,6 +73,8 @@ class MeshKeeper:
         self._desired: HostNetwork | None = None
         self._report: HostReport | None = None
         self._applied: HostNetwork | None = None
+        #: the network a pass is applying now (an older one than ``_desired`` may be)
+        self._applying: HostNetwork | None = None
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self.relays = DnsRelays()
@@ -169,8 +171,10 @@ class MeshKeeper:
             self._changed.set()
 
     def serving(self, ip: str | None) -> bool:
-        """Whether ``ip`` is a service backend in the desired or the applied network."""
-        for network in (self._desired, self._applied):
+        """Whether ``ip`` is a service backend in the desired network, the applied one or
+        the one a pass is applying: a pass that began before a newer network came makes
+        the gateway route to what the older one lists when it ends."""
+        for network in (self._desired, self._applying, self._applied):
             for team in network.teams if network is not None else ():
                 if any(ip in service.backends for service in team.services):
                     return True
@@ -194,8 +198,12 @@ class MeshKeeper:
             desired = self._desired
             if desired is None or (self._peers is not None and not self._peers_known):
                 return None
-            network = await self._for_host(desired)
-            report = await self.layer.apply(network)
+            self._applying = desired
+            try:
+                network = await self._for_host(desired)
+                report = await self.layer.apply(network)
+            finally:
+                self._applying = None
             await self._relay_dns(report)
             if self._applied != desired or report.errors:
                 log.info(
