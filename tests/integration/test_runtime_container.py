@@ -235,3 +235,30 @@ async def eventually_async(
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"never happened: {what} (last: {last})")
+
+
+async def test_a_failed_removal_is_tried_again_before_the_replica_is_let_go(
+    image: str, tmp_path: Path
+) -> None:
+    # The engine as podman, except that the first `rm -f -t` (a replica's removal) fails as a busy podman's can
+    # ("did not die within timeout"), leaving the container there.
+    flag = tmp_path / "failed-once"
+    wrapper = tmp_path / "podman"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" rm -f -t "*) if [ ! -e {flag} ]; then\n'
+        f"  touch {flag}; echo 'given PIDs did not die within timeout' >&2; exit 125\n"
+        "fi ;; esac\n"
+        f'exec {PODMAN} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    rt = ContainerRuntime(tmp_path / "containers", engine=str(wrapper), stop_grace=1, pull=False)
+    spec = cspec(image, "box", ["/bin/sleep", "300"])
+    try:
+        assert (await rt.start(spec)).state == ReplicaState.RUNNING
+        await rt.stop(spec.id)
+        assert flag.exists()  # the first removal did fail
+        assert await rt.list() == []
+        assert not container_exists(rt, spec.id)  # and the container went with the replica
+    finally:
+        podman("rm", "-f", "-t", "0", rt.container_name(spec.id))

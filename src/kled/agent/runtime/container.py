@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 
 #: seconds a cancelled engine command may take to finish before it is killed
 _CLI_GRACE = 30.0
+#: how many times a replica's container removal is tried before it is left behind
+REMOVE_TRIES = 5
 
 _NANOS = re.compile(r"(\.\d{6})\d+")
 _NPROC_CAP = 32768  # runc on hybrid-cgroup hosts refuses more (measured on the test hosts)
@@ -244,16 +246,10 @@ class ContainerRuntime:
         # network of the replica's container (no pod namespace) depends on it: podman
         # removes it with it (--depend)
         depend = ["--depend"] if others and os.path.basename(self.engine) == "podman" else []
-        removals = [
-            self._cli("rm", "-f", "-t", str(grace), *depend, self.container_name(replica_id))
-        ]
+        removals = [self._remove(self.container_name(replica_id), grace, *depend)]
         for c in others:
-            removals.append(
-                self._cli("rm", "-f", "-t", str(grace), self.container_name(replica_id, c.name))
-            )
-        for rc, _, err in await asyncio.gather(*removals):
-            if rc != 0:
-                log.warning("replica/%s containers not all removed: %s", replica_id, err.strip())
+            removals.append(self._remove(self.container_name(replica_id, c.name), grace))
+        await asyncio.gather(*removals)
         self.volumes.remove(replica_id)
         if self._replicas.get(replica_id) is rep:
             del self._replicas[replica_id]
@@ -592,6 +588,18 @@ class ContainerRuntime:
             f"image {image!r} is not on the node and could not be pulled; check spec.image, "
             "or load the image on the node (podman load / podman import)",
         )
+
+    async def _remove(self, name: str, grace: int, *flags: str) -> None:
+        """``rm -f`` of a container, again while it fails and the container is still
+        there (a busy podman can fail a removal, "did not die within timeout"): the
+        replica stays listed, and its app's deletion unfinished, until it is gone."""
+        for attempt in range(REMOVE_TRIES):
+            rc, _, err = await self._cli("rm", "-f", "-t", str(grace), *flags, name)
+            if rc == 0 or await self._state(name) is None:
+                return
+            log.warning("container %s not removed (%s); trying again", name, err.strip())
+            await asyncio.sleep(0.5 * (attempt + 1))
+        log.error("container %s not removed after %d tries; left behind", name, REMOVE_TRIES)
 
     async def _state(self, name: str) -> dict[str, object] | None:
         rc, out, _ = await self._cli("inspect", "--format", "{{json .State}}", name)
