@@ -132,15 +132,11 @@ class WorkspaceEngine:
                 timeout,
             )
             code = await proc.wait()
-        except asyncio.CancelledError:
-            if finish and proc.returncode is None:
+        except (asyncio.CancelledError, TimeoutError) as stopped:
+            cancelled = isinstance(stopped, asyncio.CancelledError)
+            if cancelled and finish and proc.returncode is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), FINISH_SECONDS)
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            raise
-        except TimeoutError:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()

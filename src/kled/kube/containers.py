@@ -164,14 +164,14 @@ def argv(
     """The container's ``command`` and ``args`` with its variables expanded. A reference
     to a variable from a Secret is refused: the command is part of the App document,
     which never holds a Secret's value (a shell's ``$NAME`` reads it at run time)."""
+
+    def known(name: str) -> str | None:
+        return env.get(name, sealed.get(name))
+
     out: list[list[str]] = []
     for key in ("command", "args"):
         words = []
         for index, word in enumerate(container.get(key) or []):
-
-            def known(name: str) -> str | None:
-                return env.get(name, sealed.get(name))
-
             value, used = expand(str(word), known)
             secret = sorted(used - set(env))
             if secret:
