@@ -148,6 +148,9 @@ def test_a_process_workspace_runs_hooks_sessions_and_keeps_files_across_stop_sta
     # The sandbox: the node's secrets and the agent's files are not in it; its own pid 1.
     hidden = f"test -e {hosts.root} || test -e /etc/shadow || ls /root 2>/dev/null; echo $?"
     assert inside(hosts, "shop", hidden).strip() != "0"
+    # what the sandbox is made from holds the workspace's token: root's alone on the node
+    [state] = (hosts.root).glob("*/wsprocess/sandboxes/*shop*/state.json")
+    assert state.stat().st_mode & 0o777 == 0o600
     assert "wssandbox" in inside(hosts, "shop", "tr '\\0' ' ' < /proc/1/cmdline")
 
     # files written now: in the source, the home and the volume

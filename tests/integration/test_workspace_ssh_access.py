@@ -15,6 +15,7 @@ import json
 import random
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -324,6 +325,18 @@ def test_idle_timeout_stops_an_unused_workspace_and_a_session_keeps_it(
         assert stopped["spec"]["running"] is False
         status = hosts.cli.ok("ws", "status", "nap")
         assert "idle for 30s" in status
+        # an agent restarted meanwhile reports the same reason, not a bare "Stopped"
+        log = hosts.root / "accnode.log"
+        mark = log.stat().st_size
+        hosts.kill_agent("accnode", signal.SIGTERM)
+        hosts.start_agent("accnode", join=False)
+
+        def reported() -> str:
+            after = log.read_bytes()[mark:].decode(errors="replace")
+            return next((ln for ln in after.splitlines() if "/nap: Stopped" in ln), "")
+
+        assert eventually(reported, "the restarted agent reports nap").endswith("idle for 30s")
+        assert workspace()["status"]["reason"] == "idle for 30s"
         hosts.cli.ok("ws", "start", "nap")
         eventually(lambda: workspace()["status"].get("phase") == "Running", "started again")
         assert "reason" not in workspace()["status"]

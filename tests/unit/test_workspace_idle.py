@@ -34,3 +34,13 @@ def test_the_node_gets_seconds_and_a_new_timeout_keeps_the_container() -> None:
     assert ws.idle_timeout == 5400
     assert on_host({**doc, "spec": {}}).idle_timeout is None
     assert spec_hash(ws) == spec_hash(ws.model_copy(update={"idle_timeout": 60}))
+
+
+def test_the_idle_stop_reason_is_kept_until_the_workspace_starts_again(tmp_path: Path) -> None:
+    assert wsidle.stopped_reason(tmp_path) is None
+    wsidle.mark_stopped(tmp_path, "idle for 30m")
+    assert wsidle.stopped_reason(tmp_path) == "idle for 30m"  # read again after a restart
+    wsidle.clear_stopped(tmp_path)
+    assert wsidle.stopped_reason(tmp_path) is None
+    wsidle.clear_stopped(tmp_path / "gone")  # a removed workspace's folder: no error
+    wsidle.mark_stopped(tmp_path / "gone", "idle for 1h")

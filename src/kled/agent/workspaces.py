@@ -290,6 +290,7 @@ class WorkspaceRunner:
             log.warning("%s: idle stop failed: %s", ws.resource_name, e)
             self._idled.pop(ws.id, None)
             return
+        wsidle.mark_stopped(self._folder(ws), reason)
         self._report(ws, ReplicaState.STOPPED, reason=reason)
 
     async def close(self) -> None:
@@ -427,9 +428,11 @@ class WorkspaceRunner:
             if info is not None and info.running:
                 self._say(ws, "stopping")
                 await engine.stop(container)
-            self._report(ws, ReplicaState.STOPPED, reason=self._idled.get(ws.id, "Stopped"))
+            idled = self._idled.get(ws.id) or wsidle.stopped_reason(self._folder(ws))
+            self._report(ws, ReplicaState.STOPPED, reason=idled or "Stopped")
             return
         self._idled.pop(ws.id, None)
+        wsidle.clear_stopped(self._folder(ws))
         if info is not None and info.running:
             self._report(ws, ReplicaState.RUNNING, started_at=utcnow())
             return

@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 ACTIVITY = "activity"
+#: the reason of the idle stop, kept while the workspace stays stopped (an agent that
+#: restarts meanwhile reports it, not a bare "Stopped")
+STOPPED = "idle-stop"
 #: how often an open SSH connection says it is there
 TOUCH_EVERY = 10.0
 
@@ -30,6 +33,23 @@ def touch(folder: Path) -> None:
             os.utime(path)
         except FileNotFoundError:
             path.touch()
+
+
+def mark_stopped(folder: Path, reason: str) -> None:
+    with contextlib.suppress(OSError):
+        (folder / STOPPED).write_text(reason)
+
+
+def stopped_reason(folder: Path) -> str | None:
+    """Why the agent stopped the workspace as idle, if it did and it was not started since."""
+    try:
+        return (folder / STOPPED).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def clear_stopped(folder: Path) -> None:
+    (folder / STOPPED).unlink(missing_ok=True)
 
 
 def idle_seconds(folder: Path, now: float | None = None) -> float | None:

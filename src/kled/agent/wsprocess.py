@@ -41,6 +41,7 @@ from pathlib import Path
 
 import kled
 from kled.agent.runtime.cgroups import Cgroups
+from kled.agent.runtime.records import write_private
 from kled.agent.wsengine import (
     LABEL,
     OWNER_LABEL,
@@ -301,7 +302,7 @@ class ProcessEngine(WorkspaceEngine):
             "limits": limits.model_dump(),
             "cgroup": "",
         }
-        (folder / "state.json").write_text(json.dumps(state))
+        write_private(folder / "state.json", json.dumps(state).encode())  # its env: the token
 
     async def start(self, container: str, *, fresh: bool = False) -> None:
         folder = self._folder(container)
@@ -314,7 +315,7 @@ class ProcessEngine(WorkspaceEngine):
         cgroup = self.cgroups.prepare(f"ws.{container}", limits)
         if str(cgroup or "") != state.get("cgroup", ""):
             state["cgroup"] = str(cgroup or "")
-            (folder / "state.json").write_text(json.dumps(state))
+            write_private(folder / "state.json", json.dumps(state).encode())  # its env: the token
         # a tree that ended without stop (killed, the node rebooted) left these behind
         (folder / "ready").unlink(missing_ok=True)
         (folder / "init.pid").unlink(missing_ok=True)
