@@ -240,8 +240,8 @@ async def eventually_async(
 async def test_a_failed_removal_is_tried_again_before_the_replica_is_let_go(
     image: str, tmp_path: Path
 ) -> None:
-    # The engine as podman, except that the first `rm -f -t` (a replica's removal) fails as a busy podman's can
-    # ("did not die within timeout"), leaving the container there.
+    # The engine as podman, except that the first `rm -f -t` (a replica's removal) fails
+    # as a busy podman's can ("did not die within timeout"), leaving the container there.
     flag = tmp_path / "failed-once"
     wrapper = tmp_path / "podman"
     wrapper.write_text(
