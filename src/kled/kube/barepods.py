@@ -17,6 +17,7 @@ from typing import Any
 from kled.api.service import ADMIN, Service
 from kled.errors import Conflict, NotFound
 from kled.kube import containers, workloads
+from kled.kube.environments import ensure_environment
 from kled.kube.objects import ClusterObjects
 from kled.kube.served import by_kind
 from kled.kube.status import KubeError, invalid
@@ -100,7 +101,7 @@ async def sync(svc: Service, objects: ClusterObjects, namespace: str, name: str)
             await svc.delete(ADMIN, key)
         await mirror.prune_derived(svc, objects.team, env, key.name, set())
         return
-    await mirror.ensure_environment(svc, objects, namespace)
+    await ensure_environment(svc, objects, namespace)
     lookup = await mirror.lookup_table(objects, namespace)
     shaped = as_deployment(pod)
     derived = workloads.derived_docs(objects.team, objects.cluster, shaped, lookup)

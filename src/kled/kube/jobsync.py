@@ -17,6 +17,7 @@ from kled.api.service import ADMIN, Service
 from kled.control.jobs import JOB_LABEL
 from kled.errors import Conflict, NotFound
 from kled.kube import events, jobs, jobviews, workloads
+from kled.kube.environments import ensure_environment
 from kled.kube.objects import ClusterObjects
 from kled.kube.served import Served, by_kind
 from kled.store.objects import Event, Key
@@ -42,27 +43,6 @@ async def _lookup(objects: ClusterObjects, namespace: str) -> workloads.Lookup:
     return lookup
 
 
-async def _ensure_environment(svc: Service, objects: ClusterObjects, namespace: str) -> None:
-    env = workloads.environment_name(objects.cluster, namespace)
-    if await svc.store.find(Key("Environment", objects.team, "", env)) is not None:
-        return
-    doc = {
-        "apiVersion": "kled.io/v1",
-        "kind": "Environment",
-        "metadata": {
-            "name": env,
-            "team": objects.team,
-            "labels": {
-                workloads.CLUSTER_LABEL: objects.cluster,
-                workloads.NAMESPACE_LABEL: namespace,
-            },
-        },
-        "spec": {},
-    }
-    with contextlib.suppress(Conflict):
-        await svc.create(ADMIN, doc)
-
-
 def kled_key(objects: ClusterObjects, kind: str, namespace: str, name: str) -> Key:
     env = workloads.environment_name(objects.cluster, namespace)
     return Key("Job", objects.team, env, jobs.kled_name(kind, name))
@@ -81,7 +61,7 @@ async def sync(
         return
     if jobs.RUN_ANNOTATION in (obj["metadata"].get("annotations") or {}):
         return  # a CronJob's run: its CronJob's Kled Job runs it
-    await _ensure_environment(svc, objects, namespace)
+    await ensure_environment(svc, objects, namespace)
     lookup = await _lookup(objects, namespace)
     doc = jobs.kled_job(objects.team, objects.cluster, obj, lookup)
     sealed = jobs.env_secret(objects.team, objects.cluster, obj, lookup)

@@ -18,6 +18,7 @@ from typing import Any
 from kled.api.service import ADMIN, Service
 from kled.errors import Conflict, KledError, NotFound
 from kled.kube import barepods, events, history, jobsync, routing, workloads
+from kled.kube.environments import ensure_environment
 from kled.kube.objects import ClusterObjects
 from kled.kube.served import by_kind
 from kled.kube.status import KubeError
@@ -101,27 +102,6 @@ async def prune_derived(
             if labels.get(workloads.DEPLOYMENT_LABEL) == app and (kind, name) not in keep:
                 with contextlib.suppress(NotFound):
                     await svc.delete(ADMIN, Key(kind, team, env, name))
-
-
-async def ensure_environment(svc: Service, objects: ClusterObjects, namespace: str) -> None:
-    """The cluster's environment for ``namespace``, made the first time something runs."""
-    env = workloads.environment_name(objects.cluster, namespace)
-    if await svc.store.find(Key("Environment", objects.team, "", env)) is None:
-        doc = {
-            "apiVersion": "kled.io/v1",
-            "kind": "Environment",
-            "metadata": {
-                "name": env,
-                "team": objects.team,
-                "labels": {
-                    workloads.CLUSTER_LABEL: objects.cluster,
-                    workloads.NAMESPACE_LABEL: namespace,
-                },
-            },
-            "spec": {},
-        }
-        with contextlib.suppress(Conflict):
-            await svc.create(ADMIN, doc)
 
 
 async def sync_services(svc: Service, objects: ClusterObjects, namespace: str) -> None:
