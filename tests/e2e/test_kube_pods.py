@@ -7,10 +7,11 @@ and a sidecar polling it on ``127.0.0.1``: the init container writes the page in
 ``emptyDir`` both others mount, so the sidecar's log shows the page the main container
 serves — one network namespace, one volume. ``kubectl get pods`` shows ``2/2``; ``kubectl
 logs -c`` and ``kubectl exec -c`` reach each container; a configMap volume's file and a
-secret volume's file are read inside, ``envFrom`` (a prefix, a Secret) and a ``fieldRef``
-are in ``env``; the Secret's value is in no App document. A new value of the volume's
-ConfigMap reaches the file in place, the pod not restarted. A Pod created directly
-(``kubectl run``) runs on the node, its logs and exec work, and deleting it stops it.
+secret volume's file are read inside, ``envFrom`` (a prefix, a Secret) and ``fieldRef``s
+(the pod's namespace, name, IP and node) are in ``env``; the Secret's value is in no App
+document. A new value of the volume's ConfigMap reaches the file in place, the pod not
+restarted. A Pod created directly (``kubectl run``) runs on the node, its logs and exec
+work, and deleting it stops it.
 """
 
 from __future__ import annotations
@@ -66,8 +67,13 @@ def _manifests(image: str, marker: str) -> list[dict[str, Any]]:
                                     {"configMapRef": {"name": "settings"}, "prefix": "CFG_"},
                                     {"secretRef": {"name": "creds"}},
                                 ],
-                                "env": [marked, {"name": "POD_NS", "valueFrom": {
-                                    "fieldRef": {"fieldPath": "metadata.namespace"}}}],
+                                "env": [marked] + [
+                                    {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+                                    for var, path in (("POD_NS", "metadata.namespace"),
+                                                      ("POD_NAME", "metadata.name"),
+                                                      ("POD_IP", "status.podIP"),
+                                                      ("NODE_NAME", "spec.nodeName"))
+                                ],
                                 "volumeMounts": [
                                     {"name": "shared", "mountPath": "/srv"},
                                     {"name": "files", "mountPath": "/etc/app"},
@@ -156,6 +162,10 @@ def _scenario(mesh: Mesh, k: Kubectl, image: str) -> None:
     # envFrom (with a prefix, and a Secret's keys) and a fieldRef, in the main container
     env = set(k.ok("exec", pod, "--", "env").splitlines())
     assert {"CFG_GREETING=hello", "CFG_MODE=fast", f"TOKEN={SECRET}", "POD_NS=default"} <= env
+    # the downward API: the pod's name, IP and node as kubectl shows them
+    shown = json.loads(k.ok("get", "pod", pod, "-o", "json"))
+    assert {f"POD_NAME={pod}", f"POD_IP={shown['status']['podIP']}",
+            f"NODE_NAME={shown['spec']['nodeName']}"} <= env  # fmt: skip
     assert not any(
         line.startswith("CFG_")
         for line in k.ok("exec", pod, "-c", "poll", "--", "env").splitlines()

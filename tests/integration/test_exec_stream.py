@@ -58,6 +58,11 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
                     "command": ["sleep", str(MARK)],
                     "workingDir": str(work),
                     "env": {"GREETING": "hello-from-env"},
+                    "fieldEnv": {
+                        "ME": "metadata.name",
+                        "AT": "spec.nodeName",
+                        "IP": "status.podIP",
+                    },
                 },
             }
         )
@@ -65,6 +70,12 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
         yield h
     finally:
         h.close([MARK])
+
+
+def test_the_replica_has_the_variables_only_its_node_knows(hosts: Hosts) -> None:
+    said = hosts.cli.ok("exec", "box", "--", "sh", "-c", "echo $ME $AT $IP $GREETING")
+    # (no team network on this node: the replica shares the node's, and its loopback)
+    assert said.split() == ["box-0", "x1", "127.0.0.1", "hello-from-env"]
 
 
 def test_exec_runs_in_the_replica_with_stdin_and_exit_code(hosts: Hosts) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from kled.agent.downward import with_fields
 from kled.agent.exec import ExecServer, Target, find_running
 from kled.agent.mesh import MeshKeeper
 from kled.agent.net import gateway
@@ -307,12 +308,11 @@ class Agent:
             self.reconciler.submit(actions)
 
     def _placed(self, desired: HostDesiredState) -> HostDesiredState:
-        """The desired replicas with their pod namespaces, as the runtimes must start them."""
-        if self.mesh is None:
-            return desired
-        return desired.model_copy(
-            update={"replicas": [self.mesh.place(r) for r in desired.replicas]}
-        )
+        """The desired replicas with their pod namespaces and the variables only this node
+        knows (``downward``), as the runtimes must start them."""
+        mesh = self.mesh
+        placed = [mesh.place(r) if mesh is not None else r for r in desired.replicas]
+        return desired.model_copy(update={"replicas": [with_fields(r, self.node) for r in placed]})
 
     def _outside_their_pods(
         self, desired: HostDesiredState, observed: dict[str, Observed], planned: set[str]
@@ -372,7 +372,8 @@ class Agent:
         if rt is None:
             raise PermanentError(f"runtime {spec.runtime.value!r} is not available on this node")
         if self.mesh is not None and spec.pod_netns is None:
-            spec = self.mesh.place(spec)  # a retry: the pod may have come since it was planned
+            # a retry: the pod may have come since it was planned
+            spec = with_fields(self.mesh.place(spec), self.node)
         no_pod_yet = self._awaits_pod(spec)
         if no_pod_yet or (
             spec.pod_netns is not None and (self.mesh is None or not self.mesh.pod_ready(spec))

@@ -205,6 +205,8 @@ def replica_spec(
             args=[str(a) for a in spec.get("args") or []],
             working_dir=spec.get("workingDir"),
             env=dict(env),
+            field_env={str(k): str(v) for k, v in (spec.get("fieldEnv") or {}).items()},
+            name_prefix=spec.get("replicaNamePrefix"),
             image=spec.get("image"),
             ports=[
                 PortSpec(

@@ -56,8 +56,8 @@ ORPHAN_SCAN_SECONDS = 30.0
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 ACTIVE = (PENDING, RUNNING)
 #: the fields of an App's template a Job sets
-_TEMPLATE = ("runtime", "command", "args", "workingDir", "image", "env", "envFrom",
-             "resources", "nodeSelector")  # fmt: skip
+_TEMPLATE = ("runtime", "command", "args", "workingDir", "image", "env", "fieldEnv",
+             "envFrom", "resources", "nodeSelector")  # fmt: skip
 
 
 def stamp(when: datetime) -> str:

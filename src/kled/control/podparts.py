@@ -65,6 +65,7 @@ def _container(
         args=[str(a) for a in doc.get("args") or []],
         working_dir=doc.get("workingDir"),
         env=env,
+        field_env={str(k): str(v) for k, v in (doc.get("fieldEnv") or {}).items()},
         resources=ResourceLimits(
             cpu_millicores=parse_cpu(wanted["cpu"]) if wanted.get("cpu") else None,
             memory_bytes=parse_memory(wanted["memory"]) if wanted.get("memory") else None,

@@ -85,7 +85,20 @@ def app_doc(
     policy = pod["spec"].get("restartPolicy")
     if policy:
         app["spec"]["restartPolicy"] = policy
+    _name_known(app["spec"], pod["metadata"]["name"])
     return app
+
+
+def _name_known(spec: dict[str, Any], name: str) -> None:
+    """A bare Pod's name is its own, not its replica's: a literal variable."""
+    spec.pop("replicaNamePrefix", None)
+    for c in (spec, *spec.get("sidecars", []), *spec.get("initContainers", [])):
+        fields = c.get("fieldEnv") or {}
+        for var in [v for v, path in fields.items() if path == "metadata.name"]:
+            c.setdefault("env", {})[var] = name
+            del fields[var]
+        if not fields:
+            c.pop("fieldEnv", None)
 
 
 async def sync(svc: Service, objects: ClusterObjects, namespace: str, name: str) -> None:

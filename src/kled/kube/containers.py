@@ -1,17 +1,18 @@
 """A pod template's containers, variables and volumes as the parts of a Kled App.
 
-The first container is the App's own (image, command, probes…); the others are its
-``sidecars`` and ``initContainers`` are its ``initContainers``, all in the replica's pod
-(one network namespace). Variables resolve as Kubernetes orders them — ``envFrom`` first
+The first container is the App's own (image, command, probes…); the others are its ``sidecars`` and
+``initContainers`` are its ``initContainers``, all in the replica's pod (one network
+namespace). Variables resolve as Kubernetes orders them — ``envFrom`` first
 (``configMapRef``/``secretRef``, with ``prefix`` and ``optional``), then ``env`` (literal,
-``configMapKeyRef``, ``secretKeyRef``, ``fieldRef`` of ``metadata.namespace``) — into
-literal ones and sealed ones: those from Secrets go to a Kled Secret per container
-(``<app>-env`` for the first, ``<app>-env-<container>`` for the others) that the
-container takes with ``envFrom``, never into the App document. ``configMap`` and ``secret``
-volumes become Kled Configs and Secrets of the environment (``<app>-vol-<volume>``) with
-the object's data, which the App's ``config``/``secret`` volumes name; ``emptyDir`` is an
-App ``emptyDir``. Every derived document carries the Deployment's label, so the mirror
-deletes those no longer wanted.
+``configMapKeyRef``, ``secretKeyRef``, ``fieldRef``) — into literal ones, ones the agent
+sets where the replica runs (``fieldRef`` of ``metadata.name``, ``status.podIP``,
+``spec.nodeName``: the App's ``fieldEnv``) and sealed ones: those from Secrets go to a Kled
+Secret per container (``<app>-env`` for the first, ``<app>-env-<container>`` for the
+others) that the container takes with ``envFrom``, never into the App document.
+``configMap`` and ``secret`` volumes become Kled Configs and Secrets of the environment
+(``<app>-vol-<volume>``) with the object's data, which the App's ``config``/``secret``
+volumes name; ``emptyDir`` is an App ``emptyDir``. Every derived document carries the
+Deployment's label, so the mirror deletes those no longer wanted.
 """
 
 from __future__ import annotations
@@ -50,11 +51,17 @@ def _fail(name: str, at: str, message: str) -> KubeError:
     return invalid("Deployment", name, [(at, message)], "apps")
 
 
+#: ``fieldRef`` paths only the replica's node knows: the agent sets them (``fieldEnv``)
+NODE_FIELDS = ("metadata.name", "status.podIP", "spec.nodeName")
+
+
 def container_env(
     container: dict[str, Any], namespace: str, lookup: Lookup, at: str, owner: str
-) -> tuple[dict[str, str], dict[str, str]]:
-    """The container's variables: (literal, from Secrets — base64), Kubernetes' order."""
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """The container's variables in Kubernetes' order: (literal, from Secrets — base64,
+    set by the agent — name → fieldPath)."""
     merged: dict[str, tuple[str, bool]] = {}  # name → (value, sealed)
+    fields: dict[str, str] = {}
     for index, source in enumerate(container.get("envFrom") or []):
         prefix = str(source.get("prefix") or "")
         for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
@@ -71,6 +78,7 @@ def container_env(
                 merged[prefix + str(name)] = (str(value), kind == "Secret")
     for index, item in enumerate(container.get("env") or []):
         name = str(item.get("name", ""))
+        fields.pop(name, None)  # (a later entry of the same name wins)
         if "value" in item or "valueFrom" not in item:
             merged[name] = _expanded(str(item.get("value", "")), merged)
             continue
@@ -78,9 +86,14 @@ def container_env(
         where = f"{at}.env[{index}].valueFrom"
         if source.get("fieldRef") is not None:
             path = str((source["fieldRef"] or {}).get("fieldPath", ""))
+            if path in NODE_FIELDS:
+                merged.pop(name, None)
+                fields[name] = path
+                continue
             if path != "metadata.namespace":
+                known = ", ".join(("metadata.namespace", *NODE_FIELDS))
                 raise _fail(owner, f"{where}.fieldRef.fieldPath",
-                            f"{path!r} is not supported here: only metadata.namespace")  # fmt: skip
+                            f"{path!r} is not supported here: only {known}")  # fmt: skip
             merged[name] = (namespace, False)
             continue
         for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
@@ -99,7 +112,7 @@ def container_env(
             raise _fail(owner, where, "only configMapKeyRef, secretKeyRef and fieldRef are run")
     env = {k: v for k, (v, sealed) in merged.items() if not sealed}
     sealed = {k: v for k, (v, is_sealed) in merged.items() if is_sealed}
-    return env, sealed
+    return env, sealed, fields
 
 
 def expand(text: str, lookup: Callable[[str], str | None]) -> tuple[str, set[str]]:
@@ -217,7 +230,7 @@ def other_container(
         if container.get(probe):
             raise _fail(owner, f"{at}.{probe}", "probes and hooks are run for the first "
                         "container only")  # fmt: skip
-    env, sealed = container_env(container, namespace, lookup, at, owner)
+    env, sealed, fields = container_env(container, namespace, lookup, at, owner)
     command, args = argv(container, env, sealed, at, owner)
     out: dict[str, Any] = {
         "name": container["name"],
@@ -226,6 +239,8 @@ def other_container(
         "args": args,
         "env": env,
     }
+    if fields:
+        out["fieldEnv"] = fields
     if sealed:
         secret = derived_name(app, "env", str(container["name"]))
         derived.secrets[secret] = sealed

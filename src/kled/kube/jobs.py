@@ -200,6 +200,15 @@ def kled_job(
         "env": app["env"],
         "backoffLimit": int(job_spec.get("backoffLimit", 6)),
     }
+    fields = app.get("fieldEnv") or {}
+    for var, path in fields.items():
+        if path == "metadata.name":  # each attempt's pod has a name of its own
+            where = f"{at}[0].env[name={var}].valueFrom.fieldRef.fieldPath"
+            raise invalid(kind, meta["name"], [(where, "metadata.name is not run in a Job's "
+                                                "pod: status.podIP and spec.nodeName are")],
+                          "batch")  # fmt: skip
+    if fields:
+        spec["fieldEnv"] = fields
     if sealed is not None:
         spec["envFrom"] = [{"secret": env_secret_name(kind, meta["name"])}]
     if runtime == "container":

@@ -60,7 +60,8 @@ def _env(
     container: dict[str, Any], namespace: str, lookup: Lookup, at: str
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The container's variables: (literal or from a ConfigMap, from a Secret — base64)."""
-    return containers.container_env(container, namespace, lookup, at, "")
+    env, sealed, _ = containers.container_env(container, namespace, lookup, at, "")
+    return env, sealed
 
 
 def app_doc(team: str, cluster: str, deployment: dict[str, Any], lookup: Lookup) -> dict[str, Any]:
@@ -95,7 +96,9 @@ def _plan(
             [(f"metadata.annotations[{RUNTIME_ANNOTATION}]", "must be container or process")],
             "apps",
         )
-    env, sealed = containers.container_env(container, namespace, lookup, f"{at}[0]", meta["name"])
+    env, sealed, fields = containers.container_env(
+        container, namespace, lookup, f"{at}[0]", meta["name"]
+    )
     command, args = containers.argv(container, env, sealed, f"{at}[0]", meta["name"])
     spec: dict[str, Any] = {
         "runtime": runtime,
@@ -114,6 +117,8 @@ def _plan(
             for p in c.get("ports") or []
         ],
     }
+    if fields:
+        spec["fieldEnv"] = fields
     derived = containers.Derived()
     if sealed:
         spec["envFrom"] = [{"secret": env_secret_name(meta["name"])}]
@@ -133,6 +138,9 @@ def _plan(
         ]
         if made:
             spec[key] = made
+    if any(c.get("fieldEnv") for c in (spec, *spec.get("sidecars", []))):
+        # metadata.name: the Pods are named <deployment>-<template hash>-<index>
+        spec["replicaNamePrefix"] = f"{meta['name']}-{template_hash(deployment)}"
     found = containers.volumes(pod, namespace, lookup, meta["name"], name, derived)
     if found:
         spec["volumes"] = found

@@ -90,7 +90,7 @@ _LIFECYCLE_FIELDS = (
     "termination_grace_period_seconds",
 )  # fmt: skip
 #: left out when empty, so a replica with one container sends what it sent before
-_POD_FIELDS = ("sidecars", "init_containers", "volumes", "mounts")
+_POD_FIELDS = ("sidecars", "init_containers", "volumes", "mounts", "field_env", "name_prefix")
 
 
 class FileSpec(_Model):
@@ -127,8 +127,17 @@ class ContainerSpec(_Model):
     args: list[str] = Field(default_factory=list)
     working_dir: str | None = None
     env: dict[str, str] = Field(default_factory=dict, repr=False)
+    #: variables the agent sets where the replica runs (``ReplicaSpec.field_env``)
+    field_env: dict[str, str] = Field(default_factory=dict)
     resources: ResourceLimits = Field(default_factory=ResourceLimits)
     mounts: list[MountSpec] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _omit_no_field_env(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)  # (an older agent refuses keys it does not know)
+        if not data.get("field_env"):
+            data.pop("field_env", None)
+        return data
 
 
 class ReplicaSpec(_Model):
@@ -145,6 +154,11 @@ class ReplicaSpec(_Model):
     working_dir: str | None = None
     #: already resolved: the control plane expands ``envFrom`` before sending
     env: dict[str, str] = Field(default_factory=dict)
+    #: variables the agent sets where it runs the replica, by what they are
+    #: (``FIELD_PATHS``: its name, pod IP, node); see ``fields.with_fields``
+    field_env: dict[str, str] = Field(default_factory=dict)
+    #: a replica's name is ``<name_prefix>-<index>``; None: the app's name
+    name_prefix: str | None = None
     image: str | None = None
     ports: list[PortSpec] = Field(default_factory=list)
     resources: ResourceLimits = Field(default_factory=ResourceLimits)
@@ -190,6 +204,11 @@ class ReplicaSpec(_Model):
     def id(self) -> str:
         """Stable name of the replica across hosts and restarts: team.env.app.index."""
         return replica_id(self.team, self.environment, self.app, self.index)
+
+    @property
+    def name(self) -> str:
+        """The replica's name as its app lists it (a Kled Cluster's pod name)."""
+        return f"{self.name_prefix or self.app}-{self.index}"
 
     @property
     def resource_name(self) -> str:

@@ -18,6 +18,7 @@ from kled.resources.cron import parse as parse_schedule
 from kled.resources.meta import (
     Bool,
     EnvVars,
+    FieldEnv,
     KledModel,
     Labels,
     in_range,
@@ -37,6 +38,8 @@ class JobSpec(KledModel):
     image: str | None = None
     """Required for the container runtime."""
     env: EnvVars = {}
+    field_env: FieldEnv = {}
+    """Variables the agent sets where an attempt runs (as ``AppSpec.field_env``)."""
     env_from: list[EnvFromSource] = []
     resources: Resources = Field(default_factory=Resources)
     node_selector: Labels = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -170,6 +170,12 @@ DnsName = Annotated[str, AfterValidator(_check_dns_name)]
 Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
 Annotations = Annotated[dict[str, str], AfterValidator(_check_annotation_keys)]
 EnvVars = Annotated[dict[str, str], BeforeValidator(_mapping_not_list), AfterValidator(_check_env)]
+#: what a replica's variable can be given from, as Kubernetes' downward API names it: the
+#: replica's name, its pod IP, its node's name (each known only where it runs)
+FieldPath = Literal["metadata.name", "status.podIP", "spec.nodeName"]
+FieldEnv = Annotated[
+    dict[str, FieldPath], BeforeValidator(_mapping_not_list), AfterValidator(_check_env)
+]
 VersionText = Annotated[str, BeforeValidator(_scalar_to_str)]
 Timestamp = Annotated[str, BeforeValidator(_timestamp_to_str)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]

@@ -20,6 +20,7 @@ from kled.resources.meta import (
     Bool,
     DnsLabel,
     EnvVars,
+    FieldEnv,
     KledModel,
     NonEmptyStr,
     in_range,
@@ -85,6 +86,8 @@ class Container(KledModel):
     args: list[str] = []
     working_dir: str | None = None
     env: EnvVars = {}
+    field_env: FieldEnv = {}
+    """Variables the agent sets where the replica runs (as ``AppSpec.field_env``)."""
     env_from: list[ContainerEnvFrom] = []
     resources: ContainerResources = Field(default_factory=ContainerResources)
     volume_mounts: list[VolumeMount] = []

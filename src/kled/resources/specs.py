@@ -38,6 +38,7 @@ from kled.resources.meta import (
     DnsLabel,
     DnsName,
     EnvVars,
+    FieldEnv,
     Int,
     KledModel,
     Labels,
@@ -409,6 +410,11 @@ class AppSpec(KledModel):
     """Required for the container and kubernetes runtimes."""
     replicas: Annotated[int, Strict(), in_range(0, 1000), range_schema(0, 1000)] = 1
     env: EnvVars = {}
+    field_env: FieldEnv = {}
+    """Variables the agent sets where each replica runs: ``metadata.name`` (the replica's
+    name, ``<replicaNamePrefix>-<index>``), ``status.podIP``, ``spec.nodeName``."""
+    replica_name_prefix: DnsName | None = None
+    """What a replica's name starts with (default: the app's name)."""
     env_from: list[EnvFromSource] = []
     ports: list[ServicePort] = []
     resources: Resources = Field(default_factory=Resources)
