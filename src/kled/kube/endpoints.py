@@ -221,25 +221,26 @@ async def changes(
 
     The views are computed, never stored, so there is no history of them: what the
     client saw at ``since`` is ``seen`` (the list it was sent), else taken to be what they
-    are when the watch begins, and each
-    change to a Service or Pod of the cluster after that recomputes them and sends the
-    difference (the object's resourceVersion is the revision of that change)."""
+    are when the watch begins, and each read of the event log that finds changes to the
+    cluster's Services or Pods recomputes them once and sends the difference (the
+    object's resourceVersion is the revision of the last change read)."""
     assert SERVICE is not None and POD is not None
     if seen is None:
         seen = (await views(objects, served, namespace, selector))[0]
     shown = {_identity(v): copy.deepcopy(v) for v in seen}
-    async for change in objects.changes(since, (SERVICE, POD)):
-        if change.type == "BOOKMARK":
-            yield "BOOKMARK", {}, change.revision
+    async for found, last in objects.batches(since, (SERVICE, POD)):
+        if not found:
+            yield "BOOKMARK", {}, last
             continue
+        revision = found[-1].revision  # a burst of changes: the views made once
         now = {_identity(v): v for v in (await views(objects, served, namespace, selector))[0]}
         for key, view in now.items():
             before = shown.get(key)
             if before is None or not _same(before, view):
-                view["metadata"]["resourceVersion"] = str(change.revision)
-                yield ("ADDED" if before is None else "MODIFIED"), view, change.revision
+                view["metadata"]["resourceVersion"] = str(revision)
+                yield ("ADDED" if before is None else "MODIFIED"), view, revision
         for key in shown.keys() - now.keys():
             gone = shown[key]
-            gone["metadata"]["resourceVersion"] = str(change.revision)
-            yield "DELETED", gone, change.revision
+            gone["metadata"]["resourceVersion"] = str(revision)
+            yield "DELETED", gone, revision
         shown = now

@@ -18,6 +18,7 @@ checked that the caller may read secrets.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import hashlib
 from collections.abc import AsyncIterator, Callable
@@ -206,12 +207,24 @@ class ClusterObjects:
         self, since: int, served: Served | tuple[Served, ...]
     ) -> AsyncIterator[Change]:
         """Every change to ``served`` objects (of one kind or several) of this cluster
-        after revision ``since``."""
+        after revision ``since``, and a ``BOOKMARK`` of how far the log was read when a
+        read found none (the caller may send it while idle)."""
+        async for found, last in self.batches(since, served):
+            for change in found:
+                yield change
+            if not found:
+                yield Change("BOOKMARK", {}, last)
+
+    async def batches(
+        self, since: int, served: Served | tuple[Served, ...]
+    ) -> AsyncIterator[tuple[builtins.list[Change], int]]:
+        """The same changes a read of the event log at a time, each with how far that read
+        went: a burst of changes is one batch (a computed view is made again once for it)."""
         kinds = served if isinstance(served, tuple) else (served,)
         last = since
         while True:
             batch = await self.store.events_after(last)
-            matched = False
+            found: builtins.list[Change] = []
             for event in batch:
                 last = event.seq
                 if (event.kind, event.team, event.environment) != (
@@ -222,10 +235,7 @@ class ClusterObjects:
                     continue
                 if served_of(event.object) not in kinds:
                     continue
-                matched = True
-                yield Change(event.type, self._open(event.object), event.seq)
-            if not matched:
-                # idle: the caller may send a bookmark of how far the log was read
-                yield Change("BOOKMARK", {}, last)
+                found.append(Change(event.type, self._open(event.object), event.seq))
+            yield found, last
             if len(batch) < 500:
                 await self.store.wait_for_change(WATCH_POLL_SECONDS)
