@@ -117,3 +117,29 @@ def test_a_clusters_pods_go_to_its_nodes_only() -> None:
     # a Kled app of the team is not bound by any cluster's selector
     api = app_request(_app("api", "prod"), [])
     assert schedule([other], [api])["acme/prod/api"][0].node == "n1"
+
+
+def test_a_clusters_job_runs_its_pods_on_the_clusters_nodes() -> None:
+    from kled.control.jobs import attempt_app
+    from kled.kube import jobs
+
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "pi", "namespace": "default", "uid": "j1"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+            {"name": "pi", "image": "localhost/pi:1", "command": ["echo", "3.14"]}]}}},
+    }  # fmt: skip
+    kled = jobs.kled_job("acme", "dev", job, lambda *_: None)
+    app = attempt_app(kled, 1, 0)
+    labels = app["metadata"]["labels"]
+    assert (labels[CLUSTER_LABEL], labels[workloads.NAMESPACE_LABEL]) == ("dev", "default")
+    external = NodeInfo("ext", labels={CLUSTER_LABEL: "acme.dev"})
+    assert schedule([external], [app_request(app, [])])[_key(app)][0].node == "ext"
+    other = NodeInfo("ext-qa", labels={CLUSTER_LABEL: "acme.qa"})
+    assert schedule([other], [app_request(app, [])])[_key(app)][0].node is None
+
+
+def _key(app: dict[str, Any]) -> str:
+    meta = app["metadata"]
+    return f"{meta['team']}/{meta['environment']}/{meta['name']}"

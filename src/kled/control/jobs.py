@@ -38,6 +38,7 @@ from typing import Any
 
 from kled.control.owners import owner_refs
 from kled.errors import Conflict, Gone, KledError, NotFound
+from kled.resources import clusterservices
 from kled.resources.cron import next_after
 from kled.resources.cron import parse as parse_schedule
 from kled.resources.kinds import validate
@@ -56,6 +57,7 @@ ORPHAN_SCAN_SECONDS = 30.0
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 ACTIVE = (PENDING, RUNNING)
 #: the fields of an App's template a Job sets
+_CLUSTER_LABELS = (clusterservices.CLUSTER_LABEL, clusterservices.NAMESPACE_LABEL)
 _TEMPLATE = ("runtime", "command", "args", "workingDir", "image", "env", "fieldEnv",
              "envFrom", "resources", "nodeSelector")  # fmt: skip
 
@@ -115,6 +117,9 @@ def _outcome(app: Mapping[str, Any] | None) -> tuple[str, str]:
 def attempt_app(job: Mapping[str, Any], run: int, attempt: int) -> dict[str, Any]:
     meta, spec = job["metadata"], job.get("spec") or {}
     template = {k: copy.deepcopy(spec[k]) for k in _TEMPLATE if k in spec}
+    labels = {JOB_LABEL: meta["name"], RUN_LABEL: str(run), ATTEMPT_LABEL: str(attempt)}
+    # a Kled Cluster's Job: its pods are the cluster's (its nodes, its pod network)
+    labels |= {k: v for k, v in (meta.get("labels") or {}).items() if k in _CLUSTER_LABELS}
     return {
         "apiVersion": "kled.io/v1",
         "kind": "App",
@@ -122,7 +127,7 @@ def attempt_app(job: Mapping[str, Any], run: int, attempt: int) -> dict[str, Any
             "name": attempt_name(meta["name"], run, attempt),
             "team": meta["team"],
             "environment": meta["environment"],
-            "labels": {JOB_LABEL: meta["name"], RUN_LABEL: str(run), ATTEMPT_LABEL: str(attempt)},
+            "labels": labels,
         },
         "spec": {**template, "replicas": 1, "restartPolicy": "Never"},
     }

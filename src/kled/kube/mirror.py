@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from kled.api.service import ADMIN, Service
+from kled.control.jobs import JOB_LABEL
 from kled.errors import Conflict, KledError, NotFound
 from kled.kube import barepods, events, history, jobsync, routing, workloads
 from kled.kube.environments import ensure_environment
@@ -196,6 +197,8 @@ class WorkloadMirror:
                     if event.kind == "App" and barepods.POD_LABEL in labels:
                         app = None if event.type == "DELETED" else event.object
                         await self._mirror_bare(event.team, labels, app)
+                    elif event.kind == "App" and JOB_LABEL in labels:  # a Job's attempt
+                        await jobsync.on_event(self.svc, event)
                     elif event.kind == "App" and workloads.CLUSTER_LABEL in labels:
                         app = None if event.type == "DELETED" else event.object
                         await self._mirror(event.team, labels, app)
@@ -217,7 +220,7 @@ class WorkloadMirror:
             labels = app["metadata"].get("labels") or {}
             if barepods.POD_LABEL in labels:
                 await self._mirror_bare(app["metadata"].get("team") or "", labels, app)
-            elif workloads.CLUSTER_LABEL in labels:
+            elif workloads.CLUSTER_LABEL in labels and JOB_LABEL not in labels:
                 await self._mirror(app["metadata"].get("team") or "", labels, app)
         await jobsync.resync(self.svc)
 

@@ -29,10 +29,10 @@ from kled.control.desired import RESTARTED_AT
 from kled.errors import InvalidInput
 from kled.kube import containers
 from kled.kube.status import KubeError, invalid
-from kled.resources import kinds
+from kled.resources import clusterservices, kinds
 
-CLUSTER_LABEL = "kled.io/cluster"
-NAMESPACE_LABEL = "kled.io/namespace"
+CLUSTER_LABEL = clusterservices.CLUSTER_LABEL
+NAMESPACE_LABEL = clusterservices.NAMESPACE_LABEL
 DEPLOYMENT_LABEL = "kled.io/deployment"
 RUNTIME_ANNOTATION = "kled.io/runtime"
 

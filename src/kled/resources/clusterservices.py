@@ -21,6 +21,8 @@ EXPORT_ANNOTATION = "kled.io/export"
 #: with a cluster's join token: ``<team>.<cluster>`` (``reserved_for``), the only workloads
 #: placed there
 CLUSTER_LABEL = "kled.io/cluster"
+#: beside it, on what runs a cluster's workload: the Kubernetes namespace
+NAMESPACE_LABEL = "kled.io/namespace"
 
 
 def reserved_for(team: str, cluster: str) -> str:
