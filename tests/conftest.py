@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +18,15 @@ import pytest
 
 from kled.bus.embedded import EmbeddedNats
 from servers import RunningServer, postgres_available, postgres_database
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests send SIGINT to the `kled` processes they start, as a user's Ctrl-C. A suite
+    started in the background of a shell without job control (`make test &` in a script)
+    has SIGINT ignored, and an ignored signal stays ignored in every child: the CLI would
+    never see it. A handler instead is reset to the default in the children."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
