@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= 2
 # extra flags for kled up, e.g. UP_FLAGS="--listen 0.0.0.0:7080 --dns-listen 0.0.0.0:53"
 UP_FLAGS ?=
 
-.PHONY: up test lint bench deps apt venv oracle ui-deps clean help
+.PHONY: up test lint bench deps apt venv oracle ui-deps pyc clean help
 
 help:
 	@echo "make up     install what is missing, start Kled on this machine"
@@ -76,6 +76,11 @@ $(UI_STAMP): package.json package-lock.json
 		echo "warning: npm not found, cannot install axe-core (the console's accessibility test will skip)"; \
 	fi
 
+# Kled's own modules compiled once: where PYTHONDONTWRITEBYTECODE is set, every kled
+# process (the suite starts hundreds of servers, agents and CLIs) would compile them again.
+pyc: venv
+	@$(BIN)/python -m compileall -q src >/dev/null
+
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -85,14 +90,14 @@ lint: venv
 # Two passes: everything else spread over workers, then the suites that build on their
 # own earlier steps (their order must hold) or drive whole meshes: each file whole in one
 # worker (--dist loadfile), two labs at a time, so their order holds and the pass halves.
-test: deps lint
+test: deps lint pyc
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider -m "not serial"
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider -m serial
 
-up: deps
+up: deps pyc
 	$(BIN)/kled up $(UP_FLAGS)
 
-bench: deps
+bench: deps pyc
 	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
 
 clean:
