@@ -329,3 +329,21 @@ def _until(check: Any, what: str, rounds: int = 300) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"never happened: {what}")
+
+
+def test_a_protobuf_body_is_refused_as_an_unsupported_media_type(
+    server: RunningServer, unique_team: str, kubectl: Kubectl
+) -> None:
+    # kubectl 1.32+ sends `kubectl create deployment` (a typed client) in protobuf
+    body = b"k8s\x00\n\x0e\n\x07apps/v1\x12\nDeployment"
+    with server.client() as c:
+        r = c.post(
+            f"/k8s/{unique_team}/dev/apis/apps/v1/namespaces/default/deployments",
+            content=body,
+            headers={"Content-Type": "application/vnd.kubernetes.protobuf"},
+        )
+    assert r.status_code == 415, r.text
+    status = r.json()
+    assert (status["kind"], status["reason"]) == ("Status", "UnsupportedMediaType")
+    assert "application/json" in status["message"]
+    assert "No resources found" in kubectl("get", "deploy").stderr  # nothing made

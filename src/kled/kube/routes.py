@@ -382,6 +382,13 @@ def _watch_stream(
 async def _body(call: Call) -> Any:
     raw = await call.request.body()
     ctype = call.request.headers.get("content-type", "")
+    if "protobuf" in ctype or "cbor" in ctype:
+        # as the API server answers a content type it does not serve: clients (kubectl's
+        # typed ones, since 1.32) send JSON again
+        raise KubeError(415, "UnsupportedMediaType",
+                        f'the body of the request was in an unknown format - accepted media '
+                        f'types include: application/json, application/yaml, '
+                        f'application/apply-patch+yaml (not "{ctype}")')  # fmt: skip
     try:
         if "yaml" in ctype:
             doc = yaml.safe_load(raw.decode() or "null")
