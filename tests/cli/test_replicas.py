@@ -132,8 +132,9 @@ def test_both_replicas_serve_and_a_watch_on_b_sees_writes_on_a(pair: Pair) -> No
     watcher.join(60)
     assert "from-a" in seen
 
-    # Each replica reads what the other wrote; the leader's IPAM gave both a service IP.
-    assert _get(pair.a.url, pair.token, "from-b") is not None
+    # Each replica reads what the other wrote (a moment later: docs/scaling.md); the
+    # leader's IPAM gave both a service IP.
+    wait_for(lambda: _get(pair.a.url, pair.token, "from-b") is not None, "from-b on a")
     wait_for(lambda: _service_ip(pair.b.url, pair.token, "from-a") is not None, "from-a's IP")
     wait_for(lambda: _service_ip(pair.a.url, pair.token, "from-b") is not None, "from-b's IP")
     ips = {_service_ip(pair.a.url, pair.token, n) for n in ("from-a", "from-b")}
