@@ -448,8 +448,9 @@ class Agent:
             # This host's gateway may have dropped it before the drain began (its network
             # came with the same desired state), but the other hosts' gateways apply that
             # change on their own time: a replica that served gets the settle either way.
-            # One that never got ready was never a backend. A network computed before the
-            # change can still arrive and list it again: then it waits and settles again.
+            # One that never got ready was never a backend. If it is listed again by then
+            # (a network pass that began before the change ended after it: ``serving``
+            # counts that pass), it waits and settles again.
             waiting = serving or was_ready
             while waiting:
                 while self.mesh.serving(spec.pod_ip) and loop.time() < until:
